@@ -1,0 +1,1 @@
+//! Rigging's Kubernetes API, group `rigging.dev`, version `v1alpha1`.

@@ -1,0 +1,2 @@
+//! PLACEHOLDER: the operator is being built (issue: operator foundation).
+fn main() {}

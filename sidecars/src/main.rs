@@ -1,0 +1,62 @@
+//! `rigging-sidecar`: one binary, one subcommand per sidecar.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use rigging_sidecar::{health, logs, metrics, runtime, shard, tls};
+
+#[derive(Parser)]
+#[command(
+    name = "rigging-sidecar",
+    version,
+    about = "Rigging's sidecar containers"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// TLS terminator in front of a local app port.
+    Tls(tls::Args),
+    /// Sharding ambassador for Redis, memcached and HTTP.
+    Shard(shard::Args),
+    /// Log adapter: parses an app's log lines into one JSON object per record.
+    Logs(logs::Args),
+    /// Metrics adapter: exposes an app's native stats as Prometheus metrics.
+    Metrics(metrics::Args),
+    /// Health monitor: deep checks served as /healthz and /readyz.
+    Health(health::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    runtime::telemetry::init();
+    let rt = match runtime::build_tokio() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("rigging-sidecar: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async move {
+        match cli.command {
+            Command::Tls(args) => tls::run(args).await,
+            Command::Shard(args) => shard::run(args).await,
+            Command::Logs(args) => logs::run(args).await,
+            Command::Metrics(args) => metrics::run(args).await,
+            Command::Health(args) => health::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // Printed as well as logged: a person reading `kubectl logs` of a crash-looping
+            // container must see why without parsing JSON.
+            tracing::error!(error = %format!("{err:#}"), "sidecar failed");
+            eprintln!("rigging-sidecar: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! The admin port every sidecar serves: `/healthz` (the process is alive), `/readyz`
+//! (ready and not shutting down) and `/metrics` (Prometheus text format).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus::{Encoder, Registry, TextEncoder};
+
+use super::{Error, Lifecycle};
+
+/// Binds `addr` and serves the admin endpoints in the background until the lifecycle
+/// stops. Process metrics (CPU, RSS, open files) are added to `registry`.
+///
+/// Returns the bound address (useful with port 0).
+pub async fn spawn(
+    addr: SocketAddr,
+    registry: Registry,
+    life: Lifecycle,
+) -> Result<SocketAddr, Error> {
+    register_process_metrics(&registry);
+    let listener = super::bind(addr).await?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| Error::Bind { addr, source })?;
+    tracing::info!(%local, "admin endpoints listening");
+    tokio::spawn(async move {
+        loop {
+            let stream = tokio::select! {
+                _ = life.stopping() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "admin accept failed");
+                        continue;
+                    }
+                },
+            };
+            let registry = registry.clone();
+            let life = life.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req| {
+                    let response = respond(&req, &registry, &life);
+                    async move { Ok::<_, Infallible>(response) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(std::time::Duration::from_secs(5))
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Ok(local)
+}
+
+fn respond(
+    req: &Request<Incoming>,
+    registry: &Registry,
+    life: &Lifecycle,
+) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
+    }
+    match req.uri().path() {
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/readyz" if life.is_ready() => text(StatusCode::OK, "ready\n"),
+        "/readyz" if life.is_stopping() => text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"),
+        "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+        "/metrics" => metrics(registry),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: try /healthz, /readyz or /metrics\n",
+        ),
+    }
+}
+
+/// Encodes `registry` as a Prometheus text-format response.
+pub fn metrics(registry: &Registry) -> Response<Full<Bytes>> {
+    let encoder = TextEncoder::new();
+    let mut body = Vec::with_capacity(4096);
+    match encoder.encode(&registry.gather(), &mut body) {
+        Ok(()) => Response::builder()
+            .header(header::CONTENT_TYPE, encoder.format_type())
+            .body(Full::new(Bytes::from(body)))
+            .expect("static response parts are valid"),
+        Err(err) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("cannot encode metrics: {err}\n"),
+        ),
+    }
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(Full::new(Bytes::copy_from_slice(body.as_bytes())))
+        .expect("static response parts are valid")
+}
+
+fn register_process_metrics(registry: &Registry) {
+    let collector = prometheus::process_collector::ProcessCollector::for_self();
+    // Registering twice (a sidecar calling spawn twice) is the only failure; ignore it.
+    let _ = registry.register(Box::new(collector));
+}

@@ -1,0 +1,118 @@
+//! Hot reload of mounted files.
+//!
+//! Secrets and ConfigMaps are updated in place by the kubelet: the visible files are
+//! symlinks through `..data`, which is swapped atomically to a new timestamped directory.
+//! inotify on the file itself misses that swap, so we poll: every interval, each watched
+//! path is read through its symlinks and its content fingerprinted. Files here are small
+//! (certificates, YAML), so a read per second costs nothing measurable and catches every
+//! way a file can change (in-place write, rename over, symlink swap, delete and re-create).
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// Polls `paths` every `interval` and bumps the returned receiver's value whenever any of
+/// their contents change. The watcher stops when `stop` is cancelled.
+///
+/// Consumers reload on `changed()` and must keep their previous state when the new files
+/// are unusable (a cert written before its key, say): the next change fires again.
+pub fn watch_files(
+    paths: Vec<PathBuf>,
+    interval: Duration,
+    stop: CancellationToken,
+) -> watch::Receiver<u64> {
+    let (tx, rx) = watch::channel(0u64);
+    // Taken before returning, so a change made right after this call is never missed.
+    let mut last = fingerprint(&paths);
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
+            let now = fingerprint(&paths);
+            if now != last {
+                last = now;
+                tracing::info!(files = ?paths, "watched files changed");
+                tx.send_modify(|generation| *generation += 1);
+                if tx.is_closed() {
+                    return;
+                }
+            }
+        }
+    });
+    rx
+}
+
+/// One hash over every file's content; a missing or unreadable file hashes as absent, so
+/// its reappearance is a change too. Blocking reads are fine: these are a few small files.
+fn fingerprint(paths: &[PathBuf]) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    for path in paths {
+        match std::fs::read(path) {
+            Ok(bytes) => bytes.hash(&mut hasher),
+            Err(_) => u8::MAX.hash(&mut hasher),
+        }
+    }
+    hasher.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Lays out a directory the way the kubelet does for a mounted Secret.
+    fn kubelet_layout(dir: &std::path::Path, version: &str, content: &str) {
+        let data = dir.join(version);
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::write(data.join("tls.crt"), content).unwrap();
+        let tmp = dir.join("..data_tmp");
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(version, &tmp).unwrap();
+        std::fs::rename(&tmp, dir.join("..data")).unwrap();
+        let link = dir.join("tls.crt");
+        if std::fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink("..data/tls.crt", &link).unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_kubelet_style_data_swap_is_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        kubelet_layout(dir.path(), "..2026_01", "old");
+        let stop = CancellationToken::new();
+        let mut rx = watch_files(
+            vec![dir.path().join("tls.crt")],
+            Duration::from_millis(20),
+            stop.clone(),
+        );
+        kubelet_layout(dir.path(), "..2026_02", "new");
+        tokio::time::timeout(Duration::from_secs(5), rx.changed())
+            .await
+            .expect("swap not noticed")
+            .unwrap();
+        assert_eq!(*rx.borrow(), 1);
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn unchanged_files_never_fire() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("c.yaml"), "a: 1").unwrap();
+        let stop = CancellationToken::new();
+        let mut rx = watch_files(
+            vec![dir.path().join("c.yaml")],
+            Duration::from_millis(10),
+            stop.clone(),
+        );
+        let fired = tokio::time::timeout(Duration::from_millis(200), rx.changed()).await;
+        assert!(fired.is_err(), "fired without a change");
+        stop.cancel();
+    }
+}
