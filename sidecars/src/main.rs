@@ -40,13 +40,14 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Each sidecar returns its own typed error; only the binary erases the type.
     let result = rt.block_on(async move {
         match cli.command {
-            Command::Tls(args) => tls::run(args).await,
-            Command::Shard(args) => shard::run(args).await,
-            Command::Logs(args) => logs::run(args).await,
-            Command::Metrics(args) => metrics::run(args).await,
-            Command::Health(args) => health::run(args).await,
+            Command::Tls(args) => tls::run(args).await.map_err(anyhow::Error::from),
+            Command::Shard(args) => shard::run(args).await.map_err(anyhow::Error::from),
+            Command::Logs(args) => logs::run(args).await.map_err(anyhow::Error::from),
+            Command::Metrics(args) => metrics::run(args).await.map_err(anyhow::Error::from),
+            Command::Health(args) => health::run(args).await.map_err(anyhow::Error::from),
         }
     });
     match result {
