@@ -20,7 +20,7 @@ apt_packages=(
   nginx-light haproxy prometheus postgresql
 )
 # Python tools that check Kubernetes artefacts, in a venv of the project's own.
-pip_packages=(yamllint kubernetes-validate helm-python-sdk checkov)
+pip_packages=(pyyaml yamllint kubernetes-validate helm-python-sdk checkov)
 
 install_apt() {
   local missing=()
@@ -44,7 +44,8 @@ install_venv() {
     step "python venv .venv"
     python3 -m venv .venv
   fi
-  local stamp=.venv/.installed-$(printf '%s\n' "${pip_packages[@]}" | sha256sum | cut -c1-12)
+  local stamp
+  stamp=.venv/.installed-$(printf '%s\n' "${pip_packages[@]}" | sha256sum | cut -c1-12)
   [[ -f $stamp ]] && return 0
   step "pip install ${pip_packages[*]}"
   .venv/bin/pip install -q --disable-pip-version-check "${pip_packages[@]}"
@@ -71,9 +72,15 @@ else
 fi
 cargo test --workspace --locked --doc
 
+step "manifests: Helm chart, rendered examples, CRDs (helm, kubernetes-validate, yamllint, checkov)"
+python3 scripts/check_manifests.py
+
 step "shellcheck"
 mapfile -t scripts < <(git ls-files '*.sh' .ci/run)
 shellcheck "${scripts[@]}"
+
+step "end-to-end (kind; skipped without a cluster unless RIGGING_E2E_REQUIRE=1)"
+bash e2e/run.sh
 
 echo
 echo "scripts/test.sh: all checks passed"

@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# End-to-end suite: a real cluster, the real images, `helm install`, each example applied,
+# and what a user would see asserted.
+#
+# Cluster: $RIGGING_E2E_KUBECONFIG if set; otherwise a kind cluster this script creates
+# (needs kind, docker and helm). With neither, the suite is skipped — unless
+# RIGGING_E2E_REQUIRE=1, when it fails: CI that promises e2e must never pass without it.
+#
+#   RIGGING_E2E_KUBECONFIG=~/.kube/config e2e/run.sh     an existing cluster (images must be pullable)
+#   e2e/run.sh                                          a throwaway kind cluster
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cluster=rigging-e2e
+namespace=rigging-system
+tag=e2e
+created_cluster=0
+
+skip_or_fail() {
+  if [[ ${RIGGING_E2E_REQUIRE:-0} == 1 ]]; then
+    echo "e2e: FAILED: $1 (RIGGING_E2E_REQUIRE=1)" >&2
+    exit 1
+  fi
+  echo "e2e: skipped: $1"
+  exit 0
+}
+
+# True when every named command is on PATH.
+need() {
+  local tool
+  for tool in "$@"; do
+    command -v "$tool" >/dev/null 2>&1 || return 1
+  done
+}
+
+cleanup() {
+  if ((created_cluster)) && [[ ${RIGGING_E2E_KEEP:-0} != 1 ]]; then
+    kind delete cluster --name "$cluster" >/dev/null 2>&1 || true
+  fi
+}
+trap cleanup EXIT
+
+if [[ -n ${RIGGING_E2E_KUBECONFIG:-} ]]; then
+  export KUBECONFIG=$RIGGING_E2E_KUBECONFIG
+  need kubectl helm || skip_or_fail "kubectl and helm are needed"
+  image_args=()
+else
+  need kind docker helm kubectl || skip_or_fail "no cluster: set RIGGING_E2E_KUBECONFIG, or install kind, docker and helm"
+  docker info >/dev/null 2>&1 || skip_or_fail "no Docker engine running"
+  echo "e2e: creating kind cluster $cluster"
+  kind create cluster --name "$cluster" --wait 120s
+  created_cluster=1
+  export KUBECONFIG
+  KUBECONFIG=$(mktemp)
+  kind get kubeconfig --name "$cluster" >"$KUBECONFIG"
+  for target in operator sidecar; do
+    docker build --target "$target" -t "rigging-$target:$tag" .
+    kind load docker-image --name "$cluster" "rigging-$target:$tag"
+  done
+  image_args=(--set "image.tag=$tag" --set "sidecarImage.tag=$tag" --set image.pullPolicy=Never)
+fi
+
+echo "e2e: helm install"
+helm upgrade --install rigging charts/rigging --namespace "$namespace" --create-namespace \
+  --wait --timeout 180s "${image_args[@]}"
+kubectl -n "$namespace" rollout status deployment/rigging --timeout=120s
+
+fail() {
+  echo "e2e: FAILED: $*" >&2
+  kubectl -n "$namespace" logs deployment/rigging --tail=100 >&2 || true
+  exit 1
+}
+
+# A ReplicatedService becomes Ready, its Deployment serves through its Service.
+echo "e2e: examples/replicated-service/minimal.yaml"
+app_ns=rigging-e2e-app
+kubectl create namespace "$app_ns" --dry-run=client -o yaml | kubectl apply -f -
+kubectl -n "$app_ns" apply -f examples/replicated-service/minimal.yaml
+name=$(kubectl -n "$app_ns" get replicatedservices -o jsonpath='{.items[0].metadata.name}')
+kubectl -n "$app_ns" wait --for=condition=Ready "replicatedservice/$name" --timeout=180s ||
+  fail "replicatedservice/$name never became Ready"
+kubectl -n "$app_ns" get "deployment/$name" "service/$name" >/dev/null ||
+  fail "the Deployment and Service of $name are missing"
+kubectl -n "$app_ns" run e2e-curl --rm -i --restart=Never --image=curlimages/curl:8.10.1 -- \
+  curl -fsS --max-time 10 "http://$name" >/dev/null || fail "service $name does not answer"
+
+# Bad input gets a condition a person can act on, not a crash loop.
+echo "e2e: a ReplicatedService without a readiness probe is refused"
+if kubectl -n "$app_ns" apply -f - <<'YAML' 2>/tmp/rigging-e2e-refused; then
+apiVersion: rigging.dev/v1alpha1
+kind: ReplicatedService
+metadata:
+  name: no-probe
+spec:
+  port: 8080
+  template:
+    spec:
+      containers:
+        - name: app
+          image: nginx
+YAML
+  kubectl -n "$app_ns" wait --for=condition=Degraded replicatedservice/no-probe --timeout=60s ||
+    fail "no-probe was accepted and never reported Degraded"
+else
+  grep -qi readiness /tmp/rigging-e2e-refused || fail "refusal does not mention the readiness probe"
+fi
+
+echo "e2e: all checks passed"
