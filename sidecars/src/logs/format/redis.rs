@@ -1,0 +1,167 @@
+//! Redis server logs (Redis 3 and later):
+//!
+//! ```text
+//! 1234:M 22 Nov 2026 19:18:40.123 * Ready to accept connections tcp
+//! ```
+//!
+//! → `{"pid":1234,"role":"master","time":"2026-11-22T19:18:40.123","level":"notice","message":"…"}`.
+//! Redis writes local time without an offset, so `time` has none either (in a container
+//! local time is normally UTC).
+
+use super::ParseError;
+use crate::logs::output::Record;
+
+const BAD_PID: ParseError = ParseError::new("expected `pid:role` at the start of a Redis log line");
+const BAD_ROLE: ParseError = ParseError::new("expected role X, C, S or M after the pid");
+const BAD_TIME: ParseError =
+    ParseError::new("expected time as `dd Mon yyyy hh:mm:ss.mmm` after the role");
+const BAD_LEVEL: ParseError = ParseError::new("expected level . - * or # after the time");
+
+/// Parses one Redis log line into `out`.
+pub fn parse(line: &[u8], out: &mut Vec<u8>) -> Result<(), ParseError> {
+    let colon = memchr::memchr(b':', line).ok_or(BAD_PID)?;
+    let pid = &line[..colon];
+    if pid.is_empty() || pid.len() > 19 || !pid.iter().all(u8::is_ascii_digit) {
+        return Err(BAD_PID);
+    }
+    let role = match line.get(colon + 1..colon + 3) {
+        Some(b"M ") => "master",
+        Some(b"S ") => "replica",
+        Some(b"C ") => "child",
+        Some(b"X ") => "sentinel",
+        _ => return Err(BAD_ROLE),
+    };
+    let rest = &line[colon + 3..];
+    // The day has no leading zero in Redis' format ("%d" gives one, but be lenient).
+    let day_len = if rest.get(1) == Some(&b' ') { 1 } else { 2 };
+    let day = rest.get(..day_len).ok_or(BAD_TIME)?;
+    let rest = &rest[day_len..];
+    // " Mon yyyy hh:mm:ss.mmm " is 23 bytes.
+    let t = rest.get(..23).ok_or(BAD_TIME)?;
+    let digits = |r: std::ops::Range<usize>| t[r].iter().all(u8::is_ascii_digit);
+    if !(day.iter().all(u8::is_ascii_digit)
+        && t[0] == b' '
+        && t[4] == b' '
+        && digits(5..9)
+        && t[9] == b' '
+        && digits(10..12)
+        && t[12] == b':'
+        && digits(13..15)
+        && t[15] == b':'
+        && digits(16..18)
+        && t[18] == b'.'
+        && digits(19..22)
+        && t[22] == b' ')
+    {
+        return Err(BAD_TIME);
+    }
+    let month = super::month_digits(&t[1..4]).ok_or(BAD_TIME)?;
+    let level = match rest.get(23..25) {
+        Some(b". ") | Some(b".") => "debug",
+        Some(b"- ") => "verbose",
+        Some(b"* ") => "notice",
+        Some(b"# ") => "warning",
+        _ => match rest.get(23..) {
+            Some(b".") => "debug",
+            Some(b"-") => "verbose",
+            Some(b"*") => "notice",
+            Some(b"#") => "warning",
+            _ => return Err(BAD_LEVEL),
+        },
+    };
+    let message = rest.get(25..).unwrap_or(b"");
+
+    let mut time = [0u8; 23];
+    time[0..4].copy_from_slice(&t[5..9]);
+    time[4] = b'-';
+    time[5..7].copy_from_slice(&month);
+    time[7] = b'-';
+    if day_len == 1 {
+        time[8] = b'0';
+        time[9] = day[0];
+    } else {
+        time[8..10].copy_from_slice(day);
+    }
+    time[10] = b'T';
+    time[11..23].copy_from_slice(&t[10..22]);
+
+    let mut rec = Record::begin(out);
+    rec.num("pid", pid);
+    rec.str("role", role.as_bytes());
+    rec.str("time", &time);
+    rec.str("level", level.as_bytes());
+    rec.str("message", message);
+    rec.end();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    fn parse_str(line: &str) -> Result<Value, ParseError> {
+        let mut out = Vec::new();
+        parse(line.as_bytes(), &mut out)?;
+        Ok(serde_json::from_slice(&out).expect("parser output is JSON"))
+    }
+
+    #[test]
+    fn notice_from_the_master() {
+        let mut out = Vec::new();
+        parse(
+            b"1234:M 22 Nov 2026 19:18:40.123 * Ready to accept connections tcp",
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            r#"{"pid":1234,"role":"master","time":"2026-11-22T19:18:40.123","level":"notice","message":"Ready to accept connections tcp"}"#
+        );
+    }
+
+    #[test]
+    fn roles_levels_and_single_digit_days() {
+        let v = parse_str("7:C 1 Feb 2024 00:00:01.000 # WARNING \"quoted\"").unwrap();
+        assert_eq!(v["role"], "child");
+        assert_eq!(v["level"], "warning");
+        assert_eq!(v["time"], "2024-02-01T00:00:01.000");
+        assert_eq!(v["message"], "WARNING \"quoted\"");
+        let v = parse_str("7:S 01 Feb 2024 00:00:01.000 - x").unwrap();
+        assert_eq!(
+            (v["role"].as_str(), v["level"].as_str()),
+            (Some("replica"), Some("verbose"))
+        );
+        let v = parse_str("7:X 11 Feb 2024 00:00:01.000 .").unwrap();
+        assert_eq!(
+            (v["role"].as_str(), v["level"].as_str()),
+            (Some("sentinel"), Some("debug"))
+        );
+        assert_eq!(v["message"], "");
+    }
+
+    #[test]
+    fn other_lines_are_rejected_with_a_reason() {
+        assert_eq!(parse_str("                _._").unwrap_err(), BAD_PID);
+        assert_eq!(
+            parse_str("12:Q 1 Feb 2024 00:00:01.000 * x").unwrap_err(),
+            BAD_ROLE
+        );
+        assert_eq!(
+            parse_str("[12] 1 Feb 00:00:01.000 * old format").unwrap_err(),
+            BAD_PID
+        );
+        assert_eq!(
+            parse_str("12:M 1 Feb 2024 00:00:01 * x").unwrap_err(),
+            BAD_TIME
+        );
+        assert_eq!(
+            parse_str("12:M 1 Foo 2024 00:00:01.000 * x").unwrap_err(),
+            BAD_TIME
+        );
+        assert_eq!(
+            parse_str("12:M 1 Feb 2024 00:00:01.000 ! x").unwrap_err(),
+            BAD_LEVEL
+        );
+    }
+}
