@@ -24,19 +24,95 @@ static ESCAPE: [u8; 256] = {
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// Appends `s` JSON-escaped (without the surrounding quotes).
+///
+/// Log text rarely needs escaping, so this checks eight bytes at a time (SWAR) and copies
+/// clean runs whole; only where a word holds a quote, a backslash or a control byte does
+/// it go byte by byte.
 #[inline]
 pub fn escape_into(out: &mut Vec<u8>, s: &[u8]) {
+    escape_impl::<false>(out, s);
+}
+
+/// Like [`escape_into`], but first undoes the escapes web servers and logfmt writers put
+/// in quoted strings: `\"`, `\\`, `\n`, `\t`, `\r`, and nginx's `\xHH` for ASCII bytes.
+/// Any other backslash (including `\xHH` above 0x7f, which could make the text invalid
+/// UTF-8) is kept as written. One pass for both jobs.
+#[inline]
+pub fn unescape_into(out: &mut Vec<u8>, s: &[u8]) {
+    escape_impl::<true>(out, s);
+}
+
+#[inline]
+fn escape_impl<const UNESCAPE: bool>(out: &mut Vec<u8>, s: &[u8]) {
     let mut start = 0;
-    for (i, &b) in s.iter().enumerate() {
+    let mut i = 0;
+    while i < s.len() {
+        if i + 8 <= s.len() {
+            let word = u64::from_le_bytes(s[i..i + 8].try_into().expect("8 bytes"));
+            if !needs_escape(word) {
+                i += 8;
+                continue;
+            }
+        }
+        let b = s[i];
         let esc = ESCAPE[b as usize];
         if esc == 0 {
+            i += 1;
             continue;
         }
         out.extend_from_slice(&s[start..i]);
-        push_escape(out, b, esc);
-        start = i + 1;
+        let (decoded, len) = if UNESCAPE && b == b'\\' {
+            web_escape(&s[i..])
+        } else {
+            (b, 1)
+        };
+        escape_byte_into(out, decoded);
+        i += len;
+        start = i;
     }
     out.extend_from_slice(&s[start..]);
+}
+
+/// The byte a backslash escape at the start of `s` stands for, and its length; a lone
+/// backslash stands for itself.
+#[inline]
+fn web_escape(s: &[u8]) -> (u8, usize) {
+    match s.get(1) {
+        Some(b'"') => (b'"', 2),
+        Some(b'\\') => (b'\\', 2),
+        Some(b'n') => (b'\n', 2),
+        Some(b't') => (b'\t', 2),
+        Some(b'r') => (b'\r', 2),
+        Some(b'x') => match (
+            s.get(2).and_then(|&h| hex_value(h)),
+            s.get(3).and_then(|&h| hex_value(h)),
+        ) {
+            (Some(hi), Some(lo)) if hi < 8 => ((hi << 4) | lo, 4),
+            _ => (b'\\', 1),
+        },
+        _ => (b'\\', 1),
+    }
+}
+
+#[inline]
+fn hex_value(h: u8) -> Option<u8> {
+    match h {
+        b'0'..=b'9' => Some(h - b'0'),
+        b'a'..=b'f' => Some(h - b'a' + 10),
+        b'A'..=b'F' => Some(h - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Whether any byte of `word` is below 0x20, `"` or `\` (exact as an existence test).
+#[inline]
+fn needs_escape(word: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |w: u64| w.wrapping_sub(ONES) & !w & HIGH;
+    let below_space = word.wrapping_sub(ONES * 0x20) & !word & HIGH;
+    (below_space | has_zero(word ^ (ONES * b'"' as u64)) | has_zero(word ^ (ONES * b'\\' as u64)))
+        != 0
 }
 
 #[inline]
@@ -66,6 +142,14 @@ pub fn escape_byte_into(out: &mut Vec<u8>, b: u8) {
     }
 }
 
+/// `key!("status")` is `"\"status\":"`: a field name as [`Record`]'s methods take it.
+macro_rules! key {
+    ($name:literal) => {
+        concat!("\"", $name, "\":")
+    };
+}
+pub(crate) use key;
+
 /// Builds one JSON object field by field, keeping the order fields are added in (stable
 /// output that humans can read down a column).
 pub struct Record<'a> {
@@ -81,10 +165,16 @@ impl<'a> Record<'a> {
         Record { out, empty: true }
     }
 
-    /// Writes `"key":` for a key that needs no escaping (the fixed formats' field names).
+    /// Writes a key made by [`key!`](crate::logs::output::key) (`"name":`, quoted at
+    /// compile time: the fixed formats' field names cost one copy).
     #[inline]
-    fn key(&mut self, key: &str) {
-        self.key_raw(key.as_bytes());
+    fn key(&mut self, quoted: &str) {
+        if self.empty {
+            self.empty = false;
+        } else {
+            self.out.push(b',');
+        }
+        self.out.extend_from_slice(quoted.as_bytes());
     }
 
     /// Writes `"key":` for a key escaped beforehand (capture names, escaped at start-up).
@@ -182,8 +272,8 @@ pub fn error_record(out: &mut Vec<u8>, line: &[u8], error: &str) {
     match std::str::from_utf8(line) {
         Ok(_) => {
             let mut rec = Record::begin(out);
-            rec.str("message", line);
-            rec.str("error", error.as_bytes());
+            rec.str(key!("message"), line);
+            rec.str(key!("error"), error.as_bytes());
             rec.end();
         }
         Err(err) => invalid_utf8_record(out, line, err.valid_up_to()),
@@ -197,9 +287,9 @@ pub fn invalid_utf8_record(out: &mut Vec<u8>, line: &[u8], valid_up_to: usize) {
     let encoded = base64::engine::general_purpose::STANDARD.encode(line);
     let error = format!("invalid UTF-8 at byte {valid_up_to}");
     let mut rec = Record::begin(out);
-    rec.str("message", lossy.as_bytes());
-    rec.str("message_base64", encoded.as_bytes());
-    rec.str("error", error.as_bytes());
+    rec.str(key!("message"), lossy.as_bytes());
+    rec.str(key!("message_base64"), encoded.as_bytes());
+    rec.str(key!("error"), error.as_bytes());
     rec.end();
 }
 
@@ -232,12 +322,22 @@ mod tests {
         assert_eq!(back.as_bytes(), &all[..]);
     }
 
+    proptest::proptest! {
+        /// The word-at-a-time scan misses nothing, whatever sits where in a word.
+        #[test]
+        fn any_string_round_trips(s in "[ -~\\x00-\\x1f\"\\\\é€😀]{0,80}") {
+            let json = format!("\"{}\"", escaped(s.as_bytes()));
+            let back: String = serde_json::from_str(&json).unwrap();
+            proptest::prop_assert_eq!(back, s);
+        }
+    }
+
     #[test]
     fn numbers_lose_leading_zeros() {
         let mut out = Vec::new();
         let mut rec = Record::begin(&mut out);
-        rec.num("a", b"000");
-        rec.num("b", b"0042");
+        rec.num(key!("a"), b"000");
+        rec.num(key!("b"), b"0042");
         rec.end();
         assert_eq!(out, br#"{"a":0,"b":42}"#);
     }

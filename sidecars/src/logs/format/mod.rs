@@ -70,44 +70,7 @@ pub(crate) fn closing_quote(s: &[u8]) -> Option<usize> {
     None
 }
 
-/// Appends the contents of a quoted string, JSON-escaped, undoing the escapes web servers
-/// and logfmt writers use: `\"`, `\\`, `\n`, `\t`, `\r`, and nginx's `\xHH` for ASCII bytes.
-/// Anything else (including `\xHH` above 0x7f, which could make the text invalid UTF-8)
-/// is kept as written.
-#[inline]
-pub(crate) fn unescape_into(out: &mut Vec<u8>, s: &[u8]) {
-    let mut start = 0;
-    let mut from = 0;
-    while let Some(i) = memchr::memchr(b'\\', &s[from..]) {
-        let at = from + i;
-        let (decoded, len) = match s.get(at + 1) {
-            Some(b'"') => (b'"', 2),
-            Some(b'\\') => (b'\\', 2),
-            Some(b'n') => (b'\n', 2),
-            Some(b't') => (b'\t', 2),
-            Some(b'r') => (b'\r', 2),
-            Some(b'x') => match (
-                s.get(at + 2).and_then(|&h| hex_value(h)),
-                s.get(at + 3).and_then(|&h| hex_value(h)),
-            ) {
-                (Some(hi), Some(lo)) if hi < 8 => ((hi << 4) | lo, 4),
-                _ => {
-                    from = at + 1;
-                    continue;
-                }
-            },
-            _ => {
-                from = at + 1;
-                continue;
-            }
-        };
-        super::output::escape_into(out, &s[start..at]);
-        super::output::escape_byte_into(out, decoded);
-        start = at + len;
-        from = start;
-    }
-    super::output::escape_into(out, &s[start..]);
-}
+pub(crate) use super::output::unescape_into;
 
 const MONTHS: [&[u8; 3]; 12] = [
     b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec",
@@ -118,16 +81,6 @@ const MONTHS: [&[u8; 3]; 12] = [
 pub(crate) fn month_digits(name: &[u8]) -> Option<[u8; 2]> {
     let month = MONTHS.iter().position(|m| m[..] == *name)? + 1;
     Some([b'0' + (month / 10) as u8, b'0' + (month % 10) as u8])
-}
-
-#[inline]
-fn hex_value(h: u8) -> Option<u8> {
-    match h {
-        b'0'..=b'9' => Some(h - b'0'),
-        b'a'..=b'f' => Some(h - b'a' + 10),
-        b'A'..=b'F' => Some(h - b'A' + 10),
-        _ => None,
-    }
 }
 
 #[cfg(test)]

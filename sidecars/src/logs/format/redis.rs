@@ -9,7 +9,7 @@
 //! local time is normally UTC).
 
 use super::ParseError;
-use crate::logs::output::Record;
+use crate::logs::output::{Record, key};
 
 const BAD_PID: ParseError = ParseError::new("expected `pid:role` at the start of a Redis log line");
 const BAD_ROLE: ParseError = ParseError::new("expected role X, C, S or M after the pid");
@@ -86,11 +86,11 @@ pub fn parse(line: &[u8], out: &mut Vec<u8>) -> Result<(), ParseError> {
     time[11..23].copy_from_slice(&t[10..22]);
 
     let mut rec = Record::begin(out);
-    rec.num("pid", pid);
-    rec.str("role", role.as_bytes());
-    rec.str("time", &time);
-    rec.str("level", level.as_bytes());
-    rec.str("message", message);
+    rec.num(key!("pid"), pid);
+    rec.str(key!("role"), role.as_bytes());
+    rec.str(key!("time"), &time);
+    rec.str(key!("level"), level.as_bytes());
+    rec.str(key!("message"), message);
     rec.end();
     Ok(())
 }
