@@ -113,6 +113,7 @@ pub fn follow<W: io::Write>(
     loop {
         if current.read(pipe).map_err(step_err)? > 0 {
             idle_since = None;
+            metrics.publish(&pipe.stats());
             if stop.is_cancelled() {
                 break;
             }
