@@ -41,6 +41,7 @@ impl Combined {
         // ident (always `-` from nginx), then remote_user up to ` [` (a user name may
         // contain spaces; the time bracket is the reliable anchor).
         let ident_end = rest.iter().position(|&b| b == b' ').ok_or(NO_USER)?;
+        let ident = &rest[..ident_end];
         let rest = &rest[ident_end + 1..];
         let (remote_user, rest) = if rest.first() == Some(&b'[') {
             (&b""[..], &rest[1..])
@@ -80,6 +81,10 @@ impl Combined {
         let mut rec = Record::begin(out);
         rec.str(key!("remote_addr"), remote_addr);
         rec.str(key!("remote_user"), dash_empty(remote_user));
+        // Apache's %l (identd), nearly always `-`; kept when it is not.
+        if ident != b"-" {
+            rec.str(key!("ident"), ident);
+        }
         rec.str(key!("time"), &time_out);
         match split_request(request) {
             Some((method, path, protocol)) => {
@@ -223,6 +228,7 @@ mod tests {
             .unwrap();
         assert_eq!(v["remote_addr"], "::1");
         assert_eq!(v["remote_user"], "");
+        assert!(v.get("ident").is_none());
         assert_eq!(v["time"], "2024-01-01T00:00:00+00:00");
         assert_eq!(v["status"], 304);
         assert_eq!(v["body_bytes_sent"], 0);
@@ -268,6 +274,7 @@ mod tests {
     fn common_format_has_no_referer_or_agent() {
         let v = parse(r#"10.0.0.1 user-identifier bob smith [10/Oct/2000:13:55:36 -0700] "POST /form HTTP/1.1" 201 12"#).unwrap();
         assert_eq!(v["remote_user"], "bob smith");
+        assert_eq!(v["ident"], "user-identifier");
         assert_eq!(v["status"], 201);
         assert!(v.get("http_user_agent").is_none());
     }
