@@ -165,7 +165,7 @@ impl<'a> Record<'a> {
         Record { out, empty: true }
     }
 
-    /// Writes a key made by [`key!`](crate::logs::output::key) (`"name":`, quoted at
+    /// Writes a key made by `key!` (`"name":`, quoted at
     /// compile time: the fixed formats' field names cost one copy).
     #[inline]
     fn key(&mut self, quoted: &str) {

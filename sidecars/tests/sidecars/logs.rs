@@ -427,3 +427,74 @@ fn lines_written_to_the_old_file_after_rotation_are_still_read() {
         "partial line flushed at stop"
     );
 }
+
+#[test]
+fn a_real_redis_log_parses_completely() {
+    let dir = tempfile::tempdir().unwrap();
+    let logfile = dir.path().join("redis.log");
+    let port = free_port();
+    let mut redis = Proc::spawn(
+        require_tool("redis-server"),
+        &[
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            &dir.path().display().to_string(),
+            "--logfile",
+            &logfile.display().to_string(),
+            "--loglevel",
+            "verbose",
+        ],
+    );
+    wait_port(local(port), WAIT);
+    let pid = redis.pid();
+    redis.terminate();
+    assert!(redis.wait_exit(WAIT).is_some(), "redis-server did not stop");
+
+    let output = Command::new(sidecar_bin())
+        .args([
+            "logs",
+            "--format",
+            "redis",
+            "--input",
+            &logfile.display().to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let got: Vec<Value> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let lines = std::fs::read_to_string(&logfile)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.is_empty())
+        .count();
+    assert_eq!(got.len(), lines);
+    for r in &got {
+        assert!(r.get("error").is_none(), "did not parse: {r}");
+        assert_eq!(r["pid"], pid, "{r}");
+        assert!(["notice", "verbose", "warning", "debug"].contains(&r["level"].as_str().unwrap()));
+    }
+    let messages: Vec<&str> = got.iter().map(|r| r["message"].as_str().unwrap()).collect();
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.starts_with("Ready to accept connections")),
+        "{messages:#?}"
+    );
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains("Redis is now ready to exit")),
+        "{messages:#?}"
+    );
+}

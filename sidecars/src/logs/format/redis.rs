@@ -7,6 +7,11 @@
 //! → `{"pid":1234,"role":"master","time":"2026-11-22T19:18:40.123","level":"notice","message":"…"}`.
 //! Redis writes local time without an offset, so `time` has none either (in a container
 //! local time is normally UTC).
+//!
+//! What Redis logs from its signal handler has another shape,
+//! `1234:signal-handler (1795378104) Received SIGTERM scheduling shutdown...`, with Unix
+//! time: `role` is `signal-handler`, `time` is UTC (`Z`), `level` is `warning` (the level
+//! Redis logs these at).
 
 use super::ParseError;
 use crate::logs::output::{Record, key};
@@ -23,6 +28,9 @@ pub fn parse(line: &[u8], out: &mut Vec<u8>) -> Result<(), ParseError> {
     let pid = &line[..colon];
     if pid.is_empty() || pid.len() > 19 || !pid.iter().all(u8::is_ascii_digit) {
         return Err(BAD_PID);
+    }
+    if let Some(rest) = line[colon + 1..].strip_prefix(b"signal-handler (") {
+        return signal_handler(pid, rest, out);
     }
     let role = match line.get(colon + 1..colon + 3) {
         Some(b"M ") => "master",
@@ -95,6 +103,54 @@ pub fn parse(line: &[u8], out: &mut Vec<u8>) -> Result<(), ParseError> {
     Ok(())
 }
 
+const BAD_EPOCH: ParseError = ParseError::new("expected `(unix time) ` after `signal-handler`");
+
+/// `(1795378104) message` after `pid:signal-handler `.
+fn signal_handler(pid: &[u8], rest: &[u8], out: &mut Vec<u8>) -> Result<(), ParseError> {
+    let close = rest.iter().position(|&b| b == b')').ok_or(BAD_EPOCH)?;
+    let digits = &rest[..close];
+    if digits.is_empty() || digits.len() > 11 || !digits.iter().all(u8::is_ascii_digit) {
+        return Err(BAD_EPOCH);
+    }
+    let secs = digits
+        .iter()
+        .fold(0i64, |n, &d| n * 10 + i64::from(d - b'0'));
+    let message = match &rest[close + 1..] {
+        [] => &b""[..],
+        [b' ', message @ ..] => message,
+        _ => return Err(BAD_EPOCH),
+    };
+    let time = utc(secs);
+    let mut rec = Record::begin(out);
+    rec.num(key!("pid"), pid);
+    rec.str(key!("role"), b"signal-handler");
+    rec.str(key!("time"), time.as_bytes());
+    rec.str(key!("level"), b"warning");
+    rec.str(key!("message"), message);
+    rec.end();
+    Ok(())
+}
+
+/// Unix seconds → `YYYY-MM-DDThh:mm:ssZ` (proleptic Gregorian, days-to-civil).
+fn utc(secs: i64) -> String {
+    let (days, day_secs) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        day_secs / 3600,
+        day_secs / 60 % 60,
+        day_secs % 60
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,6 +194,21 @@ mod tests {
             (Some("sentinel"), Some("debug"))
         );
         assert_eq!(v["message"], "");
+    }
+
+    #[test]
+    fn signal_handler_lines_carry_unix_time() {
+        let v =
+            parse_str("18559:signal-handler (1795378104) Received SIGTERM scheduling shutdown...")
+                .unwrap();
+        assert_eq!(v["pid"], 18559);
+        assert_eq!(v["role"], "signal-handler");
+        assert_eq!(v["time"], "2026-11-22T20:08:24Z");
+        assert_eq!(v["level"], "warning");
+        assert_eq!(v["message"], "Received SIGTERM scheduling shutdown...");
+        assert_eq!(utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(parse_str("1:signal-handler (x) y").unwrap_err(), BAD_EPOCH);
     }
 
     #[test]
