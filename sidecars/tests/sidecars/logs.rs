@@ -498,3 +498,39 @@ fn a_real_redis_log_parses_completely() {
         "{messages:#?}"
     );
 }
+
+#[test]
+fn a_joined_record_is_written_once_the_followed_file_goes_quiet() {
+    // The last stack trace in a file has no next record to end it; following, it must
+    // still come out without waiting for shutdown.
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("app.log");
+    let out = dir.path().join("records.jsonl");
+    let mut app = std::fs::File::create(&log).unwrap();
+    let _sidecar = Proc::sidecar(&[
+        "logs",
+        "--format",
+        "regex",
+        "--pattern",
+        r"(?s)^(?P<level>[A-Z]+) (?P<message>.*)$",
+        "--multiline-start",
+        r"^[A-Z]+ ",
+        "--input",
+        &log.display().to_string(),
+        "--follow",
+        "--output",
+        &out.display().to_string(),
+    ]);
+    write!(
+        app,
+        "INFO one\nERROR two\n  at a.b(C.java:1)\n  at d.e(F.java:2)\n"
+    )
+    .unwrap();
+    let got = wait_records(&out, 2);
+    assert_eq!(got[0]["message"], "one");
+    assert_eq!(got[1]["level"], "ERROR");
+    assert_eq!(
+        got[1]["message"],
+        "two\n  at a.b(C.java:1)\n  at d.e(F.java:2)"
+    );
+}
