@@ -1,0 +1,208 @@
+//! `--follow`: read a file as it grows and keep reading across rotation, the way
+//! `tail -F` does, polling because a shared emptyDir may be on any filesystem.
+//!
+//! - rename + create (logrotate's default, `create`): when the path names a new file, the
+//!   new file is read from its start. The old file stays open and is read for a grace
+//!   period after its last growth, because the app keeps writing to it until it reopens
+//!   its log (nginx on `SIGUSR1`) — `tail -F` loses those lines; we do not.
+//! - copytruncate: when the file at the path is shorter than what was read, it is read
+//!   again from its start. Lines the app wrote between the copy and the truncation are
+//!   lost by copytruncate itself, with any reader.
+//! - the path disappearing: the open file is still read; the path is polled until a file
+//!   appears again. A missing file at start-up is waited for.
+
+use std::fs::File;
+use std::io::{self, Seek, SeekFrom};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use super::lines::{LineBuf, StepError, finish_partial, step};
+use super::pipeline::Pipeline;
+use super::{Error, Metrics};
+
+/// How often the file and the path are looked at when there is nothing new to read.
+pub const POLL: Duration = Duration::from_millis(100);
+/// How long a rotated-away file is still read after it last grew.
+pub const RETIRE_GRACE: Duration = Duration::from_secs(3);
+/// How long a multi-line record waits for a continuation line once the input is idle.
+pub const MULTILINE_IDLE: Duration = Duration::from_secs(1);
+
+struct Tail {
+    file: File,
+    /// (device, inode): what tells a new file at the same path from the old one.
+    id: (u64, u64),
+    /// Bytes read from this file since it was opened or last truncated.
+    pos: u64,
+    lines: LineBuf,
+}
+
+impl Tail {
+    fn open(path: &Path) -> io::Result<Tail> {
+        let file = File::open(path)?;
+        let meta = file.metadata()?;
+        Ok(Tail {
+            file,
+            id: (meta.dev(), meta.ino()),
+            pos: 0,
+            lines: LineBuf::default(),
+        })
+    }
+
+    fn read<W: io::Write>(&mut self, pipe: &mut Pipeline<W>) -> Result<usize, StepError> {
+        let n = step(&mut self.lines, &mut self.file, pipe)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+enum PathState {
+    Same,
+    Truncated,
+    Replaced(Tail),
+    Missing,
+}
+
+fn look(path: &Path, current: &Tail) -> PathState {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return PathState::Missing;
+    };
+    if (meta.dev(), meta.ino()) != current.id {
+        return match Tail::open(path) {
+            Ok(tail) => PathState::Replaced(tail),
+            // Raced with another rotation step; look again on the next poll.
+            Err(_) => PathState::Missing,
+        };
+    }
+    if meta.len() < current.pos {
+        PathState::Truncated
+    } else {
+        PathState::Same
+    }
+}
+
+/// Follows `path` until `stop` is cancelled, then emits what is held and returns.
+pub fn follow<W: io::Write>(
+    path: &Path,
+    pipe: &mut Pipeline<W>,
+    stop: &CancellationToken,
+    metrics: &Metrics,
+    output: &str,
+) -> Result<(), Error> {
+    let write_err = |source| Error::Write {
+        path: output.to_owned(),
+        source,
+    };
+    let step_err = |err| match err {
+        StepError::Read(source) => Error::Read {
+            path: path.display().to_string(),
+            source,
+        },
+        StepError::Write(source) => write_err(source),
+    };
+
+    let mut current = match wait_for(path, stop)? {
+        Some(tail) => tail,
+        None => return Ok(()),
+    };
+    tracing::info!(path = %path.display(), "following");
+    let mut retired: Option<(Tail, Instant)> = None;
+    let mut idle_since: Option<Instant> = None;
+    loop {
+        if current.read(pipe).map_err(step_err)? > 0 {
+            idle_since = None;
+            metrics.publish(&pipe.stats());
+            if stop.is_cancelled() {
+                break;
+            }
+            continue;
+        }
+        // Caught up with the current file.
+        if let Some((old, grace_end)) = &mut retired {
+            if old.read(pipe).map_err(step_err)? > 0 {
+                *grace_end = Instant::now() + RETIRE_GRACE;
+            } else if Instant::now() >= *grace_end {
+                finish_partial(&mut old.lines, pipe).map_err(write_err)?;
+                retired = None;
+            }
+        }
+        if pipe.has_pending() {
+            let since = *idle_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= MULTILINE_IDLE {
+                pipe.flush_pending();
+            }
+        }
+        pipe.flush().map_err(write_err)?;
+        metrics.publish(&pipe.stats());
+        if stop.is_cancelled() {
+            break;
+        }
+        match look(path, &current) {
+            PathState::Same | PathState::Missing => {}
+            PathState::Truncated => {
+                tracing::info!(path = %path.display(), "file truncated (copytruncate); reading it from the start");
+                metrics.rotations.with_label_values(&["truncate"]).inc();
+                // What was held was the partial last line of the old contents.
+                finish_partial(&mut current.lines, pipe).map_err(write_err)?;
+                current
+                    .file
+                    .seek(SeekFrom::Start(0))
+                    .map_err(|source| Error::Read {
+                        path: path.display().to_string(),
+                        source,
+                    })?;
+                current.pos = 0;
+                continue;
+            }
+            PathState::Replaced(new) => {
+                tracing::info!(path = %path.display(), "file rotated (renamed and recreated); reading the new file");
+                metrics.rotations.with_label_values(&["rename"]).inc();
+                if let Some((mut older, _)) = retired.take() {
+                    while older.read(pipe).map_err(step_err)? > 0 {}
+                    finish_partial(&mut older.lines, pipe).map_err(write_err)?;
+                }
+                let old = std::mem::replace(&mut current, new);
+                retired = Some((old, Instant::now() + RETIRE_GRACE));
+                continue;
+            }
+        }
+        std::thread::sleep(POLL);
+    }
+    // Stopping: emit what is held so nothing read is lost.
+    if let Some((mut old, _)) = retired {
+        while old.read(pipe).map_err(step_err)? > 0 {}
+        finish_partial(&mut old.lines, pipe).map_err(write_err)?;
+    }
+    finish_partial(&mut current.lines, pipe).map_err(write_err)?;
+    pipe.finish().map_err(write_err)?;
+    metrics.publish(&pipe.stats());
+    Ok(())
+}
+
+/// Opens `path`, waiting for it to exist; `None` when stopped first.
+fn wait_for(path: &Path, stop: &CancellationToken) -> Result<Option<Tail>, Error> {
+    let mut logged = false;
+    loop {
+        match Tail::open(path) {
+            Ok(tail) => return Ok(Some(tail)),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                if !logged {
+                    tracing::info!(path = %path.display(), "waiting for the file to appear");
+                    logged = true;
+                }
+            }
+            Err(source) => {
+                return Err(Error::OpenInput {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
+        }
+        if stop.is_cancelled() {
+            return Ok(None);
+        }
+        std::thread::sleep(POLL);
+    }
+}
