@@ -156,11 +156,10 @@ struct Terminator {
     metrics: metrics::Metrics,
     handshake_timeout: Duration,
     idle_timeout: Duration,
-    /// One builder per ALPN outcome: negotiated h2 or http/1.1 skips hyper's sniffing of
-    /// the first bytes; no ALPN at all falls back to sniffing.
+    /// One builder per ALPN outcome, so hyper never sniffs the first bytes. A client that
+    /// sent no ALPN speaks HTTP/1.1: HTTP/2 over TLS requires ALPN (RFC 9113 §3.3).
     h1: auto::Builder<TokioExecutor>,
     h2: auto::Builder<TokioExecutor>,
-    sniff: auto::Builder<TokioExecutor>,
 }
 
 /// Runs the terminator until SIGTERM/SIGINT, then drains and returns.
@@ -215,7 +214,6 @@ pub async fn run(args: Args) -> Result<(), Error> {
         idle_timeout: args.idle_timeout,
         h1: server_builder(&args).http1_only(),
         h2: server_builder(&args).http2_only(),
-        sniff: server_builder(&args),
     });
 
     life.set_ready(true);
@@ -326,8 +324,7 @@ impl Terminator {
         }
         let builder = match session.alpn_protocol() {
             Some(b"h2") => &self.h2,
-            Some(_) => &self.h1,
-            None => &self.sniff,
+            _ => &self.h1,
         };
 
         let conn = Arc::new(proxy::Conn {

@@ -484,9 +484,17 @@ fn tls_1_1_is_refused() {
     let out = s_client_once(sidecar.port, &["-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0"]);
     assert!(!out.status.success(), "{}", stdout(&out));
     // No session: OpenSSL prints the version it asked for but no cipher.
-    assert!(stdout(&out).contains("Cipher is (NONE)"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("Cipher is (NONE)"),
+        "{}",
+        stdout(&out)
+    );
     // The server answered with an alert rather than a session.
-    assert!(stderr(&out).contains("SSL alert number"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("SSL alert number"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(
         sidecar.metric(r#"rigging_tls_handshakes_total{result="error",version="none"}"#),
         1.0,
