@@ -208,11 +208,18 @@ run_wrk() {
   [[ $target == direct ]] && scheme=http
   local p=${pid[$target]} before after out
   before=$(cpu_ticks "$p")
-  out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"${secs}s" --latency "$@" "$scheme://127.0.0.1:${port[$target]}/")
+  out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"${secs}s" --latency "$@" "$scheme://127.0.0.1:${port[$target]}/" 2>&1) || true
   after=$(cpu_ticks "$p")
   local rps n p50 p99 errors cpu
   rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
   n=$(awk '/requests in/ {print $1}' <<<"$out")
+  if [[ -z $n || $n == 0 ]]; then
+    # A run that moved nothing (wrk failed, the machine stalled) is reported, not averaged.
+    log "  $tag $target: NO REQUESTS, left out of the means; wrk said:"
+    log "$out"
+    echo 1 >>"$work/failed.$target.$tag"
+    return 0
+  fi
   p50=$(to_ms "$(awk '$1 == "50%" {print $2}' <<<"$out")")
   p99=$(to_ms "$(awk '$1 == "99%" {print $2}' <<<"$out")")
   errors=$(awk '/Non-2xx/ {e += $NF} /Socket errors/ {gsub(",", ""); e += $4 + $6 + $8 + $10} END {print e + 0}' <<<"$out")
@@ -235,8 +242,10 @@ declare -A load_rss
 for t in nginx-on haproxy-on rigging-on; do load_rss[$t]=$(rss_kib "${pid[$t]}"); done
 
 # Mean of column $2 over the rounds of $1.
-mean() { awk -v c="$2" '{s += $c; n++} END {printf "%.3f", n ? s / n : 0}' "$1"; }
-sum() { awk -v c="$2" '{s += $c} END {print s + 0}' "$1"; }
+mean() { if [[ -f $1 ]]; then awk -v c="$2" '{s += $c; n++} END {printf "%.3f", n ? s / n : 0}' "$1"; else echo 0; fi; }
+sum() { if [[ -f $1 ]]; then awk -v c="$2" '{s += $c} END {print s + 0}' "$1"; else echo 0; fi; }
+# Runs of $1 that produced no requests at all.
+failed_runs() { if [[ -f $1 ]]; then wc -l <"$1"; else echo 0; fi; }
 
 # ---- start-to-ready ------------------------------------------------------------------
 # Median of 5 starts; ready = /readyz 200 for Rigging (what the kubelet probes), the TLS
@@ -297,28 +306,29 @@ for t in rigging nginx haproxy; do ready[$t]=$(ready_ms $t); done
 name() { case $1 in direct) echo "direct (no TLS)" ;; rigging*) echo "Rigging tls" ;; nginx*) echo nginx ;; haproxy*) echo haproxy ;; esac; }
 nginx_rps=$(mean "$work/result.nginx-on.ka" 1)
 echo
-echo "Keep-alive, \`wrk -t1 -c$CONNS -d${DURATION}s\`, mean of $ROUNDS rounds:"
+echo "Keep-alive, \`wrk -t1 -c$CONNS -d${DURATION}s\`, mean of $ROUNDS rounds (runs that moved no request at all are left out and counted):"
 echo
-echo "| target | req/s | p50 ms | p99 ms | vs nginx | CPU µs/req | errors |"
-echo "|---|---:|---:|---:|---:|---:|---:|"
+echo "| target | req/s | p50 ms | p99 ms | vs nginx | CPU µs/req | errors | empty runs |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|"
 for t in direct rigging-on nginx-on haproxy-on; do
   f=$work/result.$t.ka
-  printf '| %s | %.0f | %.2f | %.2f | %.2f× | %.1f | %d |\n' "$(name $t)" "$(mean "$f" 1)" \
-    "$(mean "$f" 2)" "$(mean "$f" 3)" "$(awk -v a="$(mean "$f" 1)" -v b="$nginx_rps" 'BEGIN {print a / b}')" \
-    "$(mean "$f" 4)" "$(sum "$f" 5)"
+  printf '| %s | %.0f | %.2f | %.2f | %.2f× | %.1f | %d | %d |\n' "$(name $t)" "$(mean "$f" 1)" \
+    "$(mean "$f" 2)" "$(mean "$f" 3)" "$(awk -v a="$(mean "$f" 1)" -v b="$nginx_rps" 'BEGIN {print b ? a / b : 0}')" \
+    "$(mean "$f" 4)" "$(sum "$f" 5)" "$(failed_runs "$work/failed.$t.ka")"
 done
 
 nginx_full=$(mean "$work/result.nginx-off.full" 1)
 echo
 echo "New TLS 1.3 connections, \`wrk -t1 -c$CONNS -d${HS_DURATION}s -H 'Connection: close'\`, mean of $ROUNDS rounds:"
 echo
-echo "| terminator | full handshakes/s | vs nginx | CPU µs per full | resumed handshakes/s | CPU µs per resumed | errors |"
-echo "|---|---:|---:|---:|---:|---:|---:|"
+echo "| terminator | full handshakes/s | vs nginx | CPU µs per full | resumed handshakes/s | CPU µs per resumed | errors | empty runs |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|"
 for t in rigging nginx haproxy; do
   f=$work/result.$t-off.full r=$work/result.$t-on.resumed
-  printf '| %s | %.0f | %.2f× | %.0f | %.0f | %.0f | %d |\n' "$(name $t)" "$(mean "$f" 1)" \
-    "$(awk -v a="$(mean "$f" 1)" -v b="$nginx_full" 'BEGIN {print a / b}')" "$(mean "$f" 4)" \
-    "$(mean "$r" 1)" "$(mean "$r" 4)" "$(($(sum "$f" 5) + $(sum "$r" 5)))"
+  printf '| %s | %.0f | %.2f× | %.0f | %.0f | %.0f | %d | %d |\n' "$(name $t)" "$(mean "$f" 1)" \
+    "$(awk -v a="$(mean "$f" 1)" -v b="$nginx_full" 'BEGIN {print b ? a / b : 0}')" "$(mean "$f" 4)" \
+    "$(mean "$r" 1)" "$(mean "$r" 4)" "$(($(sum "$f" 5) + $(sum "$r" 5)))" \
+    "$(($(failed_runs "$work/failed.$t-off.full") + $(failed_runs "$work/failed.$t-on.resumed")))"
 done
 echo
 echo "Rigging resumed $(awk -v a="$resumed_before" -v b="$resumed_after" 'BEGIN {print b - a}') handshakes in the 'resumed' runs (its own counter)."
