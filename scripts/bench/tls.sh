@@ -147,10 +147,11 @@ EOF
   spawn taskset -c 0 haproxy -db -f "$dir/haproxy.cfg"
 }
 
-start_rigging() { # $1 port, $2 admin port, $3 on|off
-  local extra=()
+start_rigging() { # $1 port, $2 admin port, $3 on|off, $4 worker threads (default: tokio's)
+  local extra=() threads=()
   [[ $3 == off ]] && extra=(--no-session-resumption)
-  spawn env RUST_LOG=warn taskset -c 0 "$BIN" tls --listen "127.0.0.1:$1" \
+  [[ -n ${4:-} ]] && threads=(RIGGING_WORKER_THREADS="$4")
+  spawn env "${threads[@]}" taskset -c 0 "$BIN" tls --listen "127.0.0.1:$1" \
     --upstream "127.0.0.1:$backend_port" --cert "$work/tls.crt" --key "$work/tls.key" \
     --admin "127.0.0.1:$2" "${extra[@]}"
 }
@@ -180,10 +181,15 @@ for mode in on off; do
   pid[rigging-$mode]=$started
   wait_port 127.0.0.1 "${port[rigging-$mode]}"
 done
+# The same, on tokio's current-thread scheduler (RIGGING_WORKER_THREADS=1).
+port[rigging-ct]=$(free_port)
+start_rigging "${port[rigging-ct]}" "$(free_port)" on 1
+pid[rigging-ct]=$started
+wait_port 127.0.0.1 "${port[rigging-ct]}"
 port[direct]=$backend_port
 pid[direct]=$backend_pid
 
-for t in nginx-on haproxy-on rigging-on nginx-off haproxy-off rigging-off; do
+for t in nginx-on haproxy-on rigging-on rigging-ct nginx-off haproxy-off rigging-off; do
   curl -skf "https://127.0.0.1:${port[$t]}/" | grep -q xxxx || { log "$t does not proxy"; exit 1; }
 done
 sleep 1
@@ -231,7 +237,7 @@ run_wrk() {
 resumed_before=$(curl -sf "http://127.0.0.1:$rigging_admin/metrics" | awk '/^rigging_tls_handshakes_resumed_total/ {print $2}')
 for round in $(seq 1 "$ROUNDS"); do
   log "round $round: keep-alive"
-  for t in direct rigging-on nginx-on haproxy-on; do run_wrk $t "$DURATION" ka; done
+  for t in direct rigging-on rigging-ct nginx-on haproxy-on; do run_wrk $t "$DURATION" ka; done
   log "round $round: new connections"
   for t in rigging-off nginx-off haproxy-off; do run_wrk $t "$HS_DURATION" full -H 'Connection: close'; done
   for t in rigging-on nginx-on haproxy-on; do run_wrk $t "$HS_DURATION" resumed -H 'Connection: close'; done
@@ -274,7 +280,7 @@ for _ in range(5):
                "127.0.0.1:9", "--cert", f"{work}/tls.crt", "--key", f"{work}/tls.key",
                "--admin", f"127.0.0.1:{admin}"]
         check = lambda: ready(admin)
-        env = dict(os.environ, RUST_LOG="warn")
+        env = None
     elif kind == "haproxy":
         cfg = f"{work}/ready.cfg"
         open(cfg, "w").write(f"global\n nbthread 1\ndefaults\n mode http\n timeout connect 5s\n timeout client 5s\n timeout server 5s\nfrontend fe\n bind 127.0.0.1:{port} ssl crt {work}/combined.pem\n default_backend app\nbackend app\n server app 127.0.0.1:9\n")
@@ -303,14 +309,14 @@ declare -A ready
 for t in rigging nginx haproxy; do ready[$t]=$(ready_ms $t); done
 
 # ---- tables --------------------------------------------------------------------------
-name() { case $1 in direct) echo "direct (no TLS)" ;; rigging*) echo "Rigging tls" ;; nginx*) echo nginx ;; haproxy*) echo haproxy ;; esac; }
+name() { case $1 in direct) echo "direct (no TLS)" ;; rigging-ct) echo "Rigging tls, RIGGING_WORKER_THREADS=1" ;; rigging*) echo "Rigging tls" ;; nginx*) echo nginx ;; haproxy*) echo haproxy ;; esac; }
 nginx_rps=$(mean "$work/result.nginx-on.ka" 1)
 echo
 echo "Keep-alive, \`wrk -t1 -c$CONNS -d${DURATION}s\`, mean of $ROUNDS rounds (runs that moved no request at all are left out and counted):"
 echo
 echo "| target | req/s | p50 ms | p99 ms | vs nginx | CPU µs/req | errors | empty runs |"
 echo "|---|---:|---:|---:|---:|---:|---:|---:|"
-for t in direct rigging-on nginx-on haproxy-on; do
+for t in direct rigging-on rigging-ct nginx-on haproxy-on; do
   f=$work/result.$t.ka
   printf '| %s | %.0f | %.2f | %.2f | %.2f× | %.1f | %d | %d |\n' "$(name $t)" "$(mean "$f" 1)" \
     "$(mean "$f" 2)" "$(mean "$f" 3)" "$(awk -v a="$(mean "$f" 1)" -v b="$nginx_rps" 'BEGIN {print b ? a / b : 0}')" \
