@@ -17,11 +17,39 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
 use tokio_util::task::TaskTracker;
 
-use super::idle::InFlight;
+use super::idle::{InFlight, InFlightGuard};
 use super::metrics::Metrics;
 
 /// What the terminator sends back: the app's streamed body, or a short body of its own.
-pub type Body = Either<Incoming, Full<Bytes>>;
+pub type Body = Either<Streaming, Full<Bytes>>;
+
+/// The app's response body on its way to the client. It holds the connection's in-flight
+/// mark until the body ends, so that a response streaming slowly (server-sent events, long
+/// downloads with pauses) is not mistaken for an idle connection.
+pub struct Streaming {
+    body: Incoming,
+    _busy: InFlightGuard,
+}
+
+impl hyper::body::Body for Streaming {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -144,7 +172,8 @@ impl Conn {
             }
             _ => strip_hop_by_hop(response.headers_mut(), false),
         }
-        Ok(response.map(Either::Left))
+        let busy = self.in_flight.enter();
+        Ok(response.map(|body| Either::Left(Streaming { body, _busy: busy })))
     }
 }
 

@@ -869,3 +869,36 @@ fn bad_certificate_files_stop_start_up_naming_the_file() {
     );
     assert!(err.contains("does not match"), "{err}");
 }
+
+#[test]
+fn a_client_that_never_finishes_the_handshake_is_dropped() {
+    let (_app, pki, sidecar) = setup(&["--handshake-timeout", "1s"]);
+    let mut silent = TcpStream::connect(local(sidecar.port)).unwrap();
+    silent.set_read_timeout(Some(WAIT)).unwrap();
+    let mut buf = [0u8; 16];
+    // EOF (or a reset) rather than our read timeout: the sidecar hung up.
+    match silent.read(&mut buf) {
+        Ok(n) => assert_eq!(n, 0, "unexpected bytes"),
+        Err(err) => assert_ne!(err.kind(), std::io::ErrorKind::WouldBlock, "never closed"),
+    }
+    assert_eq!(
+        sidecar.metric(r#"rigging_tls_handshakes_total{result="timeout",version="none"}"#),
+        1.0
+    );
+    let out = curl(sidecar.port, &pki.ca_file, "/", &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn an_idle_connection_is_closed_but_a_slow_response_is_not() {
+    // A header timeout far beyond the wait: only the idle timeout can close it.
+    let (_app, _pki, sidecar) = setup(&["--idle-timeout", "1s", "--header-timeout", "10m"]);
+
+    // A request that takes twice the idle timeout still gets its answer.
+    let mut busy = SClient::connect(sidecar.port, &["-alpn", "http/1.1"]);
+    busy.send("GET /slow HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    busy.wait_for("slow done", 0);
+
+    // Then nothing moves on it: the sidecar closes it.
+    busy.wait_closed();
+}
