@@ -63,15 +63,20 @@ pub enum Error {
 /// The tokio runtime every sidecar runs on.
 ///
 /// `RIGGING_WORKER_THREADS` caps the worker threads; by default tokio uses one per core,
-/// which is what a pod's CPU limit usually wants.
+/// which is what a pod's CPU limit usually wants. `RIGGING_WORKER_THREADS=1` runs everything
+/// on the main thread (tokio's current-thread scheduler): with one worker, the
+/// multi-thread scheduler's cross-thread machinery only costs CPU.
 pub fn build_tokio() -> std::io::Result<tokio::runtime::Runtime> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.enable_all().thread_name("rigging-worker");
-    if let Some(n) = std::env::var("RIGGING_WORKER_THREADS")
+    let threads = std::env::var("RIGGING_WORKER_THREADS")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
-        .filter(|n| *n > 0)
-    {
+        .filter(|n| *n > 0);
+    let mut builder = match threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    builder.enable_all().thread_name("rigging-worker");
+    if let Some(n) = threads.filter(|n| *n > 1) {
         builder.worker_threads(n);
     }
     builder.build()

@@ -5,3 +5,4 @@
 
 mod logs;
 mod support;
+mod tls;

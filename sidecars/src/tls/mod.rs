@@ -1,0 +1,412 @@
+//! `rigging-sidecar tls`: a TLS terminator in front of a local app port ("adding HTTPS to
+//! a legacy service", *Designing Distributed Systems* ch. 2).
+//!
+//! Clients speak TLS 1.2/1.3 (rustls) and HTTP/1.1 or HTTP/2 (ALPN); the app gets plain
+//! HTTP/1.1 over pooled keep-alive connections. Certificates reload when their files
+//! change, including the kubelet's `..data` symlink swap, without touching open
+//! connections. See `docs/sidecars/tls.md`.
+
+mod certs;
+mod idle;
+mod metrics;
+mod proxy;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::HeaderValue;
+use http::uri::Authority;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use crate::runtime::{self, Lifecycle, admin, reload};
+
+pub use certs::CertError;
+
+/// Command-line arguments of `rigging-sidecar tls`.
+///
+/// Boxed so that `main`'s subcommand enum stays small whatever each sidecar's flags weigh.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The flags themselves.
+    #[command(flatten)]
+    pub flags: Box<Flags>,
+}
+
+/// The flags of `rigging-sidecar tls`.
+#[derive(Debug, clap::Args)]
+pub struct Flags {
+    /// Address to accept TLS connections on.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: SocketAddr,
+    /// The app, as HOST:PORT; it is spoken to in plain HTTP/1.1.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub upstream: String,
+    /// PEM certificate chain, leaf first. Reloaded when it changes.
+    #[arg(long, value_name = "FILE")]
+    pub cert: PathBuf,
+    /// PEM private key matching --cert. Reloaded when it changes.
+    #[arg(long, value_name = "FILE")]
+    pub key: PathBuf,
+    /// PEM CA bundle: when given, clients must present a certificate it signed.
+    #[arg(long, value_name = "FILE")]
+    pub client_ca: Option<PathBuf>,
+    /// Admin address for /healthz, /readyz and /metrics.
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<SocketAddr>,
+    /// Longest a client may take to complete the TLS handshake.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
+    /// Longest a client may take to send a request's headers (HTTP/1.1).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub header_timeout: Duration,
+    /// A connection with no request in flight and no bytes moving for this long is closed.
+    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+    /// Longest to wait for the app to accept a connection before answering 502.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+    /// On SIGTERM, how long in-flight requests get to finish before the process exits.
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+    /// Most client connections open at once; further clients wait in the listen backlog.
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+    /// Turns off session resumption (tickets and the session cache): every handshake is a
+    /// full one. For measuring handshake cost; leave it on in production.
+    #[arg(long)]
+    pub no_session_resumption: bool,
+    /// Sessions kept for TLS 1.2 resumption by session ID.
+    #[arg(long, default_value_t = 4096)]
+    pub session_cache_size: usize,
+    /// How often the certificate files are checked for changes.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub reload_interval: Duration,
+}
+
+/// Why the terminator could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A certificate, key or CA file is unusable (the message names it).
+    #[error(transparent)]
+    Cert(#[from] CertError),
+    /// A listener could not be bound.
+    #[error(transparent)]
+    Runtime(#[from] runtime::Error),
+    /// `--upstream` is not HOST:PORT.
+    #[error("--upstream {value:?} is not HOST:PORT: {reason}")]
+    Upstream {
+        /// What was given.
+        value: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// A metric could not be registered (a programming error).
+    #[error("cannot register metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// Parses `500ms`, `10s`, `2m` or a bare number of seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 500ms, 10s or 2m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("{text:?}: unit must be ms, s or m")),
+    }
+}
+
+fn parse_upstream(value: &str) -> Result<Authority, Error> {
+    let authority: Authority =
+        value
+            .parse()
+            .map_err(|err: http::uri::InvalidUri| Error::Upstream {
+                value: value.to_owned(),
+                reason: err.to_string(),
+            })?;
+    if authority.port_u16().is_none() || authority.host().is_empty() {
+        return Err(Error::Upstream {
+            value: value.to_owned(),
+            reason: "a host and a port are both needed".into(),
+        });
+    }
+    Ok(authority)
+}
+
+/// Everything a connection task needs, shared by all of them.
+struct Terminator {
+    tls: certs::Current,
+    upstream: Arc<proxy::Upstream>,
+    metrics: metrics::Metrics,
+    handshake_timeout: Duration,
+    idle_timeout: Duration,
+    /// One builder per ALPN outcome, so hyper never sniffs the first bytes. A client that
+    /// sent no ALPN speaks HTTP/1.1: HTTP/2 over TLS requires ALPN (RFC 9113 §3.3).
+    h1: auto::Builder<TokioExecutor>,
+    h2: auto::Builder<TokioExecutor>,
+}
+
+/// Runs the terminator until SIGTERM/SIGINT, then drains and returns.
+pub async fn run(args: Args) -> Result<(), Error> {
+    let args = *args.flags;
+    let started = std::time::Instant::now();
+    let life = Lifecycle::new();
+    let registry = prometheus::Registry::new();
+    let metrics = metrics::Metrics::register(&registry)?;
+    let authority = parse_upstream(&args.upstream)?;
+
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let resumption = if args.no_session_resumption {
+        certs::Resumption::disabled()
+    } else {
+        certs::Resumption::enabled(args.session_cache_size)?
+    };
+    let files = certs::TlsFiles {
+        cert: args.cert.clone(),
+        key: args.key.clone(),
+        client_ca: args.client_ca.clone(),
+    };
+    // Watch before the first load, so a change racing start-up is not missed.
+    let changes = reload::watch_files(files.watched(), args.reload_interval, life.token().clone());
+    let loaded = certs::load(&files, &resumption, &provider)?;
+    metrics.cert_expiry.set(loaded.not_after);
+    let current: certs::Current = Arc::new(ArcSwap::new(loaded.config));
+
+    let listener = runtime::bind(args.listen).await?;
+    if let Some(addr) = args.admin {
+        admin::spawn(addr, registry.clone(), life.clone()).await?;
+    }
+    spawn_reloader(
+        changes,
+        files,
+        resumption,
+        provider,
+        current.clone(),
+        metrics.clone(),
+    );
+
+    let terminator = Arc::new(Terminator {
+        tls: current,
+        upstream: Arc::new(proxy::Upstream::new(
+            authority,
+            args.connect_timeout,
+            metrics.clone(),
+            life.tracker().clone(),
+        )),
+        metrics,
+        handshake_timeout: args.handshake_timeout,
+        idle_timeout: args.idle_timeout,
+        h1: server_builder(&args).http1_only(),
+        h2: server_builder(&args).http2_only(),
+    });
+
+    life.set_ready(true);
+    tracing::info!(
+        listen = %args.listen,
+        upstream = %args.upstream,
+        client_auth = args.client_ca.is_some(),
+        session_resumption = !args.no_session_resumption,
+        startup_ms = started.elapsed().as_secs_f64() * 1e3,
+        "tls terminator ready"
+    );
+
+    accept_loop(&listener, &terminator, &life, args.max_connections as usize).await;
+    drop(listener);
+    life.drain(args.drain_timeout).await;
+    Ok(())
+}
+
+fn server_builder(args: &Flags) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(args.header_timeout)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256);
+    builder
+}
+
+async fn accept_loop(
+    listener: &tokio::net::TcpListener,
+    terminator: &Arc<Terminator>,
+    life: &Lifecycle,
+    max_connections: usize,
+) {
+    let slots = Arc::new(Semaphore::new(max_connections));
+    loop {
+        // Waiting for a slot before accepting leaves excess clients in the kernel's
+        // backlog instead of accepting and dropping them.
+        let slot = tokio::select! {
+            _ = life.stopping() => return,
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+        };
+        let (tcp, peer) = tokio::select! {
+            _ = life.stopping() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Out of file descriptors, mostly: back off instead of spinning.
+                    tracing::warn!(error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let terminator = terminator.clone();
+        let stop = life.token().clone();
+        life.tracker().spawn(async move {
+            let _slot = slot;
+            terminator.serve(tcp, peer, stop).await;
+        });
+    }
+}
+
+/// Decrements the open-connections gauge however the connection ends.
+struct OpenConnection(prometheus::IntGauge);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+impl Terminator {
+    async fn serve(&self, tcp: TcpStream, peer: SocketAddr, stop: CancellationToken) {
+        self.metrics.connections.inc();
+        self.metrics.connections_open.inc();
+        let _open = OpenConnection(self.metrics.connections_open.clone());
+        let _ = tcp.set_nodelay(true);
+
+        let in_flight = Arc::new(idle::InFlight::default());
+        let io = idle::IdleIo::new(tcp, self.idle_timeout, in_flight.clone());
+        let acceptor = TlsAcceptor::from(self.tls.load_full());
+        let handshake = tokio::time::timeout(self.handshake_timeout, acceptor.accept(io));
+        let tls = tokio::select! {
+            _ = stop.cancelled() => return,
+            result = handshake => match result {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(err)) => {
+                    self.metrics.handshakes_failed.inc();
+                    tracing::debug!(%peer, error = %err, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    self.metrics.handshakes_timed_out.inc();
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            },
+        };
+        let session = tls.get_ref().1;
+        self.metrics.handshake_ok(session.protocol_version());
+        if session.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+            self.metrics.handshakes_resumed.inc();
+        }
+        let builder = match session.alpn_protocol() {
+            Some(b"h2") => &self.h2,
+            _ => &self.h1,
+        };
+
+        let conn = Arc::new(proxy::Conn {
+            upstream: self.upstream.clone(),
+            peer_ip: HeaderValue::try_from(peer.ip().to_string())
+                .expect("an IP address is a valid header value"),
+            in_flight,
+        });
+        let service = service_fn(move |req| {
+            let conn = conn.clone();
+            async move { conn.handle(req).await }
+        });
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+        tokio::pin!(connection);
+        let result = tokio::select! {
+            result = connection.as_mut() => result,
+            _ = stop.cancelled() => {
+                // Finish what is in flight, refuse new requests (HTTP/2: GOAWAY; HTTP/1.1:
+                // close after the current response).
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+        };
+        if let Err(err) = result {
+            tracing::debug!(%peer, error = %err, "client connection ended with an error");
+        }
+    }
+}
+
+fn spawn_reloader(
+    mut changes: tokio::sync::watch::Receiver<u64>,
+    files: certs::TlsFiles,
+    resumption: certs::Resumption,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    current: certs::Current,
+    metrics: metrics::Metrics,
+) {
+    tokio::spawn(async move {
+        while changes.changed().await.is_ok() {
+            match certs::load(&files, &resumption, &provider) {
+                Ok(loaded) => {
+                    current.store(loaded.config);
+                    metrics.cert_expiry.set(loaded.not_after);
+                    metrics.reloads_ok.inc();
+                    tracing::info!(
+                        cert = %files.cert.display(),
+                        not_after = loaded.not_after,
+                        "certificate reloaded; new connections use it"
+                    );
+                }
+                Err(err) => {
+                    metrics.reloads_failed.inc();
+                    tracing::warn!(
+                        error = %err,
+                        "new certificate files are unusable; still serving the previous certificate"
+                    );
+                }
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_the_usual_units() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("1h").is_err());
+        assert!(parse_duration("fast").is_err());
+    }
+
+    #[test]
+    fn upstream_needs_host_and_port() {
+        assert!(parse_upstream("127.0.0.1:8080").is_ok());
+        assert!(parse_upstream("app.local:80").is_ok());
+        let err = parse_upstream("127.0.0.1").unwrap_err().to_string();
+        assert!(err.contains("127.0.0.1") && err.contains("port"), "{err}");
+        assert!(parse_upstream("http://x:1/path").is_err());
+    }
+}
