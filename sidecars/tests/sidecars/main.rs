@@ -3,4 +3,6 @@
 //! `scripts/test.sh` installs. A missing tool fails the test rather than skipping it: a
 //! green run must mean the behaviour was exercised.
 
+mod health;
+mod metrics;
 mod support;
