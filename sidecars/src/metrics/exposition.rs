@@ -27,11 +27,16 @@ pub fn header(out: &mut Vec<u8>, name: &str, help: &str, kind: Kind) {
     out.extend_from_slice(b"# HELP ");
     out.extend_from_slice(name.as_bytes());
     out.push(b' ');
-    for &b in help.as_bytes() {
-        match b {
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            _ => out.push(b),
+    if memchr::memchr2(b'\\', b'\n', help.as_bytes()).is_none() {
+        // The common case (every built-in help text): nothing to escape.
+        out.extend_from_slice(help.as_bytes());
+    } else {
+        for &b in help.as_bytes() {
+            match b {
+                b'\\' => out.extend_from_slice(b"\\\\"),
+                b'\n' => out.extend_from_slice(b"\\n"),
+                _ => out.push(b),
+            }
         }
     }
     out.extend_from_slice(b"\n# TYPE ");
@@ -84,6 +89,11 @@ pub fn number(text: &[u8]) -> Option<&[u8]> {
     let first = *text.first()?;
     if !(first.is_ascii_digit() || first == b'-' || first == b'+' || first == b'.') {
         return None;
+    }
+    let digits = if first == b'-' { &text[1..] } else { text };
+    if !digits.is_empty() && digits.iter().all(u8::is_ascii_digit) {
+        // Integers, most of INFO and stats: valid without a float parse.
+        return Some(text);
     }
     let valid = text
         .iter()
