@@ -34,7 +34,8 @@ trap cleanup EXIT
 REDIS_PORT=$(free_port)
 taskset -c 0 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
   --loglevel warning --enable-debug-command yes >"$WORK/redis.log" 2>&1 &
-PIDS+=($!)
+REDIS_PID=$!
+PIDS+=("$REDIS_PID")
 wait_port 127.0.0.1 "$REDIS_PORT"
 # Some keys in a few databases, so both tools render keyspace lines.
 for db in 0 1 2; do
@@ -56,6 +57,11 @@ PIDS+=("$EXPORTER_PID")
 wait_port 127.0.0.1 "$RIGGING_PORT"
 wait_port 127.0.0.1 "$EXPORTER_PORT"
 
+connections() {
+  redis-cli -p "$REDIS_PORT" INFO stats | tr -d '\r' |
+    awk -F: '/^total_connections_received:/ {print $2}'
+}
+
 info_calls() {
   redis-cli -p "$REDIS_PORT" INFO commandstats | tr -d '\r' |
     awk -F'[=,]' '/^cmdstat_info:/ {print $2; found=1} END {if (!found) print 0}'
@@ -69,16 +75,21 @@ to_ms() {
     printf "%.2f", n }'
 }
 
-declare -A RPS P50 P99 CPU RSS
+declare -A RPS P50 P99 CPU RSS RCPU
 ROWS=()
 run_one() { # name port pid round
   local name=$1 port=$2 pid=$3 round=$4
   local body_lines ticks0 ticks1 info0 info1 out rps reqs p50 p99 cpu_ms rss info_per
+  local rticks0 rticks1 conn0 conn1 redis_ms conn_per
   body_lines=$(curl -s "http://127.0.0.1:$port/metrics" | grep -vc '^#')
   info0=$(info_calls)
+  conn0=$(connections)
   ticks0=$(cpu_ticks "$pid")
+  rticks0=$(cpu_ticks "$REDIS_PID")
   out=$(taskset -c 1 wrk -t1 -c4 -d"${DURATION}s" --latency "http://127.0.0.1:$port/metrics")
+  rticks1=$(cpu_ticks "$REDIS_PID")
   ticks1=$(cpu_ticks "$pid")
+  conn1=$(connections)
   info1=$(info_calls)
   rss=$(awk -v k="$(rss_kib "$pid")" 'BEGIN {printf "%.1f", k / 1024}')
   rps=$(awk '/^Requests\/sec:/ {printf "%.0f", $2}' <<<"$out")
@@ -87,14 +98,19 @@ run_one() { # name port pid round
   p99=$(to_ms "$(awk '$1 == "99%" {print $2}' <<<"$out")")
   cpu_ms=$(awk -v t=$((ticks1 - ticks0)) -v hz="$CLK_TCK" -v n="$reqs" \
     'BEGIN {printf "%.3f", t / hz * 1000 / n}')
-  # Minus the one INFO commandstats of the measurement itself.
-  info_per=$(awk -v d=$((info1 - info0 - 1)) -v n="$reqs" 'BEGIN {printf "%.2f", d / n}')
+  redis_ms=$(awk -v t=$((rticks1 - rticks0)) -v hz="$CLK_TCK" -v n="$reqs" \
+    'BEGIN {printf "%.3f", t / hz * 1000 / n}')
+  # Minus the measurement's own redis-cli calls: three INFOs counted between info0 and
+  # info1, one connection between conn0 and conn1.
+  info_per=$(awk -v d=$((info1 - info0 - 3)) -v n="$reqs" 'BEGIN {printf "%.2f", d / n}')
+  conn_per=$(awk -v d=$((conn1 - conn0 - 1)) -v n="$reqs" 'BEGIN {printf "%.2f", d / n}')
   RPS[$name]+="$rps "
   P50[$name]+="$p50 "
   P99[$name]+="$p99 "
   CPU[$name]+="$cpu_ms "
   RSS[$name]+="$rss "
-  ROWS+=("| $name | $round | $rps | $p50 | $p99 | $cpu_ms | $rss | $info_per | $body_lines |")
+  RCPU[$name]+="$redis_ms "
+  ROWS+=("| $name | $round | $rps | $p50 | $p99 | $cpu_ms | $rss | $redis_ms | $info_per | $conn_per | $body_lines |")
 }
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {
@@ -108,8 +124,8 @@ done
 echo
 echo "Redis → Prometheus, wrk -t1 -c4 -d${DURATION}s on /metrics, ${ROUNDS} rounds A B; $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs"
 echo
-echo "| tool | round | scrapes/s | p50 ms | p99 ms | CPU ms/scrape | RSS MiB | INFO/scrape | samples |"
-echo "|---|---|---|---|---|---|---|---|---|"
+echo "| tool | round | scrapes/s | p50 ms | p99 ms | CPU ms/scrape | RSS MiB | Redis CPU ms/scrape | INFO/scrape | connections/scrape | samples |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|"
 printf '%s\n' "${ROWS[@]}"
 echo
 r_rps=$(median <<<"${RPS[rigging]}"); e_rps=$(median <<<"${RPS[redis_exporter]}")
@@ -117,6 +133,7 @@ r_p50=$(median <<<"${P50[rigging]}"); e_p50=$(median <<<"${P50[redis_exporter]}"
 r_p99=$(median <<<"${P99[rigging]}"); e_p99=$(median <<<"${P99[redis_exporter]}")
 r_cpu=$(median <<<"${CPU[rigging]}"); e_cpu=$(median <<<"${CPU[redis_exporter]}")
 r_rss=$(median <<<"${RSS[rigging]}"); e_rss=$(median <<<"${RSS[redis_exporter]}")
+r_red=$(median <<<"${RCPU[rigging]}"); e_red=$(median <<<"${RCPU[redis_exporter]}")
 echo "| median | rigging | redis_exporter | rigging ÷ redis_exporter |"
 echo "|---|---|---|---|"
 awk -v a="$r_rps" -v b="$e_rps" 'BEGIN {printf "| scrapes/s | %s | %s | %.2f× |\n", a, b, a / b}'
@@ -124,3 +141,4 @@ awk -v a="$r_p50" -v b="$e_p50" 'BEGIN {printf "| p50 ms | %s | %s | %.2f× |\n"
 awk -v a="$r_p99" -v b="$e_p99" 'BEGIN {printf "| p99 ms | %s | %s | %.2f× |\n", a, b, a / b}'
 awk -v a="$r_cpu" -v b="$e_cpu" 'BEGIN {printf "| CPU ms/scrape | %s | %s | %.2f× |\n", a, b, a / b}'
 awk -v a="$r_rss" -v b="$e_rss" 'BEGIN {printf "| RSS MiB | %s | %s | %.2f× |\n", a, b, a / b}'
+awk -v a="$r_red" -v b="$e_red" 'BEGIN {printf "| Redis CPU ms/scrape | %s | %s | %.2f× |\n", a, b, a / b}'

@@ -123,6 +123,11 @@ impl Target {
                 })
             }
         };
+        if scheme == "memcached" && auth.is_some() {
+            return Err(bad(
+                "memcached's text protocol has no password; remove user:password@",
+            ));
+        }
         let authority: http::uri::Authority = hostport
             .parse()
             .map_err(|_| bad("expected HOST:PORT after the scheme"))?;
@@ -440,6 +445,8 @@ mod tests {
         assert!(err.contains("redis://:***@"), "{err}");
         assert!(!err.contains("pw"), "{err}");
         assert!(Target::parse("http://x:1", "redis", 6379).is_err());
+        let err = Target::parse("memcached://u:p@m:1", "memcached", 11211).unwrap_err();
+        assert!(err.to_string().contains("no password"), "{err}");
     }
 
     #[test]
