@@ -62,6 +62,12 @@ connections() {
     awk -F: '/^total_connections_received:/ {print $2}'
 }
 
+# "command calls" for every command Redis has counted.
+cmdstats() {
+  redis-cli -p "$REDIS_PORT" INFO commandstats | tr -d '\r' |
+    awk -F'[:=,]' '/^cmdstat_/ {sub("cmdstat_", "", $1); print $1, $3}'
+}
+
 info_calls() {
   redis-cli -p "$REDIS_PORT" INFO commandstats | tr -d '\r' |
     awk -F'[=,]' '/^cmdstat_info:/ {print $2; found=1} END {if (!found) print 0}'
@@ -75,13 +81,14 @@ to_ms() {
     printf "%.2f", n }'
 }
 
-declare -A RPS P50 P99 CPU RSS RCPU
+declare -A RPS P50 P99 CPU RSS RCPU PER_SCRAPE
 ROWS=()
 run_one() { # name port pid round
   local name=$1 port=$2 pid=$3 round=$4
   local body_lines ticks0 ticks1 info0 info1 out rps reqs p50 p99 cpu_ms rss info_per
-  local rticks0 rticks1 conn0 conn1 redis_ms conn_per
+  local rticks0 rticks1 conn0 conn1 redis_ms conn_per stats0 stats1
   body_lines=$(curl -s "http://127.0.0.1:$port/metrics" | grep -vc '^#')
+  stats0=$(cmdstats)
   info0=$(info_calls)
   conn0=$(connections)
   ticks0=$(cpu_ticks "$pid")
@@ -91,6 +98,7 @@ run_one() { # name port pid round
   ticks1=$(cpu_ticks "$pid")
   conn1=$(connections)
   info1=$(info_calls)
+  stats1=$(cmdstats)
   rss=$(awk -v k="$(rss_kib "$pid")" 'BEGIN {printf "%.1f", k / 1024}')
   rps=$(awk '/^Requests\/sec:/ {printf "%.0f", $2}' <<<"$out")
   reqs=$(awk '/requests in/ {print $1}' <<<"$out")
@@ -104,6 +112,10 @@ run_one() { # name port pid round
   # info1, one connection between conn0 and conn1.
   info_per=$(awk -v d=$((info1 - info0 - 3)) -v n="$reqs" 'BEGIN {printf "%.2f", d / n}')
   conn_per=$(awk -v d=$((conn1 - conn0 - 1)) -v n="$reqs" 'BEGIN {printf "%.2f", d / n}')
+  # Commands Redis ran per scrape (those seen at least once per ten scrapes).
+  PER_SCRAPE[$name]=$(awk -v n="$reqs" 'NR == FNR {before[$1] = $2; next}
+    {d = $2 - before[$1]; if (d >= n / 10) printf "%s %.2f, ", $1, d / n}' \
+    <(echo "$stats0") <(echo "$stats1"))
   RPS[$name]+="$rps "
   P50[$name]+="$p50 "
   P99[$name]+="$p99 "
@@ -128,6 +140,10 @@ echo "| tool | round | scrapes/s | p50 ms | p99 ms | CPU ms/scrape | RSS MiB | R
 echo "|---|---|---|---|---|---|---|---|---|---|---|"
 printf '%s\n' "${ROWS[@]}"
 echo
+for name in rigging redis_exporter; do
+  echo "Commands Redis ran per scrape of $name (last round): ${PER_SCRAPE[$name]%, }"
+  echo
+done
 r_rps=$(median <<<"${RPS[rigging]}"); e_rps=$(median <<<"${RPS[redis_exporter]}")
 r_p50=$(median <<<"${P50[rigging]}"); e_p50=$(median <<<"${P50[redis_exporter]}")
 r_p99=$(median <<<"${P99[rigging]}"); e_p99=$(median <<<"${P99[redis_exporter]}")

@@ -480,4 +480,17 @@ mod tests {
         // A value that merely contains END is not the end.
         assert_eq!(memcached_reply_len(b"STAT x ENDING\r\n", true), Ok(None));
     }
+
+    proptest::proptest! {
+        /// A frame length, when found, never points past the bytes received.
+        #[test]
+        fn framing_never_overruns(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..300), multi in proptest::bool::ANY) {
+            if let Ok(Some(n)) = redis_reply_len(&bytes) {
+                proptest::prop_assert!(n <= bytes.len());
+            }
+            if let Ok(Some(n)) = memcached_reply_len(&bytes, multi) {
+                proptest::prop_assert!(n <= bytes.len());
+            }
+        }
+    }
 }

@@ -156,6 +156,24 @@ pub fn escape_label_value(out: &mut Vec<u8>, value: &[u8]) {
     }
 }
 
+/// Test support: panics unless `text` is made of `# HELP`/`# TYPE` lines and samples whose
+/// name is valid and whose value Prometheus reads.
+#[cfg(test)]
+pub(crate) fn assert_well_formed(text: &str) {
+    for line in text.lines() {
+        if line.starts_with("# HELP ") || line.starts_with("# TYPE ") {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').expect("sample has a value");
+        let name = series.split('{').next().unwrap();
+        assert!(valid_metric_name(name), "bad name in {line:?}");
+        assert!(
+            number(value.as_bytes()).is_some() || matches!(value, "NaN" | "+Inf" | "-Inf"),
+            "bad value in {line:?}"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

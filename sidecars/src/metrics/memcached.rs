@@ -230,4 +230,25 @@ mod tests {
         assert!(!text.contains("memcached_current_bytes"), "{text}");
         assert!(!text.contains("pid"), "{text}");
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_stats_reply_gives_a_well_formed_exposition(
+            lines in proptest::collection::vec(
+                (
+                    proptest::sample::select(vec!["uptime", "get_hits", "version", "bytes", "zz"]),
+                    "[ -~]{0,30}",
+                ),
+                0..20,
+            ),
+        ) {
+            let mut stats = Vec::new();
+            for (key, value) in &lines {
+                stats.extend_from_slice(format!("STAT {key} {value}\r\n").as_bytes());
+            }
+            let mut out = Vec::new();
+            render(&stats, &mut out, &mut Scratch::default());
+            crate::metrics::exposition::assert_well_formed(&String::from_utf8(out).unwrap());
+        }
+    }
 }

@@ -458,8 +458,22 @@ impl admin::Routes for Adapter {
         if path != "/metrics" {
             return None;
         }
+        // The scrape runs in its own task: a client that hangs up (a Prometheus scrape
+        // timeout) must not cancel it halfway through reading a reply, which would leave
+        // the kept upstream connection out of step with its requests.
+        let scrape = tokio::spawn(async move { self.scrape().await });
         Some(Box::pin(async move {
-            let body = self.scrape().await;
+            let body = match scrape.await {
+                Ok(body) => body,
+                Err(err) => {
+                    tracing::error!(error = %err, "scrape task failed");
+                    let response = Response::builder()
+                        .status(StatusCode::INTERNAL_SERVER_ERROR)
+                        .body(Full::new(Bytes::from_static(b"scrape failed\n")))
+                        .expect("static response parts are valid");
+                    return response;
+                }
+            };
             Response::builder()
                 .status(StatusCode::OK)
                 .header(

@@ -157,4 +157,11 @@ mod tests {
             assert!(parse(page).is_err(), "{:?}", String::from_utf8_lossy(page));
         }
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_page_parses_or_errs_without_panicking(page in proptest::collection::vec(proptest::num::u8::ANY, 0..300)) {
+            let _ = parse(&page);
+        }
+    }
 }

@@ -581,4 +581,33 @@ mod tests {
         assert!(text.contains("redis_memory_used_bytes 12\n"));
         assert!(!text.contains("redis_db_keys"));
     }
+
+    proptest::proptest! {
+        /// Whatever a server sends as INFO, the exposition holds only valid samples.
+        #[test]
+        fn any_info_gives_a_well_formed_exposition(
+            lines in proptest::collection::vec(
+                (
+                    proptest::sample::select(vec![
+                        "connected_clients", "used_memory", "rdb_last_bgsave_status",
+                        "latest_fork_usec", "db0", "db12", "cmdstat_get", "errorstat_ERR",
+                        "slave0", "master_host", "master_link_status", "role", "os", "x",
+                    ]),
+                    "[ -~]{0,40}",
+                ),
+                0..40,
+            ),
+            junk in proptest::collection::vec(proptest::num::u8::ANY, 0..200),
+        ) {
+            let mut info = Vec::new();
+            for (key, value) in &lines {
+                info.extend_from_slice(format!("{key}:{value}\r\n").as_bytes());
+            }
+            info.extend_from_slice(&junk);
+            let mut out = Vec::new();
+            render(&info, &mut out, &mut Scratch::default());
+            let text = String::from_utf8(out).expect("exposition is UTF-8");
+            crate::metrics::exposition::assert_well_formed(&text);
+        }
+    }
 }

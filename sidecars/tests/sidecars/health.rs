@@ -52,7 +52,7 @@ fn readiness_flips_to_503_when_redis_dies_and_back_when_it_returns() {
     let port = free_port();
     let redis = redis_on(port);
     let check = format!("redis://127.0.0.1:{port}#name=cache");
-    let (_monitor, admin) = monitor(&[&check], &["--failure-threshold", "2"]);
+    let (mut monitor_proc, admin) = monitor(&[&check], &["--failure-threshold", "2"]);
     let body = wait_status(admin, "/readyz", 200);
     assert_eq!(body["status"], "ok");
 
@@ -100,6 +100,10 @@ fn readiness_flips_to_503_when_redis_dies_and_back_when_it_returns() {
         sample(&metrics, "rigging_health_check_up{check=\"cache\"}"),
         Some(1.0)
     );
+
+    monitor_proc.terminate();
+    let code = monitor_proc.wait_exit(Duration::from_secs(30));
+    assert_eq!(code, Some(0), "SIGTERM must exit 0");
 }
 
 fn failing_is_empty(body: &serde_json::Value) -> bool {

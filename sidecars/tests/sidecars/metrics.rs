@@ -128,7 +128,7 @@ fn redis_info_becomes_a_clean_exposition_with_keys_per_db() {
     redis_cli(addr, &["-n", "2", "SETEX", "c", "100", "1"]);
     redis_cli(addr, &["GET", "a"]);
     redis_cli(addr, &["GET", "missing"]);
-    let (_adapter, admin) = adapter(&format!("redis://{addr}"), "0s");
+    let (mut adapter_proc, admin) = adapter(&format!("redis://{addr}"), "0s");
 
     let text = scrape(admin);
     promtool_check(&text);
@@ -150,6 +150,9 @@ fn redis_info_becomes_a_clean_exposition_with_keys_per_db() {
         sample(&text, "redis_commands_total{cmd=\"setex\"}"),
         Some(1.0)
     );
+
+    adapter_proc.terminate();
+    assert_eq!(adapter_proc.wait_exit(WAIT), Some(0), "SIGTERM must exit 0");
 }
 
 #[test]
