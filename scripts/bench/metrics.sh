@@ -31,12 +31,22 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# wait_port with a second chance on a loaded machine, and the process's log if it never
+# listens (a port taken between free_port and bind, say).
+wait_listening() { # port log
+  wait_port 127.0.0.1 "$1" || wait_port 127.0.0.1 "$1" || {
+    echo "--- $2" >&2
+    cat "$2" >&2
+    exit 1
+  }
+}
+
 REDIS_PORT=$(free_port)
 taskset -c 0 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
   --loglevel warning --enable-debug-command yes >"$WORK/redis.log" 2>&1 &
 REDIS_PID=$!
 PIDS+=("$REDIS_PID")
-wait_port 127.0.0.1 "$REDIS_PORT"
+wait_listening "$REDIS_PORT" "$WORK/redis.log"
 # Some keys in a few databases, so both tools render keyspace lines.
 for db in 0 1 2; do
   redis-cli -p "$REDIS_PORT" -n "$db" DEBUG POPULATE 10000 "key$db" 32 >/dev/null
@@ -54,8 +64,8 @@ taskset -c 0 prometheus-redis-exporter --redis.addr "redis://127.0.0.1:$REDIS_PO
 EXPORTER_PID=$!
 PIDS+=("$EXPORTER_PID")
 
-wait_port 127.0.0.1 "$RIGGING_PORT"
-wait_port 127.0.0.1 "$EXPORTER_PORT"
+wait_listening "$RIGGING_PORT" "$WORK/rigging.log"
+wait_listening "$EXPORTER_PORT" "$WORK/exporter.log"
 
 connections() {
   redis-cli -p "$REDIS_PORT" INFO stats | tr -d '\r' |
