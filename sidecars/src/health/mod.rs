@@ -438,3 +438,110 @@ pub async fn run(args: Args) -> Result<(), Error> {
     life.stopping().await;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn monitor(specs: &[&str]) -> Monitor {
+        let started = Instant::now();
+        Monitor {
+            entries: specs
+                .iter()
+                .map(|s| Entry {
+                    check: spec::parse(s).unwrap(),
+                    state: Mutex::new(CheckState::default()),
+                    last_finished: Mutex::new(started),
+                })
+                .collect(),
+            thresholds: Thresholds {
+                failure: 2,
+                success: 1,
+            },
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            life: Lifecycle::default(),
+            metrics: Metrics::register(&Registry::new()).unwrap(),
+            http: http::client(),
+        }
+    }
+
+    fn record(m: &Monitor, index: usize, results: &[bool]) {
+        let mut state = m.entries[index].state.lock().unwrap();
+        for ok in results {
+            let result = if *ok { Ok(()) } else { Err("down".to_owned()) };
+            state.record(result, Duration::ZERO, m.thresholds);
+        }
+    }
+
+    fn verdict(m: &Monitor, probing: Probing) -> (u16, serde_json::Value) {
+        let (code, body) = m.verdict(probing);
+        (code.as_u16(), serde_json::from_slice(&body).unwrap())
+    }
+
+    #[tokio::test]
+    async fn readiness_counts_required_checks_and_liveness_only_marked_ones() {
+        let m = monitor(&[
+            "tcp://127.0.0.1:1#name=db",
+            "tcp://127.0.0.1:2#name=extra&optional",
+            "tcp://127.0.0.1:3#name=app&liveness",
+        ]);
+        let (code, body) = verdict(&m, Probing::Readiness);
+        assert_eq!(code, 503, "nothing has passed yet");
+        assert_eq!(body["failing"][0]["error"], "not checked yet");
+        assert_eq!(
+            verdict(&m, Probing::Liveness).0,
+            200,
+            "starting is not dead"
+        );
+
+        record(&m, 0, &[true]);
+        record(&m, 1, &[false, false]);
+        record(&m, 2, &[true]);
+        assert_eq!(
+            verdict(&m, Probing::Readiness).0,
+            200,
+            "optional failures do not count"
+        );
+        record(&m, 0, &[false, false]);
+        let (code, body) = verdict(&m, Probing::Readiness);
+        assert_eq!(
+            (code, body["failing"][0]["check"].as_str()),
+            (503, Some("db"))
+        );
+        assert_eq!(
+            verdict(&m, Probing::Liveness).0,
+            200,
+            "db is not a liveness check"
+        );
+        record(&m, 2, &[false, false]);
+        let (code, body) = verdict(&m, Probing::Liveness);
+        assert_eq!(code, 503);
+        assert_eq!(body["failing"].as_array().unwrap().len(), 1);
+        assert_eq!(body["failing"][0]["check"], "app");
+    }
+
+    #[tokio::test]
+    async fn a_check_that_stops_finishing_runs_fails_liveness() {
+        let m = monitor(&["tcp://127.0.0.1:1#name=db"]);
+        assert_eq!(verdict(&m, Probing::Liveness).0, 200);
+        let long_ago = Instant::now()
+            .checked_sub(Duration::from_secs(60))
+            .expect("the clock has run for a minute");
+        *m.entries[0].last_finished.lock().unwrap() = long_ago;
+        let (code, body) = verdict(&m, Probing::Liveness);
+        assert_eq!(code, 503);
+        let error = body["failing"][0]["error"].as_str().unwrap();
+        assert!(error.contains("has not finished a run"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn shutting_down_turns_readiness_off() {
+        let m = monitor(&["tcp://127.0.0.1:1"]);
+        record(&m, 0, &[true]);
+        assert_eq!(verdict(&m, Probing::Readiness).0, 200);
+        m.life.stop();
+        let (code, body) = verdict(&m, Probing::Readiness);
+        assert_eq!((code, body["status"].as_str()), (503, Some("stopping")));
+    }
+}
