@@ -16,7 +16,7 @@ pub mod nginx;
 pub mod redis;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,10 +26,12 @@ use http_body_util::{BodyExt, Empty, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
+};
 
 use crate::probe::{self, Conn, RedisReply, Target};
-use crate::runtime::{self, Lifecycle, admin};
+use crate::runtime::{self, Lifecycle, admin, reload};
 
 /// Command-line arguments of `rigging-sidecar metrics`.
 #[derive(Debug, clap::Args)]
@@ -108,6 +110,8 @@ enum Upstream {
         uri: Uri,
         client: HttpClient,
         mapping: json::Mapping,
+        /// Watched: a changed mapping is loaded without a restart.
+        map_file: PathBuf,
     },
 }
 
@@ -167,6 +171,7 @@ impl Upstream {
                 uri: http_uri(&uri)?,
                 client: client(),
                 mapping: json::Mapping::load(&map)?,
+                map_file: map,
             })
         } else {
             Err(bad(
@@ -176,12 +181,20 @@ impl Upstream {
     }
 
     /// The `<source>_up` metric's name.
-    fn up_metric(&self) -> String {
+    fn up_metric(&self) -> &str {
         match self {
-            Upstream::Redis { .. } => "redis_up".into(),
-            Upstream::Memcached { .. } => "memcached_up".into(),
-            Upstream::Nginx { .. } => "nginx_up".into(),
-            Upstream::Json { mapping, .. } => mapping.up_metric.clone(),
+            Upstream::Redis { .. } => "redis_up",
+            Upstream::Memcached { .. } => "memcached_up",
+            Upstream::Nginx { .. } => "nginx_up",
+            Upstream::Json { mapping, .. } => &mapping.up_metric,
+        }
+    }
+
+    /// The JSON mapping file, for a JSON source.
+    fn mapping_file(&self) -> Option<&Path> {
+        match self {
+            Upstream::Json { map_file, .. } => Some(map_file),
+            _ => None,
         }
     }
 
@@ -276,6 +289,7 @@ impl Upstream {
                 uri,
                 client,
                 mapping,
+                ..
             } => {
                 let body = http_get(client, uri, timeout).await?;
                 let doc: serde_json::Value =
@@ -337,7 +351,6 @@ struct Adapter {
     state: tokio::sync::Mutex<State>,
     interval: Duration,
     timeout: Duration,
-    up_metric: String,
     source: String,
     registry: Registry,
     requests: IntCounter,
@@ -377,7 +390,6 @@ impl Adapter {
             .register(Box::new(duration.clone()))
             .map_err(runtime::Error::from)?;
         Ok(Adapter {
-            up_metric: upstream.up_metric(),
             source: upstream.display(),
             state: tokio::sync::Mutex::new(State {
                 upstream,
@@ -432,7 +444,8 @@ impl Adapter {
             }
         };
         let help = "Whether the last request to the source succeeded.";
-        exposition::single(out, &self.up_metric, help, exposition::Kind::Gauge, up);
+        let up_metric = state.upstream.up_metric();
+        exposition::single(out, up_metric, help, exposition::Kind::Gauge, up);
         // The adapter's own families (process CPU, RSS, fds, its request counters) go
         // through the prometheus crate, whose gather reads /proc: that costs more than
         // formatting all of Redis's INFO, so it is refreshed at most once per OWN_REFRESH.
@@ -494,10 +507,59 @@ pub async fn run(args: Args) -> Result<(), Error> {
     let life = Lifecycle::new();
     let registry = Registry::new();
     let source = upstream.display();
+    let map_file = upstream.mapping_file().map(Path::to_owned);
     let adapter = Arc::new(Adapter::new(upstream, &args, registry.clone())?);
+    if let Some(path) = map_file {
+        let reloads = IntCounterVec::new(
+            Opts::new(
+                "rigging_metrics_mapping_reloads_total",
+                "Changes of the JSON mapping file seen, by whether the new file was used.",
+            ),
+            &["result"],
+        )
+        .map_err(runtime::Error::from)?;
+        registry
+            .register(Box::new(reloads.clone()))
+            .map_err(runtime::Error::from)?;
+        tokio::spawn(reload_mapping(adapter.clone(), path, reloads, life.clone()));
+    }
     let addr = admin::spawn_with_routes(args.listen, registry, life.clone(), adapter).await?;
     tracing::info!(%addr, %source, interval = ?args.interval, "metrics adapter serving /metrics");
     life.set_ready(true);
     life.stopping().await;
     Ok(())
+}
+
+/// How often the mapping file is looked at for changes.
+const MAPPING_POLL: Duration = Duration::from_secs(1);
+
+/// Loads the JSON mapping file again whenever it changes (a ConfigMap is updated in place).
+/// A file that does not load is logged and the previous mapping kept.
+async fn reload_mapping(
+    adapter: Arc<Adapter>,
+    path: PathBuf,
+    reloads: IntCounterVec,
+    life: Lifecycle,
+) {
+    let mut changes = reload::watch_files(vec![path.clone()], MAPPING_POLL, life.token().clone());
+    while changes.changed().await.is_ok() {
+        match json::Mapping::load(&path) {
+            Ok(new) => {
+                let mut state = adapter.state.lock().await;
+                if let Upstream::Json { mapping, .. } = &mut state.upstream {
+                    *mapping = new;
+                }
+                state.cached = None;
+                reloads.with_label_values(&["ok"]).inc();
+                tracing::info!(file = %path.display(), "mapping file reloaded");
+            }
+            Err(err) => {
+                reloads.with_label_values(&["error"]).inc();
+                tracing::warn!(
+                    error = %err,
+                    "mapping file changed but cannot be used; keeping the previous mapping"
+                )
+            }
+        }
+    }
 }

@@ -360,6 +360,44 @@ fn a_json_endpoint_is_mapped_by_the_yaml_rules() {
 }
 
 #[test]
+fn a_changed_mapping_file_is_used_without_a_restart_and_a_broken_one_is_not() {
+    let body = Arc::new(Mutex::new(r#"{"a": 1, "b": 2}"#.to_owned()));
+    let server = json_server(body);
+    let dir = tempfile::tempdir().unwrap();
+    let map = dir.path().join("map.yaml");
+    let rule = |name: &str, pointer: &str| {
+        format!("metrics:\n- {{pointer: {pointer}, name: {name}, type: gauge, help: x.}}\n")
+    };
+    std::fs::write(&map, rule("app_apples", "/a")).unwrap();
+    let (_adapter, admin) = adapter(
+        &format!("json+http://{server}/?map={}", map.display()),
+        "0s",
+    );
+    assert_eq!(sample(&scrape(admin), "app_apples"), Some(1.0));
+
+    // Broken (a gauge named like a counter): the previous mapping stays in use.
+    std::fs::write(&map, rule("app_bananas_total", "/b")).unwrap();
+    let errors = "rigging_metrics_mapping_reloads_total{result=\"error\"}";
+    eventually("the broken file seen", || {
+        (sample(&scrape(admin), errors)? >= 1.0).then_some(())
+    });
+    for _ in 0..3 {
+        let text = scrape(admin);
+        assert_eq!(sample(&text, "app_apples"), Some(1.0), "{text}");
+        assert_eq!(sample(&text, "app_bananas_total"), None, "{text}");
+    }
+
+    std::fs::write(&map, rule("app_bananas", "/b")).unwrap();
+    let text = eventually("the new mapping", || {
+        let text = scrape(admin);
+        sample(&text, "app_bananas").map(|_| text)
+    });
+    assert_eq!(sample(&text, "app_bananas"), Some(2.0));
+    assert_eq!(sample(&text, "app_apples"), None);
+    promtool_check(&text);
+}
+
+#[test]
 fn a_bad_mapping_file_stops_the_adapter_with_its_name() {
     let dir = tempfile::tempdir().unwrap();
     let map = dir.path().join("map.yaml");
