@@ -190,6 +190,32 @@ fn redis_down_answers_up_0_and_the_values_come_back_with_it() {
 }
 
 #[test]
+fn a_password_in_the_source_url_is_used_and_never_shown() {
+    let port = free_port();
+    let _redis = Proc::spawn(
+        require_tool("redis-server"),
+        &[
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--requirepass",
+            "s3cret",
+        ],
+    );
+    wait_port(local(port), WAIT);
+    let (_good, admin) = adapter(&format!("redis://:s3cret@127.0.0.1:{port}"), "0s");
+    let text = scrape(admin);
+    assert_eq!(sample(&text, "redis_up"), Some(1.0));
+    assert!(!text.contains("s3cret"), "{text}");
+
+    let (_bad, admin) = adapter(&format!("redis://:wrong@127.0.0.1:{port}"), "0s");
+    assert_eq!(sample(&scrape(admin), "redis_up"), Some(0.0));
+}
+
+#[test]
 fn a_burst_of_scrapes_within_the_interval_costs_one_info() {
     let (_redis, addr) = support::redis_server();
     let (_cached, admin) = adapter(&format!("redis://{addr}"), "10m");
