@@ -6,123 +6,29 @@ use super::exposition::{self, Kind};
 use Kind::{Counter as C, Gauge as G};
 
 /// `(stat, metric, type, help)`, sorted by stat (a test keeps it sorted).
+#[rustfmt::skip]
 static STATS: &[(&str, &str, Kind, &str)] = &[
-    (
-        "bytes",
-        "memcached_current_bytes",
-        G,
-        "Bytes used to store items.",
-    ),
-    (
-        "bytes_read",
-        "memcached_read_bytes_total",
-        C,
-        "Bytes read from the network.",
-    ),
-    (
-        "bytes_written",
-        "memcached_written_bytes_total",
-        C,
-        "Bytes written to the network.",
-    ),
-    (
-        "conn_yields",
-        "memcached_connections_yielded_total",
-        C,
-        "Connections yielded on the -R request limit.",
-    ),
-    (
-        "curr_connections",
-        "memcached_current_connections",
-        G,
-        "Open connections.",
-    ),
+    ("bytes", "memcached_current_bytes", G, "Bytes used to store items."),
+    ("bytes_read", "memcached_read_bytes_total", C, "Bytes read from the network."),
+    ("bytes_written", "memcached_written_bytes_total", C, "Bytes written to the network."),
+    ("conn_yields", "memcached_connections_yielded_total", C, "Connections yielded on the -R request limit."),
+    ("curr_connections", "memcached_current_connections", G, "Open connections."),
     ("curr_items", "memcached_current_items", G, "Items stored."),
-    (
-        "evicted_unfetched",
-        "memcached_items_evicted_unfetched_total",
-        C,
-        "Items evicted without ever being fetched.",
-    ),
-    (
-        "evictions",
-        "memcached_items_evicted_total",
-        C,
-        "Valid items removed to free memory.",
-    ),
-    (
-        "expired_unfetched",
-        "memcached_items_expired_unfetched_total",
-        C,
-        "Items expired without ever being fetched.",
-    ),
-    (
-        "limit_maxbytes",
-        "memcached_limit_bytes",
-        G,
-        "Bytes the server may use for storage.",
-    ),
-    (
-        "listen_disabled_num",
-        "memcached_connections_listener_disabled_total",
-        C,
-        "Times the connection limit disabled the listener.",
-    ),
-    (
-        "max_connections",
-        "memcached_max_connections",
-        G,
-        "Maximum number of connections.",
-    ),
-    (
-        "reclaimed",
-        "memcached_items_reclaimed_total",
-        C,
-        "Items stored in memory reclaimed from expired items.",
-    ),
-    (
-        "rejected_connections",
-        "memcached_connections_rejected_total",
-        C,
-        "Connections rejected on the connection limit.",
-    ),
-    (
-        "rusage_system",
-        "memcached_rusage_system_seconds_total",
-        C,
-        "System CPU time of the server.",
-    ),
-    (
-        "rusage_user",
-        "memcached_rusage_user_seconds_total",
-        C,
-        "User CPU time of the server.",
-    ),
+    ("evicted_unfetched", "memcached_items_evicted_unfetched_total", C, "Items evicted without ever being fetched."),
+    ("evictions", "memcached_items_evicted_total", C, "Valid items removed to free memory."),
+    ("expired_unfetched", "memcached_items_expired_unfetched_total", C, "Items expired without ever being fetched."),
+    ("limit_maxbytes", "memcached_limit_bytes", G, "Bytes the server may use for storage."),
+    ("listen_disabled_num", "memcached_connections_listener_disabled_total", C, "Times the connection limit disabled the listener."),
+    ("max_connections", "memcached_max_connections", G, "Maximum number of connections."),
+    ("reclaimed", "memcached_items_reclaimed_total", C, "Items stored in memory reclaimed from expired items."),
+    ("rejected_connections", "memcached_connections_rejected_total", C, "Connections rejected on the connection limit."),
+    ("rusage_system", "memcached_rusage_system_seconds_total", C, "System CPU time of the server."),
+    ("rusage_user", "memcached_rusage_user_seconds_total", C, "User CPU time of the server."),
     ("threads", "memcached_threads", G, "Worker threads."),
-    (
-        "time",
-        "memcached_time_seconds",
-        G,
-        "The server's Unix time.",
-    ),
-    (
-        "total_connections",
-        "memcached_connections_total",
-        C,
-        "Connections opened.",
-    ),
-    (
-        "total_items",
-        "memcached_items_total",
-        C,
-        "Items stored since start.",
-    ),
-    (
-        "uptime",
-        "memcached_uptime_seconds",
-        G,
-        "Seconds since the server started.",
-    ),
+    ("time", "memcached_time_seconds", G, "The server's Unix time."),
+    ("total_connections", "memcached_connections_total", C, "Connections opened."),
+    ("total_items", "memcached_items_total", C, "Items stored since start."),
+    ("uptime", "memcached_uptime_seconds", G, "Seconds since the server started."),
 ];
 
 /// `(stat, command, status)` for the `memcached_commands_total` family.
