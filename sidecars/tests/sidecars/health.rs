@@ -200,7 +200,15 @@ fn http_tcp_and_exec_checks_pass_and_fail_for_the_right_reasons() {
     let checks: Vec<&str> = checks.iter().map(String::as_str).collect();
     let (_monitor, admin) = monitor(&checks, &["--failure-threshold", "1"]);
 
-    let body = wait_status(admin, "/readyz", 200);
+    // Ready, and every check (the optional ones too) has run at least once.
+    let body = eventually("ready with every check run", || {
+        let body = wait_status(admin, "/readyz", 200);
+        let checks = body["checks"].as_array()?;
+        checks
+            .iter()
+            .all(|c| c["runs"].as_u64() >= Some(1))
+            .then_some(body)
+    });
     let report = |name: &str| -> serde_json::Value {
         body["checks"]
             .as_array()
