@@ -4,6 +4,7 @@
 pub mod health;
 pub mod logs;
 pub mod metrics;
+pub mod probe;
 pub mod runtime;
 pub mod shard;
 pub mod tls;

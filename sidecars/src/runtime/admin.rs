@@ -2,9 +2,13 @@
 //! (ready and not shutting down) and `/metrics` (Prometheus text format).
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
 
 use bytes::Bytes;
+use futures::future::Either;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -22,6 +26,37 @@ pub async fn spawn(
     addr: SocketAddr,
     registry: Registry,
     life: Lifecycle,
+) -> Result<SocketAddr, Error> {
+    spawn_with_routes(addr, registry, life, Arc::new(BuiltIn)).await
+}
+
+/// A future answering one admin request (boxed: routes are chosen at run time).
+pub type RouteFuture = Pin<Box<dyn Future<Output = Response<Full<Bytes>>> + Send>>;
+
+/// A sidecar's own answers on its admin port, tried before the built-in endpoints. The
+/// metrics adapter answers `/metrics` with its upstream's stats; the health monitor answers
+/// `/healthz` and `/readyz` with its checks.
+pub trait Routes: Send + Sync + 'static {
+    /// The answer to a GET or HEAD of `path`, or `None` to fall back to the built-in one.
+    /// Takes the `Arc` so the answer's future can own a handle to the sidecar's state.
+    fn route(self: Arc<Self>, path: &str) -> Option<RouteFuture>;
+}
+
+/// No routes of its own: only the built-in endpoints.
+struct BuiltIn;
+
+impl Routes for BuiltIn {
+    fn route(self: Arc<Self>, _path: &str) -> Option<RouteFuture> {
+        None
+    }
+}
+
+/// [`spawn`], with `routes` consulted before the built-in endpoints.
+pub async fn spawn_with_routes(
+    addr: SocketAddr,
+    registry: Registry,
+    life: Lifecycle,
+    routes: Arc<dyn Routes>,
 ) -> Result<SocketAddr, Error> {
     register_process_metrics(&registry);
     let listener = super::bind(addr).await?;
@@ -43,10 +78,17 @@ pub async fn spawn(
             };
             let registry = registry.clone();
             let life = life.clone();
+            let routes = routes.clone();
             tokio::spawn(async move {
-                let service = service_fn(move |req| {
-                    let response = respond(&req, &registry, &life);
-                    async move { Ok::<_, Infallible>(response) }
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let own = (req.method() == Method::GET || req.method() == Method::HEAD)
+                        .then(|| routes.clone().route(req.uri().path()))
+                        .flatten();
+                    let answer = match own {
+                        Some(future) => Either::Left(future),
+                        None => Either::Right(std::future::ready(respond(&req, &registry, &life))),
+                    };
+                    async move { Ok::<_, Infallible>(answer.await) }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())

@@ -3,6 +3,8 @@
 //! `scripts/test.sh` installs. A missing tool fails the test rather than skipping it: a
 //! green run must mean the behaviour was exercised.
 
+mod health;
 mod logs;
+mod metrics;
 mod support;
 mod tls;
