@@ -360,3 +360,319 @@ fn hpa(rs: &ReplicatedService) -> Option<HorizontalPodAutoscaler> {
         status: None,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A ReplicatedService from YAML, the way users write it.
+    fn rs(yaml: &str) -> ReplicatedService {
+        serde_norway::from_str(yaml).expect("test fixture parses")
+    }
+
+    fn full() -> ReplicatedService {
+        rs(r#"
+apiVersion: rigging.dev/v1alpha1
+kind: ReplicatedService
+metadata: {name: web, namespace: shop, uid: 1234-abcd}
+spec:
+  port: 8080
+  template:
+    metadata: {labels: {tier: front, app.kubernetes.io/name: spoofed}}
+    spec:
+      containers:
+        - name: app
+          image: app:1
+          readinessProbe: {httpGet: {path: /, port: 8080}}
+  service: {sessionAffinity: ClientIP}
+  autoscaling: {minReplicas: 2, maxReplicas: 5}
+  disruptionBudget: {maxUnavailable: "25%"}
+  tls: {secretName: web-tls, port: 8443}
+"#)
+    }
+
+    fn minimal() -> ReplicatedService {
+        rs(r#"
+apiVersion: rigging.dev/v1alpha1
+kind: ReplicatedService
+metadata: {name: hello, namespace: default}
+spec:
+  port: 8080
+  template:
+    spec:
+      containers:
+        - name: app
+          image: app:1
+          readinessProbe: {tcpSocket: {port: 8080}}
+"#)
+    }
+
+    fn render(rs: &ReplicatedService) -> Children {
+        desired(
+            rs,
+            &RenderConfig {
+                sidecar_image: "sidecar:test".into(),
+            },
+        )
+        .expect("valid fixture")
+    }
+
+    fn errors(rs: &ReplicatedService) -> Vec<String> {
+        match desired(rs, &RenderConfig::default()) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.0.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn every_selector_matches_the_pod_labels() {
+        let c = render(&full());
+        let pod_labels = c
+            .deployment
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .labels
+            .clone()
+            .unwrap();
+        let matches =
+            |sel: &BTreeMap<String, String>| sel.iter().all(|(k, v)| pod_labels.get(k) == Some(v));
+        let dep_sel = c
+            .deployment
+            .spec
+            .as_ref()
+            .unwrap()
+            .selector
+            .match_labels
+            .clone()
+            .unwrap();
+        let svc_sel = c.service.spec.as_ref().unwrap().selector.clone().unwrap();
+        let pdb_sel = c
+            .pdb
+            .as_ref()
+            .unwrap()
+            .spec
+            .as_ref()
+            .unwrap()
+            .selector
+            .clone()
+            .unwrap()
+            .match_labels
+            .unwrap();
+        assert!(matches(&dep_sel) && matches(&svc_sel) && matches(&pdb_sel));
+        assert_eq!(dep_sel, svc_sel);
+        // The user's own labels stay; a user label cannot hijack a selector key.
+        assert_eq!(pod_labels["tier"], "front");
+        assert_eq!(pod_labels["app.kubernetes.io/name"], "web");
+    }
+
+    #[test]
+    fn the_service_targets_the_tls_port_when_tls_is_on() {
+        let c = render(&full());
+        let port = &c.service.spec.as_ref().unwrap().ports.as_ref().unwrap()[0];
+        assert_eq!(port.port, 8443, "service.port defaults to tls.port");
+        assert_eq!(port.target_port, Some(IntOrString::Int(8443)));
+        assert_eq!(port.name.as_deref(), Some("https"));
+        assert_eq!(
+            c.service.spec.as_ref().unwrap().session_affinity.as_deref(),
+            Some("ClientIP")
+        );
+
+        let plain = render(&minimal());
+        let port = &plain.service.spec.as_ref().unwrap().ports.as_ref().unwrap()[0];
+        assert_eq!(
+            (port.port, port.target_port.clone()),
+            (8080, Some(IntOrString::Int(8080)))
+        );
+    }
+
+    #[test]
+    fn the_hpa_scales_the_deployment_which_then_has_no_replicas_field() {
+        let c = render(&full());
+        let hpa = c.hpa.as_ref().unwrap().spec.as_ref().unwrap();
+        assert_eq!(hpa.scale_target_ref.kind, "Deployment");
+        assert_eq!(hpa.scale_target_ref.api_version.as_deref(), Some("apps/v1"));
+        assert_eq!(
+            Some(hpa.scale_target_ref.name.clone()),
+            c.deployment.metadata.name
+        );
+        assert_eq!((hpa.min_replicas, hpa.max_replicas), (Some(2), 5));
+        let target = &hpa.metrics.as_ref().unwrap()[0]
+            .resource
+            .as_ref()
+            .unwrap()
+            .target;
+        assert_eq!(
+            target.average_utilization,
+            Some(80),
+            "the default CPU target"
+        );
+        assert_eq!(c.deployment.spec.as_ref().unwrap().replicas, None);
+        let json = serde_json::to_value(&c.deployment).unwrap();
+        assert!(
+            json["spec"].get("replicas").is_none(),
+            "replicas must not be applied at all"
+        );
+    }
+
+    #[test]
+    fn without_autoscaling_the_deployment_owns_replicas_and_no_hpa_or_pdb_is_made() {
+        let c = render(&minimal());
+        assert_eq!(c.deployment.spec.as_ref().unwrap().replicas, Some(1));
+        assert!(c.hpa.is_none() && c.pdb.is_none());
+    }
+
+    #[test]
+    fn the_tls_sidecar_is_a_hardened_native_sidecar_with_the_secret_mounted_read_only() {
+        let c = render(&full());
+        let pod = c
+            .deployment
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .clone()
+            .unwrap();
+        let sidecar = &pod.init_containers.as_ref().unwrap()[0];
+        assert_eq!(sidecar.name, "rigging-tls");
+        assert_eq!(sidecar.image.as_deref(), Some("sidecar:test"));
+        assert_eq!(sidecar.restart_policy.as_deref(), Some("Always"));
+        assert_eq!(
+            sidecar.args.clone().unwrap().join(" "),
+            "tls --listen 0.0.0.0:8443 --upstream 127.0.0.1:8080 --cert /etc/rigging/tls/tls.crt --key /etc/rigging/tls/tls.key --admin 0.0.0.0:9901"
+        );
+        let sc = sidecar.security_context.clone().unwrap();
+        assert_eq!(sc.run_as_non_root, Some(true));
+        assert!(sc.run_as_user.is_some_and(|u| u > 0));
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(sc.capabilities.unwrap().drop, Some(vec!["ALL".to_owned()]));
+        assert_eq!(sc.seccomp_profile.unwrap().type_, "RuntimeDefault");
+        let res = sidecar.resources.clone().unwrap();
+        for q in [res.requests.unwrap(), res.limits.unwrap()] {
+            assert!(q.contains_key("cpu") && q.contains_key("memory"));
+        }
+        let probe_path =
+            |p: &Option<Probe>| p.as_ref().unwrap().http_get.as_ref().unwrap().path.clone();
+        assert_eq!(
+            probe_path(&sidecar.readiness_probe).as_deref(),
+            Some("/readyz")
+        );
+        assert_eq!(
+            probe_path(&sidecar.liveness_probe).as_deref(),
+            Some("/healthz")
+        );
+        let mount = &sidecar.volume_mounts.as_ref().unwrap()[0];
+        assert_eq!(
+            (mount.mount_path.as_str(), mount.read_only),
+            ("/etc/rigging/tls", Some(true))
+        );
+        let volume = pod
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == mount.name)
+            .unwrap();
+        assert_eq!(
+            volume.secret.unwrap().secret_name.as_deref(),
+            Some("web-tls")
+        );
+        // The app container itself is untouched.
+        assert_eq!(pod.containers.len(), 1);
+    }
+
+    #[test]
+    fn every_child_is_owned_by_the_replicated_service() {
+        let c = render(&full());
+        let metas = [
+            &c.deployment.metadata,
+            &c.service.metadata,
+            &c.pdb.as_ref().unwrap().metadata,
+            &c.hpa.as_ref().unwrap().metadata,
+        ];
+        for meta in metas {
+            let owner = &meta.owner_references.as_ref().unwrap()[0];
+            assert_eq!(
+                (owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str()),
+                ("ReplicatedService", "web", "1234-abcd")
+            );
+            assert_eq!(owner.controller, Some(true));
+            assert_eq!(meta.namespace.as_deref(), Some("shop"));
+            assert_eq!(
+                meta.labels.as_ref().unwrap()["app.kubernetes.io/managed-by"],
+                "rigging-operator"
+            );
+            assert!(crate::fingerprint::of(meta).is_some());
+        }
+    }
+
+    #[test]
+    fn the_fingerprint_changes_with_the_spec_and_only_then() {
+        let a = render(&minimal());
+        let again = render(&minimal());
+        assert_eq!(
+            crate::fingerprint::of(&a.deployment.metadata),
+            crate::fingerprint::of(&again.deployment.metadata)
+        );
+        let mut changed = minimal();
+        changed.spec.replicas = 3;
+        let b = render(&changed);
+        assert_ne!(
+            crate::fingerprint::of(&a.deployment.metadata),
+            crate::fingerprint::of(&b.deployment.metadata)
+        );
+        assert_eq!(
+            crate::fingerprint::of(&a.service.metadata),
+            crate::fingerprint::of(&b.service.metadata)
+        );
+    }
+
+    #[test]
+    fn an_app_container_without_readiness_probe_is_refused_by_name() {
+        let mut rs = minimal();
+        rs.spec.template.spec.as_mut().unwrap().containers[0].readiness_probe = None;
+        let errors = errors(&rs);
+        assert_eq!(errors.len(), 1);
+        assert!(
+            errors[0]
+                .starts_with("spec.template.spec.containers[0].readinessProbe: container \"app\""),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn cross_field_rules_are_enforced_with_field_paths() {
+        let mut rs = full();
+        rs.spec.replicas = -1;
+        rs.spec.autoscaling.as_mut().unwrap().min_replicas = 9;
+        rs.spec.disruption_budget.as_mut().unwrap().min_available = Some(IntOrString::Int(1));
+        rs.spec.tls.as_mut().unwrap().port = 8080;
+        assert_eq!(
+            errors(&rs),
+            [
+                "spec.replicas: must be >= 0",
+                "spec.autoscaling.minReplicas: minReplicas must be <= maxReplicas",
+                "spec.disruptionBudget: set exactly one of maxUnavailable or minAvailable",
+                "spec.tls.port: tls.port must differ from port: the TLS terminator and the app share the pod's network",
+            ]
+        );
+    }
+
+    #[test]
+    fn names_rigging_reserves_are_refused_when_tls_is_on() {
+        let mut rs = full();
+        rs.spec.template.spec.as_mut().unwrap().containers[0].name = "rigging-tls".into();
+        let errors = errors(&rs);
+        assert!(
+            errors.iter().any(|e| e.starts_with(
+                "spec.template.spec.containers: container #0 is named \"rigging-tls\""
+            )),
+            "{errors:?}"
+        );
+    }
+}
