@@ -2,6 +2,7 @@
 //! (golden files and schema checks), the CLI's errors, and the reconcile against a mocked
 //! API server.
 
+mod cel;
 mod cli;
 mod crds;
 mod examples;
