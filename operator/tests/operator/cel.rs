@@ -103,9 +103,12 @@ fn render_messages(doc: &Value) -> Vec<String> {
     }
 }
 
+/// A change that makes the full example invalid.
+type Mutation = Box<dyn Fn(&mut Value)>;
+
 #[test]
 fn the_api_server_rules_and_render_refuse_the_same_manifests_with_the_same_messages() {
-    let cases: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
+    let cases: Vec<(&str, Mutation)> = vec![
         (
             "min above max",
             Box::new(|d| {
