@@ -8,3 +8,4 @@ mod crds;
 mod examples;
 mod fixtures;
 mod reconcile;
+mod run;
