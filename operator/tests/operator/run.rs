@@ -18,6 +18,11 @@ use serde_json::{Value, json};
 /// Requests the fake API server received, as `METHOD path`.
 type Log = Arc<Mutex<Vec<String>>>;
 
+/// The fake's one Lease, if it exists.
+type LeaseSlot = Arc<Mutex<Option<Value>>>;
+
+const LEASE_PATH: &str = "/apis/coordination.k8s.io/v1/namespaces/rigging-system/leases";
+
 type Body =
     Either<Full<Bytes>, StreamBody<futures::stream::Pending<Result<Frame<Bytes>, Infallible>>>>;
 
@@ -46,7 +51,57 @@ fn json_body(status: StatusCode, value: &Value) -> Response<Body> {
     response
 }
 
-async fn answer(req: Request<Incoming>, log: Log) -> Response<Body> {
+/// JSON merge patch (RFC 7386), which is what the lease manager's patches amount to.
+fn merge(target: &mut Value, patch: &Value) {
+    match (target.as_object_mut(), patch.as_object()) {
+        (Some(t), Some(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        _ => *target = patch.clone(),
+    }
+}
+
+fn lease_answer(
+    method: &Method,
+    path: &str,
+    body: &[u8],
+    lease: &LeaseSlot,
+) -> Option<Response<Body>> {
+    if !path.starts_with(LEASE_PATH) {
+        return None;
+    }
+    let mut slot = lease.lock().unwrap();
+    let not_found = || {
+        json_body(
+            StatusCode::NOT_FOUND,
+            &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404}),
+        )
+    };
+    Some(match (method, slot.as_mut()) {
+        (&Method::GET, Some(l)) => json_body(StatusCode::OK, l),
+        (&Method::GET, None) => not_found(),
+        (&Method::POST, _) => {
+            let mut created: Value = serde_json::from_slice(body).unwrap_or_default();
+            created["metadata"]["resourceVersion"] = json!("1");
+            *slot = Some(created.clone());
+            json_body(StatusCode::CREATED, &created)
+        }
+        (&Method::PATCH, Some(l)) => {
+            let patch: Value = serde_json::from_slice(body).unwrap_or_default();
+            merge(&mut l["spec"], &patch["spec"]);
+            json_body(StatusCode::OK, l)
+        }
+        _ => not_found(),
+    })
+}
+
+async fn answer(req: Request<Incoming>, log: Log, lease: LeaseSlot) -> Response<Body> {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let query = req.uri().query().unwrap_or_default().to_owned();
@@ -57,6 +112,9 @@ async fn answer(req: Request<Incoming>, log: Log) -> Response<Body> {
         .map(|b| b.to_bytes())
         .unwrap_or_default();
     log.lock().unwrap().push(format!("{method} {path}"));
+    if let Some(response) = lease_answer(&method, &path, &body, &lease) {
+        return response;
+    }
     if method == Method::GET && query.contains("watch=true") {
         // An idle cluster: the watch stays open with nothing to say.
         return Response::new(Either::Right(StreamBody::new(futures::stream::pending())));
@@ -89,7 +147,7 @@ async fn answer(req: Request<Incoming>, log: Log) -> Response<Body> {
 }
 
 /// Serves the fake API on a thread of its own; returns its address and request log.
-fn fake_api_server() -> (SocketAddr, Log) {
+fn fake_api_server(lease: LeaseSlot) -> (SocketAddr, Log) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let addr = listener.local_addr().unwrap();
@@ -108,10 +166,11 @@ fn fake_api_server() -> (SocketAddr, Log) {
                     continue;
                 };
                 let log = server_log.clone();
+                let lease = lease.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req| {
-                        let log = log.clone();
-                        async move { Ok::<_, Infallible>(answer(req, log).await) }
+                        let (log, lease) = (log.clone(), lease.clone());
+                        async move { Ok::<_, Infallible>(answer(req, log, lease).await) }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
@@ -170,9 +229,14 @@ fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     panic!("timed out waiting for {what}");
 }
 
-#[test]
-fn run_reconciles_what_it_lists_and_serves_its_admin_endpoints() {
-    let (api, log) = fake_api_server();
+/// Starts the operator against a fake API server; returns the admin address, the fake's
+/// request log and its Lease, and the process guard.
+fn start(
+    extra_args: &[&str],
+    lease: Option<Value>,
+) -> (SocketAddr, Log, LeaseSlot, Operator, tempfile::TempDir) {
+    let lease = LeaseSlot::new(Mutex::new(lease));
+    let (api, log) = fake_api_server(lease.clone());
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
     std::fs::write(
@@ -185,23 +249,31 @@ fn run_reconciles_what_it_lists_and_serves_its_admin_endpoints() {
     )
     .unwrap();
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let _operator = Operator(
+    let operator = Operator(
         Command::new(env!("CARGO_BIN_EXE_rigging-operator"))
-            .args([
-                "run",
-                "--no-leader-election",
-                "--metrics-addr",
-                &admin.to_string(),
-            ])
+            .args(["run", "--metrics-addr", &admin.to_string()])
+            .args(extra_args)
             .args(["--sidecar-image", "rigging-sidecar:test"])
             .env("KUBECONFIG", &kubeconfig)
+            .env("POD_NAME", "operator-0")
+            .env("POD_NAMESPACE", "rigging-system")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
     );
+    (admin, log, lease, operator, dir)
+}
 
+/// Index of the first request in `log` equal to `request`.
+fn first(log: &Log, request: &str) -> Option<usize> {
+    log.lock().unwrap().iter().position(|r| r == request)
+}
+
+#[test]
+fn run_reconciles_what_it_lists_and_serves_its_admin_endpoints() {
+    let (admin, log, _, _operator, _dir) = start(&["--no-leader-election"], None);
     eventually("/readyz to answer 200", || {
         http_get(admin, "/readyz").is_some_and(|(s, _)| s == 200)
     });
@@ -239,4 +311,64 @@ fn run_reconciles_what_it_lists_and_serves_its_admin_endpoints() {
         "{metrics}"
     );
     assert!(metrics.contains("rigging_operator_applies_total{child=\"Deployment\",kind=\"ReplicatedService\",outcome=\"applied\"} 1"), "{metrics}");
+}
+
+const DEPLOYMENT_APPLY: &str = "PATCH /apis/apps/v1/namespaces/shop/deployments/web";
+const LIST_REPLICATED_SERVICES: &str = "GET /apis/rigging.dev/v1alpha1/replicatedservices";
+
+#[test]
+fn with_leader_election_the_controllers_start_only_once_the_lease_is_held() {
+    let (admin, log, lease, _operator, _dir) = start(&[], None);
+    eventually("the Deployment to be applied", || {
+        first(&log, DEPLOYMENT_APPLY).is_some()
+    });
+    let lease_patch = format!("PATCH {LEASE_PATH}/rigging-operator");
+    let created = first(&log, &format!("POST {LEASE_PATH}")).expect("the missing Lease is created");
+    let acquired = first(&log, &lease_patch).expect("the Lease is taken");
+    let watching = first(&log, LIST_REPLICATED_SERVICES).unwrap();
+    assert!(
+        created < acquired && acquired < watching,
+        "{:?}",
+        log.lock().unwrap()
+    );
+    let holder = lease.lock().unwrap().as_ref().unwrap()["spec"]["holderIdentity"].clone();
+    assert_eq!(holder, "operator-0");
+    assert_eq!(http_get(admin, "/readyz").map(|(s, _)| s), Some(200));
+}
+
+#[test]
+fn a_follower_is_ready_waits_for_the_lease_and_takes_over_when_it_expires() {
+    // Another replica holds the Lease and has stopped renewing it: it expires in 2 s.
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let held = json!({
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": "rigging-operator", "namespace": "rigging-system", "resourceVersion": "1"},
+        "spec": {"holderIdentity": "operator-1", "leaseDurationSeconds": 2, "acquireTime": now, "renewTime": now},
+    });
+    let (admin, log, lease, _operator, _dir) = start(&[], Some(held));
+    eventually("/readyz to answer 200", || {
+        http_get(admin, "/readyz").is_some_and(|(s, _)| s == 200)
+    });
+    eventually("the Deployment to be applied", || {
+        first(&log, DEPLOYMENT_APPLY).is_some()
+    });
+    let lease_get = format!("GET {LEASE_PATH}/rigging-operator");
+    let read = first(&log, &lease_get).expect("the Lease is read");
+    let acquired =
+        first(&log, &format!("PATCH {LEASE_PATH}/rigging-operator")).expect("the Lease is taken");
+    let watching = first(&log, LIST_REPLICATED_SERVICES).unwrap();
+    assert!(
+        read < acquired && acquired < watching,
+        "{:?}",
+        log.lock().unwrap()
+    );
+    assert_eq!(
+        first(&log, &format!("POST {LEASE_PATH}")),
+        None,
+        "an existing Lease is not recreated"
+    );
+    assert_eq!(
+        lease.lock().unwrap().as_ref().unwrap()["spec"]["holderIdentity"],
+        "operator-0"
+    );
 }
