@@ -1,14 +1,10 @@
 //! The operator's one error type.
 
-use rigging_crds::FieldErrors;
-
-/// Everything a reconcile can fail with. User mistakes ([`Error::InvalidSpec`]) become a
-/// condition and an Event; the rest are retried with backoff.
+/// Everything a reconcile can fail with; each is retried with backoff. (An invalid spec is
+/// not an error of the reconcile: it becomes a condition and an Event, and waits for an
+/// edit.)
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The spec breaks a rule the schema could not express.
-    #[error("invalid spec: {0}")]
-    InvalidSpec(#[source] FieldErrors),
     /// A namespaced object arrived without a namespace.
     #[error("{kind} {name} has no namespace")]
     MissingNamespace {
@@ -41,15 +37,6 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
-    /// An object did not serialise (a bug).
-    #[error("serialising {what}: {source}")]
-    Serialize {
-        /// What was being serialised.
-        what: &'static str,
-        /// The serialiser's error.
-        #[source]
-        source: serde_json::Error,
-    },
 }
 
 /// Result of the operator's fallible operations.
@@ -59,11 +46,9 @@ impl Error {
     /// A short, stable label for the `error` label of the error counter.
     pub fn metric_label(&self) -> &'static str {
         match self {
-            Error::InvalidSpec(_) => "invalid_spec",
             Error::MissingNamespace { .. } => "missing_namespace",
             Error::Apply { .. } => "apply",
             Error::StatusPatch { .. } => "status_patch",
-            Error::Serialize { .. } => "serialize",
         }
     }
 }
