@@ -38,6 +38,20 @@ pub struct ChildStores {
     pub hpas: Store<HorizontalPodAutoscaler>,
 }
 
+impl ChildStores {
+    /// Waits until every cache holds its initial list, so that the first reconciles after
+    /// a start (or a change of leader) compare against what exists instead of re-applying
+    /// every child. Returns early if a cache's writer is gone (the controller is stopping).
+    pub async fn wait_until_ready(&self) {
+        let _ = tokio::join!(
+            self.deployments.wait_until_ready(),
+            self.services.wait_until_ready(),
+            self.pdbs.wait_until_ready(),
+            self.hpas.wait_until_ready(),
+        );
+    }
+}
+
 /// Shared state of the controllers.
 pub struct Context {
     /// The API client.

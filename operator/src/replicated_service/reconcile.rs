@@ -87,6 +87,7 @@ async fn reconcile_object(rs: &ReplicatedService, ctx: &Context) -> Result<Actio
     };
 
     let stores = &ctx.stores;
+    stores.wait_until_ready().await;
     apply(
         ctx,
         rs,

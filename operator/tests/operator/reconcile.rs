@@ -74,7 +74,8 @@ fn children(rs: &ReplicatedService) -> Children {
     desired::desired(rs, &config().render).unwrap()
 }
 
-/// Watch caches holding `objects`, as the controller's reflectors would.
+/// Watch caches holding `objects` after their initial list, as the controller's
+/// reflectors would.
 #[derive(Default)]
 struct Cache {
     deployments: Vec<Deployment>,
@@ -86,9 +87,11 @@ where
     K: Resource<DynamicType = ()> + Clone + 'static,
 {
     let (store, mut writer) = reflector::store();
+    writer.apply_watcher_event(&watcher::Event::Init);
     for obj in objects {
-        writer.apply_watcher_event(&watcher::Event::Apply(obj));
+        writer.apply_watcher_event(&watcher::Event::InitApply(obj));
     }
+    writer.apply_watcher_event(&watcher::Event::InitDone);
     store
 }
 
@@ -446,4 +449,55 @@ async fn a_server_error_is_reported_and_retried_with_growing_backoff() {
             .get(),
         2
     );
+}
+
+#[tokio::test]
+async fn after_a_restart_the_reconcile_waits_for_the_caches_instead_of_reapplying() {
+    let mut rs = replicated_service(json!({}));
+    let want = children(&rs);
+    let deployment = rolled_out(&want);
+    rs.status = Some(status::observed(&rs, Some(&deployment), Timestamp::now()));
+
+    // Caches whose initial list has not arrived yet, as right after a start.
+    let (deployments, mut deployments_writer) = reflector::store();
+    let (services, mut services_writer) = reflector::store();
+    let (pdbs, mut pdbs_writer) =
+        reflector::store::<k8s_openapi::api::policy::v1::PodDisruptionBudget>();
+    let (hpas, mut hpas_writer) =
+        reflector::store::<k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler>();
+    let (service, _handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let stores = ChildStores {
+        deployments,
+        services,
+        pdbs,
+        hpas,
+    };
+    let ctx = Arc::new(Context::new(
+        Client::new(service, "default"),
+        config(),
+        Metrics::new(),
+        stores,
+        None,
+    ));
+    let reconciling = tokio::spawn(reconcile(Arc::new(rs), ctx));
+    // On this single-threaded runtime the reconcile now runs until it waits: on the
+    // caches, or — if it did not wait — on an apply nobody answers.
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    deployments_writer.apply_watcher_event(&watcher::Event::Init);
+    deployments_writer.apply_watcher_event(&watcher::Event::InitApply(deployment));
+    deployments_writer.apply_watcher_event(&watcher::Event::InitDone);
+    services_writer.apply_watcher_event(&watcher::Event::Init);
+    services_writer.apply_watcher_event(&watcher::Event::InitApply(want.service.clone()));
+    services_writer.apply_watcher_event(&watcher::Event::InitDone);
+    pdbs_writer.apply_watcher_event(&watcher::Event::Init);
+    pdbs_writer.apply_watcher_event(&watcher::Event::InitDone);
+    hpas_writer.apply_watcher_event(&watcher::Event::Init);
+    hpas_writer.apply_watcher_event(&watcher::Event::InitDone);
+    let result = tokio::time::timeout(Duration::from_secs(30), reconciling)
+        .await
+        .expect("reconcile stalled: it applied instead of waiting for the caches")
+        .unwrap();
+    assert_eq!(result.unwrap(), Action::requeue(RESYNC));
 }
