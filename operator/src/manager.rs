@@ -118,28 +118,81 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
         .build()
         .await
         .map_err(lease_error)?;
-    let (mut leading, _task) = manager.watch().await;
+    let (mut leading, task) = manager.watch().await;
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
     // A follower is healthy and ready: it only waits for the Lease.
     readiness.set_ready();
     tracing::info!(lease = %lease.name, namespace = %lease.namespace, identity = %options.identity, "waiting for leadership");
-    while !*leading.borrow_and_update() {
-        if leading.changed().await.is_err() {
-            return Err(RunError::LostLease {
-                namespace: lease.namespace,
-                name: lease.name,
-            });
+    let outcome = async {
+        while !*leading.borrow_and_update() {
+            tokio::select! {
+                changed = leading.changed() => if changed.is_err() {
+                    return Err(());
+                },
+                // The controllers, which handle signals themselves, have not started.
+                () = &mut shutdown => return Ok(()),
+            }
+        }
+        tracing::info!("leading: starting controllers");
+        tokio::select! {
+            () = controllers => Ok(()),
+            () = lost(&mut leading) => Err(()),
         }
     }
-    tracing::info!("leading: starting controllers");
-    tokio::select! {
-        () = controllers => Ok(()),
-        () = lost(&mut leading) => Err(RunError::LostLease { namespace: lease.namespace, name: lease.name }),
+    .await;
+    // Closing the channel makes the lease manager release the Lease, so that a follower
+    // takes over at once instead of waiting for it to expire.
+    drop(leading);
+    match tokio::time::timeout(RELEASE_TIMEOUT, task).await {
+        Ok(Ok(Ok(_))) => tracing::info!("released the Lease"),
+        Ok(Ok(Err(error))) => tracing::warn!(%error, "could not release the Lease"),
+        Ok(Err(error)) => tracing::warn!(%error, "lease manager task failed"),
+        Err(_) => tracing::warn!("gave up releasing the Lease"),
     }
+    outcome.map_err(|()| RunError::LostLease {
+        namespace: lease.namespace,
+        name: lease.name,
+    })
 }
+
+/// How long a stopping leader tries to release its Lease.
+const RELEASE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 struct ResolvedLease {
     name: String,
     namespace: String,
+}
+
+/// Resolves on SIGTERM or SIGINT. The handlers are installed when this is called, not when
+/// it is first polled, so a signal that arrives in between is not lost (nor fatal).
+#[cfg(unix)]
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{Signal, SignalKind, signal};
+    async fn recv(signal: Option<Signal>) {
+        match signal {
+            Some(mut s) => {
+                s.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    }
+    let term = signal(SignalKind::terminate()).ok();
+    let int = signal(SignalKind::interrupt()).ok();
+    async move {
+        tokio::select! {
+            () = recv(term) => {},
+            () = recv(int) => {},
+        }
+    }
+}
+
+/// Resolves on Ctrl-C.
+#[cfg(not(unix))]
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 /// Resolves when the Lease is no longer held (or its manager stopped).

@@ -192,6 +192,24 @@ impl Drop for Operator {
     }
 }
 
+impl Operator {
+    /// Sends SIGTERM and waits (up to 60 s) for the process to exit.
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.0.id().to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "SIGTERM delivered");
+        let mut exit = None;
+        eventually("the operator to exit after SIGTERM", || {
+            exit = self.0.try_wait().unwrap();
+            exit.is_some()
+        });
+        exit.unwrap()
+    }
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -318,7 +336,7 @@ const LIST_REPLICATED_SERVICES: &str = "GET /apis/rigging.dev/v1alpha1/replicate
 
 #[test]
 fn with_leader_election_the_controllers_start_only_once_the_lease_is_held() {
-    let (admin, log, lease, _operator, _dir) = start(&[], None);
+    let (admin, log, lease, mut operator, _dir) = start(&[], None);
     eventually("the Deployment to be applied", || {
         first(&log, DEPLOYMENT_APPLY).is_some()
     });
@@ -334,6 +352,38 @@ fn with_leader_election_the_controllers_start_only_once_the_lease_is_held() {
     let holder = lease.lock().unwrap().as_ref().unwrap()["spec"]["holderIdentity"].clone();
     assert_eq!(holder, "operator-0");
     assert_eq!(http_get(admin, "/readyz").map(|(s, _)| s), Some(200));
+
+    // A leader that stops hands the Lease back rather than letting followers wait it out.
+    assert!(operator.terminate().success());
+    let spec = lease.lock().unwrap().as_ref().unwrap()["spec"].clone();
+    assert!(
+        spec.get("holderIdentity").is_none(),
+        "Lease still held: {spec}"
+    );
+}
+
+#[test]
+fn a_follower_stops_on_sigterm_without_ever_watching() {
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let held = json!({
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": "rigging-operator", "namespace": "rigging-system", "resourceVersion": "1"},
+        "spec": {"holderIdentity": "operator-1", "leaseDurationSeconds": 3600, "acquireTime": now, "renewTime": now},
+    });
+    let (admin, log, lease, mut operator, _dir) = start(&[], Some(held));
+    eventually("/readyz to answer 200", || {
+        http_get(admin, "/readyz").is_some_and(|(s, _)| s == 200)
+    });
+    assert!(operator.terminate().success());
+    assert_eq!(
+        first(&log, LIST_REPLICATED_SERVICES),
+        None,
+        "a follower never runs the controllers"
+    );
+    assert_eq!(
+        lease.lock().unwrap().as_ref().unwrap()["spec"]["holderIdentity"],
+        "operator-1"
+    );
 }
 
 #[test]
