@@ -112,7 +112,8 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
     let manager = LeaseManagerBuilder::new(client, &lease.name)
         .with_namespace(&lease.namespace)
         .with_identity(&options.identity)
-        .with_field_manager(replicated_service::desired::MANAGER)
+        // The default field manager is unique per identity, which is what makes two
+        // replicas' server-side applies of the Lease conflict instead of both winning.
         .with_duration(LEASE_DURATION_S)
         .with_grace(LEASE_GRACE_S)
         .build()
