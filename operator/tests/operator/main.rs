@@ -7,5 +7,6 @@ mod cli;
 mod crds;
 mod examples;
 mod fixtures;
+mod kubernetes_schemas;
 mod reconcile;
 mod run;
