@@ -132,10 +132,12 @@ fn check_bounds(schema: &Value, value: &Value, path: &str, errors: &mut Vec<Fiel
         if let Some(min) = bound("minLength")
             && len < min
         {
-            errors.push(FieldError::new(
-                path,
-                format!("must be at least {min} characters long"),
-            ));
+            let message = if min <= 1.0 {
+                "must not be empty".to_owned()
+            } else {
+                format!("must be at least {min} characters long")
+            };
+            errors.push(FieldError::new(path, message));
         }
         if let Some(max) = bound("maxLength")
             && len > max
