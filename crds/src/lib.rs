@@ -1,1 +1,20 @@
 //! Rigging's Kubernetes API, group `rigging.dev`, version `v1alpha1`.
+//!
+//! Each kind lives in a module named after the pattern it implements. The types are the
+//! single source of truth: the CRD YAML under `crds/` is generated from them
+//! (`rigging-operator crds`), and the operator's validation of a spec mirrors the CEL rules
+//! they carry, so a manifest `render` accepts is one the API server accepts.
+
+pub mod field_error;
+pub mod replicated_service;
+
+pub use field_error::{FieldError, FieldErrors};
+pub use replicated_service::{
+    Autoscaling, DisruptionBudget, ReplicatedService, ReplicatedServiceSpec,
+    ReplicatedServiceStatus, ServiceSettings, ServiceType, SessionAffinity, Tls,
+};
+
+/// The API group of every Rigging kind.
+pub const GROUP: &str = "rigging.dev";
+/// The API version of every Rigging kind.
+pub const VERSION: &str = "v1alpha1";

@@ -1,0 +1,398 @@
+//! `ReplicatedService`: a stateless, replicated, load-balanced service (book ch. 5).
+//!
+//! The user writes a pod template and a port; the operator turns it into a Deployment, a
+//! Service, and — when asked — a PodDisruptionBudget, a HorizontalPodAutoscaler and a TLS
+//! terminator in front of the app.
+
+use k8s_openapi::api::core::v1::PodTemplateSpec;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{CustomResource, KubeSchema};
+use schemars::{JsonSchema, Schema, SchemaGenerator};
+use serde::{Deserialize, Serialize};
+
+use crate::{FieldError, FieldErrors};
+
+/// Port of the TLS sidecar's admin endpoint (`/healthz`, `/readyz`, `/metrics`); the app
+/// and the TLS listener must not use it.
+pub const TLS_ADMIN_PORT: i32 = 9901;
+
+/// Desired state of a ReplicatedService.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "rigging.dev",
+    version = "v1alpha1",
+    kind = "ReplicatedService",
+    namespaced,
+    status = "ReplicatedServiceStatus",
+    shortname = "rsvc",
+    category = "rigging",
+    derive = "PartialEq",
+    doc = "A stateless, replicated, load-balanced service: a Deployment behind a Service, with an optional disruption budget, autoscaler and TLS terminator.",
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(name = "Replicas", type_ = "integer", json_path = ".status.replicas"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[x_kube(
+    validation = Rule::new("!has(self.tls) || self.tls.port != self.port")
+        .message("tls.port must differ from port: the TLS terminator and the app share the pod's network")
+        .field_path(".tls.port"),
+    validation = Rule::new("!has(self.tls) || (self.port != 9901 && self.tls.port != 9901)")
+        .message("port 9901 is reserved for the TLS terminator's admin endpoint")
+        .field_path(".tls"),
+    validation = Rule::new("has(self.template.spec) && size(self.template.spec.containers) > 0 && has(self.template.spec.containers[0].readinessProbe)")
+        .message(Message::Expression("has(self.template.spec) && size(self.template.spec.containers) > 0 ? 'container \"' + self.template.spec.containers[0].name + '\" (the app container, template.spec.containers[0]) has no readinessProbe: a ReplicatedService only sends traffic to ready pods, so the app container must declare one' : 'template.spec.containers must hold the app container'".into()))
+        .field_path(".template")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicatedServiceSpec {
+    /// Number of pods. Ignored once `autoscaling` is set: the HorizontalPodAutoscaler owns it.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 0))]
+    pub replicas: i32,
+
+    /// The port the app container listens on.
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+
+    /// The app's pod template. Its first container is the app container and must have a
+    /// readiness probe.
+    #[schemars(schema_with = "pod_template_schema")]
+    pub template: PodTemplateSpec,
+
+    /// How the Service exposes the pods.
+    #[serde(default)]
+    pub service: ServiceSettings,
+
+    /// Scale the pods with CPU load through a HorizontalPodAutoscaler.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<Autoscaling>,
+
+    /// Keep pods available through voluntary disruptions with a PodDisruptionBudget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disruption_budget: Option<DisruptionBudget>,
+
+    /// Terminate TLS in a Rigging sidecar in front of the app; the Service then targets it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Tls>,
+}
+
+fn default_replicas() -> i32 {
+    1
+}
+
+/// How the Service in front of the pods is exposed.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSettings {
+    /// The Service's port. Defaults to `port`, or to `tls.port` when TLS is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<i32>,
+
+    /// The Service type.
+    #[serde(default, rename = "type")]
+    pub service_type: ServiceType,
+
+    /// `ClientIP` sends each client to the same pod while it stays ready (a
+    /// session-tracked service).
+    #[serde(default)]
+    pub session_affinity: SessionAffinity,
+}
+
+/// The Kubernetes Service types a ReplicatedService may ask for.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ServiceType {
+    /// Reachable inside the cluster only.
+    #[default]
+    ClusterIP,
+    /// Also reachable on a port of every node.
+    NodePort,
+    /// Also reachable through the cloud's load balancer.
+    LoadBalancer,
+}
+
+impl ServiceType {
+    /// The value Kubernetes expects in `Service.spec.type`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceType::ClusterIP => "ClusterIP",
+            ServiceType::NodePort => "NodePort",
+            ServiceType::LoadBalancer => "LoadBalancer",
+        }
+    }
+}
+
+/// Session affinity of the Service.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum SessionAffinity {
+    /// Each connection may go to any ready pod.
+    #[default]
+    None,
+    /// Connections from one client IP go to the same pod.
+    ClientIP,
+}
+
+impl SessionAffinity {
+    /// The value Kubernetes expects in `Service.spec.sessionAffinity`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionAffinity::None => "None",
+            SessionAffinity::ClientIP => "ClientIP",
+        }
+    }
+}
+
+/// CPU-based autoscaling of the pods.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[x_kube(
+    validation = Rule::new("self.minReplicas <= self.maxReplicas")
+        .message("minReplicas must be <= maxReplicas")
+        .field_path(".minReplicas")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct Autoscaling {
+    /// Fewest pods the autoscaler keeps.
+    #[serde(default = "default_min_replicas")]
+    #[schemars(range(min = 1))]
+    pub min_replicas: i32,
+
+    /// Most pods the autoscaler may run.
+    #[schemars(range(min = 1))]
+    pub max_replicas: i32,
+
+    /// Average CPU use, in percent of the pods' CPU requests, the autoscaler aims for.
+    #[serde(
+        rename = "targetCPUUtilizationPercentage",
+        default = "default_target_cpu"
+    )]
+    #[schemars(range(min = 1))]
+    pub target_cpu_utilization_percentage: i32,
+}
+
+fn default_min_replicas() -> i32 {
+    1
+}
+
+fn default_target_cpu() -> i32 {
+    80
+}
+
+/// A PodDisruptionBudget for the pods: exactly one of the two fields.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[x_kube(
+    validation = Rule::new("has(self.maxUnavailable) != has(self.minAvailable)")
+        .message("set exactly one of maxUnavailable or minAvailable")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct DisruptionBudget {
+    /// Most pods that may be unavailable at once (a number or a percentage).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_unavailable: Option<IntOrString>,
+
+    /// Fewest pods that must stay available (a number or a percentage).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_available: Option<IntOrString>,
+}
+
+/// TLS termination by Rigging's TLS sidecar in front of the app.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Tls {
+    /// A `kubernetes.io/tls` Secret in the same namespace (keys `tls.crt` and `tls.key`).
+    #[schemars(length(min = 1))]
+    pub secret_name: String,
+
+    /// The port the TLS terminator listens on; the Service targets it.
+    #[serde(default = "default_tls_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+}
+
+fn default_tls_port() -> i32 {
+    8443
+}
+
+/// Observed state of a ReplicatedService.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicatedServiceStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// Pods the Deployment runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+
+    /// Pods that are ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_replicas: Option<i32>,
+
+    /// `Ready`, `Progressing` and `Degraded`, each with the generation it describes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+}
+
+/// The schema of `template`: the full PodTemplateSpec without its descriptions, which
+/// alone would push the CRD past the 256 KiB `kubectl apply` annotation limit. The fields
+/// are documented by Kubernetes itself (`kubectl explain pod.spec`).
+fn pod_template_schema(generator: &mut SchemaGenerator) -> Schema {
+    let mut schema = generator.subschema_for::<PodTemplateSpec>();
+    if let Some(map) = schema.as_object_mut() {
+        strip_object_descriptions(map);
+    }
+    schema
+}
+
+/// Removes `description` from a schema and every schema below it, leaving alone
+/// properties that happen to be named `description`.
+fn strip_descriptions(schema: &mut serde_json::Value) {
+    if let serde_json::Value::Object(map) = schema {
+        strip_object_descriptions(map);
+    }
+}
+
+fn strip_object_descriptions(map: &mut serde_json::Map<String, serde_json::Value>) {
+    map.remove("description");
+    for (key, value) in map.iter_mut() {
+        match key.as_str() {
+            "properties" | "patternProperties" | "$defs" | "definitions" => {
+                if let serde_json::Value::Object(children) = value {
+                    children.values_mut().for_each(strip_descriptions);
+                }
+            }
+            "items" | "additionalProperties" | "not" => match value {
+                serde_json::Value::Array(items) => items.iter_mut().for_each(strip_descriptions),
+                other => strip_descriptions(other),
+            },
+            "allOf" | "anyOf" | "oneOf" => {
+                if let serde_json::Value::Array(items) = value {
+                    items.iter_mut().for_each(strip_descriptions);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+impl ReplicatedServiceSpec {
+    /// The Service's port: `service.port`, else the port clients expect to reach (the TLS
+    /// port when TLS is on, the app's port otherwise).
+    pub fn service_port(&self) -> i32 {
+        self.service.port.unwrap_or(match &self.tls {
+            Some(tls) => tls.port,
+            None => self.port,
+        })
+    }
+
+    /// The port the Service sends traffic to in the pod: the TLS terminator's when TLS is
+    /// on, the app's otherwise.
+    pub fn target_port(&self) -> i32 {
+        self.tls.as_ref().map_or(self.port, |tls| tls.port)
+    }
+
+    /// Checks every rule of the CRD schema and its CEL rules that serde cannot, so that
+    /// `render` and the controller refuse what the API server would refuse, with the same
+    /// field paths (rooted at `spec`).
+    pub fn validate(&self) -> Result<(), FieldErrors> {
+        let mut errors = Vec::new();
+        let mut check = |ok: bool, field: &str, message: &str| {
+            if !ok {
+                errors.push(FieldError::new(field, message));
+            }
+        };
+        check(self.replicas >= 0, "spec.replicas", "must be >= 0");
+        check(
+            valid_port(self.port),
+            "spec.port",
+            "must be between 1 and 65535",
+        );
+        if let Some(port) = self.service.port {
+            check(
+                valid_port(port),
+                "spec.service.port",
+                "must be between 1 and 65535",
+            );
+        }
+        if let Some(a) = &self.autoscaling {
+            check(
+                a.min_replicas >= 1,
+                "spec.autoscaling.minReplicas",
+                "must be >= 1",
+            );
+            check(
+                a.max_replicas >= 1,
+                "spec.autoscaling.maxReplicas",
+                "must be >= 1",
+            );
+            check(
+                a.min_replicas <= a.max_replicas,
+                "spec.autoscaling.minReplicas",
+                "minReplicas must be <= maxReplicas",
+            );
+            check(
+                a.target_cpu_utilization_percentage >= 1,
+                "spec.autoscaling.targetCPUUtilizationPercentage",
+                "must be >= 1",
+            );
+        }
+        if let Some(b) = &self.disruption_budget {
+            check(
+                b.max_unavailable.is_some() != b.min_available.is_some(),
+                "spec.disruptionBudget",
+                "set exactly one of maxUnavailable or minAvailable",
+            );
+        }
+        if let Some(tls) = &self.tls {
+            check(
+                !tls.secret_name.is_empty(),
+                "spec.tls.secretName",
+                "must not be empty",
+            );
+            check(
+                valid_port(tls.port),
+                "spec.tls.port",
+                "must be between 1 and 65535",
+            );
+            check(
+                tls.port != self.port,
+                "spec.tls.port",
+                "tls.port must differ from port: the TLS terminator and the app share the pod's network",
+            );
+            check(
+                self.port != TLS_ADMIN_PORT && tls.port != TLS_ADMIN_PORT,
+                "spec.tls",
+                "port 9901 is reserved for the TLS terminator's admin endpoint",
+            );
+        }
+        match self.template.spec.as_ref().and_then(|s| s.containers.first()) {
+            None => errors.push(FieldError::new(
+                "spec.template.spec.containers",
+                "template.spec.containers must hold the app container",
+            )),
+            Some(app) if app.readiness_probe.is_none() => errors.push(FieldError::new(
+                "spec.template.spec.containers[0].readinessProbe",
+                format!(
+                    "container \"{}\" (the app container, template.spec.containers[0]) has no readinessProbe: a ReplicatedService only sends traffic to ready pods, so the app container must declare one",
+                    app.name
+                ),
+            )),
+            Some(_) => {}
+        }
+        FieldErrors::into_result(errors)
+    }
+}
+
+fn valid_port(port: i32) -> bool {
+    (1..=65535).contains(&port)
+}

@@ -1,0 +1,165 @@
+//! The command line: `rigging-operator run | render | crds`.
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+use crate::context::Config;
+use crate::manager::{self, LeaseOptions, RunOptions};
+use crate::replicated_service::desired::{RenderConfig, default_sidecar_image};
+use crate::{crdgen, render};
+
+/// Rigging's controller manager.
+#[derive(Debug, Parser)]
+#[command(name = "rigging-operator", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the controllers against the cluster of the kubeconfig or the pod.
+    Run(RunArgs),
+    /// Print the Kubernetes objects the operator would apply for Rigging resources, offline.
+    Render(RenderArgs),
+    /// Print the CustomResourceDefinitions (or write one file each with --out-dir).
+    Crds(CrdsArgs),
+}
+
+/// Flags of `run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    pub metrics_addr: SocketAddr,
+    /// Image of rigging-sidecar for the sidecars the operator adds.
+    #[arg(long, env = "RIGGING_SIDECAR_IMAGE", default_value_t = default_sidecar_image())]
+    pub sidecar_image: String,
+    /// Run the controllers only while holding the Lease (the default).
+    #[arg(long, overrides_with = "no_leader_election")]
+    pub leader_election: bool,
+    /// Run the controllers right away (a single replica, or local development).
+    #[arg(long)]
+    pub no_leader_election: bool,
+    /// Name of the Lease replicas compete for.
+    #[arg(long, default_value = "rigging-operator")]
+    pub lease_name: String,
+    /// Namespace of the Lease (default: the pod's own namespace).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+}
+
+/// Flags of `render`.
+#[derive(Debug, clap::Args)]
+pub struct RenderArgs {
+    /// A YAML file of Rigging resources (multi-document; `-` reads stdin). Repeatable.
+    #[arg(short = 'f', long = "filename", required = true)]
+    pub files: Vec<String>,
+    /// Image of rigging-sidecar for the sidecars the operator adds.
+    #[arg(long, env = "RIGGING_SIDECAR_IMAGE", default_value_t = default_sidecar_image())]
+    pub sidecar_image: String,
+}
+
+/// Flags of `crds`.
+#[derive(Debug, clap::Args)]
+pub struct CrdsArgs {
+    /// Write `<name>.yaml` per CRD into this directory instead of printing them.
+    #[arg(long)]
+    pub out_dir: Option<PathBuf>,
+}
+
+/// Runs the parsed command line.
+pub async fn execute(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run(args) => run(args).await,
+        Command::Render(args) => {
+            let out = render_files(&args)?;
+            print!("{out}");
+            Ok(())
+        }
+        Command::Crds(args) => match args.out_dir {
+            Some(dir) => {
+                for path in crdgen::write_all(&dir)? {
+                    eprintln!("wrote {}", path.display());
+                }
+                Ok(())
+            }
+            None => {
+                print!("{}", crdgen::all_yaml()?);
+                Ok(())
+            }
+        },
+    }
+}
+
+/// Renders every file of `render`, in order, to one YAML stream.
+pub fn render_files(args: &RenderArgs) -> anyhow::Result<String> {
+    let config = RenderConfig {
+        sidecar_image: args.sidecar_image.clone(),
+    };
+    let mut values = Vec::new();
+    for file in &args.files {
+        let (name, input) = if file == "-" {
+            let mut input = String::new();
+            std::io::stdin()
+                .read_to_string(&mut input)
+                .context("<stdin>: reading")?;
+            ("<stdin>".to_owned(), input)
+        } else {
+            let input =
+                std::fs::read_to_string(file).with_context(|| format!("{file}: reading"))?;
+            (file.clone(), input)
+        };
+        values.extend(render::render_values(&name, &input, &config)?);
+    }
+    Ok(render::to_yaml_stream("output", &values)?)
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    init_json_logs();
+    let identity = std::env::var("POD_NAME")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(hostname)
+        .unwrap_or_else(|| "rigging-operator".to_owned());
+    let leader_election = (!args.no_leader_election).then(|| LeaseOptions {
+        name: args.lease_name.clone(),
+        namespace: args.lease_namespace.clone(),
+    });
+    let options = RunOptions {
+        metrics_addr: args.metrics_addr,
+        config: Config {
+            render: RenderConfig {
+                sidecar_image: args.sidecar_image,
+            },
+        },
+        leader_election,
+        identity,
+    };
+    manager::run(options).await?;
+    Ok(())
+}
+
+fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+}
+
+/// JSON logs on stderr, filtered by `RUST_LOG` (default `info`).
+fn init_json_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

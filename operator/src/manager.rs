@@ -1,0 +1,206 @@
+//! `rigging-operator run`: the controller manager in a cluster — admin endpoints, leader
+//! election over a Lease, then every controller.
+
+use std::net::SocketAddr;
+
+use kube::Client;
+use kube_lease_manager::LeaseManagerBuilder;
+
+use crate::admin::{self, Readiness};
+use crate::context::Config;
+use crate::metrics::Metrics;
+use crate::replicated_service;
+
+/// Settings of `run`, from flags and environment.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    pub metrics_addr: SocketAddr,
+    /// Settings the reconciles read.
+    pub config: Config,
+    /// `Some` to run only while holding this Lease.
+    pub leader_election: Option<LeaseOptions>,
+    /// This replica's identity (pod name or hostname), for the Lease and Events.
+    pub identity: String,
+}
+
+/// The Lease replicas compete for.
+#[derive(Debug, Clone)]
+pub struct LeaseOptions {
+    /// Lease name.
+    pub name: String,
+    /// Lease namespace; `None` means the client's default (in a pod, its own namespace).
+    pub namespace: Option<String>,
+}
+
+/// Why `run` stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// No kubeconfig or in-cluster configuration was usable.
+    #[error("connecting to the Kubernetes API: {0}")]
+    Client(#[source] kube::Error),
+    /// The admin port could not be bound.
+    #[error("binding the metrics address {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The Lease could not be read or created.
+    #[error("leader election on Lease {namespace}/{name}: {source}")]
+    Lease {
+        /// Lease namespace.
+        namespace: String,
+        /// Lease name.
+        name: String,
+        /// The lease manager's error.
+        #[source]
+        source: kube_lease_manager::LeaseManagerError,
+    },
+    /// Leadership was lost: the process exits so that it restarts as a follower and never
+    /// runs two leaders at once.
+    #[error("lost the leadership of Lease {namespace}/{name}")]
+    LostLease {
+        /// Lease namespace.
+        namespace: String,
+        /// Lease name.
+        name: String,
+    },
+}
+
+/// Lease duration and renewal grace, in seconds (client-go's defaults are 15 and 10/2).
+const LEASE_DURATION_S: u64 = 15;
+const LEASE_GRACE_S: u64 = 5;
+
+/// Runs the controller manager until a shutdown signal or the loss of leadership.
+pub async fn run(options: RunOptions) -> Result<(), RunError> {
+    let metrics = Metrics::new();
+    let readiness = Readiness::default();
+    admin::spawn(options.metrics_addr, metrics.clone(), readiness.clone())
+        .await
+        .map_err(|source| RunError::Bind {
+            addr: options.metrics_addr,
+            source,
+        })?;
+    let client = Client::try_default().await.map_err(RunError::Client)?;
+    let controllers = replicated_service::run(
+        client.clone(),
+        options.config.clone(),
+        metrics,
+        Some(options.identity.clone()),
+    );
+
+    let Some(lease) = options.leader_election else {
+        readiness.set_ready();
+        tracing::info!("leader election disabled: starting controllers");
+        controllers.await;
+        return Ok(());
+    };
+    let lease = ResolvedLease {
+        namespace: lease
+            .namespace
+            .unwrap_or_else(|| client.default_namespace().to_owned()),
+        name: lease.name,
+    };
+    let lease_error = |source| RunError::Lease {
+        namespace: lease.namespace.clone(),
+        name: lease.name.clone(),
+        source,
+    };
+    let manager = LeaseManagerBuilder::new(client, &lease.name)
+        .with_namespace(&lease.namespace)
+        .with_identity(&options.identity)
+        // The default field manager is unique per identity, which is what makes two
+        // replicas' server-side applies of the Lease conflict instead of both winning.
+        .with_duration(LEASE_DURATION_S)
+        .with_grace(LEASE_GRACE_S)
+        .build()
+        .await
+        .map_err(lease_error)?;
+    let (mut leading, task) = manager.watch().await;
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    // A follower is healthy and ready: it only waits for the Lease.
+    readiness.set_ready();
+    tracing::info!(lease = %lease.name, namespace = %lease.namespace, identity = %options.identity, "waiting for leadership");
+    let outcome = async {
+        while !*leading.borrow_and_update() {
+            tokio::select! {
+                changed = leading.changed() => if changed.is_err() {
+                    return Err(());
+                },
+                // The controllers, which handle signals themselves, have not started.
+                () = &mut shutdown => return Ok(()),
+            }
+        }
+        tracing::info!("leading: starting controllers");
+        tokio::select! {
+            () = controllers => Ok(()),
+            () = lost(&mut leading) => Err(()),
+        }
+    }
+    .await;
+    // Closing the channel makes the lease manager release the Lease, so that a follower
+    // takes over at once instead of waiting for it to expire.
+    drop(leading);
+    match tokio::time::timeout(RELEASE_TIMEOUT, task).await {
+        Ok(Ok(Ok(_))) => tracing::info!("released the Lease"),
+        Ok(Ok(Err(error))) => tracing::warn!(%error, "could not release the Lease"),
+        Ok(Err(error)) => tracing::warn!(%error, "lease manager task failed"),
+        Err(_) => tracing::warn!("gave up releasing the Lease"),
+    }
+    outcome.map_err(|()| RunError::LostLease {
+        namespace: lease.namespace,
+        name: lease.name,
+    })
+}
+
+/// How long a stopping leader tries to release its Lease.
+const RELEASE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+struct ResolvedLease {
+    name: String,
+    namespace: String,
+}
+
+/// Resolves on SIGTERM or SIGINT. The handlers are installed when this is called, not when
+/// it is first polled, so a signal that arrives in between is not lost (nor fatal).
+#[cfg(unix)]
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{Signal, SignalKind, signal};
+    async fn recv(signal: Option<Signal>) {
+        match signal {
+            Some(mut s) => {
+                s.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    }
+    let term = signal(SignalKind::terminate()).ok();
+    let int = signal(SignalKind::interrupt()).ok();
+    async move {
+        tokio::select! {
+            () = recv(term) => {},
+            () = recv(int) => {},
+        }
+    }
+}
+
+/// Resolves on Ctrl-C.
+#[cfg(not(unix))]
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Resolves when the Lease is no longer held (or its manager stopped).
+async fn lost(leading: &mut tokio::sync::watch::Receiver<bool>) {
+    loop {
+        if leading.changed().await.is_err() || !*leading.borrow_and_update() {
+            return;
+        }
+    }
+}

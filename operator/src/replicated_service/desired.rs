@@ -1,0 +1,678 @@
+//! The pure half of the ReplicatedService controller: the objects a ReplicatedService
+//! stands for, computed without IO. `render` prints them; `reconcile` applies them.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::autoscaling::v2::{
+    CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec, MetricSpec,
+    MetricTarget, ResourceMetricSource,
+};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, HTTPGetAction, PodTemplateSpec, Probe,
+    ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Service,
+    ServicePort, ServiceSpec, Volume, VolumeMount,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+use rigging_crds::replicated_service::TLS_ADMIN_PORT;
+use rigging_crds::{FieldError, FieldErrors, ReplicatedService};
+
+use crate::fingerprint;
+
+/// Name of the TLS terminator sidecar, of its Secret volume, and of its port.
+pub const TLS_SIDECAR_NAME: &str = "rigging-tls";
+/// Where the TLS Secret is mounted in the sidecar.
+pub const TLS_MOUNT_PATH: &str = "/etc/rigging/tls";
+/// Numeric user the sidecar runs as (the "nonroot" user of distroless images).
+pub const SIDECAR_USER: i64 = 65532;
+/// The field manager of every server-side apply, and the `managed-by` label value.
+pub const MANAGER: &str = "rigging-operator";
+
+/// What the pure half needs to know that is not in the ReplicatedService.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenderConfig {
+    /// Image of `rigging-sidecar`, for the sidecars the operator adds.
+    pub sidecar_image: String,
+}
+
+impl Default for RenderConfig {
+    fn default() -> Self {
+        Self {
+            sidecar_image: default_sidecar_image(),
+        }
+    }
+}
+
+/// `rigging-sidecar:<version of this operator>`: the sidecar released with it.
+pub fn default_sidecar_image() -> String {
+    format!("rigging-sidecar:{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// The children of one ReplicatedService, in the order they are applied and rendered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Children {
+    /// Runs the pods.
+    pub deployment: Deployment,
+    /// Load-balances over the ready pods.
+    pub service: Service,
+    /// Present when `disruptionBudget` is set.
+    pub pdb: Option<PodDisruptionBudget>,
+    /// Present when `autoscaling` is set.
+    pub hpa: Option<HorizontalPodAutoscaler>,
+}
+
+impl Children {
+    /// Every child as JSON, in apply order.
+    pub fn to_values(&self) -> Result<Vec<serde_json::Value>, serde_json::Error> {
+        let mut out = vec![
+            serde_json::to_value(&self.deployment)?,
+            serde_json::to_value(&self.service)?,
+        ];
+        if let Some(pdb) = &self.pdb {
+            out.push(serde_json::to_value(pdb)?);
+        }
+        if let Some(hpa) = &self.hpa {
+            out.push(serde_json::to_value(hpa)?);
+        }
+        Ok(out)
+    }
+}
+
+/// The labels that select this ReplicatedService's pods. Deployment selectors are
+/// immutable, so this set never grows.
+pub fn selector_labels(rs: &ReplicatedService) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_owned(), rs.name_any()),
+        ("app.kubernetes.io/instance".to_owned(), rs.name_any()),
+    ])
+}
+
+/// Labels of every child and pod: the selector labels plus who manages them.
+pub fn labels(rs: &ReplicatedService) -> BTreeMap<String, String> {
+    let mut labels = selector_labels(rs);
+    labels.insert("app.kubernetes.io/managed-by".into(), MANAGER.into());
+    labels.insert("app.kubernetes.io/part-of".into(), "rigging".into());
+    labels
+}
+
+/// Computes the children, or every reason the spec is invalid.
+pub fn desired(rs: &ReplicatedService, config: &RenderConfig) -> Result<Children, FieldErrors> {
+    rs.spec.validate()?;
+    check_reserved_names(rs)?;
+    let mut children = Children {
+        deployment: deployment(rs, config),
+        service: service(rs),
+        pdb: pdb(rs),
+        hpa: hpa(rs),
+    };
+    fingerprint::stamp(&mut children.deployment.metadata, &children.deployment.spec);
+    fingerprint::stamp(&mut children.service.metadata, &children.service.spec);
+    if let Some(pdb) = children.pdb.as_mut() {
+        fingerprint::stamp(&mut pdb.metadata, &pdb.spec);
+    }
+    if let Some(hpa) = children.hpa.as_mut() {
+        fingerprint::stamp(&mut hpa.metadata, &hpa.spec);
+    }
+    Ok(children)
+}
+
+/// The sidecar's names must not collide with what the user already put in the pod.
+fn check_reserved_names(rs: &ReplicatedService) -> Result<(), FieldErrors> {
+    if rs.spec.tls.is_none() {
+        return Ok(());
+    }
+    let Some(pod) = rs.spec.template.spec.as_ref() else {
+        return Ok(());
+    };
+    let mut errors = Vec::new();
+    let containers = pod.containers.iter().map(|c| ("containers", &c.name));
+    let init = pod
+        .init_containers
+        .iter()
+        .flatten()
+        .map(|c| ("initContainers", &c.name));
+    for (i, (list, name)) in containers.chain(init).enumerate() {
+        if name == TLS_SIDECAR_NAME {
+            errors.push(FieldError::new(
+                format!("spec.template.spec.{list}"),
+                format!("container #{i} is named \"{TLS_SIDECAR_NAME}\", a name Rigging reserves for its TLS sidecar"),
+            ));
+        }
+    }
+    for v in pod.volumes.iter().flatten() {
+        if v.name == TLS_SIDECAR_NAME {
+            errors.push(FieldError::new(
+                "spec.template.spec.volumes",
+                format!("volume \"{TLS_SIDECAR_NAME}\" is reserved for the TLS Secret"),
+            ));
+        }
+    }
+    FieldErrors::into_result(errors)
+}
+
+fn child_meta(rs: &ReplicatedService) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(rs.name_any()),
+        namespace: rs.namespace(),
+        labels: Some(labels(rs)),
+        owner_references: rs.controller_owner_ref(&()).map(|o| vec![o]),
+        ..ObjectMeta::default()
+    }
+}
+
+fn selector(rs: &ReplicatedService) -> LabelSelector {
+    LabelSelector {
+        match_labels: Some(selector_labels(rs)),
+        ..LabelSelector::default()
+    }
+}
+
+fn deployment(rs: &ReplicatedService, config: &RenderConfig) -> Deployment {
+    let spec = &rs.spec;
+    Deployment {
+        metadata: child_meta(rs),
+        spec: Some(DeploymentSpec {
+            // Left out under autoscaling, so that this field manager never owns it and
+            // every apply leaves the HPA's choice alone.
+            replicas: spec.autoscaling.is_none().then_some(spec.replicas),
+            selector: selector(rs),
+            template: pod_template(rs, config),
+            ..DeploymentSpec::default()
+        }),
+        status: None,
+    }
+}
+
+fn pod_template(rs: &ReplicatedService, config: &RenderConfig) -> PodTemplateSpec {
+    let mut template = rs.spec.template.clone();
+    let meta = template.metadata.get_or_insert_with(ObjectMeta::default);
+    meta.labels
+        .get_or_insert_with(BTreeMap::new)
+        .extend(labels(rs));
+    if let (Some(tls), Some(pod)) = (&rs.spec.tls, template.spec.as_mut()) {
+        pod.init_containers
+            .get_or_insert_with(Vec::new)
+            .push(tls_sidecar(tls.port, rs.spec.port, &config.sidecar_image));
+        pod.volumes.get_or_insert_with(Vec::new).push(Volume {
+            name: TLS_SIDECAR_NAME.into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(tls.secret_name.clone()),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+    }
+    template
+}
+
+/// Rigging's TLS terminator as a native sidecar: an init container that keeps running,
+/// so it is up before the app takes traffic and stops after it.
+pub fn tls_sidecar(tls_port: i32, app_port: i32, image: &str) -> Container {
+    let admin_probe = |path: &str| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::Int(TLS_ADMIN_PORT),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(5),
+        ..Probe::default()
+    };
+    let quantities = |cpu: &str, memory: &str| {
+        BTreeMap::from([
+            ("cpu".to_owned(), Quantity(cpu.into())),
+            ("memory".to_owned(), Quantity(memory.into())),
+        ])
+    };
+    Container {
+        name: TLS_SIDECAR_NAME.into(),
+        image: Some(image.into()),
+        args: Some(vec![
+            "tls".into(),
+            "--listen".into(),
+            format!("0.0.0.0:{tls_port}"),
+            "--upstream".into(),
+            format!("127.0.0.1:{app_port}"),
+            "--cert".into(),
+            format!("{TLS_MOUNT_PATH}/tls.crt"),
+            "--key".into(),
+            format!("{TLS_MOUNT_PATH}/tls.key"),
+            "--admin".into(),
+            format!("0.0.0.0:{TLS_ADMIN_PORT}"),
+        ]),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some(TLS_SIDECAR_NAME.into()),
+                container_port: tls_port,
+                protocol: Some("TCP".into()),
+                ..ContainerPort::default()
+            },
+            ContainerPort {
+                name: Some("rigging-admin".into()),
+                container_port: TLS_ADMIN_PORT,
+                protocol: Some("TCP".into()),
+                ..ContainerPort::default()
+            },
+        ]),
+        restart_policy: Some("Always".into()),
+        readiness_probe: Some(admin_probe("/readyz")),
+        liveness_probe: Some(admin_probe("/healthz")),
+        volume_mounts: Some(vec![VolumeMount {
+            name: TLS_SIDECAR_NAME.into(),
+            mount_path: TLS_MOUNT_PATH.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        }]),
+        security_context: Some(hardened_security_context()),
+        resources: Some(ResourceRequirements {
+            requests: Some(quantities("50m", "32Mi")),
+            limits: Some(quantities("500m", "128Mi")),
+            ..ResourceRequirements::default()
+        }),
+        ..Container::default()
+    }
+}
+
+/// The security context of every container Rigging adds to a pod.
+pub fn hardened_security_context() -> SecurityContext {
+    SecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(SIDECAR_USER),
+        run_as_group: Some(SIDECAR_USER),
+        read_only_root_filesystem: Some(true),
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Capabilities::default()
+        }),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..SeccompProfile::default()
+        }),
+        ..SecurityContext::default()
+    }
+}
+
+fn service(rs: &ReplicatedService) -> Service {
+    let spec = &rs.spec;
+    Service {
+        metadata: child_meta(rs),
+        spec: Some(ServiceSpec {
+            type_: Some(spec.service.service_type.as_str().into()),
+            selector: Some(selector_labels(rs)),
+            session_affinity: Some(spec.service.session_affinity.as_str().into()),
+            ports: Some(vec![ServicePort {
+                name: Some(if spec.tls.is_some() { "https" } else { "http" }.into()),
+                port: spec.service_port(),
+                target_port: Some(IntOrString::Int(spec.target_port())),
+                protocol: Some("TCP".into()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    }
+}
+
+fn pdb(rs: &ReplicatedService) -> Option<PodDisruptionBudget> {
+    let budget = rs.spec.disruption_budget.as_ref()?;
+    Some(PodDisruptionBudget {
+        metadata: child_meta(rs),
+        spec: Some(PodDisruptionBudgetSpec {
+            selector: Some(selector(rs)),
+            max_unavailable: budget.max_unavailable.clone(),
+            min_available: budget.min_available.clone(),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        status: None,
+    })
+}
+
+fn hpa(rs: &ReplicatedService) -> Option<HorizontalPodAutoscaler> {
+    let scaling = rs.spec.autoscaling.as_ref()?;
+    Some(HorizontalPodAutoscaler {
+        metadata: child_meta(rs),
+        spec: Some(HorizontalPodAutoscalerSpec {
+            scale_target_ref: CrossVersionObjectReference {
+                api_version: Some("apps/v1".into()),
+                kind: "Deployment".into(),
+                name: rs.name_any(),
+            },
+            min_replicas: Some(scaling.min_replicas),
+            max_replicas: scaling.max_replicas,
+            metrics: Some(vec![MetricSpec {
+                type_: "Resource".into(),
+                resource: Some(ResourceMetricSource {
+                    name: "cpu".into(),
+                    target: MetricTarget {
+                        type_: "Utilization".into(),
+                        average_utilization: Some(scaling.target_cpu_utilization_percentage),
+                        ..MetricTarget::default()
+                    },
+                }),
+                ..MetricSpec::default()
+            }]),
+            ..HorizontalPodAutoscalerSpec::default()
+        }),
+        status: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A ReplicatedService from YAML, the way users write it.
+    fn rs(yaml: &str) -> ReplicatedService {
+        serde_norway::from_str(yaml).expect("test fixture parses")
+    }
+
+    fn full() -> ReplicatedService {
+        rs(r#"
+apiVersion: rigging.dev/v1alpha1
+kind: ReplicatedService
+metadata: {name: web, namespace: shop, uid: 1234-abcd}
+spec:
+  port: 8080
+  template:
+    metadata: {labels: {tier: front, app.kubernetes.io/name: spoofed}}
+    spec:
+      containers:
+        - name: app
+          image: app:1
+          readinessProbe: {httpGet: {path: /, port: 8080}}
+  service: {sessionAffinity: ClientIP}
+  autoscaling: {minReplicas: 2, maxReplicas: 5}
+  disruptionBudget: {maxUnavailable: "25%"}
+  tls: {secretName: web-tls, port: 8443}
+"#)
+    }
+
+    fn minimal() -> ReplicatedService {
+        rs(r#"
+apiVersion: rigging.dev/v1alpha1
+kind: ReplicatedService
+metadata: {name: hello, namespace: default}
+spec:
+  port: 8080
+  template:
+    spec:
+      containers:
+        - name: app
+          image: app:1
+          readinessProbe: {tcpSocket: {port: 8080}}
+"#)
+    }
+
+    fn render(rs: &ReplicatedService) -> Children {
+        desired(
+            rs,
+            &RenderConfig {
+                sidecar_image: "sidecar:test".into(),
+            },
+        )
+        .expect("valid fixture")
+    }
+
+    fn errors(rs: &ReplicatedService) -> Vec<String> {
+        match desired(rs, &RenderConfig::default()) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.0.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn every_selector_matches_the_pod_labels() {
+        let c = render(&full());
+        let pod_labels = c
+            .deployment
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .labels
+            .clone()
+            .unwrap();
+        let matches =
+            |sel: &BTreeMap<String, String>| sel.iter().all(|(k, v)| pod_labels.get(k) == Some(v));
+        let dep_sel = c
+            .deployment
+            .spec
+            .as_ref()
+            .unwrap()
+            .selector
+            .match_labels
+            .clone()
+            .unwrap();
+        let svc_sel = c.service.spec.as_ref().unwrap().selector.clone().unwrap();
+        let pdb_sel = c
+            .pdb
+            .as_ref()
+            .unwrap()
+            .spec
+            .as_ref()
+            .unwrap()
+            .selector
+            .clone()
+            .unwrap()
+            .match_labels
+            .unwrap();
+        assert!(matches(&dep_sel) && matches(&svc_sel) && matches(&pdb_sel));
+        assert_eq!(dep_sel, svc_sel);
+        // The user's own labels stay; a user label cannot hijack a selector key.
+        assert_eq!(pod_labels["tier"], "front");
+        assert_eq!(pod_labels["app.kubernetes.io/name"], "web");
+    }
+
+    #[test]
+    fn the_service_targets_the_tls_port_when_tls_is_on() {
+        let c = render(&full());
+        let port = &c.service.spec.as_ref().unwrap().ports.as_ref().unwrap()[0];
+        assert_eq!(port.port, 8443, "service.port defaults to tls.port");
+        assert_eq!(port.target_port, Some(IntOrString::Int(8443)));
+        assert_eq!(port.name.as_deref(), Some("https"));
+        assert_eq!(
+            c.service.spec.as_ref().unwrap().session_affinity.as_deref(),
+            Some("ClientIP")
+        );
+
+        let plain = render(&minimal());
+        let port = &plain.service.spec.as_ref().unwrap().ports.as_ref().unwrap()[0];
+        assert_eq!(
+            (port.port, port.target_port.clone()),
+            (8080, Some(IntOrString::Int(8080)))
+        );
+    }
+
+    #[test]
+    fn the_hpa_scales_the_deployment_which_then_has_no_replicas_field() {
+        let c = render(&full());
+        let hpa = c.hpa.as_ref().unwrap().spec.as_ref().unwrap();
+        assert_eq!(hpa.scale_target_ref.kind, "Deployment");
+        assert_eq!(hpa.scale_target_ref.api_version.as_deref(), Some("apps/v1"));
+        assert_eq!(
+            Some(hpa.scale_target_ref.name.clone()),
+            c.deployment.metadata.name
+        );
+        assert_eq!((hpa.min_replicas, hpa.max_replicas), (Some(2), 5));
+        let target = &hpa.metrics.as_ref().unwrap()[0]
+            .resource
+            .as_ref()
+            .unwrap()
+            .target;
+        assert_eq!(
+            target.average_utilization,
+            Some(80),
+            "the default CPU target"
+        );
+        assert_eq!(c.deployment.spec.as_ref().unwrap().replicas, None);
+        let json = serde_json::to_value(&c.deployment).unwrap();
+        assert!(
+            json["spec"].get("replicas").is_none(),
+            "replicas must not be applied at all"
+        );
+    }
+
+    #[test]
+    fn without_autoscaling_the_deployment_owns_replicas_and_no_hpa_or_pdb_is_made() {
+        let c = render(&minimal());
+        assert_eq!(c.deployment.spec.as_ref().unwrap().replicas, Some(1));
+        assert!(c.hpa.is_none() && c.pdb.is_none());
+    }
+
+    #[test]
+    fn the_tls_sidecar_is_a_hardened_native_sidecar_with_the_secret_mounted_read_only() {
+        let c = render(&full());
+        let pod = c
+            .deployment
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .clone()
+            .unwrap();
+        let sidecar = &pod.init_containers.as_ref().unwrap()[0];
+        assert_eq!(sidecar.name, "rigging-tls");
+        assert_eq!(sidecar.image.as_deref(), Some("sidecar:test"));
+        assert_eq!(sidecar.restart_policy.as_deref(), Some("Always"));
+        assert_eq!(
+            sidecar.args.clone().unwrap().join(" "),
+            "tls --listen 0.0.0.0:8443 --upstream 127.0.0.1:8080 --cert /etc/rigging/tls/tls.crt --key /etc/rigging/tls/tls.key --admin 0.0.0.0:9901"
+        );
+        let sc = sidecar.security_context.clone().unwrap();
+        assert_eq!(sc.run_as_non_root, Some(true));
+        assert!(sc.run_as_user.is_some_and(|u| u > 0));
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(sc.capabilities.unwrap().drop, Some(vec!["ALL".to_owned()]));
+        assert_eq!(sc.seccomp_profile.unwrap().type_, "RuntimeDefault");
+        let res = sidecar.resources.clone().unwrap();
+        for q in [res.requests.unwrap(), res.limits.unwrap()] {
+            assert!(q.contains_key("cpu") && q.contains_key("memory"));
+        }
+        let probe_path =
+            |p: &Option<Probe>| p.as_ref().unwrap().http_get.as_ref().unwrap().path.clone();
+        assert_eq!(
+            probe_path(&sidecar.readiness_probe).as_deref(),
+            Some("/readyz")
+        );
+        assert_eq!(
+            probe_path(&sidecar.liveness_probe).as_deref(),
+            Some("/healthz")
+        );
+        let mount = &sidecar.volume_mounts.as_ref().unwrap()[0];
+        assert_eq!(
+            (mount.mount_path.as_str(), mount.read_only),
+            ("/etc/rigging/tls", Some(true))
+        );
+        let volume = pod
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == mount.name)
+            .unwrap();
+        assert_eq!(
+            volume.secret.unwrap().secret_name.as_deref(),
+            Some("web-tls")
+        );
+        // The app container itself is untouched.
+        assert_eq!(pod.containers.len(), 1);
+    }
+
+    #[test]
+    fn every_child_is_owned_by_the_replicated_service() {
+        let c = render(&full());
+        let metas = [
+            &c.deployment.metadata,
+            &c.service.metadata,
+            &c.pdb.as_ref().unwrap().metadata,
+            &c.hpa.as_ref().unwrap().metadata,
+        ];
+        for meta in metas {
+            let owner = &meta.owner_references.as_ref().unwrap()[0];
+            assert_eq!(
+                (owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str()),
+                ("ReplicatedService", "web", "1234-abcd")
+            );
+            assert_eq!(owner.controller, Some(true));
+            assert_eq!(meta.namespace.as_deref(), Some("shop"));
+            assert_eq!(
+                meta.labels.as_ref().unwrap()["app.kubernetes.io/managed-by"],
+                "rigging-operator"
+            );
+            assert!(crate::fingerprint::of(meta).is_some());
+        }
+    }
+
+    #[test]
+    fn the_fingerprint_changes_with_the_spec_and_only_then() {
+        let a = render(&minimal());
+        let again = render(&minimal());
+        assert_eq!(
+            crate::fingerprint::of(&a.deployment.metadata),
+            crate::fingerprint::of(&again.deployment.metadata)
+        );
+        let mut changed = minimal();
+        changed.spec.replicas = 3;
+        let b = render(&changed);
+        assert_ne!(
+            crate::fingerprint::of(&a.deployment.metadata),
+            crate::fingerprint::of(&b.deployment.metadata)
+        );
+        assert_eq!(
+            crate::fingerprint::of(&a.service.metadata),
+            crate::fingerprint::of(&b.service.metadata)
+        );
+    }
+
+    #[test]
+    fn an_app_container_without_readiness_probe_is_refused_by_name() {
+        let mut rs = minimal();
+        rs.spec.template.spec.as_mut().unwrap().containers[0].readiness_probe = None;
+        let errors = errors(&rs);
+        assert_eq!(errors.len(), 1);
+        assert!(
+            errors[0]
+                .starts_with("spec.template.spec.containers[0].readinessProbe: container \"app\""),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn cross_field_rules_are_enforced_with_field_paths() {
+        let mut rs = full();
+        rs.spec.replicas = -1;
+        rs.spec.autoscaling.as_mut().unwrap().min_replicas = 9;
+        rs.spec.disruption_budget.as_mut().unwrap().min_available = Some(IntOrString::Int(1));
+        rs.spec.tls.as_mut().unwrap().port = 8080;
+        assert_eq!(
+            errors(&rs),
+            [
+                "spec.replicas: must be >= 0",
+                "spec.autoscaling.minReplicas: minReplicas must be <= maxReplicas",
+                "spec.disruptionBudget: set exactly one of maxUnavailable or minAvailable",
+                "spec.tls.port: tls.port must differ from port: the TLS terminator and the app share the pod's network",
+            ]
+        );
+    }
+
+    #[test]
+    fn names_rigging_reserves_are_refused_when_tls_is_on() {
+        let mut rs = full();
+        rs.spec.template.spec.as_mut().unwrap().containers[0].name = "rigging-tls".into();
+        let errors = errors(&rs);
+        assert!(
+            errors.iter().any(|e| e.starts_with(
+                "spec.template.spec.containers: container #0 is named \"rigging-tls\""
+            )),
+            "{errors:?}"
+        );
+    }
+}

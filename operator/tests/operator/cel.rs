@@ -1,0 +1,153 @@
+//! The CRD's CEL rules (`x-kubernetes-validations`), evaluated client-side with kube's CEL
+//! engine: they compile, stay within the API server's cost budget as far as a static
+//! estimate can tell, accept every example, and refuse what `render` refuses with the same
+//! message.
+
+use kube::core::cel::{CompiledSchema, Validator, WarningKind, compile_schema, estimate_rule_cost};
+use rigging_operator::render;
+use rigging_operator::replicated_service::desired::RenderConfig;
+use serde_json::{Value, json};
+
+use crate::fixtures::{committed_crds, documents, example_files, root};
+
+fn committed_schema_raw() -> Value {
+    let (_, text) = committed_crds()
+        .into_iter()
+        .find(|(name, _)| name == "replicatedservices.rigging.dev.yaml")
+        .expect("committed ReplicatedService CRD");
+    let crd: Value = serde_norway::from_str(&text).unwrap();
+    crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone()
+}
+
+fn cel_messages(doc: &Value) -> Vec<String> {
+    match Validator::new().validate(&committed_schema_raw(), doc, None) {
+        Ok(()) => Vec::new(),
+        Err(errors) => errors
+            .as_slice()
+            .iter()
+            .map(|e| e.message.clone())
+            .collect(),
+    }
+}
+
+/// Every rule of `schema` and the schemas below it, with the schema it is attached to.
+fn rules<'a>(
+    schema: &'a CompiledSchema,
+    path: &str,
+    out: &mut Vec<(String, String, &'a CompiledSchema)>,
+) {
+    for v in &schema.validations {
+        match v {
+            Ok(compiled) => out.push((path.to_owned(), compiled.rule.rule.clone(), schema)),
+            Err(e) => panic!("{path}: a CEL rule does not compile: {e:?}"),
+        }
+    }
+    for (name, child) in &schema.properties {
+        rules(child, &format!("{path}.{name}"), out);
+    }
+    if let Some(items) = &schema.items {
+        rules(items, &format!("{path}[]"), out);
+    }
+}
+
+#[test]
+fn every_cel_rule_compiles_and_stays_within_the_cost_budget() {
+    let compiled = compile_schema(&committed_schema_raw());
+    let mut found = Vec::new();
+    rules(&compiled, "", &mut found);
+    assert!(
+        found.len() >= 5,
+        "the CRD carries its cross-field rules: {found:?}",
+        found = found.iter().map(|r| &r.1).collect::<Vec<_>>()
+    );
+    for (path, rule, schema) in &found {
+        let over: Vec<_> = estimate_rule_cost(rule, schema)
+            .into_iter()
+            .filter(|w| w.kind == WarningKind::CostExceeded)
+            .collect();
+        assert!(over.is_empty(), "{path}: {rule}: {over:?}");
+    }
+}
+
+#[test]
+fn every_example_passes_the_cel_rules() {
+    for file in example_files() {
+        let text = std::fs::read_to_string(root().join(&file)).unwrap();
+        for (i, doc) in documents(&text).into_iter().enumerate() {
+            assert_eq!(
+                cel_messages(&doc),
+                Vec::<String>::new(),
+                "{}: document {}",
+                file.display(),
+                i + 1
+            );
+        }
+    }
+}
+
+fn full_example() -> Value {
+    let text =
+        std::fs::read_to_string(root().join("examples/replicated-service/full.yaml")).unwrap();
+    documents(&text).remove(0)
+}
+
+/// What `render` says about `doc`, without the file and document prefix and field path.
+fn render_messages(doc: &Value) -> Vec<String> {
+    let yaml = serde_norway::to_string(doc).unwrap();
+    match render::render_values("x.yaml", &yaml, &RenderConfig::default()) {
+        Ok(_) => Vec::new(),
+        Err(render::RenderError::Invalid { errors, .. }) => {
+            errors.into_iter().map(|e| e.message).collect()
+        }
+        Err(other) => panic!("{other}"),
+    }
+}
+
+/// A change that makes the full example invalid.
+type Mutation = Box<dyn Fn(&mut Value)>;
+
+#[test]
+fn the_api_server_rules_and_render_refuse_the_same_manifests_with_the_same_messages() {
+    let cases: Vec<(&str, Mutation)> = vec![
+        (
+            "min above max",
+            Box::new(|d| {
+                d["spec"]["autoscaling"] = json!({"minReplicas": 5, "maxReplicas": 2, "targetCPUUtilizationPercentage": 80})
+            }),
+        ),
+        (
+            "both budgets",
+            Box::new(|d| {
+                d["spec"]["disruptionBudget"] = json!({"minAvailable": 1, "maxUnavailable": 1})
+            }),
+        ),
+        (
+            "no budget",
+            Box::new(|d| d["spec"]["disruptionBudget"] = json!({})),
+        ),
+        (
+            "tls on the app port",
+            Box::new(|d| d["spec"]["tls"]["port"] = json!(8080)),
+        ),
+        (
+            "app on the admin port",
+            Box::new(|d| d["spec"]["port"] = json!(9901)),
+        ),
+        (
+            "no readiness probe",
+            Box::new(|d| {
+                d["spec"]["template"]["spec"]["containers"][0]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("readinessProbe");
+            }),
+        ),
+    ];
+    for (name, mutate) in cases {
+        let mut doc = full_example();
+        mutate(&mut doc);
+        let cel = cel_messages(&doc);
+        assert!(!cel.is_empty(), "{name}: the CRD's rules accept it");
+        assert_eq!(cel, render_messages(&doc), "{name}");
+    }
+}

@@ -1,0 +1,12 @@
+//! Integration tests of rigging-operator: the generated CRDs, `render` on every example
+//! (golden files and schema checks), the CLI's errors, and the reconcile against a mocked
+//! API server.
+
+mod cel;
+mod cli;
+mod crds;
+mod examples;
+mod fixtures;
+mod kubernetes_schemas;
+mod reconcile;
+mod run;

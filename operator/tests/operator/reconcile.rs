@@ -1,0 +1,503 @@
+//! The reconcile against a mocked API server (controller-rs's `ApiServerVerifier` style):
+//! each scenario lists the exact requests expected — method, path and body — and answers
+//! them; any other request fails the test.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus};
+use k8s_openapi::jiff::Timestamp;
+use kube::client::Body;
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::watcher;
+use kube::{Client, Resource};
+use rigging_crds::ReplicatedService;
+use rigging_operator::metrics::Metrics;
+use rigging_operator::replicated_service::desired::{self, Children, RenderConfig};
+use rigging_operator::replicated_service::reconcile::{RESYNC, error_policy, reconcile};
+use rigging_operator::replicated_service::status;
+use rigging_operator::{ChildStores, Config, Context};
+use serde_json::{Value, json};
+use tower_test::mock::{Handle, SendResponse};
+
+type ApiHandle = Handle<Request<Body>, Response<Body>>;
+
+const APPLY_QUERY: &str = "?&force=true&fieldManager=rigging-operator";
+
+/// A ReplicatedService as the API server would hand it to the controller.
+fn replicated_service(extra_spec: Value) -> ReplicatedService {
+    let mut spec = json!({
+        "port": 8080,
+        "template": {"spec": {"containers": [{
+            "name": "app", "image": "app:1",
+            "readinessProbe": {"httpGet": {"path": "/", "port": 8080}}
+        }]}}
+    });
+    spec.as_object_mut()
+        .unwrap()
+        .extend(extra_spec.as_object().unwrap().clone());
+    serde_json::from_value(json!({
+        "apiVersion": "rigging.dev/v1alpha1",
+        "kind": "ReplicatedService",
+        "metadata": {"name": "web", "namespace": "shop", "uid": "uid-1", "generation": 3, "resourceVersion": "100"},
+        "spec": spec,
+    }))
+    .unwrap()
+}
+
+fn with_tls_and_autoscaling() -> ReplicatedService {
+    replicated_service(json!({
+        "autoscaling": {"minReplicas": 2, "maxReplicas": 4},
+        "disruptionBudget": {"minAvailable": 1},
+        "tls": {"secretName": "web-tls"},
+    }))
+}
+
+fn without_readiness_probe() -> ReplicatedService {
+    let mut rs = replicated_service(json!({}));
+    rs.spec.template.spec.as_mut().unwrap().containers[0].readiness_probe = None;
+    rs
+}
+
+fn config() -> Config {
+    Config {
+        render: RenderConfig {
+            sidecar_image: "rigging-sidecar:test".into(),
+        },
+    }
+}
+
+fn children(rs: &ReplicatedService) -> Children {
+    desired::desired(rs, &config().render).unwrap()
+}
+
+/// Watch caches holding `objects` after their initial list, as the controller's
+/// reflectors would.
+#[derive(Default)]
+struct Cache {
+    deployments: Vec<Deployment>,
+    children: Option<Children>,
+}
+
+fn store_of<K>(objects: Vec<K>) -> Store<K>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    let (store, mut writer) = reflector::store();
+    writer.apply_watcher_event(&watcher::Event::Init);
+    for obj in objects {
+        writer.apply_watcher_event(&watcher::Event::InitApply(obj));
+    }
+    writer.apply_watcher_event(&watcher::Event::InitDone);
+    store
+}
+
+fn context(client: Client, cache: Cache) -> Arc<Context> {
+    let children = cache.children;
+    let stores = ChildStores {
+        deployments: store_of(cache.deployments),
+        services: store_of(children.iter().map(|c| c.service.clone()).collect()),
+        pdbs: store_of(children.iter().filter_map(|c| c.pdb.clone()).collect()),
+        hpas: store_of(children.iter().filter_map(|c| c.hpa.clone()).collect()),
+    };
+    Arc::new(Context::new(
+        client,
+        config(),
+        Metrics::new(),
+        stores,
+        Some("test-pod".into()),
+    ))
+}
+
+/// Answers requests in order and fails on any it did not expect.
+struct Verifier(ApiHandle);
+
+impl Verifier {
+    async fn expect(
+        &mut self,
+        method: Method,
+        path: &str,
+    ) -> (Value, SendResponse<Response<Body>>) {
+        let (request, send) = tokio::time::timeout(Duration::from_secs(30), self.0.next_request())
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting for {method} {path}"))
+            .unwrap_or_else(|| panic!("the client stopped before {method} {path}"));
+        assert_eq!(request.method(), method, "method of {path}");
+        assert_eq!(request.uri().to_string(), path);
+        let bytes = request.into_body().collect().await.unwrap().to_bytes();
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap()
+        };
+        (body, send)
+    }
+
+    /// Expects a server-side apply of `expected` at `path` and echoes it back.
+    async fn apply(&mut self, path: &str, expected: Value) {
+        let (body, send) = self
+            .expect(Method::PATCH, &format!("{path}{APPLY_QUERY}"))
+            .await;
+        assert_eq!(body, expected, "body of the apply to {path}");
+        send.send_response(json_response(StatusCode::OK, &body));
+    }
+
+    /// Expects an Event and returns its body.
+    async fn event(&mut self) -> Value {
+        let (body, send) = self
+            .expect(
+                Method::POST,
+                "/apis/events.k8s.io/v1/namespaces/shop/events?",
+            )
+            .await;
+        send.send_response(json_response(StatusCode::CREATED, &body));
+        body
+    }
+
+    /// Expects a status apply and returns the status sent.
+    async fn status(&mut self, rs: &ReplicatedService) -> Value {
+        let path = format!(
+            "/apis/rigging.dev/v1alpha1/namespaces/shop/replicatedservices/web/status{APPLY_QUERY}"
+        );
+        let (body, send) = self.expect(Method::PATCH, &path).await;
+        assert_eq!(body["apiVersion"], "rigging.dev/v1alpha1");
+        assert_eq!(body["kind"], "ReplicatedService");
+        let mut obj = serde_json::to_value(rs).unwrap();
+        obj["status"] = body["status"].clone();
+        send.send_response(json_response(StatusCode::OK, &obj));
+        body["status"].clone()
+    }
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Body::from(serde_json::to_vec(body).unwrap()))
+        .unwrap()
+}
+
+/// Runs one reconcile of `rs` against a scenario; returns its result and the context.
+async fn run_scenario<F, Fut>(
+    rs: ReplicatedService,
+    cache: Cache,
+    scenario: F,
+) -> (rigging_operator::Result<Action>, Arc<Context>)
+where
+    F: FnOnce(Verifier) -> Fut,
+    Fut: std::future::Future<Output = Verifier> + Send + 'static,
+{
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    let ctx = context(client, cache);
+    let verifier = tokio::spawn(scenario(Verifier(handle)));
+    // An unexpected request is never answered, so the reconcile stalls and this fails.
+    let result = tokio::time::timeout(
+        Duration::from_secs(30),
+        reconcile(Arc::new(rs), ctx.clone()),
+    )
+    .await
+    .expect("reconcile stalled: it made a request the scenario did not expect");
+    verifier.await.expect("scenario assertions hold");
+    (result, ctx)
+}
+
+fn deployment_path() -> &'static str {
+    "/apis/apps/v1/namespaces/shop/deployments/web"
+}
+
+#[tokio::test]
+async fn a_new_replicated_service_gets_every_child_applied_and_a_status() {
+    let rs = with_tls_and_autoscaling();
+    let want = children(&rs);
+    let rs2 = rs.clone();
+    let (result, ctx) = run_scenario(rs, Cache::default(), move |mut api| async move {
+        api.apply(
+            deployment_path(),
+            serde_json::to_value(&want.deployment).unwrap(),
+        )
+        .await;
+        api.apply(
+            "/api/v1/namespaces/shop/services/web",
+            serde_json::to_value(&want.service).unwrap(),
+        )
+        .await;
+        api.apply(
+            "/apis/policy/v1/namespaces/shop/poddisruptionbudgets/web",
+            serde_json::to_value(want.pdb.as_ref().unwrap()).unwrap(),
+        )
+        .await;
+        api.apply(
+            "/apis/autoscaling/v2/namespaces/shop/horizontalpodautoscalers/web",
+            serde_json::to_value(want.hpa.as_ref().unwrap()).unwrap(),
+        )
+        .await;
+        let status = api.status(&rs2).await;
+        assert_eq!(status["observedGeneration"], 3);
+        let conditions = status["conditions"].as_array().unwrap();
+        let summary: Vec<(String, String, i64)> = conditions
+            .iter()
+            .map(|c| {
+                (
+                    c["type"].as_str().unwrap().to_owned(),
+                    c["status"].as_str().unwrap().to_owned(),
+                    c["observedGeneration"].as_i64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("Ready".into(), "False".into(), 3),
+                ("Progressing".into(), "True".into(), 3),
+                ("Degraded".into(), "False".into(), 3),
+            ]
+        );
+        api
+    })
+    .await;
+    assert_eq!(result.unwrap(), Action::requeue(RESYNC));
+    assert_eq!(
+        ctx.metrics
+            .reconciliations
+            .with_label_values(&["ReplicatedService"])
+            .get(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn the_deployment_applied_under_autoscaling_carries_no_replicas() {
+    let rs = with_tls_and_autoscaling();
+    let want = children(&rs);
+    let rs2 = rs.clone();
+    let (result, _) = run_scenario(
+        rs,
+        Cache {
+            children: Some(want.clone()),
+            deployments: vec![],
+        },
+        move |mut api| async move {
+            let (body, send) = api
+                .expect(
+                    Method::PATCH,
+                    &format!("{}{APPLY_QUERY}", deployment_path()),
+                )
+                .await;
+            assert!(body["spec"].get("replicas").is_none(), "{body}");
+            assert_eq!(
+                body["spec"]["template"]["spec"]["initContainers"][0]["name"],
+                "rigging-tls"
+            );
+            send.send_response(json_response(StatusCode::OK, &body));
+            api.status(&rs2).await;
+            api
+        },
+    )
+    .await;
+    result.unwrap();
+}
+
+/// The Deployment as the watch cache holds it once it rolled out: applied with the
+/// current fingerprint and all replicas ready.
+fn rolled_out(children: &Children) -> Deployment {
+    let mut d = children.deployment.clone();
+    d.metadata.generation = Some(2);
+    d.status = Some(DeploymentStatus {
+        observed_generation: Some(2),
+        replicas: Some(1),
+        ready_replicas: Some(1),
+        updated_replicas: Some(1),
+        available_replicas: Some(1),
+        ..DeploymentStatus::default()
+    });
+    d
+}
+
+#[tokio::test]
+async fn an_unchanged_object_with_a_current_status_costs_no_request() {
+    let mut rs = replicated_service(json!({"disruptionBudget": {"maxUnavailable": 1}}));
+    let want = children(&rs);
+    let deployment = rolled_out(&want);
+    rs.status = Some(status::observed(&rs, Some(&deployment), Timestamp::now()));
+    assert_eq!(
+        rs.status.as_ref().unwrap().conditions[0].status,
+        "True",
+        "fixture is ready"
+    );
+    let (result, ctx) = run_scenario(
+        rs,
+        Cache {
+            deployments: vec![deployment],
+            children: Some(want),
+        },
+        |api| async move { api },
+    )
+    .await;
+    assert_eq!(result.unwrap(), Action::requeue(RESYNC));
+    let unchanged = ctx
+        .metrics
+        .applies
+        .with_label_values(&["ReplicatedService", "Deployment", "unchanged"])
+        .get();
+    assert_eq!(unchanged, 1);
+}
+
+#[tokio::test]
+async fn a_child_that_drifted_in_the_cache_is_the_only_one_applied() {
+    let mut rs = replicated_service(json!({}));
+    let want = children(&rs);
+    let mut deployment = rolled_out(&want);
+    rs.status = Some(status::observed(&rs, Some(&deployment), Timestamp::now()));
+    // Someone else's edit: the cached Service no longer carries our fingerprint.
+    let mut drifted = want.clone();
+    drifted.service.metadata.annotations = None;
+    deployment.metadata.annotations = want.deployment.metadata.annotations.clone();
+    let service = want.service.clone();
+    let (result, _) = run_scenario(
+        rs,
+        Cache {
+            deployments: vec![deployment],
+            children: Some(drifted),
+        },
+        move |mut api| async move {
+            api.apply(
+                "/api/v1/namespaces/shop/services/web",
+                serde_json::to_value(&service).unwrap(),
+            )
+            .await;
+            api
+        },
+    )
+    .await;
+    result.unwrap();
+}
+
+#[tokio::test]
+async fn an_invalid_spec_gets_an_event_and_a_degraded_status_and_nothing_applied() {
+    let rs = without_readiness_probe();
+    let rs2 = rs.clone();
+    let (result, _) = run_scenario(rs, Cache::default(), move |mut api| async move {
+        let event = api.event().await;
+        assert_eq!(event["type"], "Warning");
+        assert_eq!(event["reason"], "InvalidSpec");
+        assert_eq!(event["regarding"]["kind"], "ReplicatedService");
+        assert_eq!(event["regarding"]["name"], "web");
+        let note = event["note"].as_str().unwrap();
+        assert!(
+            note.contains("container \"app\"") && note.contains("readinessProbe"),
+            "{note}"
+        );
+        let status = api.status(&rs2).await;
+        let degraded = status["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "Degraded")
+            .unwrap()
+            .clone();
+        assert_eq!(degraded["status"], "True");
+        assert_eq!(degraded["reason"], "InvalidSpec");
+        assert_eq!(degraded["observedGeneration"], 3);
+        api
+    })
+    .await;
+    assert_eq!(result.unwrap(), Action::await_change());
+}
+
+#[tokio::test]
+async fn an_invalid_spec_already_reported_costs_no_request() {
+    let mut rs = without_readiness_probe();
+    let errors = desired::desired(&rs, &config().render).unwrap_err();
+    rs.status = Some(status::invalid(&rs, &errors, Timestamp::now()));
+    let (result, _) = run_scenario(rs, Cache::default(), |api| async move { api }).await;
+    assert_eq!(result.unwrap(), Action::await_change());
+}
+
+#[tokio::test]
+async fn a_server_error_is_reported_and_retried_with_growing_backoff() {
+    let rs = replicated_service(json!({}));
+    let rs_for_policy = Arc::new(rs.clone());
+    let (result, ctx) = run_scenario(rs, Cache::default(), |mut api| async move {
+        let (_, send) = api
+            .expect(Method::PATCH, &format!("{}{APPLY_QUERY}", deployment_path()))
+            .await;
+        send.send_response(json_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                    "message": "etcdserver: request timed out", "reason": "InternalError", "code": 500}),
+        ));
+        let event = api.event().await;
+        assert_eq!(event["reason"], "ApplyFailed");
+        assert!(event["note"].as_str().unwrap().contains("Deployment shop/web"), "{event}");
+        api
+    })
+    .await;
+    let error = result.expect_err("a 500 fails the reconcile");
+    assert_eq!(error.metric_label(), "apply");
+    let first = error_policy(rs_for_policy.clone(), &error, ctx.clone());
+    let second = error_policy(rs_for_policy, &error, ctx.clone());
+    assert_eq!(first, Action::requeue(Duration::from_secs(5)));
+    assert_eq!(second, Action::requeue(Duration::from_secs(10)));
+    assert_eq!(
+        ctx.metrics
+            .errors
+            .with_label_values(&["ReplicatedService", "apply"])
+            .get(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn after_a_restart_the_reconcile_waits_for_the_caches_instead_of_reapplying() {
+    let mut rs = replicated_service(json!({}));
+    let want = children(&rs);
+    let deployment = rolled_out(&want);
+    rs.status = Some(status::observed(&rs, Some(&deployment), Timestamp::now()));
+
+    // Caches whose initial list has not arrived yet, as right after a start.
+    let (deployments, mut deployments_writer) = reflector::store();
+    let (services, mut services_writer) = reflector::store();
+    let (pdbs, mut pdbs_writer) =
+        reflector::store::<k8s_openapi::api::policy::v1::PodDisruptionBudget>();
+    let (hpas, mut hpas_writer) =
+        reflector::store::<k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler>();
+    let (service, _handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let stores = ChildStores {
+        deployments,
+        services,
+        pdbs,
+        hpas,
+    };
+    let ctx = Arc::new(Context::new(
+        Client::new(service, "default"),
+        config(),
+        Metrics::new(),
+        stores,
+        None,
+    ));
+    let reconciling = tokio::spawn(reconcile(Arc::new(rs), ctx));
+    // On this single-threaded runtime the reconcile now runs until it waits: on the
+    // caches, or — if it did not wait — on an apply nobody answers.
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    deployments_writer.apply_watcher_event(&watcher::Event::Init);
+    deployments_writer.apply_watcher_event(&watcher::Event::InitApply(deployment));
+    deployments_writer.apply_watcher_event(&watcher::Event::InitDone);
+    services_writer.apply_watcher_event(&watcher::Event::Init);
+    services_writer.apply_watcher_event(&watcher::Event::InitApply(want.service.clone()));
+    services_writer.apply_watcher_event(&watcher::Event::InitDone);
+    pdbs_writer.apply_watcher_event(&watcher::Event::Init);
+    pdbs_writer.apply_watcher_event(&watcher::Event::InitDone);
+    hpas_writer.apply_watcher_event(&watcher::Event::Init);
+    hpas_writer.apply_watcher_event(&watcher::Event::InitDone);
+    let result = tokio::time::timeout(Duration::from_secs(30), reconciling)
+        .await
+        .expect("reconcile stalled: it applied instead of waiting for the caches")
+        .unwrap();
+    assert_eq!(result.unwrap(), Action::requeue(RESYNC));
+}
