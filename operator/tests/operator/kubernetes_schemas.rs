@@ -1,6 +1,7 @@
-//! What `render` prints for every example is valid Kubernetes 1.33 (the API the operator is
-//! built against), checked with `kubernetes-validate` (strict: unknown fields fail), which
-//! `scripts/test.sh` installs in `.venv`.
+//! What `render` prints for every example is valid Kubernetes, from the oldest version
+//! Rigging supports (1.29: native sidecars) to the newest the validator knows, checked with
+//! `kubernetes-validate` (strict: unknown fields fail), which `scripts/test.sh` installs in
+//! `.venv`.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -24,21 +25,27 @@ fn kubernetes_validate() -> PathBuf {
         .expect("kubernetes-validate is missing: run scripts/test.sh, which installs it in .venv")
 }
 
-/// Runs kubernetes-validate on `yaml`; returns whether it passed and what it said.
+/// The oldest Kubernetes Rigging supports and the newest kubernetes-validate knows.
+const KUBERNETES_VERSIONS: [&str; 2] = ["1.29.0", "1.37.0"];
+
+/// Runs kubernetes-validate on `yaml` for every supported version; returns whether all
+/// passed and what it said.
 fn validate(yaml: &str) -> (bool, String) {
     let mut file = tempfile::Builder::new().suffix(".yaml").tempfile().unwrap();
     std::io::Write::write_all(&mut file, yaml.as_bytes()).unwrap();
-    let out = Command::new(kubernetes_validate())
-        .args(["--kubernetes-version", "1.33.0", "--strict", "--quiet"])
-        .arg(file.path())
-        .output()
-        .expect("kubernetes-validate runs");
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), said)
+    let mut ok = true;
+    let mut said = String::new();
+    for version in KUBERNETES_VERSIONS {
+        let out = Command::new(kubernetes_validate())
+            .args(["--kubernetes-version", version, "--strict", "--quiet"])
+            .arg(file.path())
+            .output()
+            .expect("kubernetes-validate runs");
+        ok &= out.status.success();
+        said.push_str(&String::from_utf8_lossy(&out.stdout));
+        said.push_str(&String::from_utf8_lossy(&out.stderr));
+    }
+    (ok, said)
 }
 
 #[test]
