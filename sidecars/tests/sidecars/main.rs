@@ -4,3 +4,4 @@
 //! green run must mean the behaviour was exercised.
 
 mod support;
+mod shard;
