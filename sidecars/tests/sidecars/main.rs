@@ -3,5 +3,5 @@
 //! `scripts/test.sh` installs. A missing tool fails the test rather than skipping it: a
 //! green run must mean the behaviour was exercised.
 
-mod support;
 mod shard;
+mod support;

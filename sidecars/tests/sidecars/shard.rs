@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use rigging_sidecar::shard::hash::HashKind;
 use rigging_sidecar::shard::ring::{HashTag, Ring, ServerSpec};
 
-use crate::support::{self, Proc, free_port, local, memcached, redis_server, require_tool, wait_port, wait_ready};
+use crate::support::{
+    self, Proc, free_port, local, memcached, redis_server, require_tool, wait_port, wait_ready,
+};
 
 /// A parsed RESP reply.
 #[derive(Clone, Debug, PartialEq)]
@@ -42,7 +44,9 @@ struct Resp {
 impl Resp {
     fn connect(addr: SocketAddr) -> Resp {
         let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
-        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
         Resp {
             reader: BufReader::new(stream.try_clone().unwrap()),
             writer: stream,
@@ -181,7 +185,10 @@ fn redis_contents(addr: SocketAddr) -> HashMap<Vec<u8>, Vec<u8>> {
             other => panic!("{other:?}"),
         })
         .collect();
-    let cmds: Vec<Vec<Vec<u8>>> = keys.iter().map(|k| vec![b"GET".to_vec(), k.clone()]).collect();
+    let cmds: Vec<Vec<Vec<u8>>> = keys
+        .iter()
+        .map(|k| vec![b"GET".to_vec(), k.clone()])
+        .collect();
     let values = c.pipeline(&cmds);
     keys.into_iter()
         .zip(values)
@@ -211,7 +218,10 @@ fn sample_keys(prefix: &str, n: usize) -> Vec<Vec<u8>> {
         .collect()
 }
 
-fn nutcracker_conf(dir: &std::path::Path, pools: &[(String, u16, String, &str, &[String])]) -> std::path::PathBuf {
+fn nutcracker_conf(
+    dir: &std::path::Path,
+    pools: &[(String, u16, String, &str, &[String])],
+) -> std::path::PathBuf {
     let mut yaml = String::new();
     for (name, port, hash, proto, servers) in pools {
         yaml.push_str(&format!(
@@ -263,7 +273,15 @@ fn every_key_written_through_nutcracker_reads_back_through_rigging_with_every_ha
     let dir = tempfile::tempdir().unwrap();
     let pools: Vec<(String, u16, String, &str, &[String])> = HashKind::ALL
         .iter()
-        .map(|h| (format!("pool_{h}"), free_port(), h.to_string(), "redis", &servers[..]))
+        .map(|h| {
+            (
+                format!("pool_{h}"),
+                free_port(),
+                h.to_string(),
+                "redis",
+                &servers[..],
+            )
+        })
         .collect();
     let conf = nutcracker_conf(dir.path(), &pools);
     let ports: Vec<u16> = pools.iter().map(|p| p.1).collect();
@@ -278,7 +296,11 @@ fn every_key_written_through_nutcracker_reads_back_through_rigging_with_every_ha
             .map(|k| vec![b"SET".to_vec(), k.clone(), [b"v:".as_slice(), k].concat()])
             .collect();
         for reply in via_nutcracker.pipeline(&sets) {
-            assert_eq!(reply, Reply::Status("OK".into()), "SET through nutcracker pool {name}");
+            assert_eq!(
+                reply,
+                Reply::Status("OK".into()),
+                "SET through nutcracker pool {name}"
+            );
         }
     }
 
@@ -307,7 +329,11 @@ fn every_key_written_through_nutcracker_reads_back_through_rigging_with_every_ha
             );
         }
         // ...and the running proxy reads every key back from where nutcracker put it.
-        let proxy = shard("redis", &servers, &["--hash", hash.name(), "--hash-tag", "{}"]);
+        let proxy = shard(
+            "redis",
+            &servers,
+            &["--hash", hash.name(), "--hash-tag", "{}"],
+        );
         let mut client = Resp::connect(proxy.addr);
         let mut mget = vec![b"MGET".to_vec()];
         mget.extend(keys.iter().cloned());
@@ -315,11 +341,350 @@ fn every_key_written_through_nutcracker_reads_back_through_rigging_with_every_ha
             panic!("MGET through rigging failed for {hash}");
         };
         for (key, value) in keys.iter().zip(values) {
-            assert_eq!(value, Reply::Bulk(Some([b"v:".as_slice(), key].concat())), "{hash}");
+            assert_eq!(
+                value,
+                Reply::Bulk(Some([b"v:".as_slice(), key].concat())),
+                "{hash}"
+            );
         }
-        let gets: Vec<Vec<Vec<u8>>> = keys.iter().map(|k| vec![b"GET".to_vec(), k.clone()]).collect();
+        let gets: Vec<Vec<Vec<u8>>> = keys
+            .iter()
+            .map(|k| vec![b"GET".to_vec(), k.clone()])
+            .collect();
         for (key, value) in keys.iter().zip(client.pipeline(&gets)) {
-            assert_eq!(value, Reply::Bulk(Some([b"v:".as_slice(), key].concat())), "{hash}");
+            assert_eq!(
+                value,
+                Reply::Bulk(Some([b"v:".as_slice(), key].concat())),
+                "{hash}"
+            );
         }
     }
+}
+
+fn three_redis() -> (Vec<Proc>, Vec<SocketAddr>, Vec<String>) {
+    let (procs, addrs): (Vec<Proc>, Vec<SocketAddr>) = (0..3).map(|_| redis_server()).unzip();
+    let servers = addrs.iter().map(|a| format!("{a}:1")).collect();
+    (procs, addrs, servers)
+}
+
+/// A key that the ring puts on server `want`.
+fn key_on(ring: &Ring, want: usize, prefix: &str) -> String {
+    (0..)
+        .map(|i| format!("{prefix}{i}"))
+        .find(|k| ring.server_for(k.as_bytes()) == Some(want))
+        .unwrap()
+}
+
+fn get_direct(addr: SocketAddr, key: &str) -> Reply {
+    Resp::connect(addr).cmd(&["GET", key])
+}
+
+#[test]
+fn redis_pipelines_stay_in_order_and_multi_key_commands_are_split_and_merged() {
+    let (_procs, addrs, servers) = three_redis();
+    let ring = Ring::new(&specs(&servers), &[], HashKind::Fnv1a64, None);
+    let proxy = shard("redis", &servers, &[]);
+    let mut c = Resp::connect(proxy.addr);
+
+    // A pipeline of 1,000 commands: replies come back in request order.
+    let mut cmds = Vec::new();
+    for i in 0..500 {
+        cmds.push(args(&[
+            b"SET",
+            format!("p:{i}").as_bytes(),
+            format!("v{i}").as_bytes(),
+        ]));
+        cmds.push(args(&[b"GET", format!("p:{i}").as_bytes()]));
+    }
+    let replies = c.pipeline(&cmds);
+    assert_eq!(replies.len(), 1000);
+    for i in 0..500 {
+        assert_eq!(replies[2 * i], Reply::Status("OK".into()));
+        assert_eq!(replies[2 * i + 1], Reply::bulk(&format!("v{i}")));
+    }
+    // Each key is on the server the ring names, and only there.
+    for i in (0..500).step_by(7) {
+        let key = format!("p:{i}");
+        let home = ring.server_for(key.as_bytes()).unwrap();
+        for (s, addr) in addrs.iter().enumerate() {
+            let expect = if s == home {
+                Reply::bulk(&format!("v{i}"))
+            } else {
+                Reply::Bulk(None)
+            };
+            assert_eq!(get_direct(*addr, &key), expect, "{key} on server {s}");
+        }
+    }
+
+    // Multi-key commands over keys on every server.
+    let keys: Vec<String> = (0..3).map(|s| key_on(&ring, s, "m")).collect();
+    assert_eq!(
+        c.cmd(&["MSET", &keys[0], "a", &keys[1], "b", &keys[2], "c"]),
+        Reply::Status("OK".into())
+    );
+    for (s, k) in keys.iter().enumerate() {
+        assert_eq!(get_direct(addrs[s], k), Reply::bulk(["a", "b", "c"][s]));
+    }
+    assert_eq!(
+        c.cmd(&["MGET", &keys[2], "missing", &keys[0], &keys[1], &keys[2]]),
+        Reply::Array(Some(vec![
+            Reply::bulk("c"),
+            Reply::Bulk(None),
+            Reply::bulk("a"),
+            Reply::bulk("b"),
+            Reply::bulk("c")
+        ]))
+    );
+    assert_eq!(
+        c.cmd(&["EXISTS", &keys[0], &keys[1], &keys[2], "missing"]),
+        Reply::Int(3)
+    );
+    assert_eq!(c.cmd(&["TOUCH", &keys[0], &keys[1]]), Reply::Int(2));
+    assert_eq!(
+        c.cmd(&["DEL", &keys[0], &keys[1], "missing"]),
+        Reply::Int(2)
+    );
+    assert_eq!(c.cmd(&["UNLINK", &keys[2], &keys[0]]), Reply::Int(1));
+    assert_eq!(
+        c.cmd(&["EXISTS", &keys[0], &keys[1], &keys[2]]),
+        Reply::Int(0)
+    );
+
+    // Answered locally.
+    assert_eq!(c.cmd(&["PING"]), Reply::Status("PONG".into()));
+    assert_eq!(c.cmd(&["ping", "hi"]), Reply::bulk("hi"));
+    assert_eq!(c.cmd(&["ECHO", "x y"]), Reply::bulk("x y"));
+    assert_eq!(c.cmd(&["SELECT", "0"]), Reply::Status("OK".into()));
+    assert!(c.cmd(&["SELECT", "1"]).is_error());
+
+    // Unshardable commands get an error and the connection stays usable.
+    for cmd in [
+        &["KEYS", "*"][..],
+        &["SCAN", "0"],
+        &["MULTI"],
+        &["EXEC"],
+        &["FLUSHALL"],
+        &["NOSUCHCMD"],
+    ] {
+        assert!(c.cmd(cmd).is_error(), "{cmd:?}");
+        assert_eq!(c.cmd(&["PING"]), Reply::Status("PONG".into()));
+    }
+    // Atomic multi-key commands work when the keys share a server (hash tags), and are
+    // refused across servers.
+    assert!(
+        matches!(c.cmd(&["RENAME", &keys[0], &keys[1]]), Reply::Error(e) if e.starts_with("CROSSSLOT"))
+    );
+    assert!(
+        matches!(c.cmd(&["BLPOP", &keys[0], &keys[1], "1"]), Reply::Error(e) if e.starts_with("CROSSSLOT"))
+    );
+    let tagged = shard("redis", &servers, &["--hash-tag", "{}"]);
+    let mut t = Resp::connect(tagged.addr);
+    assert_eq!(t.cmd(&["SET", "{u1}:a", "1"]), Reply::Status("OK".into()));
+    assert_eq!(
+        t.cmd(&["RENAME", "{u1}:a", "{u1}:b"]),
+        Reply::Status("OK".into())
+    );
+    assert_eq!(t.cmd(&["GET", "{u1}:b"]), Reply::bulk("1"));
+    assert_eq!(
+        t.cmd(&["EVAL", "return redis.call('GET', KEYS[1])", "1", "{u1}:b"]),
+        Reply::bulk("1")
+    );
+
+    // RESP3 on request, RESP2 again after HELLO 2.
+    assert_eq!(c.cmd(&["HSET", "h", "f", "v"]), Reply::Int(1));
+    let Reply::Map(hello) = c.cmd(&["HELLO", "3"]) else {
+        panic!("HELLO 3 is not a map")
+    };
+    assert!(hello.contains(&(Reply::bulk("proto"), Reply::Int(3))));
+    assert_eq!(
+        c.cmd(&["HGETALL", "h"]),
+        Reply::Map(vec![(Reply::bulk("f"), Reply::bulk("v"))])
+    );
+    assert_eq!(c.cmd(&["GET", "nothing"]), Reply::Null);
+    assert!(matches!(c.cmd(&["HELLO", "2"]), Reply::Array(Some(_))));
+    assert_eq!(
+        c.cmd(&["HGETALL", "h"]),
+        Reply::Array(Some(vec![Reply::bulk("f"), Reply::bulk("v")]))
+    );
+    assert!(matches!(c.cmd(&["HELLO", "4"]), Reply::Error(e) if e.starts_with("NOPROTO")));
+
+    assert_eq!(c.cmd(&["QUIT"]), Reply::Status("OK".into()));
+    assert!(c.closed());
+}
+
+#[test]
+fn malformed_resp_gets_an_error_reply_and_only_that_connection_closes() {
+    let (_procs, _addrs, servers) = three_redis();
+    let proxy = shard("redis", &servers, &[]);
+    let mut good = Resp::connect(proxy.addr);
+    assert_eq!(good.cmd(&["SET", "k", "v"]), Reply::Status("OK".into()));
+    for garbage in [
+        &b"*2\r\n$3\r\nGET\r\n$x\r\n"[..],
+        b"*1\r\n:1\r\n",
+        b"*1\r\n$3\r\nGETxx\r\n",
+        b"*1\r\n$99999999999\r\n",
+    ] {
+        let mut bad = Resp::connect(proxy.addr);
+        // A valid command first: its reply still arrives, before the error.
+        let mut bytes = b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n".to_vec();
+        bytes.extend_from_slice(garbage);
+        bad.send_raw(&bytes);
+        assert_eq!(bad.read(), Reply::bulk("v"));
+        assert!(
+            matches!(bad.read(), Reply::Error(e) if e.contains("rotocol")),
+            "{garbage:?}"
+        );
+        assert!(bad.closed());
+    }
+    // Other clients and the process are unaffected.
+    assert_eq!(good.cmd(&["GET", "k"]), Reply::bulk("v"));
+    assert_eq!(support::http_get(proxy.admin, "/healthz").unwrap().0, 200);
+}
+
+fn metric(admin: SocketAddr, name: &str, server: SocketAddr) -> f64 {
+    let (_, body) = support::http_get(admin, "/metrics").unwrap();
+    let prefix = format!("{name}{{server=\"{server}\"}} ");
+    body.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn a_killed_server_gets_error_replies_then_is_ejected_and_its_keys_rehash() {
+    let (mut procs, addrs, servers) = three_redis();
+    let ring = Ring::new(&specs(&servers), &[], HashKind::Fnv1a64, None);
+    let without_2 = Ring::new(
+        &specs(&servers),
+        &[true, true, false],
+        HashKind::Fnv1a64,
+        None,
+    );
+    let proxy = shard(
+        "redis",
+        &servers,
+        &[
+            "--timeout-ms",
+            "2000",
+            "--auto-eject-hosts",
+            "--server-failure-limit",
+            "2",
+            "--server-retry-timeout-ms",
+            "600000",
+        ],
+    );
+    let mut c = Resp::connect(proxy.addr);
+    let on_2 = key_on(&ring, 2, "dead");
+    let on_0 = key_on(&ring, 0, "alive");
+    assert_eq!(c.cmd(&["SET", &on_0, "x"]), Reply::Status("OK".into()));
+    assert_eq!(c.cmd(&["SET", &on_2, "y"]), Reply::Status("OK".into()));
+
+    let mut dead = procs.remove(2);
+    dead.terminate();
+    assert!(dead.wait_exit(Duration::from_secs(10)).is_some());
+
+    // Its keys get errors naming the server; other keys are served; MGET over both fails
+    // as a whole rather than silently returning a partial answer.
+    for _ in 0..2 {
+        let reply = c.cmd(&["GET", &on_2]);
+        assert!(
+            matches!(&reply, Reply::Error(e) if e.contains(&addrs[2].to_string())),
+            "{reply:?}"
+        );
+        assert_eq!(c.cmd(&["GET", &on_0]), Reply::bulk("x"));
+    }
+    // Two failures: ejected. Its keys now live on the server the ring without it names.
+    assert_eq!(c.cmd(&["SET", &on_2, "z"]), Reply::Status("OK".into()));
+    assert_eq!(c.cmd(&["GET", &on_2]), Reply::bulk("z"));
+    let new_home = without_2.server_for(on_2.as_bytes()).unwrap();
+    assert_eq!(get_direct(addrs[new_home], &on_2), Reply::bulk("z"));
+    assert_eq!(
+        c.cmd(&["GET", &on_0]),
+        Reply::bulk("x"),
+        "other keys did not move"
+    );
+
+    assert_eq!(
+        metric(
+            proxy.admin,
+            "rigging_shard_server_ejections_total",
+            addrs[2]
+        ),
+        1.0
+    );
+    assert!(metric(proxy.admin, "rigging_shard_server_errors_total", addrs[2]) >= 2.0);
+    assert!(metric(proxy.admin, "rigging_shard_server_requests_total", addrs[0]) >= 3.0);
+}
+
+#[test]
+fn a_hung_server_gets_error_replies_within_the_timeout() {
+    let (procs, addrs, servers) = three_redis();
+    let ring = Ring::new(&specs(&servers), &[], HashKind::Fnv1a64, None);
+    let proxy = shard("redis", &servers, &["--timeout-ms", "300"]);
+    let mut c = Resp::connect(proxy.addr);
+    let on_1 = key_on(&ring, 1, "hang");
+    let on_0 = key_on(&ring, 0, "fine");
+    support::signal(procs[1].pid(), "STOP");
+    // The client's read timeout (10 s) would fail this test if the proxy hung.
+    let reply = c.cmd(&["GET", &on_1]);
+    support::signal(procs[1].pid(), "CONT");
+    assert!(
+        matches!(&reply, Reply::Error(e) if e.contains(&addrs[1].to_string()) && e.contains("300 ms")),
+        "{reply:?}"
+    );
+    assert_eq!(c.cmd(&["SET", &on_0, "1"]), Reply::Status("OK".into()));
+    // Without ejection, the server is used again once it answers.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if c.cmd(&["SET", &on_1, "back"]) == Reply::Status("OK".into()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "server never came back");
+    }
+}
+
+#[test]
+fn clients_authenticate_to_the_proxy_and_the_proxy_to_password_protected_servers() {
+    let mut procs = Vec::new();
+    let mut servers = Vec::new();
+    for _ in 0..2 {
+        let port = free_port();
+        procs.push(Proc::spawn(
+            require_tool("redis-server"),
+            &[
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--requirepass",
+                "s3cret",
+            ],
+        ));
+        wait_port(local(port), Duration::from_secs(5));
+        servers.push(format!("127.0.0.1:{port}:1"));
+    }
+    let proxy = shard("redis", &servers, &["--redis-auth", "s3cret"]);
+    let mut c = Resp::connect(proxy.addr);
+    assert!(matches!(c.cmd(&["GET", "a"]), Reply::Error(e) if e.starts_with("NOAUTH")));
+    assert!(matches!(c.cmd(&["AUTH", "wrong"]), Reply::Error(e) if e.starts_with("WRONGPASS")));
+    assert_eq!(c.cmd(&["AUTH", "s3cret"]), Reply::Status("OK".into()));
+    assert_eq!(
+        c.cmd(&["MSET", "a", "1", "b", "2", "c", "3", "d", "4"]),
+        Reply::Status("OK".into())
+    );
+    assert_eq!(c.cmd(&["GET", "d"]), Reply::bulk("4"));
+    // RESP3 backends are authenticated by HELLO 3 AUTH.
+    let mut r3 = Resp::connect(proxy.addr);
+    assert!(matches!(
+        r3.cmd(&["HELLO", "3", "AUTH", "default", "s3cret"]),
+        Reply::Map(_)
+    ));
+    assert_eq!(
+        r3.cmd(&["MGET", "a", "b"]),
+        Reply::Array(Some(vec![Reply::bulk("1"), Reply::bulk("2")]))
+    );
 }
