@@ -139,7 +139,7 @@ fn args(parts: &[&[u8]]) -> Vec<Vec<u8>> {
 
 /// A running `rigging-sidecar shard` with its client and admin addresses.
 struct Shard {
-    proc: Proc,
+    _proc: Proc,
     addr: SocketAddr,
     admin: SocketAddr,
 }
@@ -165,7 +165,11 @@ fn shard(protocol: &str, servers: &[String], extra: &[&str]) -> Shard {
     let proc = Proc::sidecar(&argv);
     wait_ready(admin, Duration::from_secs(10));
     wait_port(addr, Duration::from_secs(10));
-    Shard { proc, addr, admin }
+    Shard {
+        _proc: proc,
+        addr,
+        admin,
+    }
 }
 
 fn specs(servers: &[String]) -> Vec<ServerSpec> {
@@ -687,4 +691,244 @@ fn clients_authenticate_to_the_proxy_and_the_proxy_to_password_protected_servers
         r3.cmd(&["MGET", "a", "b"]),
         Reply::Array(Some(vec![Reply::bulk("1"), Reply::bulk("2")]))
     );
+}
+
+/// A blocking memcached text-protocol client.
+struct Mc {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl Mc {
+    fn connect(addr: SocketAddr) -> Mc {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        Mc {
+            reader: BufReader::new(stream.try_clone().unwrap()),
+            writer: stream,
+        }
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).unwrap();
+    }
+
+    fn line(&mut self) -> String {
+        let mut line = Vec::new();
+        self.reader.read_until(b'\n', &mut line).expect("read line");
+        assert!(line.ends_with(b"\r\n"), "truncated line {line:?}");
+        line.truncate(line.len() - 2);
+        String::from_utf8_lossy(&line).into_owned()
+    }
+
+    /// Reads a retrieval reply: (key, data) pairs up to END, or the error line.
+    fn values(&mut self) -> Result<Vec<(String, Vec<u8>)>, String> {
+        let mut out = Vec::new();
+        loop {
+            let line = self.line();
+            if line == "END" {
+                return Ok(out);
+            }
+            let fields: Vec<&str> = line.split(' ').collect();
+            if fields[0] != "VALUE" {
+                return Err(line);
+            }
+            let n: usize = fields[3].parse().unwrap();
+            let mut data = vec![0; n + 2];
+            self.reader.read_exact(&mut data).unwrap();
+            data.truncate(n);
+            out.push((fields[1].to_owned(), data));
+        }
+    }
+
+    fn get(&mut self, keys: &[&str]) -> Result<Vec<(String, Vec<u8>)>, String> {
+        self.send(format!("get {}\r\n", keys.join(" ")).as_bytes());
+        self.values()
+    }
+
+    fn set(&mut self, key: &str, value: &str) -> String {
+        self.send(format!("set {key} 0 0 {}\r\n{value}\r\n", value.len()).as_bytes());
+        self.line()
+    }
+}
+
+fn mc_value(addr: SocketAddr, key: &str) -> Option<Vec<u8>> {
+    let mut c = Mc::connect(addr);
+    c.get(&[key]).unwrap().pop().map(|(_, v)| v)
+}
+
+#[test]
+fn memcached_keys_written_through_nutcracker_read_back_through_rigging() {
+    // Three memcacheds on port 11211 of different loopback addresses: unnamed servers on
+    // 11211 are hashed by host alone, libmemcached's rule that twemproxy keeps.
+    let procs: Vec<Proc> = (2..5)
+        .map(|i| {
+            let host = format!("127.0.0.{i}");
+            let p = Proc::spawn(
+                require_tool("memcached"),
+                &[
+                    "-l", &host, "-p", "11211", "-U", "0", "-u", "nobody", "-m", "32",
+                ],
+            );
+            wait_port(
+                format!("{host}:11211").parse().unwrap(),
+                Duration::from_secs(5),
+            );
+            p
+        })
+        .collect();
+    let addrs: Vec<SocketAddr> = (2..5)
+        .map(|i| format!("127.0.0.{i}:11211").parse().unwrap())
+        .collect();
+    let servers: Vec<String> = addrs.iter().map(|a| format!("{a}:1")).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let hashes = [HashKind::Fnv1a64, HashKind::Md5, HashKind::Murmur];
+    let pools: Vec<(String, u16, String, &str, &[String])> = hashes
+        .iter()
+        .map(|h| {
+            (
+                format!("mc_{h}"),
+                free_port(),
+                h.to_string(),
+                "memcache",
+                &servers[..],
+            )
+        })
+        .collect();
+    let conf = nutcracker_conf(dir.path(), &pools);
+    let ports: Vec<u16> = pools.iter().map(|p| p.1).collect();
+    let _nutcracker = start_nutcracker(&conf, &ports);
+
+    let n = 600;
+    for ((_, port, _, _, _), hash) in pools.iter().zip(hashes) {
+        let keys: Vec<String> = (0..n)
+            .map(|i| format!("{hash}:k{i}:{{t{}}}", i % 13))
+            .collect();
+        let mut c = Mc::connect(local(*port));
+        let mut batch = Vec::new();
+        for k in &keys {
+            batch.extend_from_slice(format!("set {k} 7 0 {}\r\nv-{k}\r\n", k.len() + 2).as_bytes());
+        }
+        c.send(&batch);
+        for _ in &keys {
+            assert_eq!(c.line(), "STORED");
+        }
+        let ring = Ring::new(&specs(&servers), &[], hash, HashTag::parse("{}"));
+        let proxy = shard(
+            "memcached",
+            &servers,
+            &["--hash", hash.name(), "--hash-tag", "{}"],
+        );
+        let mut r = Mc::connect(proxy.addr);
+        for chunk in keys.chunks(100) {
+            let names: Vec<&str> = chunk.iter().map(String::as_str).collect();
+            let got = r.get(&names).unwrap();
+            let want: Vec<(String, Vec<u8>)> = chunk
+                .iter()
+                .map(|k| (k.clone(), format!("v-{k}").into_bytes()))
+                .collect();
+            assert_eq!(got, want, "{hash}");
+        }
+        for k in keys.iter().step_by(11) {
+            let home = ring.server_for(k.as_bytes()).unwrap();
+            for (s, addr) in addrs.iter().enumerate() {
+                assert_eq!(
+                    mc_value(*addr, k).is_some(),
+                    s == home,
+                    "{hash}: {k} on server {s}"
+                );
+            }
+        }
+    }
+    drop(procs);
+}
+
+#[test]
+fn memcached_commands_are_routed_split_and_merged() {
+    let (_procs, addrs): (Vec<Proc>, Vec<SocketAddr>) = (0..3).map(|_| memcached()).unzip();
+    let servers: Vec<String> = addrs.iter().map(|a| format!("{a}:1")).collect();
+    let ring = Ring::new(&specs(&servers), &[], HashKind::Fnv1a64, None);
+    let proxy = shard("memcached", &servers, &[]);
+    let mut c = Mc::connect(proxy.addr);
+    let keys: Vec<String> = (0..3).map(|s| key_on(&ring, s, "mc")).collect();
+
+    for (i, k) in keys.iter().enumerate() {
+        assert_eq!(c.set(k, &format!("v{i}")), "STORED");
+        assert_eq!(
+            mc_value(addrs[i], k),
+            Some(format!("v{i}").into_bytes()),
+            "{k} on its server"
+        );
+    }
+    // A get over every server comes back merged in the order asked, duplicates and misses
+    // included.
+    let got = c
+        .get(&[&keys[2], "nope", &keys[0], &keys[1], &keys[2]])
+        .unwrap();
+    let names: Vec<&str> = got.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(names, vec![keys[2].as_str(), &keys[0], &keys[1], &keys[2]]);
+    c.send(format!("gets {} {}\r\n", keys[0], keys[1]).as_bytes());
+    let line = c.line();
+    let cas: u64 = line
+        .split(' ')
+        .nth(4)
+        .expect("gets returns a cas value")
+        .parse()
+        .unwrap();
+    assert_eq!(c.line(), "v0");
+    assert_eq!(c.values().unwrap(), vec![(keys[1].clone(), b"v1".to_vec())]);
+
+    let k = &keys[0];
+    fn script(c: &mut Mc, cmd: String, want: &str) {
+        c.send(cmd.as_bytes());
+        assert_eq!(c.line(), want, "{cmd:?}");
+    }
+    script(&mut c, format!("add {k} 0 0 1\r\nx\r\n"), "NOT_STORED");
+    script(&mut c, format!("replace {k} 0 0 2\r\nr0\r\n"), "STORED");
+    script(&mut c, format!("append {k} 0 0 1\r\nA\r\n"), "STORED");
+    script(&mut c, format!("prepend {k} 0 0 1\r\nP\r\n"), "STORED");
+    script(&mut c, format!("cas {k} 0 0 1 {cas}\r\nz\r\n"), "EXISTS");
+    script(&mut c, format!("set n 0 0 2\r\n10\r\n"), "STORED");
+    script(&mut c, "incr n 5\r\n".into(), "15");
+    script(&mut c, "decr n 20\r\n".into(), "0");
+    script(&mut c, format!("touch {k} 100\r\n"), "TOUCHED");
+    script(&mut c, "delete n\r\n".into(), "DELETED");
+    script(&mut c, "delete n\r\n".into(), "NOT_FOUND");
+    script(
+        &mut c,
+        "stats\r\n".into(),
+        "CLIENT_ERROR unsupported command 'stats' for the sharding proxy",
+    );
+    assert_eq!(c.get(&[k]).unwrap(), vec![(k.clone(), b"Pr0A".to_vec())]);
+    c.send(format!("gets {k}\r\n").as_bytes());
+    let cas: u64 = c.line().split(' ').nth(4).unwrap().parse().unwrap();
+    assert_eq!(c.line(), "Pr0A");
+    assert_eq!(c.values().unwrap(), vec![]);
+    script(&mut c, format!("cas {k} 0 0 1 {cas}\r\nC\r\n"), "STORED");
+
+    // noreply: nothing comes back, the effect happens, and the next reply is in step.
+    c.send(
+        format!(
+            "set {} 0 0 2 noreply\r\nnr\r\ndelete {} noreply\r\nincr nothere 1 noreply\r\n",
+            keys[1], keys[2]
+        )
+        .as_bytes(),
+    );
+    assert_eq!(
+        c.get(&[&keys[1], &keys[2]]).unwrap(),
+        vec![(keys[1].clone(), b"nr".to_vec())]
+    );
+    assert_eq!(mc_value(addrs[2], &keys[2]), None);
+
+    // A bad data chunk gets CLIENT_ERROR and closes only that connection.
+    let mut bad = Mc::connect(proxy.addr);
+    bad.send(b"set k 0 0 2\r\nTOO LONG\r\n");
+    assert!(bad.line().starts_with("CLIENT_ERROR"));
+    let mut buf = [0u8; 1];
+    assert!(matches!(bad.reader.read(&mut buf), Ok(0) | Err(_)));
+    assert_eq!(c.get(&[k]).unwrap(), vec![(k.clone(), b"C".to_vec())]);
+    c.send(b"quit\r\n");
+    assert!(matches!(c.reader.read(&mut buf), Ok(0) | Err(_)));
 }
