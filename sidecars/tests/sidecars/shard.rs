@@ -932,3 +932,187 @@ fn memcached_commands_are_routed_split_and_merged() {
     c.send(b"quit\r\n");
     assert!(matches!(c.reader.read(&mut buf), Ok(0) | Err(_)));
 }
+
+/// Three nginx servers, each answering `backend-N <uri>`; returns the guard and ports.
+fn three_nginx(dir: &std::path::Path) -> (Proc, Vec<u16>) {
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let d = dir.display();
+    let mut conf = format!(
+        "daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{ worker_connections 512; }}\nhttp {{\n access_log off;\n client_body_temp_path {d}/body;\n proxy_temp_path {d}/proxy;\n fastcgi_temp_path {d}/fastcgi;\n uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n"
+    );
+    for (i, p) in ports.iter().enumerate() {
+        conf.push_str(&format!(" server {{ listen 127.0.0.1:{p}; location / {{ return 200 \"backend-{i} $uri\"; }} }}\n"));
+    }
+    conf.push_str("}\n");
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, conf).unwrap();
+    let proc = Proc::spawn(
+        require_tool("nginx"),
+        &[
+            "-p",
+            dir.to_str().unwrap(),
+            "-c",
+            path.to_str().unwrap(),
+            "-e",
+            &format!("{d}/error.log"),
+        ],
+    );
+    for p in &ports {
+        wait_port(local(*p), Duration::from_secs(10));
+    }
+    (proc, ports)
+}
+
+/// Sends GET requests on one keep-alive HTTP/1.1 connection; returns (status, body) each.
+fn http1_keepalive(addr: SocketAddr, requests: &[(&str, Option<&str>)]) -> Vec<(u16, String)> {
+    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let mut reader = BufReader::new(stream);
+    requests
+        .iter()
+        .map(|(path, key)| {
+            let key = key.map(|k| format!("X-Key: {k}\r\n")).unwrap_or_default();
+            write!(writer, "GET {path} HTTP/1.1\r\nHost: test\r\n{key}\r\n").unwrap();
+            let mut status_line = String::new();
+            reader.read_line(&mut status_line).unwrap();
+            let status: u16 = status_line.split(' ').nth(1).unwrap().parse().unwrap();
+            let mut length = 0;
+            loop {
+                let mut h = String::new();
+                reader.read_line(&mut h).unwrap();
+                if h == "\r\n" {
+                    break;
+                }
+                if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap();
+                }
+            }
+            let mut body = vec![0; length];
+            reader.read_exact(&mut body).unwrap();
+            (status, String::from_utf8(body).unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn http_requests_go_to_their_keys_server_over_http1_and_h2c() {
+    let dir = tempfile::tempdir().unwrap();
+    let (nginx, ports) = three_nginx(dir.path());
+    let servers: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}:1")).collect();
+    let ring = Ring::new(&specs(&servers), &[], HashKind::Fnv1a64, None);
+    let proxy = shard("http", &servers, &["--shard-key", "header:X-Key"]);
+
+    // Keys on every server, and many more.
+    let mut keys: Vec<String> = (0..3).map(|s| key_on(&ring, s, "user-")).collect();
+    keys.extend((0..60).map(|i| format!("customer/{i}")));
+    let requests: Vec<(&str, Option<&str>)> =
+        keys.iter().map(|k| ("/cart", Some(k.as_str()))).collect();
+    let mut seen = [0; 3];
+    for (key, (status, body)) in keys.iter().zip(http1_keepalive(proxy.addr, &requests)) {
+        let home = ring.server_for(key.as_bytes()).unwrap();
+        assert_eq!(
+            (status, body),
+            (200, format!("backend-{home} /cart")),
+            "{key}"
+        );
+        seen[home] += 1;
+    }
+    assert!(
+        seen.iter().all(|&n| n > 0),
+        "keys spread over every server: {seen:?}"
+    );
+    // No key: some server answers.
+    let (status, body) = http1_keepalive(proxy.addr, &[("/free", None)]).remove(0);
+    assert_eq!(status, 200);
+    assert!(
+        body.starts_with("backend-") && body.ends_with(" /free"),
+        "{body}"
+    );
+
+    // HTTP/2 with prior knowledge (h2c), same placement.
+    let curl = require_tool("curl");
+    for key in keys.iter().take(5) {
+        let out = std::process::Command::new(&curl)
+            .args([
+                "-s",
+                "--http2-prior-knowledge",
+                "-w",
+                " http%{http_version}",
+                "-H",
+            ])
+            .arg(format!("X-Key: {key}"))
+            .arg(format!("http://{}/h2", proxy.addr))
+            .output()
+            .unwrap();
+        let home = ring.server_for(key.as_bytes()).unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!("backend-{home} /h2 http2")
+        );
+    }
+
+    // Servers gone: a gateway error, not a hang.
+    drop(nginx);
+    let (status, body) = http1_keepalive(proxy.addr, &[("/x", Some("user-1"))]).remove(0);
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("unavailable"), "{body}");
+}
+
+#[test]
+fn a_changed_config_file_brings_in_a_new_ring() {
+    let (_procs, addrs, servers) = three_redis();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("shard.yaml");
+    let write_config = |servers: &[String]| {
+        let list: String = servers.iter().map(|s| format!("  - \"{s}\"\n")).collect();
+        let tmp = dir.path().join("shard.yaml.tmp");
+        std::fs::write(
+            &tmp,
+            format!("protocol: redis\nhash: murmur\nservers:\n{list}"),
+        )
+        .unwrap();
+        std::fs::rename(&tmp, &config).unwrap();
+    };
+    write_config(&servers[..2]);
+    let proxy = shard("redis", &[], &["--config", config.to_str().unwrap()]);
+    let two = Ring::new(&specs(&servers[..2]), &[], HashKind::Murmur, None);
+    let three = Ring::new(&specs(&servers), &[], HashKind::Murmur, None);
+    let mut c = Resp::connect(proxy.addr);
+    let moving = key_on(&three, 2, "move");
+    let staying = (0..)
+        .map(|i| format!("stay{i}"))
+        .find(|k| three.server_for(k.as_bytes()) == two.server_for(k.as_bytes()))
+        .unwrap();
+    assert_eq!(c.cmd(&["SET", &moving, "old"]), Reply::Status("OK".into()));
+    assert_eq!(
+        c.cmd(&["SET", &staying, "kept"]),
+        Reply::Status("OK".into())
+    );
+    assert_eq!(
+        get_direct(addrs[two.server_for(moving.as_bytes()).unwrap()], &moving),
+        Reply::bulk("old")
+    );
+
+    write_config(&servers);
+    // The same client connection switches to the new ring once the file is re-read.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while c.cmd(&["GET", &moving]) != Reply::Bulk(None) {
+        assert!(
+            Instant::now() < deadline,
+            "the new ring never came into service"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(c.cmd(&["SET", &moving, "new"]), Reply::Status("OK".into()));
+    assert_eq!(get_direct(addrs[2], &moving), Reply::bulk("new"));
+    assert_eq!(c.cmd(&["GET", &staying]), Reply::bulk("kept"));
+
+    // A broken file keeps the running ring.
+    std::fs::write(&config, "protocol: redis\nservers: [\"nope\"]\n").unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(c.cmd(&["GET", &moving]), Reply::bulk("new"));
+    assert_eq!(support::http_get(proxy.admin, "/readyz").unwrap().0, 200);
+}
