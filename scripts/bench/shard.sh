@@ -24,15 +24,16 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT
+trap 'tail -n 5 "$WORK"/*.log "$WORK"/*/error.log >&2' ERR
 
-on_cpu0() { taskset -c 0 "$@"; }
+
 on_cpu1() { taskset -c 1 "$@"; }
 
 declare -A PID
 start() { # NAME CMD… : runs CMD in the background on CPU 0, records its pid in PID[NAME]
   local name=$1
   shift
-  on_cpu0 "$@" >"$WORK/$name.log" 2>&1 &
+  taskset -c 0 "$@" >"$WORK/$name.log" 2>&1 &
   PIDS+=($!)
   PID[$name]=$!
 }
@@ -83,10 +84,11 @@ for i in 0 1 2; do wait_port 127.0.0.1 "${R[i]}"; wait_port 127.0.0.1 "${M[i]}";
 # --- proxies ----------------------------------------------------------------------------
 NC_REDIS=$(free_port) NC_MC=$(free_port) RG_REDIS=$(free_port) RG_MC=$(free_port) RG_HTTP=$(free_port)
 {
-  echo "redis: {listen: 127.0.0.1:$NC_REDIS, hash: fnv1a_64, distribution: ketama, redis: true, timeout: 5000,"
-  echo "  servers: [127.0.0.1:${R[0]}:1, 127.0.0.1:${R[1]}:1, 127.0.0.1:${R[2]}:1]}"
-  echo "mc: {listen: 127.0.0.1:$NC_MC, hash: fnv1a_64, distribution: ketama, timeout: 5000,"
-  echo "  servers: [127.0.0.1:${M[0]}:1, 127.0.0.1:${M[1]}:1, 127.0.0.1:${M[2]}:1]}"
+  # nutcracker's parser wants block-style YAML.
+  printf 'redis:\n  listen: 127.0.0.1:%s\n  hash: fnv1a_64\n  distribution: ketama\n  redis: true\n  timeout: 5000\n  servers:\n' "$NC_REDIS"
+  printf '   - 127.0.0.1:%s:1\n' "${R[@]}"
+  printf 'mc:\n  listen: 127.0.0.1:%s\n  hash: fnv1a_64\n  distribution: ketama\n  timeout: 5000\n  servers:\n' "$NC_MC"
+  printf '   - 127.0.0.1:%s:1\n' "${M[@]}"
 } >"$WORK/nutcracker.yml"
 start nutcracker nutcracker -c "$WORK/nutcracker.yml" -s "$(free_port)" -a 127.0.0.1 -o "$WORK/nutcracker.out" -p "$WORK/nutcracker.pid"
 servers() { local p; for p in "$@"; do printf -- '--server 127.0.0.1:%s:1 ' "$p"; done; }

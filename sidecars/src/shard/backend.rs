@@ -1,4 +1,4 @@
-//! The servers behind the ring: pooled connections, failure counting, ejection and
+//! The servers behind the ring: shared connections, failure counting, ejection and
 //! per-server metrics.
 //!
 //! Ejection follows twemproxy: with `auto_eject_hosts`, `server_failure_limit` consecutive
@@ -134,8 +134,10 @@ pub struct Server {
     pub spec: ServerSpec,
     /// `host:port`.
     pub address: String,
-    idle: Mutex<Vec<Conn>>,
-    max_idle: usize,
+    /// Open lanes (one shared connection each) by session and slot.
+    pub(super) lanes: Mutex<Vec<Lane>>,
+    /// Lanes per session (twemproxy's `server_connections`).
+    pub connections: usize,
     failures: AtomicU32,
     /// Milliseconds since the pool's epoch until which the server is ejected (0: never).
     ejected_until: AtomicU64,
@@ -143,12 +145,18 @@ pub struct Server {
     pub metrics: ServerMetrics,
 }
 
+/// A shared connection to a server: requests from every client are queued here and sent in
+/// batches by one task (see `proxy::lane`).
+#[derive(Debug)]
+pub(super) struct Lane {
+    pub session: u8,
+    pub slot: usize,
+    pub tx: tokio::sync::mpsc::UnboundedSender<super::proxy::Job>,
+}
+
 impl Server {
-    /// Opens a connection, or takes an idle one.
-    pub async fn checkout(&self, connect_timeout: Duration) -> Result<Conn, String> {
-        if let Some(conn) = self.idle.lock().expect("idle list lock").pop() {
-            return Ok(conn);
-        }
+    /// Opens a connection.
+    pub async fn connect(&self, connect_timeout: Duration) -> Result<Conn, String> {
         let stream = tokio::time::timeout(connect_timeout, TcpStream::connect(&self.address))
             .await
             .map_err(|_| format!("connect timed out after {} ms", connect_timeout.as_millis()))?
@@ -159,14 +167,6 @@ impl Server {
             rbuf: BytesMut::with_capacity(16 * 1024),
             session: 0,
         })
-    }
-
-    /// Returns a clean connection (no replies outstanding) for reuse.
-    pub fn checkin(&self, conn: Conn) {
-        let mut idle = self.idle.lock().expect("idle list lock");
-        if idle.len() < self.max_idle && conn.rbuf.is_empty() {
-            idle.push(conn);
-        }
     }
 }
 
@@ -201,8 +201,8 @@ pub struct PoolSettings {
     pub eject: Option<Eject>,
     /// Timeouts.
     pub timeouts: Timeouts,
-    /// Idle connections kept per server.
-    pub max_idle: usize,
+    /// Connections per server (and RESP version), shared by all clients.
+    pub connections: usize,
 }
 
 impl Pool {
@@ -217,8 +217,8 @@ impl Pool {
                     metrics: metrics.for_server(&address),
                     address,
                     spec: spec.clone(),
-                    idle: Mutex::new(Vec::new()),
-                    max_idle: settings.max_idle,
+                    lanes: Mutex::new(Vec::new()),
+                    connections: settings.connections.max(1),
                     failures: AtomicU32::new(0),
                     ejected_until: AtomicU64::new(0),
                 })

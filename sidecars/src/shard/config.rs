@@ -162,7 +162,7 @@ pub fn resolve(args: &super::Args, file: File, origin: &Path) -> Result<Settings
             tag,
             eject,
             timeouts,
-            max_idle: file.server_connections.unwrap_or(args.server_connections),
+            connections: file.server_connections.unwrap_or(args.server_connections),
         },
         shard_key,
         redis_auth: file.redis_auth.or_else(|| args.redis_auth.clone()),

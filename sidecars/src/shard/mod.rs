@@ -96,8 +96,8 @@ pub struct Flags {
     /// Redis password: required from clients (AUTH) and sent to servers.
     #[arg(long, env = "RIGGING_REDIS_AUTH", hide_env_values = true)]
     pub redis_auth: Option<String>,
-    /// Idle connections kept open per server.
-    #[arg(long, default_value_t = 64)]
+    /// Connections per server shared by all clients (twemproxy's server_connections).
+    #[arg(long, default_value_t = 1)]
     pub server_connections: usize,
     /// On SIGTERM, how long in-flight requests may take to finish.
     #[arg(long, default_value_t = 10_000)]

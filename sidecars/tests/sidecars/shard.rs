@@ -1116,3 +1116,59 @@ fn a_changed_config_file_brings_in_a_new_ring() {
     assert_eq!(c.cmd(&["GET", &moving]), Reply::bulk("new"));
     assert_eq!(support::http_get(proxy.admin, "/readyz").unwrap().0, 200);
 }
+
+#[test]
+fn concurrent_clients_sharing_server_connections_each_get_their_own_replies() {
+    let (_procs, _addrs, servers) = three_redis();
+    let proxy = shard("redis", &servers, &[]);
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let addr = proxy.addr;
+            std::thread::spawn(move || {
+                let mut c = Resp::connect(addr);
+                if t % 2 == 1 {
+                    assert!(matches!(c.cmd(&["HELLO", "3"]), Reply::Map(_)));
+                }
+                for round in 0..20 {
+                    let mut cmds = Vec::new();
+                    for i in 0..50 {
+                        let key = format!("c{t}:{i}");
+                        cmds.push(args(&[
+                            b"SET",
+                            key.as_bytes(),
+                            format!("{t}-{round}-{i}").as_bytes(),
+                        ]));
+                        cmds.push(args(&[
+                            b"MGET",
+                            key.as_bytes(),
+                            b"absent",
+                            format!("c{t}:0").as_bytes(),
+                        ]));
+                    }
+                    let replies = c.pipeline(&cmds);
+                    let nil = if t % 2 == 1 {
+                        Reply::Null
+                    } else {
+                        Reply::Bulk(None)
+                    };
+                    for i in 0..50 {
+                        assert_eq!(replies[2 * i], Reply::Status("OK".into()));
+                        let first = Reply::bulk(&format!("{t}-{round}-0"));
+                        assert_eq!(
+                            replies[2 * i + 1],
+                            Reply::Array(Some(vec![
+                                Reply::bulk(&format!("{t}-{round}-{i}")),
+                                nil.clone(),
+                                first
+                            ])),
+                            "client {t} round {round} command {i}"
+                        );
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("a client saw someone else's reply");
+    }
+}
