@@ -453,6 +453,9 @@ async fn run_batch<P: Protocol>(
             }
         }
     }
+    // Release the lanes' read buffers now rather than at the next batch: an idle client
+    // must not pin them.
+    plan.bufs.iter_mut().for_each(|b| *b = Bytes::new());
 }
 
 fn fail_reply<P: Protocol>(

@@ -139,7 +139,7 @@ fn args(parts: &[&[u8]]) -> Vec<Vec<u8>> {
 
 /// A running `rigging-sidecar shard` with its client and admin addresses.
 struct Shard {
-    _proc: Proc,
+    proc: Proc,
     addr: SocketAddr,
     admin: SocketAddr,
 }
@@ -165,11 +165,7 @@ fn shard(protocol: &str, servers: &[String], extra: &[&str]) -> Shard {
     let proc = Proc::sidecar(&argv);
     wait_ready(admin, Duration::from_secs(10));
     wait_port(addr, Duration::from_secs(10));
-    Shard {
-        _proc: proc,
-        addr,
-        admin,
-    }
+    Shard { proc, addr, admin }
 }
 
 fn specs(servers: &[String]) -> Vec<ServerSpec> {
@@ -1171,4 +1167,15 @@ fn concurrent_clients_sharing_server_connections_each_get_their_own_replies() {
     for t in threads {
         t.join().expect("a client saw someone else's reply");
     }
+}
+
+#[test]
+fn sigterm_drains_and_exits_zero() {
+    let (_procs, _addrs, servers) = three_redis();
+    let mut proxy = shard("redis", &servers, &[]);
+    let mut c = Resp::connect(proxy.addr);
+    assert_eq!(c.cmd(&["SET", "k", "v"]), Reply::Status("OK".into()));
+    proxy.proc.terminate();
+    assert_eq!(proxy.proc.wait_exit(Duration::from_secs(15)), Some(0));
+    assert!(c.closed(), "idle client connections are closed on shutdown");
 }
