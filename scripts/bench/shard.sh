@@ -5,7 +5,7 @@
 # Servers and proxies run on CPU 0, load generators on CPU 1.
 #
 # Usage: scripts/bench/shard.sh [ROUNDS]   (default 2 rounds; about 4 minutes)
-set -euo pipefail
+set -Eeuo pipefail
 cd "$(dirname "$0")/../.."
 # shellcheck source=scripts/bench/lib.sh
 source scripts/bench/lib.sh
@@ -114,10 +114,10 @@ record() { # KEY OPS CPU_US_PER_OP
 
 redis_run() { # TARGET PORT PID PIPELINE
   local target=$1 port=$2 pid=$3 pipe=$4 n before after ops
-  n=$((pipe == 1 ? 150000 : 1000000))
+  n=$((pipe == 1 ? 100000 : 600000))
   before=$([[ -n $pid ]] && cpu_ticks "$pid" || echo 0)
   ops=$(on_cpu1 timeout 60 redis-benchmark -h 127.0.0.1 -p "$port" -c 50 -r 100000 -n "$n" -P "$pipe" -t get,set -q --csv 2>/dev/null |
-    awk -F'"' '/"SET"|"GET"/ {s += $4; k++} END {print (k ? s / k : 0)}')
+    awk -F'"' '/"SET"|"GET"/ {s += $4; k++} END {print (k ? s / k : 0)}') || ops=0
   after=$([[ -n $pid ]] && cpu_ticks "$pid" || echo 0)
   record "redis P$pipe $target" "$ops" "$(awk -v t=$((after - before)) -v c="$CLK_TCK" -v n=$((2 * n)) 'BEGIN{print t / c / n * 1e6}')"
 }
@@ -126,11 +126,11 @@ mc_run() { # TARGET PORT PID
   local target=$1 port=$2 pid=$3 before after secs ops=0 t
   before=$([[ -n $pid ]] && cpu_ticks "$pid" || echo 0)
   for t in set get; do
-    secs=$(on_cpu1 timeout 60 memcslap -s "127.0.0.1:$port" -c 50 -e 2000 -t "$t" 2>&1 | awk '/^Time to (get|set)/ {print $(NF-1)}')
-    ops=$(awk -v a="$ops" -v s="$secs" 'BEGIN{print a + (s > 0 ? 100000 / s / 2 : 0)}')
+    secs=$(on_cpu1 timeout 60 memcslap -s "127.0.0.1:$port" -c 50 -e 1000 -t "$t" 2>&1 | awk '/^Time to (get|set)/ {print $(NF-1)}') || secs=0
+    ops=$(awk -v a="$ops" -v s="${secs:-0}" 'BEGIN{print a + (s > 0 ? 50000 / s / 2 : 0)}')
   done
   after=$([[ -n $pid ]] && cpu_ticks "$pid" || echo 0)
-  record "memcached $target" "$ops" "$(awk -v t=$((after - before)) -v c="$CLK_TCK" 'BEGIN{print t / c / 200000 * 1e6}')"
+  record "memcached $target" "$ops" "$(awk -v t=$((after - before)) -v c="$CLK_TCK" 'BEGIN{print t / c / 100000 * 1e6}')"
 }
 
 cat >"$WORK/key.lua" <<'LUA'
@@ -141,9 +141,10 @@ LUA
 http_run() { # TARGET PORT PID
   local target=$1 port=$2 pid=$3 before after out rps
   before=$(tree_ticks "$pid")
-  out=$(on_cpu1 wrk -t1 -c50 -d8s -s "$WORK/key.lua" "http://127.0.0.1:$port/")
+  out=$(on_cpu1 wrk -t1 -c50 -d8s -s "$WORK/key.lua" "http://127.0.0.1:$port/") || out=""
   after=$(tree_ticks "$pid")
   rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
+  rps=${rps:-0}
   record "http $target" "$rps" "$(awk -v t=$((after - before)) -v c="$CLK_TCK" -v r="$rps" 'BEGIN{print t / c / (r * 8) * 1e6}')"
 }
 
