@@ -4,7 +4,8 @@
 # HTTP. Targets alternate (direct, nutcracker, rigging, direct, …) within one run.
 # Servers and proxies run on CPU 0, load generators on CPU 1.
 #
-# Usage: scripts/bench/shard.sh [ROUNDS]   (default 2 rounds; about 4 minutes)
+# Usage: scripts/bench/shard.sh [ROUNDS]   (default 2 rounds; 5–9 minutes)
+#        ONLY=redis|memcached|http scripts/bench/shard.sh …   (one workload)
 set -Eeuo pipefail
 cd "$(dirname "$0")/../.."
 # shellcheck source=scripts/bench/lib.sh
@@ -148,18 +149,26 @@ http_run() { # TARGET PORT PID
   record "http $target" "$rps" "$(awk -v t=$((after - before)) -v c="$CLK_TCK" -v r="$rps" 'BEGIN{print t / c / (r * 8) * 1e6}')"
 }
 
+ONLY=${ONLY:-all}
+want() { [[ $ONLY == all || $ONLY == "$1" ]]; }
 for round in $(seq 1 "$ROUNDS"); do
   echo "round $round/$ROUNDS" >&2
-  for pipe in 1 16; do
-    redis_run direct "${R[0]}" "" "$pipe"
-    redis_run nutcracker "$NC_REDIS" "${PID[nutcracker]}" "$pipe"
-    redis_run rigging "$RG_REDIS" "${PID[rg_redis]}" "$pipe"
-  done
-  mc_run direct "${M[0]}" ""
-  mc_run nutcracker "$NC_MC" "${PID[nutcracker]}"
-  mc_run rigging "$RG_MC" "${PID[rg_mc]}"
-  http_run nginx "$NGINX_PROXY" "${PID[nginx]}"
-  http_run rigging "$RG_HTTP" "${PID[rg_http]}"
+  if want redis; then
+    for pipe in 1 16; do
+      redis_run direct "${R[0]}" "" "$pipe"
+      redis_run nutcracker "$NC_REDIS" "${PID[nutcracker]}" "$pipe"
+      redis_run rigging "$RG_REDIS" "${PID[rg_redis]}" "$pipe"
+    done
+  fi
+  if want memcached; then
+    mc_run direct "${M[0]}" ""
+    mc_run nutcracker "$NC_MC" "${PID[nutcracker]}"
+    mc_run rigging "$RG_MC" "${PID[rg_mc]}"
+  fi
+  if want http; then
+    http_run nginx "$NGINX_PROXY" "${PID[nginx]}"
+    http_run rigging "$RG_HTTP" "${PID[rg_http]}"
+  fi
 done
 
 avg() { awk -v s="${SUM[$1]:-0}" -v n="${N[$1]:-1}" 'BEGIN{printf "%.0f", s / n}'; }

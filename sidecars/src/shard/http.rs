@@ -13,6 +13,7 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
+use http::uri::{PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
@@ -164,18 +165,24 @@ async fn route(shared: &Shared, mut req: Request<Incoming>) -> Response<Body> {
         );
     };
     let backend = &pool.servers[index];
-    let path = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
-    let uri = match Uri::from_str(&format!("http://{}{path}", backend.address)) {
+    let Some(authority) = backend.authority.clone() else {
+        let msg = format!(
+            "server address {} is not a valid authority\n",
+            backend.address
+        );
+        return error(StatusCode::BAD_GATEWAY, msg);
+    };
+    let mut parts = req.uri().clone().into_parts();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Some(authority);
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(PathAndQuery::from_static("/"));
+    }
+    let uri = match Uri::from_parts(parts) {
         Ok(uri) => uri,
         Err(err) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("bad request target: {err}\n"),
-            );
+            let msg = format!("bad request target: {err}\n");
+            return error(StatusCode::BAD_REQUEST, msg);
         }
     };
     if !req.headers().contains_key(header::HOST)

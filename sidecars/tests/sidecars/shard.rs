@@ -886,7 +886,7 @@ fn memcached_commands_are_routed_split_and_merged() {
     script(&mut c, format!("append {k} 0 0 1\r\nA\r\n"), "STORED");
     script(&mut c, format!("prepend {k} 0 0 1\r\nP\r\n"), "STORED");
     script(&mut c, format!("cas {k} 0 0 1 {cas}\r\nz\r\n"), "EXISTS");
-    script(&mut c, format!("set n 0 0 2\r\n10\r\n"), "STORED");
+    script(&mut c, "set n 0 0 2\r\n10\r\n".into(), "STORED");
     script(&mut c, "incr n 5\r\n".into(), "15");
     script(&mut c, "decr n 20\r\n".into(), "0");
     script(&mut c, format!("touch {k} 100\r\n"), "TOUCHED");
