@@ -134,8 +134,6 @@ pub struct Server {
     pub spec: ServerSpec,
     /// `host:port`.
     pub address: String,
-    /// `host:port` as a URI authority, for the HTTP front end (parsed once).
-    pub authority: Option<http::uri::Authority>,
     /// Open lanes (one shared connection each) by session and slot.
     pub(super) lanes: Mutex<Vec<Lane>>,
     /// Lanes per session (twemproxy's `server_connections`).
@@ -217,7 +215,6 @@ impl Pool {
                 let address = spec.address();
                 Arc::new(Server {
                     metrics: metrics.for_server(&address),
-                    authority: address.parse().ok(),
                     address,
                     spec: spec.clone(),
                     lanes: Mutex::new(Vec::new()),

@@ -13,14 +13,12 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
-use http::uri::{PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
 use hyper::service::service_fn;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
 use super::backend::Pool;
@@ -83,7 +81,10 @@ type Body = Either<Incoming, Full<Bytes>>;
 struct Shared {
     pools: Arc<ArcSwap<Pool>>,
     key: ShardKey,
-    client: Client<HttpConnector, Incoming>,
+    /// Keep-alive HTTP/1.1 connections per server address. A sender goes back on the
+    /// list as soon as its request is sent and is picked again once it is ready, i.e. once
+    /// that response has been read to the end.
+    idle: std::sync::Mutex<std::collections::HashMap<String, Vec<SendRequest<Incoming>>>>,
     next: AtomicUsize,
 }
 
@@ -94,18 +95,10 @@ pub async fn serve(
     key: ShardKey,
     life: &Lifecycle,
 ) {
-    let timeouts = pools.load().timeouts;
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(timeouts.connect));
-    let client = Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .pool_max_idle_per_host(256)
-        .build(connector);
     let shared = Arc::new(Shared {
         pools,
         key,
-        client,
+        idle: Default::default(),
         next: AtomicUsize::new(0),
     });
     loop {
@@ -142,6 +135,56 @@ pub async fn serve(
     }
 }
 
+/// Sends `req` on an idle keep-alive connection to `address`, or a new one.
+async fn send(
+    shared: &Shared,
+    address: &str,
+    connect_timeout: std::time::Duration,
+    req: Request<Incoming>,
+) -> Result<Response<Incoming>, String> {
+    let ready = {
+        let mut idle = shared.idle.lock().expect("idle connections lock");
+        if !idle.contains_key(address) {
+            idle.insert(address.to_owned(), Vec::new());
+        }
+        let list = idle.get_mut(address).expect("inserted above");
+        list.retain(|s| !s.is_closed());
+        list.iter()
+            .position(SendRequest::is_ready)
+            .map(|i| list.swap_remove(i))
+    };
+    let mut sender = match ready {
+        Some(sender) => sender,
+        None => {
+            let stream =
+                tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(address))
+                    .await
+                    .map_err(|_| {
+                        format!("connect timed out after {} ms", connect_timeout.as_millis())
+                    })?
+                    .map_err(|err| format!("connect failed: {err}"))?;
+            let _ = stream.set_nodelay(true);
+            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(|err| format!("handshake failed: {err}"))?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            sender
+        }
+    };
+    let response = sender.send_request(req);
+    if let Some(list) = shared
+        .idle
+        .lock()
+        .expect("idle connections lock")
+        .get_mut(address)
+    {
+        list.push(sender);
+    }
+    response.await.map_err(|err| err.to_string())
+}
+
 fn error(status: StatusCode, msg: String) -> Response<Body> {
     let mut resp = Response::new(Either::Right(Full::new(Bytes::from(msg))));
     *resp.status_mut() = status;
@@ -165,25 +208,10 @@ async fn route(shared: &Shared, mut req: Request<Incoming>) -> Response<Body> {
         );
     };
     let backend = &pool.servers[index];
-    let Some(authority) = backend.authority.clone() else {
-        let msg = format!(
-            "server address {} is not a valid authority\n",
-            backend.address
-        );
-        return error(StatusCode::BAD_GATEWAY, msg);
-    };
-    let mut parts = req.uri().clone().into_parts();
-    parts.scheme = Some(Scheme::HTTP);
-    parts.authority = Some(authority);
-    if parts.path_and_query.is_none() {
-        parts.path_and_query = Some(PathAndQuery::from_static("/"));
-    }
-    let uri = match Uri::from_parts(parts) {
-        Ok(uri) => uri,
-        Err(err) => {
-            let msg = format!("bad request target: {err}\n");
-            return error(StatusCode::BAD_REQUEST, msg);
-        }
+    // HTTP/1.1 to the server: the request target in origin form.
+    let uri = match req.uri().path_and_query() {
+        Some(pq) => Uri::from(pq.clone()),
+        None => Uri::from_static("/"),
     };
     if !req.headers().contains_key(header::HOST)
         && let Some(authority) = req.uri().authority()
@@ -204,7 +232,11 @@ async fn route(shared: &Shared, mut req: Request<Incoming>) -> Response<Body> {
     }
     backend.metrics.requests.inc();
     let started = Instant::now();
-    let result = tokio::time::timeout(pool.timeouts.request, shared.client.request(req)).await;
+    let result = tokio::time::timeout(
+        pool.timeouts.request,
+        send(shared, &backend.address, pool.timeouts.connect, req),
+    )
+    .await;
     backend
         .metrics
         .latency
