@@ -246,8 +246,7 @@ async fn route(shared: &Shared, mut req: Request<Incoming>) -> Response<Body> {
             pool.success(index);
             resp.map(Either::Left)
         }
-        Ok(Err(err)) => {
-            let why = format!("{err}");
+        Ok(Err(why)) => {
             pool.failure(index, 1, &why);
             error(
                 StatusCode::BAD_GATEWAY,
