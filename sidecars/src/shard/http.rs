@@ -185,6 +185,36 @@ async fn send(
     response.await.map_err(|err| err.to_string())
 }
 
+/// Bodies up to this size are read whole before the response is written, so that headers
+/// and body leave in one write instead of two.
+const WHOLE_BODY: u64 = 64 * 1024;
+
+async fn small_body_whole(resp: Response<Incoming>, limit: std::time::Duration) -> Response<Body> {
+    use http_body_util::BodyExt;
+    let small = resp
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .is_some_and(|n| n <= WHOLE_BODY);
+    if !small {
+        return resp.map(Either::Left);
+    }
+    let (parts, body) = resp.into_parts();
+    match tokio::time::timeout(limit, body.collect()).await {
+        Ok(Ok(collected)) => {
+            Response::from_parts(parts, Either::Right(Full::new(collected.to_bytes())))
+        }
+        Ok(Err(err)) => {
+            let msg = format!("server response body failed: {err}\n");
+            error(StatusCode::BAD_GATEWAY, msg)
+        }
+        Err(_) => error(
+            StatusCode::GATEWAY_TIMEOUT,
+            "server response body timed out\n".into(),
+        ),
+    }
+}
+
 fn error(status: StatusCode, msg: String) -> Response<Body> {
     let mut resp = Response::new(Either::Right(Full::new(Bytes::from(msg))));
     *resp.status_mut() = status;
@@ -244,7 +274,7 @@ async fn route(shared: &Shared, mut req: Request<Incoming>) -> Response<Body> {
     match result {
         Ok(Ok(resp)) => {
             pool.success(index);
-            resp.map(Either::Left)
+            small_body_whole(resp, pool.timeouts.request).await
         }
         Ok(Err(why)) => {
             pool.failure(index, 1, &why);
