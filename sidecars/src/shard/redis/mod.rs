@@ -98,11 +98,6 @@ fn classify(name: &[u8]) -> Kind {
         from_end: usize::MAX,
         step: 1,
     };
-    const BLOCKING: Kind = Kind::Keys {
-        first: 1,
-        from_end: 1,
-        step: 1,
-    };
     match &upper[..name.len()] {
         b"GET"
         | b"SET"
@@ -222,8 +217,7 @@ fn classify(name: &[u8]) -> Kind {
         | b"XCLAIM"
         | b"XAUTOCLAIM"
         | b"XSETID" => Kind::Key,
-        b"RENAME" | b"RENAMENX" | b"RPOPLPUSH" | b"LMOVE" | b"SMOVE" | b"COPY" | b"LCS"
-        | b"BRPOPLPUSH" | b"BLMOVE" => PAIR,
+        b"RENAME" | b"RENAMENX" | b"RPOPLPUSH" | b"LMOVE" | b"SMOVE" | b"COPY" | b"LCS" => PAIR,
         b"SDIFF" | b"SINTER" | b"SUNION" | b"SDIFFSTORE" | b"SINTERSTORE" | b"SUNIONSTORE"
         | b"PFCOUNT" | b"PFMERGE" => ALL,
         b"MSETNX" => Kind::Keys {
@@ -231,7 +225,9 @@ fn classify(name: &[u8]) -> Kind {
             from_end: 0,
             step: 2,
         },
-        b"BLPOP" | b"BRPOP" | b"BZPOPMIN" | b"BZPOPMAX" => BLOCKING,
+        b"BLPOP" | b"BRPOP" | b"BZPOPMIN" | b"BZPOPMAX" | b"BRPOPLPUSH" | b"BLMOVE" => {
+            Kind::Refuse("a blocking command would stall the server connection all clients share")
+        }
         b"EVAL" | b"EVALSHA" | b"EVAL_RO" | b"EVALSHA_RO" | b"FCALL" | b"FCALL_RO" => Kind::Eval,
         b"MGET" => Kind::Mget,
         b"DEL" | b"EXISTS" | b"UNLINK" | b"TOUCH" => Kind::Sum,
