@@ -6,5 +6,6 @@
 mod health;
 mod logs;
 mod metrics;
+mod shard;
 mod support;
 mod tls;
