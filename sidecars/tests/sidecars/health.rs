@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::metrics::{eventually, promtool_check, redis_on, sample};
-use crate::support::{self, Proc, free_port, http_get, local, require_tool, wait_port};
+use crate::metrics::{eventually, promtool_check, sample};
+use crate::support::{self, Proc, free_port, http_get, local, redis_server_on, wait_port};
 
 /// Starts the monitor with fast checks and the given extra flags.
 fn monitor(checks: &[&str], extra: &[&str]) -> (Proc, SocketAddr) {
@@ -50,7 +50,7 @@ fn failing(body: &serde_json::Value) -> Vec<(String, String)> {
 #[test]
 fn readiness_flips_to_503_when_redis_dies_and_back_when_it_returns() {
     let port = free_port();
-    let redis = redis_on(port);
+    let redis = redis_server_on(port, &[]);
     let check = format!("redis://127.0.0.1:{port}#name=cache");
     let (mut monitor_proc, admin) = monitor(&[&check], &["--failure-threshold", "2"]);
     let body = wait_status(admin, "/readyz", 200);
@@ -92,7 +92,7 @@ fn readiness_flips_to_503_when_redis_dies_and_back_when_it_returns() {
             >= 3.0
     );
 
-    let _redis = redis_on(port);
+    let _redis = redis_server_on(port, &[]);
     let body = wait_status(admin, "/readyz", 200);
     assert!(failing_is_empty(&body), "{body}");
     let (_, metrics) = http_get(admin, "/metrics").unwrap();
@@ -113,20 +113,7 @@ fn failing_is_empty(body: &serde_json::Value) -> bool {
 #[test]
 fn redis_auth_from_the_url_is_used_and_a_wrong_password_fails() {
     let port = free_port();
-    let _redis = Proc::spawn(
-        require_tool("redis-server"),
-        &[
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--requirepass",
-            "s3cret",
-        ],
-    );
-    wait_port(local(port), Duration::from_secs(30));
+    let _redis = redis_server_on(port, &["--requirepass", "s3cret"]);
     let good = format!("redis://:s3cret@127.0.0.1:{port}#name=good");
     let bad = format!("redis://:wrong@127.0.0.1:{port}#name=bad&optional");
     let none = format!("redis://127.0.0.1:{port}#name=none&optional");

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::support::{
-    Proc, free_port, http_get, local, require_tool, sidecar_bin, signal, wait_port, wait_ready,
+    Proc, free_port, http_get, local, redis_server_on, require_tool, sidecar_bin, signal,
+    wait_port, wait_ready,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -433,17 +434,9 @@ fn a_real_redis_log_parses_completely() {
     let dir = tempfile::tempdir().unwrap();
     let logfile = dir.path().join("redis.log");
     let port = free_port();
-    let mut redis = Proc::spawn(
-        require_tool("redis-server"),
+    let mut redis = redis_server_on(
+        port,
         &[
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
             "--dir",
             &dir.path().display().to_string(),
             "--logfile",
@@ -452,7 +445,6 @@ fn a_real_redis_log_parses_completely() {
             "verbose",
         ],
     );
-    wait_port(local(port), WAIT);
     let pid = redis.pid();
     redis.terminate();
     assert!(redis.wait_exit(WAIT).is_some(), "redis-server did not stop");

@@ -7,7 +7,9 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::support::{self, Proc, free_port, http_get, local, require_tool, wait_port, wait_ready};
+use crate::support::{
+    self, Proc, free_port, http_get, local, redis_server_on, require_tool, wait_port, wait_ready,
+};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -77,27 +79,6 @@ pub fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     }
 }
 
-/// A redis-server on a given port (to restart one where the previous one was).
-pub fn redis_on(port: u16) -> Proc {
-    let proc = Proc::spawn(
-        require_tool("redis-server"),
-        &[
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--loglevel",
-            "warning",
-        ],
-    );
-    wait_port(local(port), WAIT);
-    proc
-}
-
 /// Runs `redis-cli -p PORT args…` and returns its output.
 fn redis_cli(addr: SocketAddr, args: &[&str]) -> String {
     let out = Command::new(require_tool("redis-cli"))
@@ -158,7 +139,7 @@ fn redis_info_becomes_a_clean_exposition_with_keys_per_db() {
 #[test]
 fn redis_down_answers_up_0_and_the_values_come_back_with_it() {
     let port = free_port();
-    let redis = redis_on(port);
+    let redis = redis_server_on(port, &[]);
     let addr = local(port);
     let (_adapter, admin) = adapter(&format!("redis://{addr}"), "0s");
     assert_eq!(sample(&scrape(admin), "redis_up"), Some(1.0));
@@ -179,7 +160,7 @@ fn redis_down_answers_up_0_and_the_values_come_back_with_it() {
         (errors >= 1.0).then_some(())
     });
 
-    let _redis = redis_on(port);
+    let _redis = redis_server_on(port, &[]);
     redis_cli(addr, &["SET", "back", "1"]);
     let text = eventually("redis_up 1", || {
         let text = scrape(admin);
@@ -192,20 +173,7 @@ fn redis_down_answers_up_0_and_the_values_come_back_with_it() {
 #[test]
 fn a_password_in_the_source_url_is_used_and_never_shown() {
     let port = free_port();
-    let _redis = Proc::spawn(
-        require_tool("redis-server"),
-        &[
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--requirepass",
-            "s3cret",
-        ],
-    );
-    wait_port(local(port), WAIT);
+    let _redis = redis_server_on(port, &["--requirepass", "s3cret"]);
     let (_good, admin) = adapter(&format!("redis://:s3cret@127.0.0.1:{port}"), "0s");
     let text = scrape(admin);
     assert_eq!(sample(&text, "redis_up"), Some(1.0));

@@ -9,7 +9,8 @@ use rigging_sidecar::shard::hash::HashKind;
 use rigging_sidecar::shard::ring::{HashTag, Ring, ServerSpec};
 
 use crate::support::{
-    self, Proc, free_port, local, memcached, redis_server, require_tool, wait_port, wait_ready,
+    self, Proc, free_port, local, memcached, redis_server, redis_server_on, require_tool,
+    wait_port, wait_ready,
 };
 
 /// A parsed RESP reply.
@@ -649,22 +650,7 @@ fn clients_authenticate_to_the_proxy_and_the_proxy_to_password_protected_servers
     let mut servers = Vec::new();
     for _ in 0..2 {
         let port = free_port();
-        procs.push(Proc::spawn(
-            require_tool("redis-server"),
-            &[
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--requirepass",
-                "s3cret",
-            ],
-        ));
-        wait_port(local(port), Duration::from_secs(5));
+        procs.push(redis_server_on(port, &["--requirepass", "s3cret"]));
         servers.push(format!("127.0.0.1:{port}:1"));
     }
     let proxy = shard("redis", &servers, &["--redis-auth", "s3cret"]);

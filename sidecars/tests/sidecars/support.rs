@@ -154,26 +154,32 @@ pub fn wait_ready(admin: SocketAddr, timeout: Duration) {
 /// A redis-server on a free port, no persistence.
 pub fn redis_server() -> (Proc, SocketAddr) {
     let port = free_port();
-    let proc = Proc::spawn(
-        require_tool("redis-server"),
-        &[
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--daemonize",
-            "no",
-            "--loglevel",
-            "warning",
-        ],
-    );
-    let addr = local(port);
-    wait_port(addr, Duration::from_secs(5));
-    (proc, addr)
+    (
+        redis_server_on(port, &["--loglevel", "warning"]),
+        local(port),
+    )
+}
+
+/// A redis-server on `port` (e.g. to restart one where the previous one was), no
+/// persistence, with `extra` redis-server options; returns once it accepts connections.
+pub fn redis_server_on(port: u16, extra: &[&str]) -> Proc {
+    let port_arg = port.to_string();
+    let mut args = vec![
+        "--port",
+        port_arg.as_str(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--daemonize",
+        "no",
+    ];
+    args.extend_from_slice(extra);
+    let proc = Proc::spawn(require_tool("redis-server"), &args);
+    wait_port(local(port), Duration::from_secs(30));
+    proc
 }
 
 /// A memcached on a free port (as `nobody`: memcached refuses to run as root).
