@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{NoServerSessionStorage, ProducesTickets, StoresServerSessions};
 use rustls::sign::{CertifiedKey, SingleCertAndKey};
@@ -36,7 +37,7 @@ pub enum CertError {
         /// The file.
         path: PathBuf,
         /// The PEM parser's complaint.
-        source: std::io::Error,
+        source: pem::Error,
     },
     /// The file holds no PEM block of the expected kind.
     #[error("{path} holds no {expected} PEM block")]
@@ -247,7 +248,7 @@ fn read(path: &Path, what: &'static str) -> Result<Vec<u8>, CertError> {
 
 fn read_certs(path: &Path, what: &'static str) -> Result<Vec<CertificateDer<'static>>, CertError> {
     let pem = read(path, what)?;
-    let certs = rustls_pemfile::certs(&mut pem.as_slice())
+    let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|source| CertError::Pem {
             what,
@@ -265,16 +266,17 @@ fn read_certs(path: &Path, what: &'static str) -> Result<Vec<CertificateDer<'sta
 
 fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, CertError> {
     let pem = read(path, "private key")?;
-    rustls_pemfile::private_key(&mut pem.as_slice())
-        .map_err(|source| CertError::Pem {
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|source| match source {
+        pem::Error::NoItemsFound => CertError::Empty {
+            path: path.to_owned(),
+            expected: "PRIVATE KEY (PKCS#8, RSA or EC)",
+        },
+        source => CertError::Pem {
             what: "private key",
             path: path.to_owned(),
             source,
-        })?
-        .ok_or_else(|| CertError::Empty {
-            path: path.to_owned(),
-            expected: "PRIVATE KEY (PKCS#8, RSA or EC)",
-        })
+        },
+    })
 }
 
 fn not_after(path: &Path, leaf: &CertificateDer<'_>) -> Result<i64, CertError> {
