@@ -147,7 +147,7 @@ EOF
   spawn taskset -c 0 haproxy -db -f "$dir/haproxy.cfg"
 }
 
-start_rigging() { # $1 port, $2 admin port, $3 on|off, $4 worker threads (default: tokio's)
+start_rigging() { # $1 port, $2 admin port, $3 on|off, $4 worker threads (default: one per CPU)
   local extra=() threads=()
   [[ $3 == off ]] && extra=(--no-session-resumption)
   [[ -n ${4:-} ]] && threads=(RIGGING_WORKER_THREADS="$4")
@@ -181,15 +181,16 @@ for mode in on off; do
   pid[rigging-$mode]=$started
   wait_port 127.0.0.1 "${port[rigging-$mode]}"
 done
-# The same, on tokio's current-thread scheduler (RIGGING_WORKER_THREADS=1).
-port[rigging-ct]=$(free_port)
-start_rigging "${port[rigging-ct]}" "$(free_port)" on 1
-pid[rigging-ct]=$started
-wait_port 127.0.0.1 "${port[rigging-ct]}"
+# For contrast: the multi-thread scheduler (2 workers on the one pinned CPU). The default
+# on one CPU is the current-thread scheduler.
+port[rigging-mt]=$(free_port)
+start_rigging "${port[rigging-mt]}" "$(free_port)" on 2
+pid[rigging-mt]=$started
+wait_port 127.0.0.1 "${port[rigging-mt]}"
 port[direct]=$backend_port
 pid[direct]=$backend_pid
 
-for t in nginx-on haproxy-on rigging-on rigging-ct nginx-off haproxy-off rigging-off; do
+for t in nginx-on haproxy-on rigging-on rigging-mt nginx-off haproxy-off rigging-off; do
   curl -skf "https://127.0.0.1:${port[$t]}/" | grep -q xxxx || { log "$t does not proxy"; exit 1; }
 done
 sleep 1
@@ -237,7 +238,7 @@ run_wrk() {
 resumed_before=$(curl -sf "http://127.0.0.1:$rigging_admin/metrics" | awk '/^rigging_tls_handshakes_resumed_total/ {print $2}')
 for round in $(seq 1 "$ROUNDS"); do
   log "round $round: keep-alive"
-  for t in direct rigging-on rigging-ct nginx-on haproxy-on; do run_wrk $t "$DURATION" ka; done
+  for t in direct rigging-on rigging-mt nginx-on haproxy-on; do run_wrk $t "$DURATION" ka; done
   log "round $round: new connections"
   for t in rigging-off nginx-off haproxy-off; do run_wrk $t "$HS_DURATION" full -H 'Connection: close'; done
   for t in rigging-on nginx-on haproxy-on; do run_wrk $t "$HS_DURATION" resumed -H 'Connection: close'; done
@@ -309,14 +310,14 @@ declare -A ready
 for t in rigging nginx haproxy; do ready[$t]=$(ready_ms $t); done
 
 # ---- tables --------------------------------------------------------------------------
-name() { case $1 in direct) echo "direct (no TLS)" ;; rigging-ct) echo "Rigging tls, RIGGING_WORKER_THREADS=1" ;; rigging*) echo "Rigging tls" ;; nginx*) echo nginx ;; haproxy*) echo haproxy ;; esac; }
+name() { case $1 in direct) echo "direct (no TLS)" ;; rigging-mt) echo "Rigging tls, multi-thread scheduler (RIGGING_WORKER_THREADS=2)" ;; rigging*) echo "Rigging tls" ;; nginx*) echo nginx ;; haproxy*) echo haproxy ;; esac; }
 nginx_rps=$(mean "$work/result.nginx-on.ka" 1)
 echo
 echo "Keep-alive, \`wrk -t1 -c$CONNS -d${DURATION}s\`, mean of $ROUNDS rounds (runs that moved no request at all are left out and counted):"
 echo
 echo "| target | req/s | p50 ms | p99 ms | vs nginx | CPU µs/req | errors | empty runs |"
 echo "|---|---:|---:|---:|---:|---:|---:|---:|"
-for t in direct rigging-on rigging-ct nginx-on haproxy-on; do
+for t in direct rigging-on rigging-mt nginx-on haproxy-on; do
   f=$work/result.$t.ka
   printf '| %s | %.0f | %.2f | %.2f | %.2f× | %.1f | %d | %d |\n' "$(name $t)" "$(mean "$f" 1)" \
     "$(mean "$f" 2)" "$(mean "$f" 3)" "$(awk -v a="$(mean "$f" 1)" -v b="$nginx_rps" 'BEGIN {print b ? a / b : 0}')" \

@@ -62,24 +62,35 @@ pub enum Error {
 
 /// The tokio runtime every sidecar runs on.
 ///
-/// `RIGGING_WORKER_THREADS` caps the worker threads; by default tokio uses one per core,
-/// which is what a pod's CPU limit usually wants. `RIGGING_WORKER_THREADS=1` runs everything
-/// on the main thread (tokio's current-thread scheduler): with one worker, the
-/// multi-thread scheduler's cross-thread machinery only costs CPU.
+/// Worker threads: `RIGGING_WORKER_THREADS` when set, else one per CPU the process may use
+/// (`available_parallelism` follows the container's CPU set and CPU quota, so a sidecar
+/// with a CPU limit of 1 or less gets one). With one thread the sidecar runs on tokio's
+/// current-thread scheduler: on one CPU the multi-thread scheduler's cross-thread
+/// machinery buys nothing and cost the TLS terminator about a quarter more CPU per request
+/// (docs/benchmarks.md).
 pub fn build_tokio() -> std::io::Result<tokio::runtime::Runtime> {
-    let threads = std::env::var("RIGGING_WORKER_THREADS")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .filter(|n| *n > 0);
-    let mut builder = match threads {
-        Some(1) => tokio::runtime::Builder::new_current_thread(),
-        _ => tokio::runtime::Builder::new_multi_thread(),
+    let available = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = worker_threads(
+        std::env::var("RIGGING_WORKER_THREADS").ok().as_deref(),
+        available,
+    );
+    let mut builder = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut multi = tokio::runtime::Builder::new_multi_thread();
+        multi.worker_threads(threads);
+        multi
     };
     builder.enable_all().thread_name("rigging-worker");
-    if let Some(n) = threads.filter(|n| *n > 1) {
-        builder.worker_threads(n);
-    }
     builder.build()
+}
+
+/// `RIGGING_WORKER_THREADS` when it is a positive number, else the CPUs available.
+fn worker_threads(env: Option<&str>, available: usize) -> usize {
+    env.and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(available)
+        .max(1)
 }
 
 /// Binds a TCP listener, naming the address in the error.
@@ -87,4 +98,21 @@ pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, Error> {
     tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| Error::Bind { addr, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_threads_follow_the_cpus_unless_the_env_says_otherwise() {
+        assert_eq!(worker_threads(None, 1), 1);
+        assert_eq!(worker_threads(None, 4), 4);
+        assert_eq!(worker_threads(Some("2"), 1), 2);
+        assert_eq!(worker_threads(Some("1"), 8), 1);
+        // Nonsense falls back to the CPUs rather than refusing to start.
+        assert_eq!(worker_threads(Some("0"), 3), 3);
+        assert_eq!(worker_threads(Some("many"), 3), 3);
+        assert_eq!(worker_threads(None, 0), 1);
+    }
 }
