@@ -95,13 +95,7 @@ pub fn follow<W: io::Write>(
         path: output.to_owned(),
         source,
     };
-    let step_err = |err| match err {
-        StepError::Read(source) => Error::Read {
-            path: path.display().to_string(),
-            source,
-        },
-        StepError::Write(source) => write_err(source),
-    };
+    let step_err = |err: StepError| err.naming(&path.display().to_string(), output);
 
     let mut current = match wait_for(path, stop)? {
         Some(tail) => tail,

@@ -103,6 +103,22 @@ pub enum StepError {
     Write(io::Error),
 }
 
+impl StepError {
+    /// The sidecar's error for this failure, naming the input or output it happened on.
+    pub fn naming(self, input: &str, output: &str) -> super::Error {
+        match self {
+            StepError::Read(source) => super::Error::Read {
+                path: input.to_owned(),
+                source,
+            },
+            StepError::Write(source) => super::Error::Write {
+                path: output.to_owned(),
+                source,
+            },
+        }
+    }
+}
+
 /// Reads once from `reader` and feeds every complete line to `pipe`. Returns the bytes
 /// read (0: nothing more for now).
 pub fn step<W: io::Write>(

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::runtime::{self, Lifecycle, admin};
 use format::Parser;
-use lines::{LineBuf, StepError, finish_partial, step};
+use lines::{LineBuf, finish_partial, step};
 use pipeline::{Pipeline, Stats};
 
 /// The formats `--format` accepts.
@@ -354,13 +354,7 @@ fn read_to_end<W: io::Write>(
             // Caught up with a pipe: send what we have rather than wait for more.
             Ok(_) if lines.caught_up() => pipe.flush().map_err(write_err)?,
             Ok(_) => {}
-            Err(StepError::Read(source)) => {
-                return Err(Error::Read {
-                    path: name.to_owned(),
-                    source,
-                });
-            }
-            Err(StepError::Write(source)) => return Err(write_err(source)),
+            Err(err) => return Err(err.naming(name, output)),
         }
         metrics.publish(&pipe.stats());
         if stop.is_cancelled() {
