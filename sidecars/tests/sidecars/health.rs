@@ -1,8 +1,7 @@
 //! `rigging-sidecar health` against real Redis, memcached, PostgreSQL, an HTTP server run
 //! by the test, TCP ports and shell commands.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -143,34 +142,9 @@ fn redis_auth_from_the_url_is_used_and_a_wrong_password_fails() {
     );
 }
 
-/// An HTTP server answering every request with `status` and `body`.
-fn http_server(status: u16, body: &'static str) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut request = Vec::new();
-            let mut buf = [0u8; 1024];
-            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                match stream.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => request.extend_from_slice(&buf[..n]),
-                }
-            }
-            let _ = write!(
-                stream,
-                "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-        }
-    });
-    addr
-}
-
 #[test]
 fn http_tcp_and_exec_checks_pass_and_fail_for_the_right_reasons() {
-    let app = http_server(200, "status: ok");
+    let app = support::http_stub(|| (200, "text/plain", "status: ok".to_owned()));
     let dir = tempfile::tempdir().unwrap();
     let flag = dir.path().join("ready");
     std::fs::write(&flag, "").unwrap();

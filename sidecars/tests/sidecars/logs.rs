@@ -96,12 +96,16 @@ fn request(addr: SocketAddr, path: &str, referer: &str, agent: &str) -> u16 {
         .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"))
 }
 
-/// Complete records written to `path` so far.
-fn records(path: &Path) -> Vec<Value> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
+/// One record per line of the sidecar's output; every line must be a JSON object.
+fn parse_records(text: &str) -> Vec<Value> {
     text.lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
         .collect()
+}
+
+/// Complete records written to `path` so far.
+fn records(path: &Path) -> Vec<Value> {
+    parse_records(&std::fs::read_to_string(path).unwrap_or_default())
 }
 
 /// Waits until `path` holds at least `n` records; returns them.
@@ -275,11 +279,20 @@ fn run_stdin(args: &[&str], input: &[u8]) -> Vec<Value> {
     let output = child.wait_with_output().unwrap();
     writer.join().unwrap().unwrap();
     assert!(output.status.success(), "exit status {:?}", output.status);
-    String::from_utf8(output.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .collect()
+    parse_records(&String::from_utf8(output.stdout).unwrap())
+}
+
+/// Runs the sidecar on the file `input` to its end; returns its stdout records.
+fn run_file(args: &[&str], input: &Path) -> Vec<Value> {
+    let output = Command::new(sidecar_bin())
+        .arg("logs")
+        .args(args)
+        .arg("--input")
+        .arg(input)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "exit status {:?}", output.status);
+    parse_records(&String::from_utf8(output.stdout).unwrap())
 }
 
 #[test]
@@ -319,26 +332,17 @@ fn file_input_with_a_pattern_joins_stack_traces() {
          2024-01-01 10:00:02 WARN last, no newline",
     )
     .unwrap();
-    let output = Command::new(sidecar_bin())
-        .args([
-            "logs",
+    let got = run_file(
+        &[
             "--format",
             "regex",
             "--pattern",
             r"(?s)^(?P<time>\S+ \S+) (?P<level>[A-Z]+) (?P<message>.*)$",
             "--multiline-start",
             r"^\d{4}-\d\d-\d\d ",
-            "--input",
-            &input.display().to_string(),
-        ])
-        .output()
-        .unwrap();
-    assert!(output.status.success());
-    let got: Vec<Value> = String::from_utf8(output.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+        ],
+        &input,
+    );
     assert_eq!(got.len(), 3, "{got:#?}");
     assert_eq!(got[0]["level"], "ERROR");
     assert_eq!(
@@ -449,22 +453,7 @@ fn a_real_redis_log_parses_completely() {
     redis.terminate();
     assert!(redis.wait_exit(WAIT).is_some(), "redis-server did not stop");
 
-    let output = Command::new(sidecar_bin())
-        .args([
-            "logs",
-            "--format",
-            "redis",
-            "--input",
-            &logfile.display().to_string(),
-        ])
-        .output()
-        .unwrap();
-    assert!(output.status.success());
-    let got: Vec<Value> = String::from_utf8(output.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let got = run_file(&["--format", "redis"], &logfile);
     let lines = std::fs::read_to_string(&logfile)
         .unwrap()
         .lines()

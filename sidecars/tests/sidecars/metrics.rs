@@ -2,7 +2,7 @@
 //! served by the test; every exposition is checked by `promtool check metrics`.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -283,31 +283,9 @@ fn nginx_stub_status_becomes_a_clean_exposition() {
     assert_eq!(sample(&text, "nginx_connections_writing"), Some(1.0));
 }
 
-/// A one-route HTTP server answering whatever `body` holds at the time of the request.
+/// A JSON endpoint answering whatever `body` holds at the time of the request.
 fn json_server(body: Arc<Mutex<String>>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut request = Vec::new();
-            let mut buf = [0u8; 1024];
-            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                match stream.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => request.extend_from_slice(&buf[..n]),
-                }
-            }
-            let body = body.lock().unwrap().clone();
-            let _ = write!(
-                stream,
-                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
-                 Connection: close\r\n\r\n{body}",
-                body.len()
-            );
-        }
-    });
-    addr
+    support::http_stub(move || (200, "application/json", body.lock().unwrap().clone()))
 }
 
 #[test]

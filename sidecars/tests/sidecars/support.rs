@@ -204,3 +204,32 @@ pub fn memcached() -> (Proc, SocketAddr) {
     wait_port(addr, Duration::from_secs(5));
     (proc, addr)
 }
+
+/// A tiny HTTP/1.1 server on 127.0.0.1 for sidecars to poll: every request gets the
+/// status, content type and body `respond` returns at that moment, then the connection
+/// closes. Runs until the test process exits.
+pub fn http_stub(respond: impl Fn() -> (u16, &'static str, String) + Send + 'static) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind the stub server");
+    let addr = listener.local_addr().expect("stub server address");
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut request = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
+            let (status, content_type, body) = respond();
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status} X\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+                 Connection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    addr
+}
