@@ -17,6 +17,29 @@ use crate::{FieldError, FieldErrors};
 /// and the TLS listener must not use it.
 pub const TLS_ADMIN_PORT: i32 = 9901;
 
+/// Why a ReplicatedService's name must be a DNS-1035 label: its Service takes the name, and
+/// its pods' labels carry it as a value (at most 63 characters).
+const NAME_MESSAGE: &str = "metadata.name must be a DNS-1035 label (at most 63 lowercase letters, digits and '-', starting with a letter and ending with a letter or digit): the ReplicatedService's Service and its pods' labels take this name";
+
+/// The CEL rule on `metadata.name`, checked before anything is applied.
+pub fn validate_name(name: &str) -> Result<(), FieldErrors> {
+    let bytes = name.as_bytes();
+    let valid = (1..=63).contains(&bytes.len())
+        && bytes[0].is_ascii_lowercase()
+        && bytes[bytes.len() - 1].is_ascii_alphanumeric()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-');
+    if valid {
+        Ok(())
+    } else {
+        Err(FieldErrors(vec![FieldError::new(
+            "metadata.name",
+            format!("{name:?}: {NAME_MESSAGE}"),
+        )]))
+    }
+}
+
 /// Desired state of a ReplicatedService.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
@@ -39,7 +62,9 @@ pub const TLS_ADMIN_PORT: i32 = 9901;
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
-    )
+    ),
+    validation = Rule::new("self.metadata.name.size() <= 63 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')")
+        .message(NAME_MESSAGE)
 )]
 #[x_kube(
     validation = Rule::new("!has(self.tls) || self.tls.port != self.port")

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -16,11 +17,11 @@ use rigging_crds::{ReplicatedService, ReplicatedServiceStatus};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::desired::{self, MANAGER};
+use super::desired::{self, HANDOVER_MANAGER, MANAGER};
 use super::status;
 use crate::context::Context;
+use crate::drift;
 use crate::error::{Error, Result};
-use crate::fingerprint;
 
 /// The `kind` label of this controller's metrics.
 pub const KIND: &str = "ReplicatedService";
@@ -88,17 +89,28 @@ async fn reconcile_object(rs: &ReplicatedService, ctx: &Context) -> Result<Actio
 
     let stores = &ctx.stores;
     stores.wait_until_ready().await;
+    let handed_over =
+        hand_over_replicas(ctx, rs, &stores.deployments, &children.deployment).await?;
     apply(
         ctx,
         rs,
         &stores.deployments,
         &children.deployment,
         "Deployment",
+        handed_over,
     )
     .await?;
-    apply(ctx, rs, &stores.services, &children.service, "Service").await?;
+    apply(
+        ctx,
+        rs,
+        &stores.services,
+        &children.service,
+        "Service",
+        false,
+    )
+    .await?;
     match &children.pdb {
-        Some(pdb) => apply(ctx, rs, &stores.pdbs, pdb, "PodDisruptionBudget").await?,
+        Some(pdb) => apply(ctx, rs, &stores.pdbs, pdb, "PodDisruptionBudget", false).await?,
         None => {
             remove_owned(
                 ctx,
@@ -112,7 +124,7 @@ async fn reconcile_object(rs: &ReplicatedService, ctx: &Context) -> Result<Actio
         }
     }
     match &children.hpa {
-        Some(hpa) => apply(ctx, rs, &stores.hpas, hpa, "HorizontalPodAutoscaler").await?,
+        Some(hpa) => apply(ctx, rs, &stores.hpas, hpa, "HorizontalPodAutoscaler", false).await?,
         None => {
             remove_owned(
                 ctx,
@@ -136,14 +148,16 @@ async fn reconcile_object(rs: &ReplicatedService, ctx: &Context) -> Result<Actio
     Ok(Action::requeue(RESYNC))
 }
 
-/// Server-side applies `desired` unless the watch cache shows it already applied (same
-/// fingerprint), in which case no request is made at all.
+/// Server-side applies `desired` unless the watch cache shows that the live child already
+/// holds every field of it ([`drift::holds`]), in which case no request is made at all.
+/// `always` applies even then (after a hand-over, to give up the fields handed over).
 async fn apply<K>(
     ctx: &Context,
     rs: &ReplicatedService,
     store: &Store<K>,
     desired: &K,
     kind: &'static str,
+    always: bool,
 ) -> Result<()>
 where
     K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
@@ -155,8 +169,7 @@ where
     let name = desired.name_any();
     let namespace = desired.namespace().unwrap_or_default();
     let key = ObjectRef::new(&name).within(&namespace);
-    let cached = store.get(&key);
-    if cached.is_some_and(|c| fingerprint::of(c.meta()) == fingerprint::of(desired.meta())) {
+    if !always && store.get(&key).is_some_and(|live| holds(&*live, desired)) {
         ctx.metrics
             .applies
             .with_label_values(&[KIND, kind, "unchanged"])
@@ -188,6 +201,84 @@ where
         .with_label_values(&[KIND, kind, "applied"])
         .inc();
     Ok(())
+}
+
+fn holds<K: Serialize>(live: &K, desired: &K) -> bool {
+    match (serde_json::to_value(live), serde_json::to_value(desired)) {
+        (Ok(live), Ok(desired)) => drift::holds(&live, &desired),
+        _ => false,
+    }
+}
+
+/// Hands `spec.replicas` of the Deployment over before the operator stops applying it
+/// (autoscaling was turned on). Under server-side apply, a field that its only manager
+/// stops applying is removed, and the Deployment would fall back to 1 replica until the
+/// autoscaler acts. So the live count is first applied under a second field manager,
+/// [`HANDOVER_MANAGER`], which keeps owning it until the autoscaler's own writes take it.
+/// Returns whether a hand-over happened (the Deployment must then be applied, so that the
+/// operator's manager lets go of the field).
+async fn hand_over_replicas(
+    ctx: &Context,
+    rs: &ReplicatedService,
+    store: &Store<Deployment>,
+    desired: &Deployment,
+) -> Result<bool> {
+    if desired.spec.as_ref().is_none_or(|s| s.replicas.is_some()) {
+        return Ok(false);
+    }
+    let name = desired.name_any();
+    let namespace = desired.namespace().unwrap_or_default();
+    let Some(live) = store.get(&ObjectRef::new(&name).within(&namespace)) else {
+        return Ok(false);
+    };
+    let Some(replicas) = live.spec.as_ref().and_then(|s| s.replicas) else {
+        return Ok(false);
+    };
+    if !applies_replicas(&live, MANAGER) {
+        return Ok(false);
+    }
+    let patch = serde_json::json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"replicas": replicas},
+    });
+    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
+    let params = PatchParams::apply(HANDOVER_MANAGER);
+    if let Err(source) = api.patch(&name, &params, &Patch::Apply(&patch)).await {
+        let error = Error::Apply {
+            kind: "Deployment",
+            namespace,
+            name,
+            source,
+        };
+        publish(
+            ctx,
+            rs,
+            EventType::Warning,
+            "ApplyFailed",
+            "HandOverReplicas",
+            error.to_string(),
+        )
+        .await;
+        return Err(error);
+    }
+    tracing::info!(%name, %namespace, replicas, "handed spec.replicas over to the autoscaler");
+    Ok(true)
+}
+
+/// Whether `manager` owns `spec.replicas` of `deployment` through server-side apply.
+fn applies_replicas(deployment: &Deployment, manager: &str) -> bool {
+    deployment
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|m| {
+            m.manager.as_deref() == Some(manager) && m.operation.as_deref() == Some("Apply")
+        })
+        .filter_map(|m| m.fields_v1.as_ref())
+        .any(|fields| fields.0.pointer("/f:spec/f:replicas").is_some())
 }
 
 /// Deletes a child the spec no longer asks for, if the cache shows one this object owns.

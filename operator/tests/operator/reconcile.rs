@@ -8,6 +8,7 @@ use std::time::Duration;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
 use kube::client::Body;
 use kube::runtime::controller::Action;
@@ -352,10 +353,19 @@ async fn a_child_that_drifted_in_the_cache_is_the_only_one_applied() {
     let want = children(&rs);
     let mut deployment = rolled_out(&want);
     rs.status = Some(status::observed(&rs, Some(&deployment), Timestamp::now()));
-    // Someone else's edit: the cached Service no longer carries our fingerprint.
+    // An edit by hand: the cached Service targets another port. Fields the operator does
+    // not apply (an annotation of someone else's) are not drift.
     let mut drifted = want.clone();
-    drifted.service.metadata.annotations = None;
-    deployment.metadata.annotations = want.deployment.metadata.annotations.clone();
+    drifted
+        .service
+        .spec
+        .as_mut()
+        .unwrap()
+        .ports
+        .as_mut()
+        .unwrap()[0]
+        .target_port = Some(IntOrString::Int(9999));
+    deployment.metadata.annotations = Some([("by-hand".to_owned(), "kept".to_owned())].into());
     let service = want.service.clone();
     let (result, _) = run_scenario(
         rs,
