@@ -53,6 +53,9 @@ pub struct RunArgs {
     /// Namespace of the Lease (default: the pod's own namespace).
     #[arg(long, env = "POD_NAMESPACE")]
     pub lease_namespace: Option<String>,
+    /// Reconcile only the Rigging resources of this namespace (default: every namespace).
+    #[arg(long = "namespace", env = "RIGGING_WATCH_NAMESPACE")]
+    pub watch_namespace: Option<String>,
 }
 
 /// Flags of `render`.
@@ -141,6 +144,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         },
         leader_election,
         identity,
+        watch_namespace: args.watch_namespace,
     };
     manager::run(options).await?;
     Ok(())

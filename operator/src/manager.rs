@@ -3,7 +3,10 @@
 
 use std::net::SocketAddr;
 
-use kube::Client;
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client};
 use kube_lease_manager::LeaseManagerBuilder;
 
 use crate::admin::{self, Readiness};
@@ -22,6 +25,8 @@ pub struct RunOptions {
     pub leader_election: Option<LeaseOptions>,
     /// This replica's identity (pod name or hostname), for the Lease and Events.
     pub identity: String,
+    /// Reconcile only the resources of this namespace (`None`: every namespace).
+    pub watch_namespace: Option<String>,
 }
 
 /// The Lease replicas compete for.
@@ -90,6 +95,7 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
         options.config.clone(),
         metrics,
         Some(options.identity.clone()),
+        options.watch_namespace.clone(),
     );
 
     let Some(lease) = options.leader_election else {
@@ -109,42 +115,59 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
         name: lease.name.clone(),
         source,
     };
-    let manager = LeaseManagerBuilder::new(client, &lease.name)
-        .with_namespace(&lease.namespace)
-        .with_identity(&options.identity)
-        // The default field manager is unique per identity, which is what makes two
-        // replicas' server-side applies of the Lease conflict instead of both winning.
-        .with_duration(LEASE_DURATION_S)
-        .with_grace(LEASE_GRACE_S)
-        .build()
-        .await
-        .map_err(lease_error)?;
-    let (mut leading, task) = manager.watch().await;
+    let build = || async {
+        LeaseManagerBuilder::new(client.clone(), &lease.name)
+            .with_namespace(&lease.namespace)
+            .with_identity(&options.identity)
+            // The default field manager is unique per identity, which is what makes two
+            // replicas' server-side applies of the Lease conflict instead of both winning.
+            .with_duration(LEASE_DURATION_S)
+            .with_grace(LEASE_GRACE_S)
+            .build()
+            .await
+            .map_err(lease_error)
+    };
+    let mut election = build().await?.watch().await;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &lease.namespace);
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     // A follower is healthy and ready: it only waits for the Lease.
     readiness.set_ready();
     tracing::info!(lease = %lease.name, namespace = %lease.namespace, identity = %options.identity, "waiting for leadership");
-    let outcome = async {
-        while !*leading.borrow_and_update() {
-            tokio::select! {
-                changed = leading.changed() => if changed.is_err() {
-                    return Err(());
-                },
-                // The controllers, which handle signals themselves, have not started.
-                () = &mut shutdown => return Ok(()),
-            }
+    let mut released = Box::pin(released(leases.clone(), &lease.name));
+    let outcome = loop {
+        let leading = &mut election.0;
+        if *leading.borrow_and_update() {
+            tracing::info!("leading: starting controllers");
+            break tokio::select! {
+                () = controllers => Ok(()),
+                () = lost(leading) => Err(()),
+            };
         }
-        tracing::info!("leading: starting controllers");
         tokio::select! {
-            () = controllers => Ok(()),
-            () = lost(&mut leading) => Err(()),
+            changed = leading.changed() => if changed.is_err() {
+                break Err(());
+            },
+            () = &mut released => {
+                // A follower's lease manager sleeps until the term it last saw ends; a
+                // fresh one takes a released Lease at once. The old one goes first: with
+                // the same identity, it would release what the new one takes.
+                tracing::info!("the Lease was released: competing for it now");
+                let (leading, task) = election;
+                drop(leading);
+                let _ = task.await;
+                election = build().await?.watch().await;
+                released = Box::pin(self::released(leases.clone(), &lease.name));
+            }
+            // The controllers, which handle signals themselves, have not started.
+            () = &mut shutdown => break Ok(()),
         }
-    }
-    .await;
+    };
     // Closing the channel makes the lease manager release the Lease, so that a follower
     // takes over at once instead of waiting for it to expire.
+    let (leading, task) = election;
     drop(leading);
+    drop(released);
     match tokio::time::timeout(RELEASE_TIMEOUT, task).await {
         Ok(Ok(Ok(_))) => tracing::info!("released the Lease"),
         Ok(Ok(Err(error))) => tracing::warn!(%error, "could not release the Lease"),
@@ -194,6 +217,26 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     async {
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+/// Resolves when the Lease, seen held by another replica, is released: a leader that
+/// stops clears its holder.
+async fn released(leases: Api<Lease>, name: &str) {
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let mut events = std::pin::pin!(watcher(leases, config).default_backoff().applied_objects());
+    let mut held = false;
+    while let Some(event) = events.next().await {
+        let Ok(lease) = event else { continue };
+        let holder = lease
+            .spec
+            .and_then(|s| s.holder_identity)
+            .filter(|h| !h.is_empty());
+        if held && holder.is_none() {
+            return;
+        }
+        held = holder.is_some();
+    }
+    std::future::pending().await
 }
 
 /// Resolves when the Lease is no longer held (or its manager stopped).

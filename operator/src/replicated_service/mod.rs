@@ -10,12 +10,13 @@ pub mod status;
 use std::sync::Arc;
 
 use futures::StreamExt;
+use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
-use kube::{Api, Client};
+use kube::{Api, Client, Resource};
 use rigging_crds::ReplicatedService;
 
 use crate::context::{ChildStores, Config, Context};
@@ -24,9 +25,16 @@ use crate::metrics::Metrics;
 /// Label selector of every child the operator manages: its watches see nothing else.
 pub const MANAGED_SELECTOR: &str = "app.kubernetes.io/managed-by=rigging-operator";
 
-/// Runs the controller until a shutdown signal: watches ReplicatedServices in every
-/// namespace and the children it manages, and reconciles each change.
-pub async fn run(client: Client, config: Config, metrics: Metrics, instance: Option<String>) {
+/// Runs the controller until a shutdown signal: watches ReplicatedServices in `namespace`
+/// (every namespace when `None`) and the children it manages, and reconciles each change.
+pub async fn run(
+    client: Client,
+    config: Config,
+    metrics: Metrics,
+    instance: Option<String>,
+    namespace: Option<String>,
+) {
+    let namespace = namespace.as_deref();
     let children = watcher::Config::default().labels(MANAGED_SELECTOR);
     let (deployments, deployments_writer) = reflector::store();
     let (services, services_writer) = reflector::store();
@@ -34,20 +42,20 @@ pub async fn run(client: Client, config: Config, metrics: Metrics, instance: Opt
     let (hpas, hpas_writer) = reflector::store();
     let deployment_events = reflector(
         deployments_writer,
-        watcher(Api::<Deployment>::all(client.clone()), children.clone()),
+        watcher(api::<Deployment>(&client, namespace), children.clone()),
     )
     .default_backoff()
     .touched_objects();
     let service_events = reflector(
         services_writer,
-        watcher(Api::<Service>::all(client.clone()), children.clone()),
+        watcher(api::<Service>(&client, namespace), children.clone()),
     )
     .default_backoff()
     .touched_objects();
     let pdb_events = reflector(
         pdbs_writer,
         watcher(
-            Api::<PodDisruptionBudget>::all(client.clone()),
+            api::<PodDisruptionBudget>(&client, namespace),
             children.clone(),
         ),
     )
@@ -55,10 +63,7 @@ pub async fn run(client: Client, config: Config, metrics: Metrics, instance: Opt
     .touched_objects();
     let hpa_events = reflector(
         hpas_writer,
-        watcher(
-            Api::<HorizontalPodAutoscaler>::all(client.clone()),
-            children,
-        ),
+        watcher(api::<HorizontalPodAutoscaler>(&client, namespace), children),
     )
     .default_backoff()
     .touched_objects();
@@ -77,7 +82,7 @@ pub async fn run(client: Client, config: Config, metrics: Metrics, instance: Opt
         instance,
     ));
     Controller::new(
-        Api::<ReplicatedService>::all(client),
+        api::<ReplicatedService>(&client, namespace),
         watcher::Config::default().any_semantic(),
     )
     .owns_stream(deployment_events)
@@ -93,4 +98,15 @@ pub async fn run(client: Client, config: Config, metrics: Metrics, instance: Opt
         }
     })
     .await;
+}
+
+/// The API of `K` in one namespace, or in all of them.
+fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>,
+{
+    match namespace {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    }
 }
