@@ -89,7 +89,7 @@ log "building kube-apiserver, kube-controller-manager, kubectl, etcd (several mi
 (cd "$src" && go build -trimpath -ldflags "-s -w" -o "$bin.partial/etcd" go.etcd.io/etcd/server/v3)
 
 log "building helm $HELM_VERSION"
-GOFLAGS= GOBIN=$bin.partial go install -trimpath \
+GOFLAGS="" GOBIN=$bin.partial go install -trimpath \
   -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
   "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
 
