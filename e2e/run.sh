@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# End-to-end suite: a real cluster, the real images, `helm install`, each example applied,
-# and what a user would see asserted.
+# End-to-end suite: a real cluster, the cluster suite (operator/tests/cluster) on it, then
+# the real images, `helm install`, each example applied, and what a user would see asserted.
 #
 # Cluster: $RIGGING_E2E_KUBECONFIG if set; otherwise a kind cluster this script creates
 # (needs kind, docker and helm). With neither, the suite is skipped — unless
@@ -59,6 +59,12 @@ else
   done
   image_args=(--set "image.tag=$tag" --set "sidecarImage.tag=$tag" --set image.pullPolicy=Never)
 fi
+
+# The cluster suite first, while no installed operator reconciles the test namespaces:
+# each test starts its own operator, scoped to its namespace.
+echo "e2e: cluster suite"
+RIGGING_KUBECONFIG=$KUBECONFIG RIGGING_CLUSTER_REQUIRE=1 \
+  cargo test --workspace --test cluster --locked -- --test-threads 8
 
 echo "e2e: helm install"
 helm upgrade --install rigging charts/rigging --namespace "$namespace" --create-namespace \

@@ -511,3 +511,61 @@ async fn after_a_restart_the_reconcile_waits_for_the_caches_instead_of_reapplyin
         .unwrap();
     assert_eq!(result.unwrap(), Action::requeue(RESYNC));
 }
+
+#[tokio::test]
+async fn turning_autoscaling_on_hands_the_replica_count_over_before_dropping_it() {
+    let scaled = replicated_service(json!({"replicas": 5}));
+    let mut live = rolled_out(&children(&scaled));
+    // What the API server records after the operator applied `replicas: 5`.
+    live.metadata.managed_fields = Some(vec![
+        serde_json::from_value(json!({
+            "manager": "rigging-operator",
+            "operation": "Apply",
+            "apiVersion": "apps/v1",
+            "fieldsType": "FieldsV1",
+            "fieldsV1": {"f:spec": {"f:replicas": {}, "f:template": {}}}
+        }))
+        .unwrap(),
+    ]);
+    let rs = replicated_service(json!({"replicas": 5, "autoscaling": {"maxReplicas": 9}}));
+    let want = children(&rs);
+    let rs2 = rs.clone();
+    let (result, _) = run_scenario(
+        rs,
+        Cache {
+            deployments: vec![live],
+            children: Some(want.clone()),
+        },
+        move |mut api| async move {
+            let (body, send) = api
+                .expect(
+                    Method::PATCH,
+                    &format!(
+                        "{}?&fieldManager=rigging-operator-handover",
+                        deployment_path()
+                    ),
+                )
+                .await;
+            assert_eq!(
+                body,
+                json!({
+                    "apiVersion": "apps/v1",
+                    "kind": "Deployment",
+                    "metadata": {"name": "web", "namespace": "shop"},
+                    "spec": {"replicas": 5}
+                })
+            );
+            send.send_response(json_response(StatusCode::OK, &body));
+            // Then the operator's own apply, without replicas, so that it lets go of them.
+            api.apply(
+                deployment_path(),
+                serde_json::to_value(&want.deployment).unwrap(),
+            )
+            .await;
+            api.status(&rs2).await;
+            api
+        },
+    )
+    .await;
+    result.unwrap();
+}

@@ -1,0 +1,106 @@
+//! The CRDs and the examples on a real API server: accepted as written, and every CEL rule
+//! refuses its bad case with the message users will read (real cel-go, with its cost
+//! limits), which is also the message `render` gives.
+
+use kube::api::{Api, DynamicObject, PostParams};
+use kube::core::ApiResource;
+use rigging_crds::ReplicatedService;
+use rigging_operator::render;
+use rigging_operator::replicated_service::desired::RenderConfig;
+use serde_json::{Value, json};
+
+use crate::support::{cluster, examples, replicated_service};
+
+#[tokio::test]
+async fn crds_and_every_example_are_accepted() {
+    let Some(cluster) = cluster("crds_and_every_example_are_accepted").await else {
+        return;
+    };
+    let ns = cluster.namespace("crds-examples").await;
+    // The CRDs were applied with `kubectl apply -f crds/`; applying again is a no-op.
+    let out = cluster.kubectl_ok(&["apply", "-f", "crds/"]);
+    assert!(out.contains("replicatedservices.rigging.dev"), "{out}");
+    for (path, _) in examples() {
+        let out = cluster.kubectl_ok(&["apply", "-n", &ns.name, "-f", &path]);
+        assert!(out.contains("created"), "{path}: {out}");
+    }
+    let listed = cluster.kubectl_ok(&["get", "rsvc", "-n", &ns.name, "-o", "name"]);
+    assert_eq!(listed.lines().count(), examples().len(), "{listed}");
+}
+
+/// One bad case per rule: what is changed from the smallest valid spec, and the words of
+/// the rule's message.
+fn bad_cases() -> Vec<(&'static str, Value, &'static str)> {
+    vec![
+        (
+            "min-over-max",
+            json!({"spec": {"autoscaling": {"minReplicas": 5, "maxReplicas": 2}}}),
+            "minReplicas must be <= maxReplicas",
+        ),
+        (
+            "two-budgets",
+            json!({"spec": {"disruptionBudget": {"maxUnavailable": 1, "minAvailable": 1}}}),
+            "set exactly one of maxUnavailable or minAvailable",
+        ),
+        (
+            "tls-on-app-port",
+            json!({"spec": {"tls": {"secretName": "web-tls", "port": 8080}}}),
+            "tls.port must differ from port",
+        ),
+        (
+            "admin-port",
+            json!({"spec": {"port": 9901, "tls": {"secretName": "web-tls"}, "template": {"spec": {"containers": [{"name": "app", "image": "nginx:1.27", "readinessProbe": {"tcpSocket": {"port": 9901}}}]}}}}),
+            "port 9901 is reserved for the TLS terminator's admin endpoint",
+        ),
+        (
+            "no-probe",
+            json!({"spec": {"template": {"spec": {"containers": [{"name": "web", "image": "nginx:1.27"}]}}}}),
+            "container \"web\" (the app container, template.spec.containers[0]) has no readinessProbe",
+        ),
+        (
+            "web.v2",
+            json!({}),
+            "metadata.name must be a DNS-1035 label",
+        ),
+        (
+            "a-name-of-seventy-characters-is-a-valid-object-name-but-not-a-service",
+            json!({}),
+            "metadata.name must be a DNS-1035 label",
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn each_cel_rule_refuses_its_bad_case_with_the_message_render_gives() {
+    let Some(cluster) =
+        cluster("each_cel_rule_refuses_its_bad_case_with_the_message_render_gives").await
+    else {
+        return;
+    };
+    let ns = cluster.namespace("cel").await;
+    let resource = ApiResource::erase::<ReplicatedService>(&());
+    let api: Api<DynamicObject> = Api::namespaced_with(cluster.client.clone(), &ns.name, &resource);
+    for (name, change, words) in bad_cases() {
+        let mut object = replicated_service(name, &ns.name, json!({}));
+        crate::support::merge(&mut object, &change);
+        let dynamic: DynamicObject = serde_json::from_value(object.clone()).unwrap();
+        let refused = match api.create(&PostParams::default(), &dynamic).await {
+            Ok(_) => panic!("{name}: the API server accepted it"),
+            Err(kube::Error::Api(e)) => e,
+            Err(e) => panic!("{name}: {e}"),
+        };
+        assert_eq!(refused.code, 422, "{name}: {refused:?}");
+        assert!(
+            refused.message.contains(words),
+            "{name}: the API server says {:?}, not {words:?}",
+            refused.message
+        );
+        let yaml = serde_norway::to_string(&object).unwrap();
+        let rendered = render::render_values(name, &yaml, &RenderConfig::default());
+        let refusal = rendered.expect_err("render refuses it too").to_string();
+        assert!(
+            refusal.contains(words),
+            "{name}: render says {refusal:?}, not {words:?}"
+        );
+    }
+}

@@ -1,0 +1,122 @@
+//! Two `rigging-operator run` replicas on one Lease: one leads, the other only waits, and
+//! takes over when the leader dies (within the lease duration plus a retry) or stops (at
+//! once: a stopping leader releases the Lease).
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::{Api, PostParams};
+use rigging_crds::ReplicatedService;
+use serde_json::json;
+
+use crate::support::{Cluster, Operator, SETTLE, cluster, eventually, replicated_service};
+
+const RECONCILES: &str = "rigging_operator_reconciliations_total";
+/// The operator's lease duration and its renewal grace (manager.rs).
+const LEASE: Duration = Duration::from_secs(15);
+const RETRY: Duration = Duration::from_secs(5);
+
+fn replica(cluster: &Cluster, namespace: &str, identity: &str) -> Operator {
+    Operator::start_with(
+        cluster,
+        namespace,
+        identity,
+        &[
+            "--lease-namespace",
+            namespace,
+            "--lease-name",
+            "rigging-operator",
+        ],
+    )
+}
+
+async fn holder(leases: &Api<Lease>) -> Option<String> {
+    let lease = leases.get_opt("rigging-operator").await.ok()??;
+    lease.spec?.holder_identity.filter(|h| !h.is_empty())
+}
+
+/// Waits until `identity` holds the Lease; returns how long that took.
+async fn until_held_by(leases: &Api<Lease>, identity: &str, within: Duration) -> Duration {
+    let started = Instant::now();
+    eventually(&format!("{identity} holding the Lease"), within, || async {
+        (holder(leases).await.as_deref() == Some(identity)).then_some(())
+    })
+    .await;
+    started.elapsed()
+}
+
+async fn reconciles(operator: &Operator) -> f64 {
+    eventually("the admin port", SETTLE, || operator.counter(RECONCILES)).await
+}
+
+#[tokio::test]
+async fn one_replica_leads_and_the_other_takes_over_when_it_dies_or_stops() {
+    let Some(cluster) =
+        cluster("one_replica_leads_and_the_other_takes_over_when_it_dies_or_stops").await
+    else {
+        return;
+    };
+    let ns = cluster.namespace("lease").await;
+    let leases: Api<Lease> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let first = replica(&cluster, &ns.name, "replica-a");
+    until_held_by(&leases, "replica-a", SETTLE).await;
+    let second = replica(&cluster, &ns.name, "replica-b");
+
+    let services: Api<ReplicatedService> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let object = replicated_service("web", &ns.name, json!({}));
+    services
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(object).unwrap(),
+        )
+        .await
+        .unwrap();
+    eventually("the leader reconciling", SETTLE, || async {
+        (first.counter(RECONCILES).await? > 0.0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        reconciles(&second).await,
+        0.0,
+        "the follower does not reconcile"
+    );
+
+    // The leader dies without a word: the follower waits for the Lease to expire.
+    first.signal("-KILL");
+    let took = until_held_by(&leases, "replica-b", LEASE + RETRY + SETTLE).await;
+    assert!(
+        took <= LEASE + RETRY + Duration::from_secs(2),
+        "takeover after a crash took {took:?}"
+    );
+    eventually("the new leader reconciling", SETTLE, || async {
+        (second.counter(RECONCILES).await? > 0.0).then_some(())
+    })
+    .await;
+    drop(first);
+
+    // A restarted replica follows; the leader stops on SIGTERM, releasing the Lease, and
+    // the follower takes over at once.
+    let third = replica(&cluster, &ns.name, "replica-c");
+    eventually("the new replica's admin port", SETTLE, || {
+        third.counter(RECONCILES)
+    })
+    .await;
+    assert_eq!(
+        reconciles(&third).await,
+        0.0,
+        "a follower does not reconcile"
+    );
+    let mut second = second;
+    second.signal("-TERM");
+    let took = until_held_by(&leases, "replica-c", SETTLE).await;
+    assert!(took <= RETRY, "takeover after a SIGTERM took {took:?}");
+    assert_eq!(
+        second.exit_code(SETTLE).await,
+        Some(0),
+        "a stopping leader exits 0"
+    );
+    eventually("the third leader reconciling", SETTLE, || async {
+        (third.counter(RECONCILES).await? > 0.0).then_some(())
+    })
+    .await;
+}

@@ -1,0 +1,179 @@
+//! `rigging-operator run` reconciles each example on a real API server: owned children,
+//! status conditions for the current generation, printer columns, and a condition plus an
+//! Event for input that only the operator can refuse.
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{Api, ListParams, PostParams};
+use kube::{Resource, ResourceExt};
+use rigging_crds::ReplicatedService;
+use serde_json::json;
+
+use crate::support::{SETTLE, cluster, eventually, examples, replicated_service};
+
+/// Whether `child` is controlled by `owner`, which is what garbage collection follows.
+fn controlled_by<K: Resource>(child: &K, owner: &ReplicatedService) -> bool {
+    child.owner_references().iter().any(|o| {
+        o.controller == Some(true)
+            && o.kind == "ReplicatedService"
+            && Some(&o.uid) == owner.metadata.uid.as_ref()
+    })
+}
+
+#[tokio::test]
+async fn every_example_is_reconciled_into_owned_children_and_a_current_status() {
+    let Some(cluster) =
+        cluster("every_example_is_reconciled_into_owned_children_and_a_current_status").await
+    else {
+        return;
+    };
+    let ns = cluster.namespace("reconcile").await;
+    let _operator = cluster.operator(&ns.name);
+    for (path, _) in examples() {
+        cluster.kubectl_ok(&["apply", "-n", &ns.name, "-f", &path]);
+    }
+    let services: Api<ReplicatedService> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let deployments: Api<Deployment> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let svcs: Api<Service> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let all = services.list(&ListParams::default()).await.unwrap().items;
+    assert_eq!(all.len(), examples().len());
+    for rs in all {
+        let name = rs.name_any();
+        let rs = eventually(
+            &format!("{name}: a status for its generation"),
+            SETTLE,
+            || async {
+                let rs = services.get(&name).await.ok()?;
+                let status = rs.status.as_ref()?;
+                let current = status.observed_generation == rs.metadata.generation
+                    && status.conditions.len() == 3
+                    && status
+                        .conditions
+                        .iter()
+                        .all(|c| c.observed_generation == rs.metadata.generation);
+                current.then_some(rs)
+            },
+        )
+        .await;
+        let conditions = &rs.status.as_ref().unwrap().conditions;
+        let condition = |t: &str| {
+            conditions
+                .iter()
+                .find(|c| c.type_ == t)
+                .unwrap_or_else(|| panic!("{name}: no {t} condition"))
+        };
+        // No kubelet runs the pods, so they are never ready: the status says so.
+        assert_eq!(condition("Ready").status, "False", "{name}");
+        assert_eq!(condition("Ready").reason, "ReplicasNotReady", "{name}");
+        assert_eq!(condition("Degraded").status, "False", "{name}");
+
+        let deployment = deployments.get(&name).await.expect("the Deployment exists");
+        assert!(controlled_by(&deployment, &rs), "{name}: Deployment owner");
+        let service = svcs.get(&name).await.expect("the Service exists");
+        assert!(controlled_by(&service, &rs), "{name}: Service owner");
+        let pdb = pdbs.get_opt(&name).await.unwrap();
+        assert_eq!(
+            pdb.is_some(),
+            rs.spec.disruption_budget.is_some(),
+            "{name}: PDB"
+        );
+        assert!(
+            pdb.is_none_or(|p| controlled_by(&p, &rs)),
+            "{name}: PDB owner"
+        );
+        let hpa = hpas.get_opt(&name).await.unwrap();
+        assert_eq!(hpa.is_some(), rs.spec.autoscaling.is_some(), "{name}: HPA");
+        assert!(
+            hpa.is_none_or(|h| controlled_by(&h, &rs)),
+            "{name}: HPA owner"
+        );
+    }
+
+    // The printer columns, as `kubectl get` shows them.
+    let table = cluster.kubectl_ok(&["get", "rsvc", "-n", &ns.name]);
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "READY", "REPLICAS", "AGE"], "{table}");
+    let hello: Vec<&str> = table
+        .lines()
+        .find(|l| l.starts_with("hello "))
+        .unwrap_or_else(|| panic!("no row for hello: {table}"))
+        .split_whitespace()
+        .collect();
+    assert_eq!(&hello[..3], ["hello", "False", "1"], "{table}");
+}
+
+#[tokio::test]
+async fn input_only_the_operator_can_refuse_gets_a_degraded_condition_and_an_event() {
+    let Some(cluster) =
+        cluster("input_only_the_operator_can_refuse_gets_a_degraded_condition_and_an_event").await
+    else {
+        return;
+    };
+    let ns = cluster.namespace("refused").await;
+    let _operator = cluster.operator(&ns.name);
+    // The CRD cannot see that a container takes the name of Rigging's TLS sidecar.
+    let object = replicated_service(
+        "clash",
+        &ns.name,
+        json!({
+            "tls": {"secretName": "clash-tls"},
+            "template": {"spec": {"containers": [
+                {"name": "app", "image": "nginx:1.27", "readinessProbe": {"tcpSocket": {"port": 8080}}},
+                {"name": "rigging-tls", "image": "envoy:1"}
+            ]}}
+        }),
+    );
+    let services: Api<ReplicatedService> = Api::namespaced(cluster.client.clone(), &ns.name);
+    services
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(object).unwrap(),
+        )
+        .await
+        .expect("the API server accepts it");
+    let degraded = eventually("a Degraded condition", SETTLE, || async {
+        let rs = services.get("clash").await.ok()?;
+        let status = rs.status?;
+        (status.observed_generation == rs.metadata.generation)
+            .then(|| {
+                status
+                    .conditions
+                    .into_iter()
+                    .find(|c| c.type_ == "Degraded")
+            })
+            .flatten()
+    })
+    .await;
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("True", "InvalidSpec")
+    );
+    assert!(
+        degraded
+            .message
+            .contains("\"rigging-tls\", a name Rigging reserves"),
+        "{}",
+        degraded.message
+    );
+    let events: Api<Event> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let event = eventually("an InvalidSpec Event", SETTLE, || async {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        list.items.into_iter().find(|e| {
+            e.reason.as_deref() == Some("InvalidSpec")
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("clash")
+        })
+    })
+    .await;
+    assert_eq!(event.type_.as_deref(), Some("Warning"));
+    assert_eq!(event.note.as_deref(), Some(degraded.message.as_str()));
+    let deployments: Api<Deployment> = Api::namespaced(cluster.client.clone(), &ns.name);
+    assert!(
+        deployments.get_opt("clash").await.unwrap().is_none(),
+        "nothing is applied for an invalid spec"
+    );
+}
