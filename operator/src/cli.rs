@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
-use crate::context::Config;
+use crate::controller::Config;
 use crate::manager::{self, LeaseOptions, RunOptions};
 use crate::replicated_service::desired::{RenderConfig, default_sidecar_image};
 use crate::{crdgen, render};

@@ -1,14 +1,17 @@
 //! Rigging's controller manager: one controller per Rigging kind, each a pure desired
-//! state plus a thin reconcile that applies it.
+//! state plus the shared layer that applies it.
 //!
-//! - [`replicated_service`]: the ReplicatedService controller.
+//! - [`controller`]: what every kind shares (wiring, shared child watches, apply, orphan
+//!   removal, status, Events, backoff); a kind implements [`controller::Kind`].
+//! - [`replicated_service`]: the ReplicatedService kind's desired state and status.
+//! - [`drift`]: whether a live child already holds what the operator applies.
 //! - [`render`]: the pure halves offline (`rigging-operator render`).
 //! - [`crdgen`]: the CRDs committed under `crds/`.
 //! - [`manager`]: `rigging-operator run` (admin endpoints, leader election, controllers).
 
 pub mod admin;
 pub mod cli;
-pub mod context;
+pub mod controller;
 pub mod crdgen;
 pub mod drift;
 pub mod error;
@@ -18,5 +21,5 @@ pub mod render;
 pub mod replicated_service;
 pub mod schema;
 
-pub use context::{ChildStores, Config, Context};
+pub use controller::{ChildStores, Config, Context};
 pub use error::{Error, Result};

@@ -10,9 +10,10 @@ use kube::{Api, Client};
 use kube_lease_manager::LeaseManagerBuilder;
 
 use crate::admin::{self, Readiness};
-use crate::context::Config;
+use crate::controller::{self, ChildWatches, Config, Context};
 use crate::metrics::Metrics;
-use crate::replicated_service;
+use rigging_crds::ReplicatedService;
+use std::sync::Arc;
 
 /// Settings of `run`, from flags and environment.
 #[derive(Debug, Clone)]
@@ -90,12 +91,12 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
             source,
         })?;
     let client = Client::try_default().await.map_err(RunError::Client)?;
-    let controllers = replicated_service::run(
+    let controllers = controllers(
         client.clone(),
         options.config.clone(),
         metrics,
         Some(options.identity.clone()),
-        options.watch_namespace.clone(),
+        options.watch_namespace.as_deref(),
     );
 
     let Some(lease) = options.leader_election else {
@@ -178,6 +179,33 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
         namespace: lease.namespace,
         name: lease.name,
     })
+}
+
+/// Every kind's controller, on one set of shared child watches, until a shutdown signal.
+fn controllers(
+    client: Client,
+    config: Config,
+    metrics: Metrics,
+    instance: Option<String>,
+    namespace: Option<&str>,
+) -> impl std::future::Future<Output = ()> + use<> {
+    let watches = ChildWatches::new(client.clone(), namespace);
+    let ctx = Arc::new(Context::new(
+        client,
+        config,
+        metrics,
+        watches.stores(),
+        instance,
+    ));
+    let replicated = controller::controller::<ReplicatedService>(ctx, &watches, namespace);
+    let watching = watches.run();
+    async move {
+        // The watches never end; the controllers end on a shutdown signal.
+        tokio::select! {
+            () = replicated => {}
+            () = watching => {}
+        }
+    }
 }
 
 /// How long a stopping leader tries to release its Lease.

@@ -21,17 +21,14 @@ use kube::{Resource, ResourceExt};
 use rigging_crds::replicated_service::{TLS_ADMIN_PORT, validate_name};
 use rigging_crds::{FieldError, FieldErrors, ReplicatedService};
 
+use crate::controller::{Child, MANAGER};
+
 /// Name of the TLS terminator sidecar, of its Secret volume, and of its port.
 pub const TLS_SIDECAR_NAME: &str = "rigging-tls";
 /// Where the TLS Secret is mounted in the sidecar.
 pub const TLS_MOUNT_PATH: &str = "/etc/rigging/tls";
 /// Numeric user the sidecar runs as (the "nonroot" user of distroless images).
 pub const SIDECAR_USER: i64 = 65532;
-/// The field manager of every server-side apply, and the `managed-by` label value.
-pub const MANAGER: &str = "rigging-operator";
-/// The field manager that holds a Deployment's `spec.replicas` while it passes from the
-/// operator to a HorizontalPodAutoscaler (see the reconcile's hand-over).
-pub const HANDOVER_MANAGER: &str = "rigging-operator-handover";
 
 /// What the pure half needs to know that is not in the ReplicatedService.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +64,17 @@ pub struct Children {
 }
 
 impl Children {
+    /// Every child, in apply order.
+    pub fn into_vec(self) -> Vec<Child> {
+        let mut out = vec![
+            Child::Deployment(self.deployment),
+            Child::Service(self.service),
+        ];
+        out.extend(self.pdb.map(Child::PodDisruptionBudget));
+        out.extend(self.hpa.map(Child::HorizontalPodAutoscaler));
+        out
+    }
+
     /// Every child as JSON, in apply order.
     pub fn to_values(&self) -> Result<Vec<serde_json::Value>, serde_json::Error> {
         let mut out = vec![

@@ -1,13 +1,15 @@
-//! The status a ReplicatedService should show, computed without IO from what the watch
-//! caches hold.
+//! The status a ReplicatedService should show, computed without IO from its Deployment as
+//! applied.
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
 use rigging_crds::{FieldErrors, ReplicatedService, ReplicatedServiceStatus};
 
-/// Status of a ReplicatedService whose children are applied, given its Deployment as last
-/// seen (`None` before the first watch event for it arrives).
+use crate::controller::conditions::{Cond, cond, finish};
+
+/// Status of a ReplicatedService whose children are applied, given its Deployment as the
+/// apply returned it (`None` if there is none to look at).
 pub fn observed(
     rs: &ReplicatedService,
     deployment: Option<&Deployment>,
@@ -78,7 +80,7 @@ pub fn observed(
         observed_generation: generation,
         replicas,
         ready_replicas,
-        conditions: finish(rs, [ready, progressing, degraded], generation, now),
+        conditions: conditions(rs, [ready, progressing, degraded], generation, now),
     }
 }
 
@@ -96,7 +98,7 @@ pub fn invalid(
         observed_generation: generation,
         replicas: previous.replicas,
         ready_replicas: previous.ready_replicas,
-        conditions: finish(
+        conditions: conditions(
             rs,
             [
                 cond("Ready", false, "InvalidSpec", &message),
@@ -114,45 +116,7 @@ pub fn invalid(
     }
 }
 
-/// Whether `current` already says what `desired` says. Transition times are ignored:
-/// they only move when a condition's status does.
-pub fn is_current(
-    current: Option<&ReplicatedServiceStatus>,
-    desired: &ReplicatedServiceStatus,
-) -> bool {
-    let Some(current) = current else {
-        return false;
-    };
-    let strip = |s: &ReplicatedServiceStatus| {
-        let mut s = s.clone();
-        for c in &mut s.conditions {
-            c.last_transition_time = Time(Timestamp::UNIX_EPOCH);
-        }
-        s.conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
-        s
-    };
-    strip(current) == strip(desired)
-}
-
-struct Cond {
-    type_: &'static str,
-    status: bool,
-    reason: &'static str,
-    message: String,
-}
-
-fn cond(type_: &'static str, status: bool, reason: &'static str, message: &str) -> Cond {
-    Cond {
-        type_,
-        status,
-        reason,
-        message: message.to_owned(),
-    }
-}
-
-/// Builds conditions, keeping the previous transition time of a condition whose status
-/// did not change.
-fn finish(
+fn conditions(
     rs: &ReplicatedService,
     conds: [Cond; 3],
     generation: Option<i64>,
@@ -163,22 +127,5 @@ fn finish(
         .as_ref()
         .map(|s| s.conditions.as_slice())
         .unwrap_or_default();
-    conds
-        .into_iter()
-        .map(|c| {
-            let status = if c.status { "True" } else { "False" };
-            let last_transition_time = previous
-                .iter()
-                .find(|p| p.type_ == c.type_ && p.status == status)
-                .map_or(Time(now), |p| p.last_transition_time.clone());
-            Condition {
-                type_: c.type_.into(),
-                status: status.into(),
-                reason: c.reason.into(),
-                message: c.message,
-                observed_generation: generation,
-                last_transition_time,
-            }
-        })
-        .collect()
+    finish(previous, conds, generation, now)
 }

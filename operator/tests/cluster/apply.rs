@@ -11,7 +11,7 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Resource, ResourceExt};
 use rigging_crds::ReplicatedService;
-use rigging_operator::replicated_service::desired::MANAGER;
+use rigging_operator::controller::MANAGER;
 use serde_json::{Value, json};
 
 use crate::support::{SETTLE, cluster, eventually, replicated_service};

@@ -6,8 +6,9 @@ use kube::Api;
 use kube::api::{DynamicObject, Patch, PatchParams};
 use kube::core::ApiResource;
 use rigging_crds::ReplicatedService;
+use rigging_operator::controller::MANAGER;
 use rigging_operator::render;
-use rigging_operator::replicated_service::desired::{MANAGER, RenderConfig};
+use rigging_operator::replicated_service::desired::RenderConfig;
 use serde_json::{Value, json};
 
 use crate::support::{Cluster, cluster, examples, replicated_service};

@@ -1,55 +1,23 @@
-//! What every reconcile reaches the world through: one [`Context`], so that tests can
-//! hand it a mocked client and prefilled caches.
+//! What every reconcile reaches the world through: one [`Context`], shared by every kind's
+//! controller, so that tests can hand it a mocked client and prefilled caches. Nothing in
+//! it belongs to one kind.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::{ObjectRef, Store};
-use rigging_crds::ReplicatedService;
+use kube::{Client, Resource, ResourceExt};
 
+use super::{ChildStores, MANAGER};
 use crate::metrics::Metrics;
-use crate::replicated_service::desired::{MANAGER, RenderConfig};
+use crate::replicated_service::desired::RenderConfig;
 
 /// The operator's settings that reconciles read.
 #[derive(Debug, Clone, Default)]
 pub struct Config {
     /// What the pure halves need (the sidecar image).
     pub render: RenderConfig,
-}
-
-/// Watch caches of the children the operator owns, filled by the controller's watches.
-/// Comparing against them is what lets an unchanged object cost no API request.
-#[derive(Clone)]
-pub struct ChildStores {
-    /// Deployments labelled `app.kubernetes.io/managed-by=rigging-operator`.
-    pub deployments: Store<Deployment>,
-    /// Services with that label.
-    pub services: Store<Service>,
-    /// PodDisruptionBudgets with that label.
-    pub pdbs: Store<PodDisruptionBudget>,
-    /// HorizontalPodAutoscalers with that label.
-    pub hpas: Store<HorizontalPodAutoscaler>,
-}
-
-impl ChildStores {
-    /// Waits until every cache holds its initial list, so that the first reconciles after
-    /// a start (or a change of leader) compare against what exists instead of re-applying
-    /// every child. Returns early if a cache's writer is gone (the controller is stopping).
-    pub async fn wait_until_ready(&self) {
-        let _ = tokio::join!(
-            self.deployments.wait_until_ready(),
-            self.services.wait_until_ready(),
-            self.pdbs.wait_until_ready(),
-            self.hpas.wait_until_ready(),
-        );
-    }
 }
 
 /// Shared state of the controllers.
@@ -64,8 +32,8 @@ pub struct Context {
     pub config: Config,
     /// Watch caches of the children.
     pub stores: ChildStores,
-    /// Consecutive failures per object, for exponential backoff.
-    failures: Mutex<HashMap<ObjectRef<ReplicatedService>, u32>>,
+    /// Consecutive failures per object (kind, namespace, name), for exponential backoff.
+    failures: Mutex<HashMap<FailureKey, u32>>,
 }
 
 impl Context {
@@ -92,20 +60,30 @@ impl Context {
     }
 
     /// Records one more failure of `obj` and returns how long to wait before retrying.
-    pub fn next_backoff(&self, obj: ObjectRef<ReplicatedService>) -> Duration {
+    pub fn next_backoff<K: Resource<DynamicType = ()>>(&self, obj: &K) -> Duration {
         let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        let n = failures.entry(obj).or_insert(0);
+        let n = failures.entry(failure_key(obj)).or_insert(0);
         *n = n.saturating_add(1);
         backoff_delay(*n)
     }
 
     /// Forgets the failures of `obj` after it reconciled.
-    pub fn reset_backoff(&self, obj: &ObjectRef<ReplicatedService>) {
+    pub fn reset_backoff<K: Resource<DynamicType = ()>>(&self, obj: &K) {
         self.failures
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(obj);
+            .remove(&failure_key(obj));
     }
+}
+
+type FailureKey = (String, String, String);
+
+fn failure_key<K: Resource<DynamicType = ()>>(obj: &K) -> FailureKey {
+    (
+        K::kind(&()).into_owned(),
+        obj.namespace().unwrap_or_default(),
+        obj.name_any(),
+    )
 }
 
 /// Delay before retry number `failures` (1-based): 5 s doubling up to 5 min, so a broken

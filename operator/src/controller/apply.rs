@@ -1,0 +1,238 @@
+//! Writing children: server-side apply under one field manager, skipped when the watch
+//! cache shows the child already as desired; the hand-over of `replicas` to an autoscaler;
+//! removal of children the spec no longer asks for; Events.
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, ResourceExt};
+use serde::Serialize;
+
+use super::children::ChildKind;
+use super::{Child, Context, HANDOVER_MANAGER, Kind, MANAGER};
+use crate::drift;
+use crate::error::{Error, Result};
+
+/// Server-side applies `desired` unless the watch cache shows that the live child already
+/// holds every field of it ([`drift::holds`]), in which case no request is made at all.
+/// `always` applies even then (after a hand-over, to give up the fields handed over).
+/// Returns the child as the API server (or the cache) has it.
+pub async fn apply<K: Kind, C: ChildKind>(
+    ctx: &Context,
+    owner: &K,
+    desired: &C,
+    always: bool,
+) -> Result<C> {
+    let name = desired.name_any();
+    let namespace = desired.namespace().unwrap_or_default();
+    let live = C::store(&ctx.stores).get(&ObjectRef::new(&name).within(&namespace));
+    if let Some(live) = live.filter(|live| !always && holds(&**live, desired)) {
+        ctx.metrics
+            .applies
+            .with_label_values(&[K::KIND, C::KIND, "unchanged"])
+            .inc();
+        return Ok(C::clone(&live));
+    }
+    let api: Api<C> = Api::namespaced(ctx.client.clone(), &namespace);
+    let params = PatchParams::apply(MANAGER).force();
+    match api.patch(&name, &params, &Patch::Apply(desired)).await {
+        Ok(applied) => {
+            ctx.metrics
+                .applies
+                .with_label_values(&[K::KIND, C::KIND, "applied"])
+                .inc();
+            Ok(applied)
+        }
+        Err(source) => Err(failed(ctx, owner, C::KIND, namespace, name, "Apply", source).await),
+    }
+}
+
+fn holds<C: Serialize>(live: &C, desired: &C) -> bool {
+    match (serde_json::to_value(live), serde_json::to_value(desired)) {
+        (Ok(live), Ok(desired)) => drift::holds(&live, &desired),
+        _ => false,
+    }
+}
+
+/// Applies every child in order; returns them as applied.
+pub async fn apply_all<K: Kind>(
+    ctx: &Context,
+    owner: &K,
+    children: &[Child],
+) -> Result<Vec<Child>> {
+    let mut applied = Vec::with_capacity(children.len());
+    for child in children {
+        applied.push(match child {
+            Child::Deployment(d) => {
+                let handed_over = hand_over_replicas(ctx, owner, d).await?;
+                apply(ctx, owner, d, handed_over).await?.into_child()
+            }
+            Child::Service(c) => apply(ctx, owner, c, false).await?.into_child(),
+            Child::PodDisruptionBudget(c) => apply(ctx, owner, c, false).await?.into_child(),
+            Child::HorizontalPodAutoscaler(c) => apply(ctx, owner, c, false).await?.into_child(),
+        });
+    }
+    Ok(applied)
+}
+
+/// Deletes every child of kind `C` that `owner` controls and `children` no longer holds.
+pub async fn remove_orphans<K: Kind, C: ChildKind>(
+    ctx: &Context,
+    owner: &K,
+    children: &[Child],
+) -> Result<()> {
+    let Some(uid) = owner.meta().uid.as_deref() else {
+        return Ok(());
+    };
+    let namespace = owner.namespace().unwrap_or_default();
+    let wanted = |name: &str| {
+        children
+            .iter()
+            .filter_map(C::from_child)
+            .any(|c| c.name_any() == name)
+    };
+    let orphans = C::store(&ctx.stores).state().into_iter().filter(|c| {
+        c.namespace().as_deref() == Some(namespace.as_str())
+            && c.owner_references()
+                .iter()
+                .any(|o| o.controller == Some(true) && o.uid == uid)
+            && !wanted(&c.name_any())
+    });
+    for orphan in orphans {
+        let name = orphan.name_any();
+        let api: Api<C> = Api::namespaced(ctx.client.clone(), &namespace);
+        match api.delete(&name, &DeleteParams::default()).await {
+            Ok(_) => {
+                tracing::info!(kind = C::KIND, %name, %namespace, "deleted a child the spec no longer asks for")
+            }
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(source) => {
+                return Err(failed(ctx, owner, C::KIND, namespace, name, "Delete", source).await);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Hands `spec.replicas` of a Deployment over before the operator stops applying it
+/// (autoscaling was turned on). Under server-side apply, a field that its only manager
+/// stops applying is removed, and the Deployment would fall back to 1 replica until the
+/// autoscaler acts. So the live count is first applied under a second field manager,
+/// [`HANDOVER_MANAGER`], which keeps owning it until the autoscaler's own writes take it.
+/// Returns whether a hand-over happened (the Deployment must then be applied, so that the
+/// operator's manager lets go of the field).
+pub async fn hand_over_replicas<K: Kind>(
+    ctx: &Context,
+    owner: &K,
+    desired: &Deployment,
+) -> Result<bool> {
+    if desired.spec.as_ref().is_none_or(|s| s.replicas.is_some()) {
+        return Ok(false);
+    }
+    let name = desired.name_any();
+    let namespace = desired.namespace().unwrap_or_default();
+    let Some(live) = ctx
+        .stores
+        .deployments
+        .get(&ObjectRef::new(&name).within(&namespace))
+    else {
+        return Ok(false);
+    };
+    let Some(replicas) = live.spec.as_ref().and_then(|s| s.replicas) else {
+        return Ok(false);
+    };
+    if !applies_replicas(&live, MANAGER) {
+        return Ok(false);
+    }
+    let patch = serde_json::json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"replicas": replicas},
+    });
+    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
+    let params = PatchParams::apply(HANDOVER_MANAGER);
+    if let Err(source) = api.patch(&name, &params, &Patch::Apply(&patch)).await {
+        let action = "HandOverReplicas";
+        return Err(failed(ctx, owner, "Deployment", namespace, name, action, source).await);
+    }
+    tracing::info!(%name, %namespace, replicas, "handed spec.replicas over to the autoscaler");
+    Ok(true)
+}
+
+/// Whether `manager` owns `spec.replicas` of `deployment` through server-side apply.
+fn applies_replicas(deployment: &Deployment, manager: &str) -> bool {
+    deployment
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|m| {
+            m.manager.as_deref() == Some(manager) && m.operation.as_deref() == Some("Apply")
+        })
+        .filter_map(|m| m.fields_v1.as_ref())
+        .any(|fields| fields.0.pointer("/f:spec/f:replicas").is_some())
+}
+
+/// The error of a failed write of a child, after publishing it as a Warning Event.
+async fn failed<K: Kind>(
+    ctx: &Context,
+    owner: &K,
+    kind: &'static str,
+    namespace: String,
+    name: String,
+    action: &str,
+    source: kube::Error,
+) -> Error {
+    let error = Error::Apply {
+        kind,
+        namespace,
+        name,
+        source,
+    };
+    let note = error.to_string();
+    publish(
+        ctx,
+        &owner.object_ref(&()),
+        EventType::Warning,
+        "ApplyFailed",
+        action,
+        note,
+    )
+    .await;
+    error
+}
+
+/// Publishes an Event about `regarding`. A failure to publish is logged, not returned: the
+/// condition carries the same message and must not be held up by the events API.
+pub async fn publish(
+    ctx: &Context,
+    regarding: &ObjectReference,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    // The events API refuses notes over 1 kB.
+    let note = if note.len() > 1000 {
+        let mut end = 1000;
+        while !note.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}…", &note[..end])
+    } else {
+        note
+    };
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: action.into(),
+        secondary: None,
+    };
+    if let Err(error) = ctx.recorder.publish(&event, regarding).await {
+        tracing::warn!(%error, reason, "could not publish event");
+    }
+}

@@ -1,0 +1,94 @@
+//! The layer every Rigging kind shares: the Controller wiring with shared watches on the
+//! child kinds, reconcile and error policy with backoff, server-side apply of children
+//! under one field manager, removal of children the spec no longer asks for, the status
+//! patch, Events and metrics.
+//!
+//! A kind supplies only what is its own, by implementing [`Kind`]: its pure desired state,
+//! its status summary and its validation (inside `desired`). Everything that does IO is
+//! here, written once.
+
+pub mod apply;
+pub mod children;
+pub mod conditions;
+pub mod context;
+pub mod reconcile;
+
+use std::fmt::Debug;
+use std::future::Future;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::jiff::Timestamp;
+use kube::runtime::{Controller, watcher};
+use kube::{Api, Resource};
+
+use rigging_crds::FieldErrors;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub use children::{Applied, Child, ChildStores, ChildWatches};
+pub use context::{Config, Context};
+pub use reconcile::{RESYNC, error_policy, reconcile};
+
+use crate::replicated_service::desired::RenderConfig;
+
+/// The field manager of every server-side apply, and the `managed-by` label value.
+pub const MANAGER: &str = "rigging-operator";
+/// The field manager that holds a Deployment's `spec.replicas` while it passes from the
+/// operator to a HorizontalPodAutoscaler (see [`apply::hand_over_replicas`]).
+pub const HANDOVER_MANAGER: &str = "rigging-operator-handover";
+
+/// What a Rigging kind supplies to the shared controller layer.
+pub trait Kind:
+    Resource<DynamicType = (), Scope = NamespaceResourceScope>
+    + Clone
+    + Debug
+    + Serialize
+    + DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
+    /// The status subresource's type.
+    type Status: Serialize + Clone + Debug + PartialEq + Send + Sync;
+
+    /// The `kind` label of metrics, and the kind named in logs.
+    const KIND: &'static str;
+
+    /// The children this object stands for, computed without IO, or every reason the
+    /// object is invalid (named by field).
+    fn desired(&self, config: &RenderConfig) -> Result<Vec<Child>, FieldErrors>;
+
+    /// The status once every child is applied, from the children as the API server
+    /// returned them (or as the watch cache holds them, when nothing had to change).
+    fn observed_status(&self, applied: &Applied, now: Timestamp) -> Self::Status;
+
+    /// The status of an object whose spec is invalid.
+    fn invalid_status(&self, errors: &FieldErrors, now: Timestamp) -> Self::Status;
+
+    /// The status the object carries now.
+    fn status(&self) -> Option<&Self::Status>;
+}
+
+/// The controller of `K`: watches `K` in `namespace` (every namespace when `None`), is
+/// triggered by the shared child watches, and reconciles until a shutdown signal. The
+/// watches must run beside it ([`ChildWatches::run`]).
+pub fn controller<K: Kind>(
+    ctx: Arc<Context>,
+    watches: &ChildWatches,
+    namespace: Option<&str>,
+) -> impl Future<Output = ()> + Send + use<K> {
+    let api: Api<K> = children::api(&ctx.client, namespace);
+    let controller = Controller::new(api, watcher::Config::default().any_semantic());
+    watches
+        .trigger(controller)
+        .shutdown_on_signal()
+        .run(reconcile::<K>, error_policy::<K>, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((obj, _)) => tracing::debug!(object = %obj, "reconciled"),
+                Err(error) => tracing::debug!(%error, "reconcile did not complete"),
+            }
+        })
+}

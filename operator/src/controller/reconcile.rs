@@ -1,0 +1,137 @@
+//! The reconcile every kind shares: validate and compute the children (the kind's pure
+//! half), apply them, remove what the spec dropped, write the status, and on failure back
+//! off per object. Nothing here decides what the objects look like.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::{Api, ResourceExt};
+use tracing::Instrument;
+
+use super::apply::{apply_all, publish, remove_orphans};
+use super::conditions::is_current;
+use super::{Applied, Context, Kind, MANAGER};
+use crate::error::{Error, Result};
+
+/// How often a healthy object is looked at again even when nothing changed: what sets
+/// back drift that no watch event reported.
+pub const RESYNC: Duration = Duration::from_secs(300);
+
+/// Reconciles one object in a span of its own: counts and times it, then does the work.
+pub async fn reconcile<K: Kind>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Action> {
+    let span = tracing::info_span!(
+        "reconcile",
+        kind = K::KIND,
+        namespace = obj.namespace().unwrap_or_default(),
+        name = %obj.name_any(),
+    );
+    async {
+        let started = Instant::now();
+        ctx.metrics
+            .reconciliations
+            .with_label_values(&[K::KIND])
+            .inc();
+        let result = reconcile_object(&*obj, &ctx).await;
+        ctx.metrics
+            .duration
+            .with_label_values(&[K::KIND])
+            .observe(started.elapsed().as_secs_f64());
+        if result.is_ok() {
+            ctx.reset_backoff(&*obj);
+        }
+        result
+    }
+    .instrument(span)
+    .await
+}
+
+/// Retries a failed reconcile with exponential backoff (5 s … 5 min) per object.
+pub fn error_policy<K: Kind>(obj: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.count_error(K::KIND, error);
+    let delay = ctx.next_backoff(&*obj);
+    tracing::warn!(
+        kind = K::KIND,
+        name = %obj.name_any(),
+        namespace = obj.namespace().unwrap_or_default(),
+        error = %error,
+        retry_in_s = delay.as_secs(),
+        "reconcile failed"
+    );
+    Action::requeue(delay)
+}
+
+async fn reconcile_object<K: Kind>(obj: &K, ctx: &Context) -> Result<Action> {
+    let name = obj.name_any();
+    let namespace = obj.namespace().ok_or_else(|| Error::MissingNamespace {
+        kind: K::KIND,
+        name: name.clone(),
+    })?;
+    let now = Timestamp::now();
+    let children = match obj.desired(&ctx.config.render) {
+        Ok(children) => children,
+        Err(errors) => {
+            let status = obj.invalid_status(&errors, now);
+            if !is_current(obj.status(), &status) {
+                tracing::info!(%errors, "invalid spec");
+                let note = errors.to_string();
+                let regarding = obj.object_ref(&());
+                publish(
+                    ctx,
+                    &regarding,
+                    EventType::Warning,
+                    "InvalidSpec",
+                    "Validate",
+                    note,
+                )
+                .await;
+                patch_status(ctx, obj, &namespace, &status).await?;
+            }
+            // Nothing to retry: the next edit of the spec triggers a reconcile.
+            return Ok(Action::await_change());
+        }
+    };
+
+    ctx.stores.wait_until_ready().await;
+    let applied = Applied(apply_all(ctx, obj, &children).await?);
+    remove_orphans::<K, Deployment>(ctx, obj, &children).await?;
+    remove_orphans::<K, Service>(ctx, obj, &children).await?;
+    remove_orphans::<K, PodDisruptionBudget>(ctx, obj, &children).await?;
+    remove_orphans::<K, HorizontalPodAutoscaler>(ctx, obj, &children).await?;
+
+    let status = obj.observed_status(&applied, now);
+    if !is_current(obj.status(), &status) {
+        patch_status(ctx, obj, &namespace, &status).await?;
+    }
+    Ok(Action::requeue(RESYNC))
+}
+
+async fn patch_status<K: Kind>(
+    ctx: &Context,
+    obj: &K,
+    namespace: &str,
+    status: &K::Status,
+) -> Result<()> {
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), namespace);
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    let params = PatchParams::apply(MANAGER).force();
+    api.patch_status(&obj.name_any(), &params, &Patch::Apply(&patch))
+        .await
+        .map_err(|source| Error::StatusPatch {
+            namespace: namespace.to_owned(),
+            name: obj.name_any(),
+            source,
+        })?;
+    Ok(())
+}
