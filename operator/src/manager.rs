@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client};
+use kube::{Api, Client, Resource};
 use kube_lease_manager::LeaseManagerBuilder;
 
 use crate::admin::{self, Readiness};
@@ -91,6 +91,12 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
             source,
         })?;
     let client = Client::try_default().await.map_err(RunError::Client)?;
+    // Until the CRDs are served, `/readyz` stays red and nothing starts: a controller on a
+    // missing kind would only log watch errors.
+    tokio::select! {
+        () = wait_for_crds(&client) => {}
+        () = shutdown_signal() => return Ok(()),
+    }
     let controllers = controllers(
         client.clone(),
         options.config.clone(),
@@ -179,6 +185,37 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
         namespace: lease.namespace,
         name: lease.name,
     })
+}
+
+/// How often a missing CRD is looked for again.
+const CRD_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Waits until the API server serves every Rigging kind (its CRD is installed and
+/// established), saying what is missing every [`CRD_RETRY`].
+async fn wait_for_crds(client: &Client) {
+    let kinds = [ReplicatedService::plural(&())];
+    let api_version = ReplicatedService::api_version(&());
+    loop {
+        let missing: Vec<String> = match client.list_api_group_resources(&api_version).await {
+            Ok(list) => kinds
+                .iter()
+                .filter(|k| !list.resources.iter().any(|r| r.name == **k))
+                .map(|k| format!("{k}.{}", ReplicatedService::group(&())))
+                .collect(),
+            Err(error) => {
+                tracing::warn!(%error, %api_version, "cannot read the Rigging API; not ready");
+                kinds.iter().map(|k| k.to_string()).collect()
+            }
+        };
+        if missing.is_empty() {
+            return;
+        }
+        tracing::warn!(
+            ?missing,
+            "CustomResourceDefinitions not installed (kubectl apply -f crds/); not ready"
+        );
+        tokio::time::sleep(CRD_RETRY).await;
+    }
 }
 
 /// Every kind's controller, on one set of shared child watches, until a shutdown signal.

@@ -4,6 +4,7 @@
 use std::convert::Infallible;
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -101,7 +102,10 @@ fn lease_answer(
     })
 }
 
-async fn answer(req: Request<Incoming>, log: Log, lease: LeaseSlot) -> Response<Body> {
+/// Whether the fake serves the rigging.dev API (its CRDs are installed).
+type Crds = Arc<AtomicBool>;
+
+async fn answer(req: Request<Incoming>, log: Log, lease: LeaseSlot, crds: Crds) -> Response<Body> {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let query = req.uri().query().unwrap_or_default().to_owned();
@@ -120,6 +124,19 @@ async fn answer(req: Request<Incoming>, log: Log, lease: LeaseSlot) -> Response<
         return Response::new(Either::Right(StreamBody::new(futures::stream::pending())));
     }
     match method {
+        Method::GET if path == "/apis/rigging.dev/v1alpha1" && crds.load(Ordering::SeqCst) => {
+            json_body(
+                StatusCode::OK,
+                &json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "rigging.dev/v1alpha1",
+                        "resources": [{"name": "replicatedservices", "singularName": "replicatedservice",
+                                       "namespaced": true, "kind": "ReplicatedService",
+                                       "verbs": ["get", "list", "watch", "patch"]}]}),
+            )
+        }
+        Method::GET if path == "/apis/rigging.dev/v1alpha1" => json_body(
+            StatusCode::NOT_FOUND,
+            &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404}),
+        ),
         Method::GET if path == "/apis/rigging.dev/v1alpha1/replicatedservices" => json_body(
             StatusCode::OK,
             &json!({"apiVersion": "rigging.dev/v1alpha1", "kind": "ReplicatedServiceList",
@@ -147,7 +164,7 @@ async fn answer(req: Request<Incoming>, log: Log, lease: LeaseSlot) -> Response<
 }
 
 /// Serves the fake API on a thread of its own; returns its address and request log.
-fn fake_api_server(lease: LeaseSlot) -> (SocketAddr, Log) {
+fn fake_api_server(lease: LeaseSlot, crds: Crds) -> (SocketAddr, Log) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let addr = listener.local_addr().unwrap();
@@ -167,10 +184,11 @@ fn fake_api_server(lease: LeaseSlot) -> (SocketAddr, Log) {
                 };
                 let log = server_log.clone();
                 let lease = lease.clone();
+                let crds = crds.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req| {
-                        let (log, lease) = (log.clone(), lease.clone());
-                        async move { Ok::<_, Infallible>(answer(req, log, lease).await) }
+                        let (log, lease, crds) = (log.clone(), lease.clone(), crds.clone());
+                        async move { Ok::<_, Infallible>(answer(req, log, lease, crds).await) }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
@@ -253,8 +271,17 @@ fn start(
     extra_args: &[&str],
     lease: Option<Value>,
 ) -> (SocketAddr, Log, LeaseSlot, Operator, tempfile::TempDir) {
+    start_with_crds(extra_args, lease, Crds::new(AtomicBool::new(true)))
+}
+
+/// [`start`], with the fake's CRDs installed while `crds` holds.
+fn start_with_crds(
+    extra_args: &[&str],
+    lease: Option<Value>,
+    crds: Crds,
+) -> (SocketAddr, Log, LeaseSlot, Operator, tempfile::TempDir) {
     let lease = LeaseSlot::new(Mutex::new(lease));
-    let (api, log) = fake_api_server(lease.clone());
+    let (api, log) = fake_api_server(lease.clone(), crds);
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
     std::fs::write(
@@ -329,6 +356,33 @@ fn run_reconciles_what_it_lists_and_serves_its_admin_endpoints() {
         "{metrics}"
     );
     assert!(metrics.contains("rigging_operator_applies_total{child=\"Deployment\",kind=\"ReplicatedService\",outcome=\"applied\"} 1"), "{metrics}");
+}
+
+#[test]
+fn readyz_stays_red_and_nothing_starts_until_the_crds_are_installed() {
+    let crds = Crds::new(AtomicBool::new(false));
+    let (admin, log, _, _operator, _dir) =
+        start_with_crds(&["--no-leader-election"], None, crds.clone());
+    eventually("the operator to look for its CRDs", || {
+        first(&log, "GET /apis/rigging.dev/v1alpha1").is_some()
+    });
+    eventually("/healthz to answer", || {
+        http_get(admin, "/healthz").is_some_and(|(s, _)| s == 200)
+    });
+    assert_eq!(http_get(admin, "/readyz").map(|(s, _)| s), Some(503));
+    assert_eq!(
+        first(&log, LIST_REPLICATED_SERVICES),
+        None,
+        "no controller started"
+    );
+
+    crds.store(true, Ordering::SeqCst);
+    eventually("/readyz to answer 200 once the CRDs are served", || {
+        http_get(admin, "/readyz").is_some_and(|(s, _)| s == 200)
+    });
+    eventually("the controller to start", || {
+        first(&log, LIST_REPLICATED_SERVICES).is_some()
+    });
 }
 
 const DEPLOYMENT_APPLY: &str = "PATCH /apis/apps/v1/namespaces/shop/deployments/web";
