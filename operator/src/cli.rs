@@ -53,6 +53,9 @@ pub struct RunArgs {
     /// Namespace of the Lease (default: the pod's own namespace).
     #[arg(long, env = "POD_NAMESPACE")]
     pub lease_namespace: Option<String>,
+    /// How often a healthy object is reconciled again when nothing changed (e.g. `5m`).
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub resync_period: std::time::Duration,
     /// Reconcile only the Rigging resources of this namespace (default: every namespace).
     #[arg(long = "namespace", env = "RIGGING_WATCH_NAMESPACE")]
     pub watch_namespace: Option<String>,
@@ -141,6 +144,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             render: RenderConfig {
                 sidecar_image: args.sidecar_image,
             },
+            resync: args.resync_period,
         },
         leader_election,
         identity,

@@ -14,10 +14,21 @@ use crate::metrics::Metrics;
 use crate::replicated_service::desired::RenderConfig;
 
 /// The operator's settings that reconciles read.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Config {
     /// What the pure halves need (the sidecar image).
     pub render: RenderConfig,
+    /// How often a healthy object is reconciled again when nothing changed.
+    pub resync: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            render: RenderConfig::default(),
+            resync: super::RESYNC,
+        }
+    }
 }
 
 /// Shared state of the controllers.

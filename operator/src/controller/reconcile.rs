@@ -21,8 +21,8 @@ use super::conditions::is_current;
 use super::{Applied, Context, Kind, MANAGER};
 use crate::error::{Error, Result};
 
-/// How often a healthy object is looked at again even when nothing changed: what sets
-/// back drift that no watch event reported.
+/// How often a healthy object is looked at again even when nothing changed, unless
+/// `run --resync-period` says otherwise: what sets back drift no watch event reported.
 pub const RESYNC: Duration = Duration::from_secs(300);
 
 /// Reconciles one object in a span of its own: counts and times it, then does the work.
@@ -110,7 +110,7 @@ async fn reconcile_object<K: Kind>(obj: &K, ctx: &Context) -> Result<Action> {
     if !is_current(obj.status(), &status) {
         patch_status(ctx, obj, &namespace, &status).await?;
     }
-    Ok(Action::requeue(RESYNC))
+    Ok(Action::requeue(ctx.config.resync))
 }
 
 async fn patch_status<K: Kind>(

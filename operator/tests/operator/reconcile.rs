@@ -68,6 +68,7 @@ fn config() -> Config {
         render: RenderConfig {
             sidecar_image: "rigging-sidecar:test".into(),
         },
+        ..Config::default()
     }
 }
 
