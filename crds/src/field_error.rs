@@ -6,7 +6,8 @@ use std::fmt;
 /// One invalid field: its path from the object root and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldError {
-    /// Dotted path from the object root, e.g. `spec.autoscaling.minReplicas`.
+    /// Dotted path from the object root, e.g. `spec.autoscaling.minReplicas`; empty for a
+    /// rule on the whole object, whose message names the fields it is about.
     pub field: String,
     /// What is wrong, phrased so a person can fix it.
     pub message: String,
@@ -24,7 +25,12 @@ impl FieldError {
 
 impl fmt::Display for FieldError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.field, self.message)
+        // A rule on the whole object names its field in its message.
+        if self.field.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.field, self.message)
+        }
     }
 }
 

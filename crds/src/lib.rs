@@ -2,8 +2,9 @@
 //!
 //! Each kind lives in a module named after the pattern it implements. The types are the
 //! single source of truth: the CRD YAML under `crds/` is generated from them
-//! (`rigging-operator crds`), and the operator's validation of a spec mirrors the CEL rules
-//! they carry, so a manifest `render` accepts is one the API server accepts.
+//! (`rigging-operator crds`), with their OpenAPI bounds and CEL rules, and `render`
+//! evaluates those same rules, so a manifest `render` accepts is one the API server
+//! accepts.
 
 pub mod field_error;
 pub mod replicated_service;

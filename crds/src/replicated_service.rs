@@ -11,8 +11,6 @@ use kube::{CustomResource, KubeSchema};
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Serialize};
 
-use crate::{FieldError, FieldErrors};
-
 /// Port of the TLS sidecar's admin endpoint (`/healthz`, `/readyz`, `/metrics`); the app
 /// and the TLS listener must not use it.
 pub const TLS_ADMIN_PORT: i32 = 9901;
@@ -20,25 +18,6 @@ pub const TLS_ADMIN_PORT: i32 = 9901;
 /// Why a ReplicatedService's name must be a DNS-1035 label: its Service takes the name, and
 /// its pods' labels carry it as a value (at most 63 characters).
 const NAME_MESSAGE: &str = "metadata.name must be a DNS-1035 label (at most 63 lowercase letters, digits and '-', starting with a letter and ending with a letter or digit): the ReplicatedService's Service and its pods' labels take this name";
-
-/// The CEL rule on `metadata.name`, checked before anything is applied.
-pub fn validate_name(name: &str) -> Result<(), FieldErrors> {
-    let bytes = name.as_bytes();
-    let valid = (1..=63).contains(&bytes.len())
-        && bytes[0].is_ascii_lowercase()
-        && bytes[bytes.len() - 1].is_ascii_alphanumeric()
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-');
-    if valid {
-        Ok(())
-    } else {
-        Err(FieldErrors(vec![FieldError::new(
-            "metadata.name",
-            format!("{name:?}: {NAME_MESSAGE}"),
-        )]))
-    }
-}
 
 /// Desired state of a ReplicatedService.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -325,99 +304,4 @@ impl ReplicatedServiceSpec {
     pub fn target_port(&self) -> i32 {
         self.tls.as_ref().map_or(self.port, |tls| tls.port)
     }
-
-    /// Checks every rule of the CRD schema and its CEL rules that serde cannot, so that
-    /// `render` and the controller refuse what the API server would refuse, with the same
-    /// field paths (rooted at `spec`).
-    pub fn validate(&self) -> Result<(), FieldErrors> {
-        let mut errors = Vec::new();
-        let mut check = |ok: bool, field: &str, message: &str| {
-            if !ok {
-                errors.push(FieldError::new(field, message));
-            }
-        };
-        check(self.replicas >= 0, "spec.replicas", "must be >= 0");
-        check(
-            valid_port(self.port),
-            "spec.port",
-            "must be between 1 and 65535",
-        );
-        if let Some(port) = self.service.port {
-            check(
-                valid_port(port),
-                "spec.service.port",
-                "must be between 1 and 65535",
-            );
-        }
-        if let Some(a) = &self.autoscaling {
-            check(
-                a.min_replicas >= 1,
-                "spec.autoscaling.minReplicas",
-                "must be >= 1",
-            );
-            check(
-                a.max_replicas >= 1,
-                "spec.autoscaling.maxReplicas",
-                "must be >= 1",
-            );
-            check(
-                a.min_replicas <= a.max_replicas,
-                "spec.autoscaling.minReplicas",
-                "minReplicas must be <= maxReplicas",
-            );
-            check(
-                a.target_cpu_utilization_percentage >= 1,
-                "spec.autoscaling.targetCPUUtilizationPercentage",
-                "must be >= 1",
-            );
-        }
-        if let Some(b) = &self.disruption_budget {
-            check(
-                b.max_unavailable.is_some() != b.min_available.is_some(),
-                "spec.disruptionBudget",
-                "set exactly one of maxUnavailable or minAvailable",
-            );
-        }
-        if let Some(tls) = &self.tls {
-            check(
-                !tls.secret_name.is_empty(),
-                "spec.tls.secretName",
-                "must not be empty",
-            );
-            check(
-                valid_port(tls.port),
-                "spec.tls.port",
-                "must be between 1 and 65535",
-            );
-            check(
-                tls.port != self.port,
-                "spec.tls.port",
-                "tls.port must differ from port: the TLS terminator and the app share the pod's network",
-            );
-            check(
-                self.port != TLS_ADMIN_PORT && tls.port != TLS_ADMIN_PORT,
-                "spec.tls",
-                "port 9901 is reserved for the TLS terminator's admin endpoint",
-            );
-        }
-        match self.template.spec.as_ref().and_then(|s| s.containers.first()) {
-            None => errors.push(FieldError::new(
-                "spec.template.spec.containers",
-                "template.spec.containers must hold the app container",
-            )),
-            Some(app) if app.readiness_probe.is_none() => errors.push(FieldError::new(
-                "spec.template.spec.containers[0].readinessProbe",
-                format!(
-                    "container \"{}\" (the app container, template.spec.containers[0]) has no readinessProbe: a ReplicatedService only sends traffic to ready pods, so the app container must declare one",
-                    app.name
-                ),
-            )),
-            Some(_) => {}
-        }
-        FieldErrors::into_result(errors)
-    }
-}
-
-fn valid_port(port: i32) -> bool {
-    (1..=65535).contains(&port)
 }

@@ -74,17 +74,21 @@ impl fmt::Display for Invalid<'_> {
     }
 }
 
-/// The CRD schema of ReplicatedService, built once: generating it is far costlier than
-/// rendering one object.
-fn replicated_service_schema() -> &'static Value {
-    static SCHEMA: OnceLock<Value> = OnceLock::new();
+/// The CRD schema of ReplicatedService and its compiled CEL rules, built once: generating
+/// them is far costlier than rendering one object.
+fn replicated_service_schema() -> &'static (Value, schema::Rules) {
+    static SCHEMA: OnceLock<(Value, schema::Rules)> = OnceLock::new();
     SCHEMA.get_or_init(|| {
         let crd = ReplicatedService::crd();
         let schema = crd.spec.versions[0]
             .schema
             .as_ref()
             .and_then(|s| s.open_api_v3_schema.as_ref());
-        schema::for_whole_object(&serde_json::to_value(schema).unwrap_or(Value::Null))
+        let schema = serde_json::to_value(schema).unwrap_or(Value::Null);
+        (
+            schema::for_whole_object(&schema),
+            schema::Rules::compile(&schema),
+        )
     })
 }
 
@@ -137,7 +141,8 @@ fn render_document(
             api_version,
         });
     }
-    let mut errors = schema::validate(replicated_service_schema(), &value, "");
+    let (structure, rules) = replicated_service_schema();
+    let mut errors = schema::validate(structure, &value, "");
     if value
         .pointer("/metadata/name")
         .and_then(Value::as_str)
@@ -145,6 +150,12 @@ fn render_document(
     {
         errors.push(FieldError::new("metadata.name", "required"));
     }
+    if !errors.is_empty() {
+        return Err(invalid(errors));
+    }
+    // The CEL rules only on a well-formed object: on a field of the wrong type, what they
+    // say would mislead.
+    let errors = rules.check(&value);
     if !errors.is_empty() {
         return Err(invalid(errors));
     }
@@ -183,4 +194,59 @@ pub fn to_yaml_stream(source_name: &str, values: &[Value]) -> Result<String, Ren
         out.push_str(&yaml);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal(spec: &str) -> Vec<String> {
+        let input = format!(
+            "apiVersion: rigging.dev/v1alpha1\nkind: ReplicatedService\nmetadata: {{name: web}}\nspec:\n{spec}"
+        );
+        match render_values("web.yaml", &input, &RenderConfig::default()) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.to_string().lines().map(str::to_owned).collect(),
+        }
+    }
+
+    const APP: &str = "  template: {spec: {containers: [{name: app, image: a, readinessProbe: {tcpSocket: {port: 8080}}}]}}\n";
+
+    #[test]
+    fn the_crd_cel_rules_refuse_with_the_field_they_name() {
+        let spec = format!(
+            "  port: 8080\n{APP}  autoscaling: {{minReplicas: 9, maxReplicas: 2}}\n  disruptionBudget: {{minAvailable: 1, maxUnavailable: 1}}\n  tls: {{secretName: t, port: 8080}}\n"
+        );
+        assert_eq!(
+            refusal(&spec),
+            [
+                "web.yaml: document 1: spec.autoscaling.minReplicas: minReplicas must be <= maxReplicas",
+                "web.yaml: document 1: spec.disruptionBudget: set exactly one of maxUnavailable or minAvailable",
+                "web.yaml: document 1: spec.tls.port: tls.port must differ from port: the TLS terminator and the app share the pod's network",
+            ]
+        );
+    }
+
+    #[test]
+    fn schema_bounds_are_refused_before_the_cel_rules_run() {
+        let spec =
+            format!("  port: 8080\n  replicas: -1\n{APP}  tls: {{secretName: t, port: 8080}}\n");
+        assert_eq!(
+            refusal(&spec),
+            ["web.yaml: document 1: spec.replicas: must be >= 0"]
+        );
+    }
+
+    #[test]
+    fn a_missing_readiness_probe_names_the_container() {
+        let refused =
+            refusal("  port: 8080\n  template: {spec: {containers: [{name: web, image: a}]}}\n");
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        assert!(
+            refused[0].starts_with(
+                "web.yaml: document 1: spec.template: container \"web\" (the app container"
+            ),
+            "{refused:?}"
+        );
+    }
 }

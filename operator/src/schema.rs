@@ -2,12 +2,40 @@
 //! server checks it before CEL rules: types, required fields, enums, bounds, and unknown
 //! fields (which the API server prunes or, with strict field validation, refuses).
 //!
-//! It covers the subset of OpenAPI that structural schemas allow. CEL rules
-//! (`x-kubernetes-validations`) are not evaluated here: each kind's Rust validation mirrors
-//! them.
+//! It covers the subset of OpenAPI that structural schemas allow. The CEL rules
+//! (`x-kubernetes-validations`) are then evaluated by [`Rules`], with kube's CEL engine, on
+//! the same schema: the rules written on the Rust types are the only copy, and `render`
+//! refuses exactly what they refuse.
 
+use kube::core::cel::{CompiledSchema, Validator, compile_schema};
 use rigging_crds::FieldError;
 use serde_json::Value;
+
+/// The CEL rules of one CRD schema, compiled once.
+pub struct Rules(CompiledSchema);
+
+impl Rules {
+    /// Compiles every rule of `open_api_v3_schema`.
+    pub fn compile(open_api_v3_schema: &Value) -> Self {
+        Self(compile_schema(open_api_v3_schema))
+    }
+
+    /// Evaluates the rules on `value` (after the schema's defaults, as the API server
+    /// does), one error per failing rule, named by the field the rule points at, in the
+    /// order of those fields.
+    pub fn check(&self, value: &Value) -> Vec<FieldError> {
+        let Err(errors) = Validator::new().validate_compiled(&self.0, value, None) else {
+            return Vec::new();
+        };
+        let mut errors: Vec<FieldError> = errors
+            .into_vec()
+            .into_iter()
+            .map(|e| FieldError::new(e.field_path, e.message))
+            .collect();
+        errors.sort_by(|a, b| a.field.cmp(&b.field));
+        errors
+    }
+}
 
 /// A CRD's `openAPIV3Schema` completed with the fields the API server adds to every
 /// custom resource (`apiVersion`, `kind`, `metadata`), so a whole manifest can be checked.

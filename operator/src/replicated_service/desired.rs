@@ -18,7 +18,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
-use rigging_crds::replicated_service::{TLS_ADMIN_PORT, validate_name};
+use rigging_crds::replicated_service::TLS_ADMIN_PORT;
 use rigging_crds::{FieldError, FieldErrors, ReplicatedService};
 
 use crate::controller::{Child, MANAGER};
@@ -110,17 +110,9 @@ pub fn labels(rs: &ReplicatedService) -> BTreeMap<String, String> {
 
 /// Computes the children, or every reason the spec is invalid.
 pub fn desired(rs: &ReplicatedService, config: &RenderConfig) -> Result<Children, FieldErrors> {
-    let mut errors = Vec::new();
-    for check in [
-        validate_name(&rs.name_any()),
-        rs.spec.validate(),
-        check_reserved_names(rs),
-    ] {
-        if let Err(found) = check {
-            errors.extend(found.0);
-        }
-    }
-    FieldErrors::into_result(errors)?;
+    // The CRD's schema and CEL rules are checked before this (by the API server, and by
+    // `render` with the same rules); what is left is what they cannot express.
+    check_reserved_names(rs)?;
     Ok(Children {
         deployment: deployment(rs, config),
         service: service(rs),
@@ -617,37 +609,6 @@ spec:
                 "rigging-operator"
             );
         }
-    }
-
-    #[test]
-    fn an_app_container_without_readiness_probe_is_refused_by_name() {
-        let mut rs = minimal();
-        rs.spec.template.spec.as_mut().unwrap().containers[0].readiness_probe = None;
-        let errors = errors(&rs);
-        assert_eq!(errors.len(), 1);
-        assert!(
-            errors[0]
-                .starts_with("spec.template.spec.containers[0].readinessProbe: container \"app\""),
-            "{errors:?}"
-        );
-    }
-
-    #[test]
-    fn cross_field_rules_are_enforced_with_field_paths() {
-        let mut rs = full();
-        rs.spec.replicas = -1;
-        rs.spec.autoscaling.as_mut().unwrap().min_replicas = 9;
-        rs.spec.disruption_budget.as_mut().unwrap().min_available = Some(IntOrString::Int(1));
-        rs.spec.tls.as_mut().unwrap().port = 8080;
-        assert_eq!(
-            errors(&rs),
-            [
-                "spec.replicas: must be >= 0",
-                "spec.autoscaling.minReplicas: minReplicas must be <= maxReplicas",
-                "spec.disruptionBudget: set exactly one of maxUnavailable or minAvailable",
-                "spec.tls.port: tls.port must differ from port: the TLS terminator and the app share the pod's network",
-            ]
-        );
     }
 
     #[test]

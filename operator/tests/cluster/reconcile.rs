@@ -94,17 +94,21 @@ async fn every_example_is_reconciled_into_owned_children_and_a_current_status() 
         );
     }
 
-    // The printer columns, as `kubectl get` shows them.
-    let table = cluster.kubectl_ok(&["get", "rsvc", "-n", &ns.name]);
+    // The printer columns, as `kubectl get` shows them, once the Deployment controller
+    // has created hello's one (Pending) pod and the status counts it.
+    let table = eventually("hello's row to count its pod", SETTLE, || async {
+        let table = cluster.kubectl_ok(&["get", "rsvc", "-n", &ns.name]);
+        let row: Vec<String> = table
+            .lines()
+            .find(|l| l.starts_with("hello "))?
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        (row[..3] == ["hello", "False", "1"]).then_some(table)
+    })
+    .await;
     let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
     assert_eq!(header, ["NAME", "READY", "REPLICAS", "AGE"], "{table}");
-    let hello: Vec<&str> = table
-        .lines()
-        .find(|l| l.starts_with("hello "))
-        .unwrap_or_else(|| panic!("no row for hello: {table}"))
-        .split_whitespace()
-        .collect();
-    assert_eq!(&hello[..3], ["hello", "False", "1"], "{table}");
 }
 
 #[tokio::test]

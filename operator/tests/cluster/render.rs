@@ -82,7 +82,10 @@ async fn names_the_api_server_refuses_are_refused_by_render_first() {
         let refusal = render::render_values(name, &yaml(&object), &RenderConfig::default())
             .expect_err("render refuses the name")
             .to_string();
-        assert!(refusal.contains("metadata.name: "), "{name}: {refusal}");
+        assert!(
+            refusal.contains("document 1: metadata.name must be a DNS-1035 label"),
+            "{name}: {refusal}"
+        );
         // Without Rigging's rule, the API server would accept the ReplicatedService and
         // refuse its Service: show that, then that the rule refuses it first.
         if service_refused {

@@ -107,7 +107,7 @@ fn render_messages(doc: &Value) -> Vec<String> {
 type Mutation = Box<dyn Fn(&mut Value)>;
 
 #[test]
-fn the_api_server_rules_and_render_refuse_the_same_manifests_with_the_same_messages() {
+fn render_refuses_what_the_committed_crds_rules_refuse_with_their_messages() {
     let cases: Vec<(&str, Mutation)> = vec![
         (
             "min above max",

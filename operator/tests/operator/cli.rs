@@ -90,9 +90,7 @@ fn render_refuses_an_app_container_without_readiness_probe_by_name() {
     let bad = GOOD.replace("          readinessProbe: {tcpSocket: {port: 8080}}\n", "");
     let err = render_error(&bad);
     assert!(
-        err.starts_with(
-            "FILE: document 2: spec.template.spec.containers[0].readinessProbe: container \"app\""
-        ),
+        err.starts_with("FILE: document 2: spec.template: container \"app\" (the app container"),
         "{err}"
     );
 }

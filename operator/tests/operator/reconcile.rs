@@ -57,9 +57,11 @@ fn with_tls_and_autoscaling() -> ReplicatedService {
     }))
 }
 
-fn without_readiness_probe() -> ReplicatedService {
-    let mut rs = replicated_service(json!({}));
-    rs.spec.template.spec.as_mut().unwrap().containers[0].readiness_probe = None;
+/// Invalid in a way only the operator can see (the CRD cannot): a container takes the
+/// name of Rigging's TLS sidecar.
+fn with_a_reserved_container_name() -> ReplicatedService {
+    let mut rs = replicated_service(json!({"tls": {"secretName": "web-tls"}}));
+    rs.spec.template.spec.as_mut().unwrap().containers[0].name = "rigging-tls".into();
     rs
 }
 
@@ -389,7 +391,7 @@ async fn a_child_that_drifted_in_the_cache_is_the_only_one_applied() {
 
 #[tokio::test]
 async fn an_invalid_spec_gets_an_event_and_a_degraded_status_and_nothing_applied() {
-    let rs = without_readiness_probe();
+    let rs = with_a_reserved_container_name();
     let rs2 = rs.clone();
     let (result, _) = run_scenario(rs, Cache::default(), move |mut api| async move {
         let event = api.event().await;
@@ -399,7 +401,7 @@ async fn an_invalid_spec_gets_an_event_and_a_degraded_status_and_nothing_applied
         assert_eq!(event["regarding"]["name"], "web");
         let note = event["note"].as_str().unwrap();
         assert!(
-            note.contains("container \"app\"") && note.contains("readinessProbe"),
+            note.contains("\"rigging-tls\", a name Rigging reserves"),
             "{note}"
         );
         let status = api.status(&rs2).await;
@@ -421,7 +423,7 @@ async fn an_invalid_spec_gets_an_event_and_a_degraded_status_and_nothing_applied
 
 #[tokio::test]
 async fn an_invalid_spec_already_reported_costs_no_request() {
-    let mut rs = without_readiness_probe();
+    let mut rs = with_a_reserved_container_name();
     let errors = desired::desired(&rs, &config().render).unwrap_err();
     rs.status = Some(status::invalid(&rs, &errors, Timestamp::now()));
     let (result, _) = run_scenario(rs, Cache::default(), |api| async move { api }).await;
