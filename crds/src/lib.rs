@@ -1,4 +1,5 @@
-//! Rigging's Kubernetes API, group `rigging.dev`, version `v1alpha1`.
+//! Rigging's Kubernetes API, group `rigging.dev`, version `v1alpha1`, and the contract
+//! between the operator and the sidecars ([`sidecar`]: each sidecar's typed command line).
 //!
 //! Each kind lives in a module named after the pattern it implements. The types are the
 //! single source of truth: the CRD YAML under `crds/` is generated from them
@@ -7,9 +8,12 @@
 //! accepts.
 
 pub mod field_error;
+#[cfg(feature = "api")]
 pub mod replicated_service;
+pub mod sidecar;
 
 pub use field_error::{FieldError, FieldErrors};
+#[cfg(feature = "api")]
 pub use replicated_service::{
     Autoscaling, DisruptionBudget, ReplicatedService, ReplicatedServiceSpec,
     ReplicatedServiceStatus, ServiceSettings, ServiceType, SessionAffinity, Tls,

@@ -11,9 +11,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Serialize};
 
-/// Port of the TLS sidecar's admin endpoint (`/healthz`, `/readyz`, `/metrics`); the app
-/// and the TLS listener must not use it.
-pub const TLS_ADMIN_PORT: i32 = 9901;
+use crate::sidecar::spec::Sidecars;
 
 /// Why a ReplicatedService's name must be a DNS-1035 label: its Service takes the name, and
 /// its pods' labels carry it as a value (at most 63 characters).
@@ -46,14 +44,8 @@ const NAME_MESSAGE: &str = "metadata.name must be a DNS-1035 label (at most 63 l
         .message(NAME_MESSAGE)
 )]
 #[x_kube(
-    validation = Rule::new("!has(self.tls) || self.tls.port != self.port")
-        .message("tls.port must differ from port: the TLS terminator and the app share the pod's network")
-        .field_path(".tls.port"),
-    validation = Rule::new("!has(self.tls) || (self.port != 9901 && self.tls.port != 9901)")
-        .message("port 9901 is reserved for the TLS terminator's admin endpoint")
-        .field_path(".tls"),
-    validation = Rule::new("has(self.template.spec) && size(self.template.spec.containers) > 0 && has(self.template.spec.containers[0].readinessProbe)")
-        .message(Message::Expression("has(self.template.spec) && size(self.template.spec.containers) > 0 ? 'container \"' + self.template.spec.containers[0].name + '\" (the app container, template.spec.containers[0]) has no readinessProbe: a ReplicatedService only sends traffic to ready pods, so the app container must declare one' : 'template.spec.containers must hold the app container'".into()))
+    validation = Rule::new("(has(self.sidecars) && has(self.sidecars.health)) || (has(self.template.spec) && size(self.template.spec.containers) > 0 && has(self.template.spec.containers[0].readinessProbe))")
+        .message(Message::Expression("has(self.template.spec) && size(self.template.spec.containers) > 0 ? 'container \"' + self.template.spec.containers[0].name + '\" (the app container, template.spec.containers[0]) has no readinessProbe: a ReplicatedService only sends traffic to ready pods, so the app container must declare one, or sidecars.health must check it' : 'template.spec.containers must hold the app container'".into()))
         .field_path(".template")
 )]
 #[serde(rename_all = "camelCase")]
@@ -87,6 +79,10 @@ pub struct ReplicatedServiceSpec {
     /// Terminate TLS in a Rigging sidecar in front of the app; the Service then targets it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<Tls>,
+
+    /// Rigging's adapters to place beside the app: log and metrics adapters, health monitor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sidecars: Option<Sidecars>,
 }
 
 fn default_replicas() -> i32 {

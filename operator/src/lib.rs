@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod render;
 pub mod replicated_service;
 pub mod schema;
+pub mod sidecars;
 
 pub use controller::{ChildStores, Config, Context};
 pub use error::{Error, Result};

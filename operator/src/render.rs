@@ -215,14 +215,13 @@ mod tests {
     #[test]
     fn the_crd_cel_rules_refuse_with_the_field_they_name() {
         let spec = format!(
-            "  port: 8080\n{APP}  autoscaling: {{minReplicas: 9, maxReplicas: 2}}\n  disruptionBudget: {{minAvailable: 1, maxUnavailable: 1}}\n  tls: {{secretName: t, port: 8080}}\n"
+            "  port: 8080\n{APP}  autoscaling: {{minReplicas: 9, maxReplicas: 2}}\n  disruptionBudget: {{minAvailable: 1, maxUnavailable: 1}}\n"
         );
         assert_eq!(
             refusal(&spec),
             [
                 "web.yaml: document 1: spec.autoscaling.minReplicas: minReplicas must be <= maxReplicas",
                 "web.yaml: document 1: spec.disruptionBudget: set exactly one of maxUnavailable or minAvailable",
-                "web.yaml: document 1: spec.tls.port: tls.port must differ from port: the TLS terminator and the app share the pod's network",
             ]
         );
     }
@@ -234,6 +233,26 @@ mod tests {
         assert_eq!(
             refusal(&spec),
             ["web.yaml: document 1: spec.replicas: must be >= 0"]
+        );
+    }
+
+    #[test]
+    fn a_port_two_holders_want_is_refused_naming_both() {
+        let spec = format!(
+            "  port: 8080\n{APP}  tls: {{secretName: t, port: 8080}}\n  sidecars: {{health: {{checks: ['tcp://127.0.0.1:8080']}}, metrics: {{source: 'redis://127.0.0.1:6379'}}}}\n"
+        );
+        assert_eq!(
+            refusal(&spec),
+            [
+                "web.yaml: document 1: spec.tls.port: port 8080 is the TLS terminator's port and also the app's port (spec.port): containers of a pod share its network, so each port has one holder"
+            ]
+        );
+        let on_admin = "  port: 9121\n  template: {spec: {containers: [{name: app, image: a}]}}\n  sidecars: {health: {checks: ['tcp://127.0.0.1:9121']}, metrics: {source: 'redis://127.0.0.1:6379'}}\n";
+        assert_eq!(
+            refusal(on_admin),
+            [
+                "web.yaml: document 1: spec.sidecars.metrics: port 9121 is the metrics adapter's port and also the app's port (spec.port): containers of a pod share its network, so each port has one holder"
+            ]
         );
     }
 

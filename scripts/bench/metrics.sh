@@ -54,7 +54,7 @@ done
 
 RIGGING_PORT=$(free_port)
 taskset -c 0 "$SIDECAR" metrics --source "redis://127.0.0.1:$REDIS_PORT" \
-  --listen "127.0.0.1:$RIGGING_PORT" --interval 0s 2>"$WORK/rigging.log" &
+  --admin "127.0.0.1:$RIGGING_PORT" --interval 0s 2>"$WORK/rigging.log" &
 RIGGING_PID=$!
 PIDS+=("$RIGGING_PID")
 

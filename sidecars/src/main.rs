@@ -2,33 +2,9 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
+use rigging_sidecar::cli::{Cli, Command};
 use rigging_sidecar::{health, logs, metrics, runtime, shard, tls};
-
-#[derive(Parser)]
-#[command(
-    name = "rigging-sidecar",
-    version,
-    about = "Rigging's sidecar containers"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// TLS terminator in front of a local app port.
-    Tls(tls::Args),
-    /// Sharding ambassador for Redis, memcached and HTTP.
-    Shard(shard::Args),
-    /// Log adapter: parses an app's log lines into one JSON object per record.
-    Logs(logs::Args),
-    /// Metrics adapter: exposes an app's native stats as Prometheus metrics.
-    Metrics(metrics::Args),
-    /// Health monitor: deep checks served as /healthz and /readyz.
-    Health(health::Args),
-}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

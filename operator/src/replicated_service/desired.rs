@@ -8,27 +8,15 @@ use k8s_openapi::api::autoscaling::v2::{
     CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec, MetricSpec,
     MetricTarget, ResourceMetricSource,
 };
-use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, HTTPGetAction, PodTemplateSpec, Probe,
-    ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Service,
-    ServicePort, ServiceSpec, Volume, VolumeMount,
-};
+use k8s_openapi::api::core::v1::{PodTemplateSpec, Service, ServicePort, ServiceSpec};
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
-use rigging_crds::replicated_service::TLS_ADMIN_PORT;
-use rigging_crds::{FieldError, FieldErrors, ReplicatedService};
+use rigging_crds::{FieldErrors, ReplicatedService};
 
 use crate::controller::{Child, MANAGER};
-
-/// Name of the TLS terminator sidecar, of its Secret volume, and of its port.
-pub const TLS_SIDECAR_NAME: &str = "rigging-tls";
-/// Where the TLS Secret is mounted in the sidecar.
-pub const TLS_MOUNT_PATH: &str = "/etc/rigging/tls";
-/// Numeric user the sidecar runs as (the "nonroot" user of distroless images).
-pub const SIDECAR_USER: i64 = 65532;
+use crate::sidecars;
 
 /// What the pure half needs to know that is not in the ReplicatedService.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,48 +99,14 @@ pub fn labels(rs: &ReplicatedService) -> BTreeMap<String, String> {
 /// Computes the children, or every reason the spec is invalid.
 pub fn desired(rs: &ReplicatedService, config: &RenderConfig) -> Result<Children, FieldErrors> {
     // The CRD's schema and CEL rules are checked before this (by the API server, and by
-    // `render` with the same rules); what is left is what they cannot express.
-    check_reserved_names(rs)?;
+    // `render` with the same rules); what is left is what they cannot express: the
+    // sidecars' names and ports, checked as they are placed.
     Ok(Children {
-        deployment: deployment(rs, config),
+        deployment: deployment(rs, config)?,
         service: service(rs),
         pdb: pdb(rs),
         hpa: hpa(rs),
     })
-}
-
-/// The sidecar's names must not collide with what the user already put in the pod.
-fn check_reserved_names(rs: &ReplicatedService) -> Result<(), FieldErrors> {
-    if rs.spec.tls.is_none() {
-        return Ok(());
-    }
-    let Some(pod) = rs.spec.template.spec.as_ref() else {
-        return Ok(());
-    };
-    let mut errors = Vec::new();
-    let containers = pod.containers.iter().map(|c| ("containers", &c.name));
-    let init = pod
-        .init_containers
-        .iter()
-        .flatten()
-        .map(|c| ("initContainers", &c.name));
-    for (i, (list, name)) in containers.chain(init).enumerate() {
-        if name == TLS_SIDECAR_NAME {
-            errors.push(FieldError::new(
-                format!("spec.template.spec.{list}"),
-                format!("container #{i} is named \"{TLS_SIDECAR_NAME}\", a name Rigging reserves for its TLS sidecar"),
-            ));
-        }
-    }
-    for v in pod.volumes.iter().flatten() {
-        if v.name == TLS_SIDECAR_NAME {
-            errors.push(FieldError::new(
-                "spec.template.spec.volumes",
-                format!("volume \"{TLS_SIDECAR_NAME}\" is reserved for the TLS Secret"),
-            ));
-        }
-    }
-    FieldErrors::into_result(errors)
 }
 
 fn child_meta(rs: &ReplicatedService) -> ObjectMeta {
@@ -172,129 +126,42 @@ fn selector(rs: &ReplicatedService) -> LabelSelector {
     }
 }
 
-fn deployment(rs: &ReplicatedService, config: &RenderConfig) -> Deployment {
+fn deployment(rs: &ReplicatedService, config: &RenderConfig) -> Result<Deployment, FieldErrors> {
     let spec = &rs.spec;
-    Deployment {
+    Ok(Deployment {
         metadata: child_meta(rs),
         spec: Some(DeploymentSpec {
             // Left out under autoscaling, so that this field manager never owns it and
             // every apply leaves the HPA's choice alone.
             replicas: spec.autoscaling.is_none().then_some(spec.replicas),
             selector: selector(rs),
-            template: pod_template(rs, config),
+            template: pod_template(rs, config)?,
             ..DeploymentSpec::default()
         }),
         status: None,
-    }
+    })
 }
 
-fn pod_template(rs: &ReplicatedService, config: &RenderConfig) -> PodTemplateSpec {
+fn pod_template(
+    rs: &ReplicatedService,
+    config: &RenderConfig,
+) -> Result<PodTemplateSpec, FieldErrors> {
     let mut template = rs.spec.template.clone();
     let meta = template.metadata.get_or_insert_with(ObjectMeta::default);
     meta.labels
         .get_or_insert_with(BTreeMap::new)
         .extend(labels(rs));
-    if let (Some(tls), Some(pod)) = (&rs.spec.tls, template.spec.as_mut()) {
-        pod.init_containers
-            .get_or_insert_with(Vec::new)
-            .push(tls_sidecar(tls.port, rs.spec.port, &config.sidecar_image));
-        pod.volumes.get_or_insert_with(Vec::new).push(Volume {
-            name: TLS_SIDECAR_NAME.into(),
-            secret: Some(SecretVolumeSource {
-                secret_name: Some(tls.secret_name.clone()),
-                ..SecretVolumeSource::default()
-            }),
-            ..Volume::default()
-        });
-    }
-    template
-}
-
-/// Rigging's TLS terminator as a native sidecar: an init container that keeps running,
-/// so it is up before the app takes traffic and stops after it.
-pub fn tls_sidecar(tls_port: i32, app_port: i32, image: &str) -> Container {
-    let admin_probe = |path: &str| Probe {
-        http_get: Some(HTTPGetAction {
-            path: Some(path.into()),
-            port: IntOrString::Int(TLS_ADMIN_PORT),
-            ..HTTPGetAction::default()
-        }),
-        period_seconds: Some(5),
-        ..Probe::default()
+    let tls = rs.spec.tls.as_ref().map(|tls| sidecars::TlsTermination {
+        port: tls.port,
+        secret_name: tls.secret_name.clone(),
+    });
+    let placement = sidecars::Placement {
+        app_port: rs.spec.port,
+        tls: tls.as_ref(),
+        sidecars: rs.spec.sidecars.as_ref(),
     };
-    let quantities = |cpu: &str, memory: &str| {
-        BTreeMap::from([
-            ("cpu".to_owned(), Quantity(cpu.into())),
-            ("memory".to_owned(), Quantity(memory.into())),
-        ])
-    };
-    Container {
-        name: TLS_SIDECAR_NAME.into(),
-        image: Some(image.into()),
-        args: Some(vec![
-            "tls".into(),
-            "--listen".into(),
-            format!("0.0.0.0:{tls_port}"),
-            "--upstream".into(),
-            format!("127.0.0.1:{app_port}"),
-            "--cert".into(),
-            format!("{TLS_MOUNT_PATH}/tls.crt"),
-            "--key".into(),
-            format!("{TLS_MOUNT_PATH}/tls.key"),
-            "--admin".into(),
-            format!("0.0.0.0:{TLS_ADMIN_PORT}"),
-        ]),
-        ports: Some(vec![
-            ContainerPort {
-                name: Some(TLS_SIDECAR_NAME.into()),
-                container_port: tls_port,
-                protocol: Some("TCP".into()),
-                ..ContainerPort::default()
-            },
-            ContainerPort {
-                name: Some("rigging-admin".into()),
-                container_port: TLS_ADMIN_PORT,
-                protocol: Some("TCP".into()),
-                ..ContainerPort::default()
-            },
-        ]),
-        restart_policy: Some("Always".into()),
-        readiness_probe: Some(admin_probe("/readyz")),
-        liveness_probe: Some(admin_probe("/healthz")),
-        volume_mounts: Some(vec![VolumeMount {
-            name: TLS_SIDECAR_NAME.into(),
-            mount_path: TLS_MOUNT_PATH.into(),
-            read_only: Some(true),
-            ..VolumeMount::default()
-        }]),
-        security_context: Some(hardened_security_context()),
-        resources: Some(ResourceRequirements {
-            requests: Some(quantities("50m", "32Mi")),
-            limits: Some(quantities("500m", "128Mi")),
-            ..ResourceRequirements::default()
-        }),
-        ..Container::default()
-    }
-}
-
-/// The security context of every container Rigging adds to a pod.
-pub fn hardened_security_context() -> SecurityContext {
-    SecurityContext {
-        run_as_non_root: Some(true),
-        run_as_user: Some(SIDECAR_USER),
-        run_as_group: Some(SIDECAR_USER),
-        read_only_root_filesystem: Some(true),
-        allow_privilege_escalation: Some(false),
-        capabilities: Some(Capabilities {
-            drop: Some(vec!["ALL".into()]),
-            ..Capabilities::default()
-        }),
-        seccomp_profile: Some(SeccompProfile {
-            type_: "RuntimeDefault".into(),
-            ..SeccompProfile::default()
-        }),
-        ..SecurityContext::default()
-    }
+    sidecars::place(&mut template, &placement, &config.sidecar_image)?;
+    Ok(template)
 }
 
 fn service(rs: &ReplicatedService) -> Service {
@@ -545,7 +412,7 @@ spec:
         assert_eq!(sidecar.restart_policy.as_deref(), Some("Always"));
         assert_eq!(
             sidecar.args.clone().unwrap().join(" "),
-            "tls --listen 0.0.0.0:8443 --upstream 127.0.0.1:8080 --cert /etc/rigging/tls/tls.crt --key /etc/rigging/tls/tls.key --admin 0.0.0.0:9901"
+            "tls --admin 0.0.0.0:9901 --cert /etc/rigging/tls/tls.crt --connect-timeout 2s --drain-timeout 20s --handshake-timeout 10s --header-timeout 30s --idle-timeout 2m --key /etc/rigging/tls/tls.key --listen 0.0.0.0:8443 --max-connections 4096 --reload-interval 1s --session-cache-size 4096 --upstream 127.0.0.1:8080"
         );
         let sc = sidecar.security_context.clone().unwrap();
         assert_eq!(sc.run_as_non_root, Some(true));
@@ -558,8 +425,9 @@ spec:
         for q in [res.requests.unwrap(), res.limits.unwrap()] {
             assert!(q.contains_key("cpu") && q.contains_key("memory"));
         }
-        let probe_path =
-            |p: &Option<Probe>| p.as_ref().unwrap().http_get.as_ref().unwrap().path.clone();
+        let probe_path = |p: &Option<k8s_openapi::api::core::v1::Probe>| {
+            p.as_ref().unwrap().http_get.as_ref().unwrap().path.clone()
+        };
         assert_eq!(
             probe_path(&sidecar.readiness_probe).as_deref(),
             Some("/readyz")

@@ -43,14 +43,14 @@ fn bad_cases() -> Vec<(&'static str, Value, &'static str)> {
             "set exactly one of maxUnavailable or minAvailable",
         ),
         (
-            "tls-on-app-port",
-            json!({"spec": {"tls": {"secretName": "web-tls", "port": 8080}}}),
-            "tls.port must differ from port",
+            "regex-without-pattern",
+            json!({"spec": {"sidecars": {"logs": {"format": "regex", "file": "/var/log/app/app.log"}}}}),
+            "pattern is required with format regex",
         ),
         (
-            "admin-port",
-            json!({"spec": {"port": 9901, "tls": {"secretName": "web-tls"}, "template": {"spec": {"containers": [{"name": "app", "image": "nginx:1.27", "readinessProbe": {"tcpSocket": {"port": 9901}}}]}}}}),
-            "port 9901 is reserved for the TLS terminator's admin endpoint",
+            "log-file-in-no-directory",
+            json!({"spec": {"sidecars": {"logs": {"format": "nginx", "file": "access.log"}}}}),
+            "file must be an absolute path to a file inside a directory",
         ),
         (
             "no-probe",

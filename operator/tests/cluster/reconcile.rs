@@ -4,9 +4,10 @@
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, ListParams, PostParams};
 use kube::{Resource, ResourceExt};
 use rigging_crds::ReplicatedService;
@@ -93,6 +94,55 @@ async fn every_example_is_reconciled_into_owned_children_and_a_current_status() 
             "{name}: HPA owner"
         );
     }
+
+    // The adapters of `shop` are native sidecars in pods the API server accepts: the
+    // ReplicaSet controller creates them (a kubelet would then start them).
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let pod = eventually("a pod of shop", SETTLE, || async {
+        let list = pods
+            .list(&ListParams::default().labels("app.kubernetes.io/name=shop"))
+            .await
+            .ok()?;
+        list.items.into_iter().next()
+    })
+    .await;
+    let spec = pod.spec.expect("pod spec");
+    let sidecars: Vec<(&str, Option<&str>)> = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .map(|c| (c.name.as_str(), c.restart_policy.as_deref()))
+        .collect();
+    assert_eq!(
+        sidecars,
+        [
+            ("rigging-logs", Some("Always")),
+            ("rigging-metrics", Some("Always")),
+            ("rigging-health", Some("Always"))
+        ]
+    );
+    let app = &spec.containers[0];
+    let probe = app
+        .readiness_probe
+        .as_ref()
+        .and_then(|p| p.http_get.as_ref());
+    assert_eq!(
+        probe.map(|g| (g.path.as_deref(), &g.port)),
+        Some((Some("/readyz"), &IntOrString::Int(9102))),
+        "the app's readiness is the health monitor's"
+    );
+    let mounts: Vec<&str> = app
+        .volume_mounts
+        .iter()
+        .flatten()
+        .map(|m| m.name.as_str())
+        .collect();
+    assert!(mounts.contains(&"rigging-logs"), "{mounts:?}");
+    let annotations = pod.metadata.annotations.unwrap_or_default();
+    assert_eq!(
+        annotations.get("prometheus.io/port").map(String::as_str),
+        Some("9121")
+    );
 
     // The printer columns, as `kubectl get` shows them, once the Deployment controller
     // has created hello's one (Pending) pod and the status counts it.

@@ -126,12 +126,17 @@ fn render_refuses_what_the_committed_crds_rules_refuse_with_their_messages() {
             Box::new(|d| d["spec"]["disruptionBudget"] = json!({})),
         ),
         (
-            "tls on the app port",
-            Box::new(|d| d["spec"]["tls"]["port"] = json!(8080)),
+            "regex logs without a pattern",
+            Box::new(|d| {
+                d["spec"]["sidecars"] =
+                    json!({"logs": {"format": "regex", "file": "/var/log/app/app.log"}})
+            }),
         ),
         (
-            "app on the admin port",
-            Box::new(|d| d["spec"]["port"] = json!(9901)),
+            "a log file in no directory",
+            Box::new(|d| {
+                d["spec"]["sidecars"] = json!({"logs": {"format": "nginx", "file": "access.log"}})
+            }),
         ),
         (
             "no readiness probe",

@@ -63,11 +63,15 @@ fn replicated_service_crd_has_status_printer_columns_and_cel_rules() {
             .map(|r| r["rule"].as_str().unwrap().to_owned())
             .collect()
     };
-    assert!(rules(spec).iter().any(|r| r.contains("readinessProbe")));
     assert!(
         rules(spec)
             .iter()
-            .any(|r| r.contains("self.tls.port != self.port"))
+            .any(|r| r.contains("readinessProbe") && r.contains("self.sidecars.health"))
+    );
+    assert_eq!(
+        rules(&spec["properties"]["sidecars"]["properties"]["logs"]).len(),
+        2,
+        "the log adapter's file and pattern rules"
     );
     assert_eq!(
         rules(&spec["properties"]["autoscaling"]),

@@ -10,3 +10,4 @@ mod fixtures;
 mod kubernetes_schemas;
 mod reconcile;
 mod run;
+mod sidecars;

@@ -22,7 +22,6 @@ pub mod spec;
 pub mod state;
 pub mod tcp;
 
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -36,30 +35,9 @@ use crate::runtime::{self, Lifecycle, admin};
 use spec::{Check, Probe};
 use state::{CheckState, Thresholds};
 
-/// Command-line arguments of `rigging-sidecar health`.
-#[derive(Debug, clap::Args)]
-pub struct Args {
-    /// A check, repeatable: `http://…`, `tcp://HOST:PORT`, `redis://…`,
-    /// `memcached://HOST:PORT`, `postgres://…` or `exec:COMMAND`, with options after `#`
-    /// (`name=`, `optional`, `liveness`, `timeout=`, `status=`, `body=`, `query=`).
-    #[arg(long = "check", required = true)]
-    pub checks: Vec<String>,
-    /// Address serving /healthz, /readyz and /metrics.
-    #[arg(long, default_value = "0.0.0.0:9102")]
-    pub listen: SocketAddr,
-    /// Time between the end of one run of a check and the start of the next.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
-    pub interval: Duration,
-    /// Deadline for one run of a check (overridden per check by `timeout=`).
-    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
-    pub timeout: Duration,
-    /// Consecutive failures that turn a passing check failing.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
-    pub failure_threshold: u32,
-    /// Consecutive successes that turn a failing check passing.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
-    pub success_threshold: u32,
-}
+/// Command-line arguments of `rigging-sidecar health`: the contract type the operator
+/// renders.
+pub use rigging_crds::sidecar::health::HealthArgs as Args;
 
 /// Why the health monitor could not start.
 #[derive(Debug, thiserror::Error)]
@@ -427,7 +405,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
         tokio::spawn(monitor.clone().watch(index));
     }
     let addr =
-        admin::spawn_with_routes(args.listen, registry, life.clone(), monitor.clone()).await?;
+        admin::spawn_with_routes(args.admin, registry, life.clone(), monitor.clone()).await?;
     let names: Vec<&str> = monitor
         .entries
         .iter()

@@ -15,7 +15,6 @@ pub mod pipeline;
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
-use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -28,49 +27,9 @@ use format::Parser;
 use lines::{LineBuf, finish_partial, step};
 use pipeline::{Pipeline, Stats};
 
-/// The formats `--format` accepts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
-    /// nginx `combined` (or `common`) access log.
-    Nginx,
-    /// Apache `combined` (or `common`) access log.
-    Apache,
-    /// Redis server log.
-    Redis,
-    /// `key=value` pairs.
-    Logfmt,
-    /// One JSON object per record.
-    Json,
-    /// `--pattern` with named capture groups.
-    Regex,
-}
-
-/// Command-line arguments of `rigging-sidecar logs`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct Args {
-    /// The format of the input's records.
-    #[arg(long, value_enum)]
-    pub format: Format,
-    /// With `--format regex`: a regex whose named groups `(?P<name>…)` become fields.
-    #[arg(long, value_name = "RE")]
-    pub pattern: Option<String>,
-    /// A regex matching the first line of a record; other lines are joined to the record
-    /// before them (stack traces).
-    #[arg(long, value_name = "RE")]
-    pub multiline_start: Option<String>,
-    /// The log file to read, or `-` for stdin.
-    #[arg(long, value_name = "FILE|-")]
-    pub input: String,
-    /// Keep reading as the file grows, across rotation (like `tail -F`).
-    #[arg(long)]
-    pub follow: bool,
-    /// Where records go: `-` for stdout, or a file (appended to).
-    #[arg(long, value_name = "-|FILE", default_value = "-")]
-    pub output: String,
-    /// Admin address for /healthz, /readyz and /metrics (none when not given).
-    #[arg(long, value_name = "ADDR")]
-    pub admin: Option<SocketAddr>,
-}
+/// The flags of `rigging-sidecar logs`, and the formats `--format` accepts: the contract
+/// types the operator renders.
+pub use rigging_crds::sidecar::logs::{Format, LogsArgs as Args};
 
 /// Errors of the log adapter; each names the flag, file or address at fault.
 #[derive(Debug, thiserror::Error)]

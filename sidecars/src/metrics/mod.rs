@@ -15,7 +15,6 @@ pub mod memcached;
 pub mod nginx;
 pub mod redis;
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,25 +32,9 @@ use prometheus::{
 use crate::probe::{self, Conn, RedisReply, Target};
 use crate::runtime::{self, Lifecycle, admin, reload};
 
-/// Command-line arguments of `rigging-sidecar metrics`.
-#[derive(Debug, clap::Args)]
-pub struct Args {
-    /// Where the stats come from: `redis://[[USER]:PASSWORD@]HOST:PORT`,
-    /// `memcached://HOST:PORT`, `nginx-status+http://HOST:PORT/PATH` (a `stub_status`
-    /// location) or `json+http://HOST:PORT/PATH?map=FILE` (a YAML mapping file).
-    #[arg(long, env = "RIGGING_METRICS_SOURCE")]
-    pub source: String,
-    /// Address serving /metrics, /healthz and /readyz.
-    #[arg(long, default_value = "0.0.0.0:9121")]
-    pub listen: SocketAddr,
-    /// How long an answer from the source is reused for further scrapes; `0s` asks the
-    /// source on every scrape.
-    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
-    pub interval: Duration,
-    /// Deadline for one request to the source (connect included).
-    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
-    pub timeout: Duration,
-}
+/// Command-line arguments of `rigging-sidecar metrics`: the contract type the operator
+/// renders.
+pub use rigging_crds::sidecar::metrics::MetricsArgs as Args;
 
 /// Why the metrics adapter could not start.
 #[derive(Debug, thiserror::Error)]
@@ -523,7 +506,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
             .map_err(runtime::Error::from)?;
         tokio::spawn(reload_mapping(adapter.clone(), path, reloads, life.clone()));
     }
-    let addr = admin::spawn_with_routes(args.listen, registry, life.clone(), adapter).await?;
+    let addr = admin::spawn_with_routes(args.admin, registry, life.clone(), adapter).await?;
     tracing::info!(%addr, %source, interval = ?args.interval, "metrics adapter serving /metrics");
     life.set_ready(true);
     life.stopping().await;

@@ -12,7 +12,6 @@ mod metrics;
 mod proxy;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,56 +40,8 @@ pub struct Args {
     pub flags: Box<Flags>,
 }
 
-/// The flags of `rigging-sidecar tls`.
-#[derive(Debug, clap::Args)]
-pub struct Flags {
-    /// Address to accept TLS connections on.
-    #[arg(long, value_name = "ADDR")]
-    pub listen: SocketAddr,
-    /// The app, as HOST:PORT; it is spoken to in plain HTTP/1.1.
-    #[arg(long, value_name = "HOST:PORT")]
-    pub upstream: String,
-    /// PEM certificate chain, leaf first. Reloaded when it changes.
-    #[arg(long, value_name = "FILE")]
-    pub cert: PathBuf,
-    /// PEM private key matching --cert. Reloaded when it changes.
-    #[arg(long, value_name = "FILE")]
-    pub key: PathBuf,
-    /// PEM CA bundle: when given, clients must present a certificate it signed.
-    #[arg(long, value_name = "FILE")]
-    pub client_ca: Option<PathBuf>,
-    /// Admin address for /healthz, /readyz and /metrics.
-    #[arg(long, value_name = "ADDR")]
-    pub admin: Option<SocketAddr>,
-    /// Longest a client may take to complete the TLS handshake.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    pub handshake_timeout: Duration,
-    /// Longest a client may take to send a request's headers (HTTP/1.1).
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
-    pub header_timeout: Duration,
-    /// A connection with no request in flight and no bytes moving for this long is closed.
-    #[arg(long, default_value = "120s", value_parser = parse_duration)]
-    pub idle_timeout: Duration,
-    /// Longest to wait for the app to accept a connection before answering 502.
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
-    pub connect_timeout: Duration,
-    /// On SIGTERM, how long in-flight requests get to finish before the process exits.
-    #[arg(long, default_value = "20s", value_parser = parse_duration)]
-    pub drain_timeout: Duration,
-    /// Most client connections open at once; further clients wait in the listen backlog.
-    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_connections: u32,
-    /// Turns off session resumption (tickets and the session cache): every handshake is a
-    /// full one. For measuring handshake cost; leave it on in production.
-    #[arg(long)]
-    pub no_session_resumption: bool,
-    /// Sessions kept for TLS 1.2 resumption by session ID.
-    #[arg(long, default_value_t = 4096)]
-    pub session_cache_size: usize,
-    /// How often the certificate files are checked for changes.
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
-    pub reload_interval: Duration,
-}
+/// The flags of `rigging-sidecar tls`: the contract type the operator renders.
+pub use rigging_crds::sidecar::tls::TlsArgs as Flags;
 
 /// Why the terminator could not start.
 #[derive(Debug, thiserror::Error)]
@@ -112,24 +63,6 @@ pub enum Error {
     /// A metric could not be registered (a programming error).
     #[error("cannot register metrics: {0}")]
     Metrics(#[from] prometheus::Error),
-}
-
-/// Parses `500ms`, `10s`, `2m` or a bare number of seconds.
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => text.split_at(i),
-        None => (text, "s"),
-    };
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 500ms, 10s or 2m"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("{text:?}: unit must be ms, s or m")),
-    }
 }
 
 fn parse_upstream(value: &str) -> Result<Authority, Error> {
@@ -390,16 +323,6 @@ fn spawn_reloader(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_take_the_usual_units() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
-        assert!(parse_duration("1h").is_err());
-        assert!(parse_duration("fast").is_err());
-    }
 
     #[test]
     fn upstream_needs_host_and_port() {

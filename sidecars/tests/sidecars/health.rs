@@ -13,7 +13,7 @@ use crate::support::{self, Proc, free_port, http_get, local, redis_server_on, wa
 fn monitor(checks: &[&str], extra: &[&str]) -> (Proc, SocketAddr) {
     let listen = local(free_port());
     let listen_arg = listen.to_string();
-    let mut args = vec!["health", "--listen", &listen_arg, "--interval", "100ms"];
+    let mut args = vec!["health", "--admin", &listen_arg, "--interval", "100ms"];
     for check in checks {
         args.extend(["--check", check]);
     }
@@ -228,7 +228,7 @@ fn bad_checks_are_refused_at_start_with_the_reason() {
         ("tcp://127.0.0.1", "needs a port"),
     ] {
         let out = Command::new(support::sidecar_bin())
-            .args(["health", "--listen", "127.0.0.1:0", "--check", check])
+            .args(["health", "--admin", "127.0.0.1:0", "--check", check])
             .output()
             .unwrap();
         assert!(!out.status.success(), "{check} was accepted");

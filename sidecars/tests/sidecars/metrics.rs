@@ -20,7 +20,7 @@ fn adapter(source: &str, interval: &str) -> (Proc, SocketAddr) {
         "metrics",
         "--source",
         source,
-        "--listen",
+        "--admin",
         &listen.to_string(),
         "--interval",
         interval,
@@ -379,7 +379,7 @@ fn a_bad_mapping_file_stops_the_adapter_with_its_name() {
     )
     .unwrap();
     let out = Command::new(support::sidecar_bin())
-        .args(["metrics", "--listen", "127.0.0.1:0", "--source"])
+        .args(["metrics", "--admin", "127.0.0.1:0", "--source"])
         .arg(format!("json+http://127.0.0.1:1/?map={}", map.display()))
         .output()
         .unwrap();

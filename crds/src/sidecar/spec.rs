@@ -1,0 +1,73 @@
+//! The `sidecars` block of every Rigging kind that owns pods: which of Rigging's adapters
+//! to place beside the app, and their few settings. The operator turns it into native
+//! sidecars through the contract types of this module's siblings.
+
+use kube::KubeSchema;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::logs::Format;
+
+/// Rigging's sidecars to place in the pods, beside the app.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Sidecars {
+    /// The log adapter: reads the app's log file from a volume both containers mount, and
+    /// writes one JSON object per record to its stdout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logs: Option<LogsSidecar>,
+    /// The metrics adapter: turns the app's native stats into a Prometheus endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<MetricsSidecar>,
+    /// The health monitor: deep checks of the app, served as `/readyz` for the kubelet.
+    /// With it, the app container needs no readinessProbe of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthSidecar>,
+}
+
+/// The log adapter's settings.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[x_kube(
+    validation = Rule::new("self.file.matches('^/[^/].*/[^/]+$')")
+        .message("file must be an absolute path to a file inside a directory: that directory becomes a volume the app and the log adapter share")
+        .field_path(".file"),
+    validation = Rule::new("(self.format == 'regex') == has(self.pattern)")
+        .message("pattern is required with format regex, and only used with it")
+        .field_path(".pattern")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct LogsSidecar {
+    /// The format of the app's records.
+    pub format: Format,
+    /// The log file the app writes, as an absolute path in the app container.
+    pub file: String,
+    /// With `format: regex`, a regex whose named groups `(?P<name>…)` become fields.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<String>,
+    /// A regex matching the first line of a record; other lines join the record before
+    /// them (stack traces).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multiline_start: Option<String>,
+}
+
+/// The metrics adapter's settings.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricsSidecar {
+    /// Where the stats come from, as the app's pod sees it: `redis://127.0.0.1:6379`,
+    /// `memcached://127.0.0.1:11211`, `nginx-status+http://127.0.0.1:8080/status` or
+    /// `json+http://127.0.0.1:8080/stats?map=FILE`.
+    #[schemars(length(min = 1))]
+    pub source: String,
+}
+
+/// The health monitor's settings.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthSidecar {
+    /// The checks, in `rigging-sidecar health --check` syntax: `http://…`,
+    /// `tcp://HOST:PORT`, `redis://…`, `memcached://HOST:PORT`, `postgres://…` or
+    /// `exec:COMMAND`, with options after `#`.
+    #[schemars(length(min = 1))]
+    pub checks: Vec<String>,
+}

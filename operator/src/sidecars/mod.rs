@@ -1,0 +1,393 @@
+//! The one renderer of Rigging's sidecar containers, for every kind that owns pods: the
+//! contract types of `rigging_crds::sidecar` become native sidecars (init containers that
+//! keep running), hardened and with probes on their admin ports, together with the
+//! volumes, mounts and annotations they need. The port plan and the names Rigging
+//! reserves in a pod are checked here, once.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, HTTPGetAction, PodTemplateSpec,
+    Probe, ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Volume,
+    VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use rigging_crds::sidecar::SidecarArgs;
+use rigging_crds::sidecar::health::HealthArgs;
+use rigging_crds::sidecar::logs::LogsArgs;
+use rigging_crds::sidecar::metrics::MetricsArgs;
+use rigging_crds::sidecar::ports;
+use rigging_crds::sidecar::spec::Sidecars;
+use rigging_crds::sidecar::tls::TlsArgs;
+use rigging_crds::{FieldError, FieldErrors};
+
+/// Numeric user every sidecar runs as (the "nonroot" user of distroless images).
+pub const SIDECAR_USER: i64 = 65532;
+/// Name of the TLS terminator's container, of its Secret volume, and of its port.
+pub const TLS: &str = "rigging-tls";
+/// Where the TLS Secret is mounted in the terminator.
+pub const TLS_MOUNT_PATH: &str = "/etc/rigging/tls";
+/// Name of the log adapter's container and of the volume it shares with the app.
+pub const LOGS: &str = "rigging-logs";
+/// Name of the metrics adapter's container; its port is named `metrics`.
+pub const METRICS: &str = "rigging-metrics";
+/// Name of the health monitor's container.
+pub const HEALTH: &str = "rigging-health";
+
+/// The TLS terminator a kind asks for in front of its app.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsTermination {
+    /// The port the terminator listens on.
+    pub port: i32,
+    /// The `kubernetes.io/tls` Secret it serves.
+    pub secret_name: String,
+}
+
+/// Everything a kind's pods ask of Rigging's sidecars.
+#[derive(Debug, Clone, Copy)]
+pub struct Placement<'a> {
+    /// The app container's port (`spec.port`).
+    pub app_port: i32,
+    /// `spec.tls`.
+    pub tls: Option<&'a TlsTermination>,
+    /// `spec.sidecars`.
+    pub sidecars: Option<&'a Sidecars>,
+}
+
+/// One port in the pod and who holds it, for the port plan.
+struct Holder {
+    port: i32,
+    field: String,
+    what: String,
+}
+
+/// Places the sidecars of `placement` into `template` (whose first container is the
+/// app), or says why they cannot go in: a name Rigging reserves taken, or a port two
+/// holders want.
+pub fn place(
+    template: &mut PodTemplateSpec,
+    placement: &Placement,
+    image: &str,
+) -> Result<(), FieldErrors> {
+    check(template, placement)?;
+    let Some(pod) = template.spec.as_mut() else {
+        return Ok(());
+    };
+    let mut containers = Vec::new();
+    let mut volumes = Vec::new();
+    let mut annotations = BTreeMap::new();
+    if let Some(tls) = placement.tls {
+        let mut args = TlsArgs::new(
+            any(tls.port),
+            format!("127.0.0.1:{}", placement.app_port),
+            PathBuf::from(TLS_MOUNT_PATH).join("tls.crt"),
+            PathBuf::from(TLS_MOUNT_PATH).join("tls.key"),
+        );
+        args.admin = Some(any_port(ports::TLS_ADMIN));
+        let mut c = container(TLS, image, &args, ("tls-admin", ports::TLS_ADMIN));
+        c.ports
+            .get_or_insert_with(Vec::new)
+            .insert(0, port(TLS, tls.port));
+        c.volume_mounts = Some(vec![mount(TLS, TLS_MOUNT_PATH, true)]);
+        containers.push(c);
+        volumes.push(Volume {
+            name: TLS.into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(tls.secret_name.clone()),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+    }
+    let sidecars = placement.sidecars.cloned().unwrap_or_default();
+    if let Some(logs) = &sidecars.logs {
+        let dir = log_dir(&logs.file);
+        let args = LogsArgs {
+            format: logs.format,
+            pattern: logs.pattern.clone(),
+            multiline_start: logs.multiline_start.clone(),
+            input: logs.file.clone(),
+            follow: true,
+            output: "-".into(),
+            admin: Some(any_port(ports::LOGS_ADMIN)),
+        };
+        let mut c = container(LOGS, image, &args, ("logs-admin", ports::LOGS_ADMIN));
+        c.volume_mounts = Some(vec![mount(LOGS, &dir, true)]);
+        containers.push(c);
+        volumes.push(Volume {
+            name: LOGS.into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Volume::default()
+        });
+        if let Some(app) = pod.containers.first_mut() {
+            app.volume_mounts
+                .get_or_insert_with(Vec::new)
+                .push(mount(LOGS, &dir, false));
+        }
+    }
+    if let Some(metrics) = &sidecars.metrics {
+        let args = MetricsArgs::new(metrics.source.clone());
+        // Scraped where it is named: a PodMonitor selects the port `metrics`; annotation
+        // based discovery reads the three annotations.
+        containers.push(container(
+            METRICS,
+            image,
+            &args,
+            ("metrics", ports::METRICS_ADMIN),
+        ));
+        annotations.extend([
+            ("prometheus.io/scrape".to_owned(), "true".to_owned()),
+            (
+                "prometheus.io/port".to_owned(),
+                ports::METRICS_ADMIN.to_string(),
+            ),
+            ("prometheus.io/path".to_owned(), "/metrics".to_owned()),
+        ]);
+    }
+    if let Some(health) = &sidecars.health {
+        let args = HealthArgs::new(health.checks.clone());
+        containers.push(container(
+            HEALTH,
+            image,
+            &args,
+            ("health-admin", ports::HEALTH_ADMIN),
+        ));
+        // The app is ready when the monitor says so, unless it says so itself.
+        if let Some(app) = pod.containers.first_mut() {
+            app.readiness_probe
+                .get_or_insert_with(|| admin_probe("/readyz", ports::HEALTH_ADMIN));
+        }
+    }
+    if !containers.is_empty() {
+        pod.init_containers
+            .get_or_insert_with(Vec::new)
+            .extend(containers);
+    }
+    if !volumes.is_empty() {
+        pod.volumes.get_or_insert_with(Vec::new).extend(volumes);
+    }
+    if !annotations.is_empty() {
+        template
+            .metadata
+            .get_or_insert_with(ObjectMeta::default)
+            .annotations
+            .get_or_insert_with(BTreeMap::new)
+            .extend(annotations);
+    }
+    Ok(())
+}
+
+/// The names Rigging reserves and the port plan.
+fn check(template: &PodTemplateSpec, placement: &Placement) -> Result<(), FieldErrors> {
+    let Some(pod) = template.spec.as_ref() else {
+        return Ok(());
+    };
+    let sidecars = placement.sidecars.cloned().unwrap_or_default();
+    let mut wanted: Vec<(&str, Holder)> = Vec::new();
+    if let Some(tls) = placement.tls {
+        wanted.push((
+            TLS,
+            holder(tls.port, "spec.tls.port", "the TLS terminator's port"),
+        ));
+        let admin = holder(
+            ports::TLS_ADMIN.into(),
+            "spec.tls",
+            "the TLS terminator's admin port",
+        );
+        wanted.push((TLS, admin));
+    }
+    let admins = [
+        (
+            sidecars.logs.is_some(),
+            LOGS,
+            ports::LOGS_ADMIN,
+            "spec.sidecars.logs",
+            "the log adapter's admin port",
+        ),
+        (
+            sidecars.metrics.is_some(),
+            METRICS,
+            ports::METRICS_ADMIN,
+            "spec.sidecars.metrics",
+            "the metrics adapter's port",
+        ),
+        (
+            sidecars.health.is_some(),
+            HEALTH,
+            ports::HEALTH_ADMIN,
+            "spec.sidecars.health",
+            "the health monitor's admin port",
+        ),
+    ];
+    for (on, name, port, field, what) in admins {
+        if on {
+            wanted.push((name, holder(port.into(), field, what)));
+        }
+    }
+    let mut errors = Vec::new();
+    // Names: what Rigging adds must not replace what the user wrote.
+    let containers = pod.containers.iter().map(|c| ("containers", &c.name));
+    let init = pod
+        .init_containers
+        .iter()
+        .flatten()
+        .map(|c| ("initContainers", &c.name));
+    for (i, (list, name)) in containers.chain(init).enumerate() {
+        if let Some((reserved, _)) = wanted.iter().find(|(n, _)| *n == name.as_str()) {
+            errors.push(FieldError::new(
+                format!("spec.template.spec.{list}"),
+                format!("container #{i} is named \"{reserved}\", a name Rigging reserves for its sidecar"),
+            ));
+        }
+    }
+    for v in pod.volumes.iter().flatten() {
+        if [TLS, LOGS].contains(&v.name.as_str()) && wanted.iter().any(|(n, _)| *n == v.name) {
+            errors.push(FieldError::new(
+                "spec.template.spec.volumes",
+                format!(
+                    "volume \"{}\" is reserved for Rigging's sidecar of that name",
+                    v.name
+                ),
+            ));
+        }
+    }
+    // Ports: the app's, the containers' declared ones, and each sidecar's are distinct.
+    let mut held = vec![holder(placement.app_port, "spec.port", "the app's port")];
+    for (i, c) in pod.containers.iter().enumerate() {
+        for p in c.ports.iter().flatten() {
+            if i == 0 && p.container_port == placement.app_port {
+                continue;
+            }
+            let field = format!("spec.template.spec.containers[{i}].ports");
+            held.push(holder(
+                p.container_port,
+                &field,
+                &format!("a port of container \"{}\"", c.name),
+            ));
+        }
+    }
+    for (_, want) in wanted {
+        if let Some(other) = held.iter().find(|h| h.port == want.port) {
+            errors.push(FieldError::new(
+                want.field.clone(),
+                format!(
+                    "port {} is {} and also {} ({}): containers of a pod share its network, so each port has one holder",
+                    want.port, want.what, other.what, other.field
+                ),
+            ));
+        }
+        held.push(want);
+    }
+    FieldErrors::into_result(errors)
+}
+
+fn holder(port: i32, field: &str, what: &str) -> Holder {
+    Holder {
+        port,
+        field: field.to_owned(),
+        what: what.to_owned(),
+    }
+}
+
+/// The directory of the app's log file: the volume the app and the adapter share.
+fn log_dir(file: &str) -> String {
+    Path::new(file)
+        .parent()
+        .map_or_else(|| "/".to_owned(), |d| d.display().to_string())
+}
+
+fn any(port: i32) -> SocketAddr {
+    // Ports are 1..=65535 by the CRD schema.
+    any_port(u16::try_from(port).unwrap_or_default())
+}
+
+fn any_port(port: u16) -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], port))
+}
+
+fn port(name: &str, port: i32) -> ContainerPort {
+    ContainerPort {
+        name: Some(name.into()),
+        container_port: port,
+        protocol: Some("TCP".into()),
+        ..ContainerPort::default()
+    }
+}
+
+fn mount(volume: &str, path: &str, read_only: bool) -> VolumeMount {
+    VolumeMount {
+        name: volume.into(),
+        mount_path: path.into(),
+        read_only: Some(read_only),
+        ..VolumeMount::default()
+    }
+}
+
+fn admin_probe(path: &str, admin: u16) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::Int(admin.into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(5),
+        ..Probe::default()
+    }
+}
+
+/// A sidecar as a native sidecar: an init container that keeps running, so it is up
+/// before the app takes traffic and stops after it; its admin port (named, as port names
+/// are unique in a pod) probed for readiness and liveness.
+fn container<A: SidecarArgs>(
+    name: &str,
+    image: &str,
+    args: &A,
+    (port_name, admin): (&str, u16),
+) -> Container {
+    let quantities = |cpu: &str, memory: &str| {
+        BTreeMap::from([
+            ("cpu".to_owned(), Quantity(cpu.into())),
+            ("memory".to_owned(), Quantity(memory.into())),
+        ])
+    };
+    Container {
+        name: name.into(),
+        image: Some(image.into()),
+        args: Some(args.to_args()),
+        ports: Some(vec![port(port_name, admin.into())]),
+        restart_policy: Some("Always".into()),
+        readiness_probe: Some(admin_probe("/readyz", admin)),
+        liveness_probe: Some(admin_probe("/healthz", admin)),
+        security_context: Some(hardened_security_context()),
+        resources: Some(ResourceRequirements {
+            requests: Some(quantities("50m", "32Mi")),
+            limits: Some(quantities("500m", "128Mi")),
+            ..ResourceRequirements::default()
+        }),
+        ..Container::default()
+    }
+}
+
+/// The security context of every container Rigging adds to a pod.
+pub fn hardened_security_context() -> SecurityContext {
+    SecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(SIDECAR_USER),
+        run_as_group: Some(SIDECAR_USER),
+        read_only_root_filesystem: Some(true),
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Capabilities::default()
+        }),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..SeccompProfile::default()
+        }),
+        ..SecurityContext::default()
+    }
+}

@@ -1,0 +1,34 @@
+//! The command line of `rigging-sidecar`, in the library so that the operator's tests parse
+//! the containers it renders with exactly the parser the sidecar runs.
+
+use clap::{Parser, Subcommand};
+
+use crate::{health, logs, metrics, shard, tls};
+
+/// `rigging-sidecar`'s command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "rigging-sidecar",
+    version,
+    about = "Rigging's sidecar containers"
+)]
+pub struct Cli {
+    /// The sidecar to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// One subcommand per sidecar.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// TLS terminator in front of a local app port.
+    Tls(tls::Args),
+    /// Sharding ambassador for Redis, memcached and HTTP.
+    Shard(shard::Args),
+    /// Log adapter: parses an app's log lines into one JSON object per record.
+    Logs(logs::Args),
+    /// Metrics adapter: exposes an app's native stats as Prometheus metrics.
+    Metrics(metrics::Args),
+    /// Health monitor: deep checks served as /healthz and /readyz.
+    Health(health::Args),
+}
