@@ -62,12 +62,17 @@ pub struct MetricsSidecar {
 }
 
 /// The health monitor's settings.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[x_kube(
+    validation = Rule::new("self.checks.all(c, !c.startsWith('exec:'))")
+        .message("exec: checks run in the health monitor's own container, whose distroless image has no shell and no tools: use http://, tcp://, redis://, memcached:// or postgres:// checks")
+        .field_path(".checks")
+)]
 #[serde(rename_all = "camelCase")]
 pub struct HealthSidecar {
     /// The checks, in `rigging-sidecar health --check` syntax: `http://…`,
-    /// `tcp://HOST:PORT`, `redis://…`, `memcached://HOST:PORT`, `postgres://…` or
-    /// `exec:COMMAND`, with options after `#`.
-    #[schemars(length(min = 1))]
+    /// `tcp://HOST:PORT`, `redis://…`, `memcached://HOST:PORT` or `postgres://…`, with
+    /// options after `#`.
+    #[schemars(length(min = 1, max = 32), inner(length(max = 2048)))]
     pub checks: Vec<String>,
 }

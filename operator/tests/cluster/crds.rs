@@ -48,6 +48,11 @@ fn bad_cases() -> Vec<(&'static str, Value, &'static str)> {
             "pattern is required with format regex",
         ),
         (
+            "exec-check",
+            json!({"spec": {"sidecars": {"health": {"checks": ["exec:pg_isready"]}}}}),
+            "exec: checks run in the health monitor's own container",
+        ),
+        (
             "log-file-in-no-directory",
             json!({"spec": {"sidecars": {"logs": {"format": "nginx", "file": "access.log"}}}}),
             "file must be an absolute path to a file inside a directory",

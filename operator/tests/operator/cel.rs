@@ -133,6 +133,12 @@ fn render_refuses_what_the_committed_crds_rules_refuse_with_their_messages() {
             }),
         ),
         (
+            "an exec check for the distroless monitor",
+            Box::new(|d| {
+                d["spec"]["sidecars"] = json!({"health": {"checks": ["exec:pg_isready -q"]}})
+            }),
+        ),
+        (
             "a log file in no directory",
             Box::new(|d| {
                 d["spec"]["sidecars"] = json!({"logs": {"format": "nginx", "file": "access.log"}})

@@ -1,5 +1,7 @@
-//! `exec:` checks: `sh -c COMMAND` exits 0. The shell lets a check be a pipeline
-//! (`pg_isready -q || test -f /tmp/maintenance`), as people write them in probes.
+//! `exec:` checks: COMMAND, split on whitespace into a program and its arguments, run
+//! directly (no shell: Rigging's image has none), exits 0. The program must exist in the
+//! monitor's own container, which is why the operator does not accept `exec:` checks for
+//! the monitor it places from the distroless image.
 
 use std::process::Stdio;
 
@@ -8,9 +10,10 @@ use super::CheckError;
 /// Runs the command; on failure the error carries the exit status and the last line of
 /// stderr. The child is killed if the check's deadline drops this future.
 pub async fn check(command: &str) -> Result<(), CheckError> {
-    let output = tokio::process::Command::new("sh")
-        .arg("-c")
-        .arg(command)
+    let mut argv = command.split_whitespace();
+    let program = argv.next().unwrap_or_default();
+    let output = tokio::process::Command::new(program)
+        .args(argv)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

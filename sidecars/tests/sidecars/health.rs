@@ -156,7 +156,10 @@ fn http_tcp_and_exec_checks_pass_and_fail_for_the_right_reasons() {
         format!("http://{app}/healthz#name=wrong-status&status=204&optional"),
         format!("http://{app}/healthz#name=wrong-body&body=^ready$&optional"),
         format!("tcp://127.0.0.1:{closed}#name=closed&optional&liveness"),
-        "exec:echo broken >&2; exit 3#name=script&optional".to_owned(),
+        format!(
+            "exec:ls {}/missing#name=script&optional",
+            dir.path().display()
+        ),
     ];
     let checks: Vec<&str> = checks.iter().map(String::as_str).collect();
     let (_monitor, admin) = monitor(&checks, &["--failure-threshold", "1"]);
@@ -191,7 +194,11 @@ fn http_tcp_and_exec_checks_pass_and_fail_for_the_right_reasons() {
     assert_eq!(error("wrong-status"), "status 200, expected 204");
     assert!(error("wrong-body").contains("does not match"), "{body}");
     assert!(error("closed").contains("cannot connect"), "{body}");
-    assert_eq!(error("script"), "exit status: 3: broken");
+    let script = error("script");
+    assert!(
+        script.starts_with("exit status: 2: ") && script.contains("missing"),
+        "run without a shell, with its arguments: {script}"
+    );
 
     // A failing `liveness` check fails /healthz, naming only itself.
     let live = wait_status(admin, "/healthz", 503);
