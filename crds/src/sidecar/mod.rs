@@ -31,6 +31,8 @@ pub mod ports {
     pub const METRICS_ADMIN: u16 = 9121;
     /// The log adapter's admin port.
     pub const LOGS_ADMIN: u16 = 9123;
+    /// The sharding ambassador's admin port.
+    pub const SHARD_ADMIN: u16 = 9122;
 }
 
 /// A sidecar's typed command line.

@@ -25,6 +25,8 @@ use arc_swap::ArcSwap;
 use prometheus::Registry;
 use tokio::net::TcpListener;
 
+use rigging_crds::sidecar::ports;
+
 use crate::runtime::{self, Lifecycle, admin};
 use backend::{Metrics, Pool};
 use config::{ProtocolKind, Settings};
@@ -72,8 +74,9 @@ pub struct Flags {
     /// `query:NAME`.
     #[arg(long)]
     pub shard_key: Option<String>,
-    /// Admin address for /healthz, /readyz and /metrics.
-    #[arg(long, default_value = "0.0.0.0:9901")]
+    /// Admin address for /healthz, /readyz and /metrics (by default the port the sidecars'
+    /// port plan gives the ambassador, so it never meets the TLS terminator's).
+    #[arg(long, default_value_t = SocketAddr::from(([0, 0, 0, 0], ports::SHARD_ADMIN)))]
     pub admin: SocketAddr,
     /// YAML file with the same settings (snake_case); watched and reloaded on change.
     #[arg(long)]
