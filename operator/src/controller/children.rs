@@ -13,7 +13,6 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::reflector::{self, Store, store::Writer};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 /// Label selector of every child the operator manages: its watches see nothing else.
@@ -52,16 +51,7 @@ impl Child {
 
 /// A Kubernetes kind that can be a [`Child`]: how to wrap and unwrap it, and where its
 /// watch cache is.
-pub trait ChildKind:
-    Resource<DynamicType = (), Scope = NamespaceResourceScope>
-    + Clone
-    + Debug
-    + Serialize
-    + DeserializeOwned
-    + Send
-    + Sync
-    + 'static
-{
+pub trait ChildKind: super::Object {
     /// The kind's name, for metrics, Events and errors.
     const KIND: &'static str;
     /// The child, if it is of this kind.

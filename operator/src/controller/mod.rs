@@ -39,8 +39,9 @@ pub const MANAGER: &str = "rigging-operator";
 /// operator to a HorizontalPodAutoscaler (see [`apply::hand_over_replicas`]).
 pub const HANDOVER_MANAGER: &str = "rigging-operator-handover";
 
-/// What a Rigging kind supplies to the shared controller layer.
-pub trait Kind:
+/// A namespaced Kubernetes object the controller layer reads, applies and caches: every
+/// Rigging kind and every child kind.
+pub trait Object:
     Resource<DynamicType = (), Scope = NamespaceResourceScope>
     + Clone
     + Debug
@@ -50,6 +51,22 @@ pub trait Kind:
     + Sync
     + 'static
 {
+}
+
+impl<T> Object for T where
+    T: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + Debug
+        + Serialize
+        + DeserializeOwned
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+/// What a Rigging kind supplies to the shared controller layer.
+pub trait Kind: Object {
     /// The status subresource's type.
     type Status: Serialize + Clone + Debug + PartialEq + Send + Sync;
 
