@@ -11,6 +11,11 @@
 # etcd, kube-apiserver and kube-controller-manager run; there is no scheduler and no
 # kubelet, so pods are created (and garbage-collected) but stay Pending. Stop everything
 # with e2e/controlplane/down.sh DIR. Binaries come from build.sh (built once, cached).
+#
+# CONTROLPLANE_AUDIT_LOG=1 (off by default) also turns on the API server's audit log:
+# every request at level Metadata (who, user agent, verb, object; no bodies), stage
+# RequestReceived omitted, one JSON line each in DIR/logs/audit.log, with the policy in
+# DIR/audit-policy.yaml. scripts/bench/operator.sh counts the operator's requests with it.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 dir=${1:?usage: up.sh DIR}
@@ -95,7 +100,19 @@ start etcd "$bin/etcd" --name controlplane --data-dir "$dir/etcd" \
   --initial-cluster "controlplane=http://127.0.0.1:$peer_port" \
   --log-level warn --unsafe-no-fsync
 
-start kube-apiserver "$bin/kube-apiserver" \
+audit=()
+if [[ ${CONTROLPLANE_AUDIT_LOG:-0} == 1 ]]; then
+  cat >"$dir/audit-policy.yaml" <<'YAML'
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: Metadata
+YAML
+  audit=(--audit-policy-file "$dir/audit-policy.yaml" --audit-log-path "$dir/logs/audit.log")
+fi
+
+start kube-apiserver "$bin/kube-apiserver" "${audit[@]}" \
   --etcd-servers "http://127.0.0.1:$etcd_port" \
   --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
   --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
