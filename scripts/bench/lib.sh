@@ -43,3 +43,37 @@ wait_port() {
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
+
+# N ReplicatedServices in namespace NS, every other one with TLS, autoscaling, session
+# affinity and a PDB: the workload of render.sh and operator.sh.
+replicated_services() {
+  local n=$1 ns=$2 i
+  for ((i = 0; i < n; i++)); do
+    cat <<YAML
+---
+apiVersion: rigging.dev/v1alpha1
+kind: ReplicatedService
+metadata:
+  name: svc-$i
+  namespace: $ns
+spec:
+  port: 8080
+  template:
+    spec:
+      containers:
+        - name: app
+          image: nginxinc/nginx-unprivileged:1.27-alpine
+          ports: [{containerPort: 8080}]
+          readinessProbe: {httpGet: {path: /, port: 8080}}
+          resources: {requests: {cpu: 100m, memory: 64Mi}}
+YAML
+    if ((i % 2)); then
+      cat <<YAML
+  service: {port: 443, sessionAffinity: ClientIP}
+  autoscaling: {minReplicas: 2, maxReplicas: 10}
+  disruptionBudget: {minAvailable: 1}
+  tls: {secretName: svc-$i-tls}
+YAML
+    fi
+  done
+}

@@ -102,40 +102,7 @@ for _ in $(seq 1 120); do
   sleep 0.5
 done
 
-# N ReplicatedServices: every other one with TLS, autoscaling, affinity and a PDB (as in
-# render.sh).
-gen() {
-  local n=$1 i
-  for ((i = 0; i < n; i++)); do
-    cat <<YAML
----
-apiVersion: rigging.dev/v1alpha1
-kind: ReplicatedService
-metadata:
-  name: svc-$i
-  namespace: $NS
-spec:
-  port: 8080
-  template:
-    spec:
-      containers:
-        - name: app
-          image: nginxinc/nginx-unprivileged:1.27-alpine
-          ports: [{containerPort: 8080}]
-          readinessProbe: {httpGet: {path: /, port: 8080}}
-          resources: {requests: {cpu: 100m, memory: 64Mi}}
-YAML
-    if ((i % 2)); then
-      cat <<YAML
-  service: {port: 443, sessionAffinity: ClientIP}
-  autoscaling: {minReplicas: 2, maxReplicas: 10}
-  disruptionBudget: {minAvailable: 1}
-  tls: {secretName: svc-$i-tls}
-YAML
-    fi
-  done
-}
-gen "$N" >"$work/rs.yaml"
+replicated_services "$N" "$NS" >"$work/rs.yaml"
 
 # The poller, the audit-log counts, the snapshots and the table.
 cat >"$work/bench.py" <<'PY'

@@ -24,40 +24,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# 1,000 ReplicatedServices: every other one with TLS, autoscaling, affinity and a PDB.
-gen() {
-  local n=$1 i
-  for ((i = 0; i < n; i++)); do
-    cat <<YAML
----
-apiVersion: rigging.dev/v1alpha1
-kind: ReplicatedService
-metadata:
-  name: svc-$i
-  namespace: bench
-spec:
-  port: 8080
-  template:
-    spec:
-      containers:
-        - name: app
-          image: nginxinc/nginx-unprivileged:1.27-alpine
-          ports: [{containerPort: 8080}]
-          readinessProbe: {httpGet: {path: /, port: 8080}}
-          resources: {requests: {cpu: 100m, memory: 64Mi}}
-YAML
-    if ((i % 2)); then
-      cat <<YAML
-  service: {port: 443, sessionAffinity: ClientIP}
-  autoscaling: {minReplicas: 2, maxReplicas: 10}
-  disruptionBudget: {minAvailable: 1}
-  tls: {secretName: svc-$i-tls}
-YAML
-    fi
-  done
-}
-gen 1000 >"$work/1000.yaml"
-gen 1 >"$work/1.yaml"
+replicated_services 1000 bench >"$work/1000.yaml"
+replicated_services 1 bench >"$work/1.yaml"
 objects=$("$bin" render -f "$work/1000.yaml" | grep -c '^kind: ')
 echo "render of 1,000 ReplicatedServices produces $objects objects" >&2
 
