@@ -93,8 +93,9 @@ pub async fn remove_orphans<K: Kind, C: ChildKind>(
             .filter_map(C::from_child)
             .any(|c| c.name_any() == name)
     };
+    // Borrowed comparisons only: this runs over every cached child on every reconcile.
     let orphans = C::store(&ctx.stores).state().into_iter().filter(|c| {
-        c.namespace().as_deref() == Some(namespace.as_str())
+        c.meta().namespace.as_deref() == Some(namespace.as_str())
             && c.owner_references()
                 .iter()
                 .any(|o| o.controller == Some(true) && o.uid == uid)
