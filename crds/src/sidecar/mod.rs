@@ -11,6 +11,7 @@
 pub mod health;
 pub mod logs;
 pub mod metrics;
+pub mod shard;
 #[cfg(feature = "api")]
 pub mod spec;
 pub mod tls;
@@ -67,20 +68,73 @@ pub trait SidecarArgs: Serialize {
     }
 }
 
-/// Durations as humantime text (`10s`), the syntax every sidecar flag parses.
+/// Durations as humantime text (`10s`), the syntax every sidecar flag and config file
+/// parses: `#[serde(with = "duration")]`, or `duration::option` for an `Option<Duration>`.
 pub mod duration {
+    use std::fmt;
     use std::time::Duration;
 
-    use serde::Serializer;
+    use serde::{Deserializer, Serializer, de};
 
     /// Writes `d` as `humantime::format_duration` does.
     pub fn serialize<S: Serializer>(d: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(&humantime::format_duration(*d).to_string())
     }
 
+    /// Reads humantime text, as [`parse`] does; a bare number (no unit) is refused.
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        deserializer.deserialize_str(Humantime)
+    }
+
     /// The flag parser: `500ms`, `10s`, `2m`, `1h 30m`.
     pub fn parse(text: &str) -> Result<Duration, String> {
         humantime::parse_duration(text).map_err(|e| format!("{text:?}: {e} (e.g. 500ms, 10s, 2m)"))
+    }
+
+    struct Humantime;
+
+    impl de::Visitor<'_> for Humantime {
+        type Value = Duration;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a duration with a unit, e.g. 500ms, 10s, 2m")
+        }
+
+        fn visit_str<E: de::Error>(self, text: &str) -> Result<Duration, E> {
+            parse(text).map_err(E::custom)
+        }
+    }
+
+    /// The same for an `Option<Duration>`: `None` is written as null (or, with
+    /// `skip_serializing_if = "Option::is_none"`, not at all) and read from null.
+    pub mod option {
+        use std::time::Duration;
+
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        /// Writes `Some(d)` as [`super::serialize`] does, `None` as null.
+        pub fn serialize<S: Serializer>(
+            d: &Option<Duration>,
+            serializer: S,
+        ) -> Result<S::Ok, S::Error> {
+            match d {
+                Some(d) => serializer.serialize_some(&humantime::format_duration(*d).to_string()),
+                None => serializer.serialize_none(),
+            }
+        }
+
+        /// Reads null as `None`, humantime text as `Some`.
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            deserializer: D,
+        ) -> Result<Option<Duration>, D::Error> {
+            struct Text(Duration);
+            impl<'de> Deserialize<'de> for Text {
+                fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                    super::deserialize(deserializer).map(Text)
+                }
+            }
+            Ok(Option::<Text>::deserialize(deserializer)?.map(|Text(d)| d))
+        }
     }
 }
 
@@ -94,6 +148,7 @@ mod tests {
     use super::health::HealthArgs;
     use super::logs::{Format, LogsArgs};
     use super::metrics::MetricsArgs;
+    use super::shard::{Protocol, ShardArgs};
     use super::tls::TlsArgs;
     use super::*;
 
@@ -109,6 +164,7 @@ mod tests {
         Logs(LogsArgs),
         Metrics(MetricsArgs),
         Health(HealthArgs),
+        Shard(ShardArgs),
     }
 
     fn parse(args: Vec<String>) -> Sidecar {
@@ -149,12 +205,39 @@ mod tests {
         ]);
         health.interval = Duration::from_secs(90);
         let metrics = MetricsArgs::new("redis://127.0.0.1:6379".into());
+        let shard = ShardArgs {
+            protocol: Some(Protocol::Redis),
+            listen: "127.0.0.1:6379".parse().unwrap(),
+            servers: vec![
+                "10.0.0.1:6379:1 shard-a".into(),
+                "10.0.0.2:6379:1 shard-b".into(),
+                "10.0.0.3:6379:2 shard-c".into(),
+            ],
+            hash: "murmur".into(),
+            distribution: "ketama".into(),
+            hash_tag: Some("{}".into()),
+            shard_key: Some("header:X-Key".into()),
+            admin: "0.0.0.0:9122".parse().unwrap(),
+            config: Some(PathBuf::from("/etc/rigging/shard.yaml")),
+            timeout: Duration::from_millis(1500),
+            connect_timeout: Duration::from_millis(250),
+            auto_eject_hosts: true,
+            server_failure_limit: 5,
+            server_retry_timeout: Duration::from_secs(90),
+            redis_auth: None,
+            server_connections: 4,
+            drain_timeout: Duration::from_millis(2500),
+        };
+        let mut memcached = ShardArgs::new(Protocol::Memcached, vec!["127.0.0.1:11211:1".into()]);
+        memcached.hash_tag = Some("-|".into());
         let cases = [
             (tls().to_args(), Sidecar::Tls(tls())),
             (full_tls.to_args(), Sidecar::Tls(full_tls)),
             (logs.to_args(), Sidecar::Logs(logs)),
             (health.to_args(), Sidecar::Health(health)),
             (metrics.to_args(), Sidecar::Metrics(metrics)),
+            (shard.to_args(), Sidecar::Shard(shard)),
+            (memcached.to_args(), Sidecar::Shard(memcached)),
         ];
         for (args, want) in cases {
             assert_eq!(parse(args.clone()), want, "{args:?}");
@@ -192,6 +275,29 @@ mod tests {
             required("health", &["--check", "tcp://127.0.0.1:1"]),
             Sidecar::Health(HealthArgs::new(vec!["tcp://127.0.0.1:1".into()]))
         );
+        assert_eq!(
+            required(
+                "shard",
+                &["--protocol", "http", "--server", "127.0.0.1:8080:1"]
+            ),
+            Sidecar::Shard(ShardArgs::new(
+                Protocol::Http,
+                vec!["127.0.0.1:8080:1".into()]
+            ))
+        );
+    }
+
+    #[test]
+    fn the_redis_password_is_never_rendered() {
+        let mut shard = ShardArgs::new(Protocol::Redis, vec!["127.0.0.1:6379:1".into()]);
+        shard.redis_auth = Some("hunter2".into());
+        let rendered = shard.to_args();
+        assert!(
+            !rendered
+                .iter()
+                .any(|a| a.contains("hunter2") || a.contains("redis-auth")),
+            "{rendered:?}"
+        );
     }
 
     #[test]
@@ -214,6 +320,7 @@ mod tests {
             ports::HEALTH_ADMIN,
             ports::METRICS_ADMIN,
             ports::LOGS_ADMIN,
+            ports::SHARD_ADMIN,
         ];
         all.sort_unstable();
         assert!(all.windows(2).all(|w| w[0] != w[1]), "{all:?}");

@@ -1,4 +1,5 @@
-//! Settings from flags and the optional YAML file, resolved once into typed values.
+//! Settings from flags ([`Args`]) and the optional YAML file ([`ShardConfig`]), resolved
+//! once into typed values.
 //!
 //! The file has the same settings as the flags (snake_case names); a value in the file
 //! wins over the flag, because the file is what gets reloaded.
@@ -7,57 +8,11 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use super::Error;
 use super::backend::{Eject, PoolSettings, Timeouts};
 use super::hash::HashKind;
 use super::http::ShardKey;
 use super::ring::{HashTag, ServerSpec};
-
-/// The wire protocol between clients, the proxy and the servers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ProtocolKind {
-    /// Redis RESP2/RESP3.
-    Redis,
-    /// memcached text protocol.
-    Memcached,
-    /// HTTP/1.1 and HTTP/2 (cleartext) to clients, HTTP/1.1 to servers.
-    Http,
-}
-
-/// The YAML config file.
-#[derive(Debug, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct File {
-    /// See `--listen`.
-    pub listen: Option<SocketAddr>,
-    /// See `--protocol`.
-    pub protocol: Option<ProtocolKind>,
-    /// See `--server`.
-    pub servers: Option<Vec<String>>,
-    /// See `--hash`.
-    pub hash: Option<String>,
-    /// See `--distribution`.
-    pub distribution: Option<String>,
-    /// See `--hash-tag`.
-    pub hash_tag: Option<String>,
-    /// See `--shard-key`.
-    pub shard_key: Option<String>,
-    /// See `--timeout-ms`.
-    pub timeout_ms: Option<u64>,
-    /// See `--connect-timeout-ms`.
-    pub connect_timeout_ms: Option<u64>,
-    /// See `--auto-eject-hosts`.
-    pub auto_eject_hosts: Option<bool>,
-    /// See `--server-failure-limit`.
-    pub server_failure_limit: Option<u32>,
-    /// See `--server-retry-timeout-ms`.
-    pub server_retry_timeout_ms: Option<u64>,
-    /// See `--redis-auth`.
-    pub redis_auth: Option<String>,
-    /// See `--server-connections`.
-    pub server_connections: Option<usize>,
-}
+use super::{Args, Error, Protocol, ShardConfig};
 
 /// Everything the sidecar runs with.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,7 +20,7 @@ pub struct Settings {
     /// Where clients connect.
     pub listen: SocketAddr,
     /// The protocol.
-    pub protocol: ProtocolKind,
+    pub protocol: Protocol,
     /// Servers, ring and health settings.
     pub pool: PoolSettings,
     /// HTTP only: where the key comes from.
@@ -75,7 +30,7 @@ pub struct Settings {
 }
 
 /// Resolves flags and file into settings; `origin` names the source in errors.
-pub fn resolve(args: &super::Args, file: File, origin: &Path) -> Result<Settings, Error> {
+pub fn resolve(args: &Args, file: ShardConfig, origin: &Path) -> Result<Settings, Error> {
     let invalid = |field: &'static str, message: String| Error::Invalid {
         origin: origin.to_owned(),
         field,
@@ -85,10 +40,7 @@ pub fn resolve(args: &super::Args, file: File, origin: &Path) -> Result<Settings
         .protocol
         .or(args.protocol)
         .ok_or_else(|| invalid("protocol", "missing: redis, memcached or http".into()))?;
-    let listen = file
-        .listen
-        .or(args.listen)
-        .unwrap_or(([127, 0, 0, 1], 22121).into());
+    let listen = file.listen.unwrap_or(args.listen);
     let server_strings = file.servers.unwrap_or_else(|| args.servers.clone());
     if server_strings.is_empty() {
         return Err(invalid("servers", "at least one server is needed".into()));
@@ -127,7 +79,7 @@ pub fn resolve(args: &super::Args, file: File, origin: &Path) -> Result<Settings
     };
     let shard_key = match file.shard_key.or_else(|| args.shard_key.clone()) {
         Some(k) => Some(k.parse::<ShardKey>().map_err(|e| invalid("shard_key", e))?),
-        None if protocol == ProtocolKind::Http => {
+        None if protocol == Protocol::Http => {
             return Err(invalid(
                 "shard_key",
                 "required for http: header:NAME, path:N or query:NAME".into(),
@@ -135,10 +87,11 @@ pub fn resolve(args: &super::Args, file: File, origin: &Path) -> Result<Settings
         }
         None => None,
     };
-    let millis = |v: u64| Duration::from_millis(v.max(1));
+    // A zero duration would fail every request: the shortest is 1 ms.
+    let at_least_1ms = |d: Duration| d.max(Duration::from_millis(1));
     let timeouts = Timeouts {
-        request: millis(file.timeout_ms.unwrap_or(args.timeout_ms)),
-        connect: millis(file.connect_timeout_ms.unwrap_or(args.connect_timeout_ms)),
+        request: at_least_1ms(file.timeout.unwrap_or(args.timeout)),
+        connect: at_least_1ms(file.connect_timeout.unwrap_or(args.connect_timeout)),
     };
     let eject = file
         .auto_eject_hosts
@@ -148,9 +101,9 @@ pub fn resolve(args: &super::Args, file: File, origin: &Path) -> Result<Settings
                 .server_failure_limit
                 .unwrap_or(args.server_failure_limit)
                 .max(1),
-            retry_after: millis(
-                file.server_retry_timeout_ms
-                    .unwrap_or(args.server_retry_timeout_ms),
+            retry_after: at_least_1ms(
+                file.server_retry_timeout
+                    .unwrap_or(args.server_retry_timeout),
             ),
         });
     Ok(Settings {
@@ -170,12 +123,94 @@ pub fn resolve(args: &super::Args, file: File, origin: &Path) -> Result<Settings
 }
 
 /// Reads the config file (if any) and resolves it with the flags.
-pub fn load(args: &super::Args) -> Result<Settings, Error> {
+pub fn load(args: &Args) -> Result<Settings, Error> {
     match &args.config {
         Some(path) => {
-            let file: File = crate::runtime::config::load_yaml(path)?;
+            let file: ShardConfig = crate::runtime::config::load_yaml(path)?;
             resolve(args, file, path)
         }
-        None => resolve(args, File::default(), Path::new("command line")),
+        None => resolve(args, ShardConfig::default(), Path::new("command line")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> Args {
+        Args::new(Protocol::Redis, vec!["127.0.0.1:6379:1".into()])
+    }
+
+    fn resolved(args: &Args, file: ShardConfig) -> Result<Settings, String> {
+        resolve(args, file, Path::new("shard.yaml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_flags_defaults_resolve_to_twemproxys_defaults() {
+        let settings = resolved(&args(), ShardConfig::default()).unwrap();
+        assert_eq!(settings.listen, SocketAddr::from(([127, 0, 0, 1], 22121)));
+        assert_eq!(settings.pool.hash, HashKind::Fnv1a64);
+        assert_eq!(
+            settings.pool.timeouts,
+            Timeouts {
+                connect: Duration::from_millis(500),
+                request: Duration::from_secs(1),
+            }
+        );
+        assert_eq!(settings.pool.eject, None);
+    }
+
+    #[test]
+    fn a_value_in_the_file_wins_over_the_flag() {
+        let mut flags = args();
+        flags.timeout = Duration::from_secs(3);
+        flags.auto_eject_hosts = true;
+        let file = ShardConfig {
+            protocol: Some(Protocol::Memcached),
+            timeout: Some(Duration::from_millis(1500)),
+            server_retry_timeout: Some(Duration::from_secs(5)),
+            ..ShardConfig::default()
+        };
+        let settings = resolved(&flags, file).unwrap();
+        assert_eq!(settings.protocol, Protocol::Memcached);
+        assert_eq!(settings.pool.timeouts.request, Duration::from_millis(1500));
+        assert_eq!(
+            settings.pool.eject,
+            Some(Eject {
+                failure_limit: 2,
+                retry_after: Duration::from_secs(5),
+            })
+        );
+    }
+
+    #[test]
+    fn a_zero_duration_is_taken_as_one_millisecond() {
+        let mut flags = args();
+        flags.connect_timeout = Duration::ZERO;
+        let settings = resolved(&flags, ShardConfig::default()).unwrap();
+        assert_eq!(settings.pool.timeouts.connect, Duration::from_millis(1));
+    }
+
+    #[test]
+    fn invalid_settings_are_refused_naming_origin_and_field() {
+        let mut flags = args();
+        flags.protocol = None;
+        let err = resolved(&flags, ShardConfig::default()).unwrap_err();
+        assert_eq!(
+            err,
+            "shard.yaml: invalid protocol: missing: redis, memcached or http"
+        );
+        let file = ShardConfig {
+            hash_tag: Some("{".into()),
+            ..ShardConfig::default()
+        };
+        let err = resolved(&args(), file).unwrap_err();
+        assert!(err.starts_with("shard.yaml: invalid hash_tag: "), "{err}");
+        let file = ShardConfig {
+            protocol: Some(Protocol::Http),
+            ..ShardConfig::default()
+        };
+        let err = resolved(&args(), file).unwrap_err();
+        assert!(err.starts_with("shard.yaml: invalid shard_key: "), "{err}");
     }
 }

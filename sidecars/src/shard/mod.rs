@@ -5,7 +5,8 @@
 //! - [`proxy`]: the pipelined client loop shared by [`redis`] and [`memcached`].
 //! - [`backend`]: servers, pooled connections, ejection, metrics.
 //! - [`http`]: the HTTP front end.
-//! - [`config`]: flags and the reloadable YAML file.
+//! - [`config`]: flags and the reloadable YAML file ([`Args`], [`ShardConfig`]: the
+//!   contract types of `rigging_crds::sidecar::shard`) resolved into settings.
 
 pub mod backend;
 pub mod config;
@@ -16,7 +17,6 @@ pub mod proxy;
 pub mod redis;
 pub mod ring;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,87 +25,15 @@ use arc_swap::ArcSwap;
 use prometheus::Registry;
 use tokio::net::TcpListener;
 
-use rigging_crds::sidecar::ports;
-
 use crate::runtime::{self, Lifecycle, admin};
 use backend::{Metrics, Pool};
-use config::{ProtocolKind, Settings};
-use proxy::Protocol;
+use config::Settings;
 
-/// Command-line arguments of `rigging-sidecar shard`. Boxed, so that the binary's
-/// subcommand enum stays small.
-#[derive(Debug, Clone, clap::Args)]
-pub struct Args {
-    /// The flags.
-    #[command(flatten)]
-    pub flags: Box<Flags>,
-}
-
-impl std::ops::Deref for Args {
-    type Target = Flags;
-
-    fn deref(&self) -> &Flags {
-        &self.flags
-    }
-}
-
-/// The flags of `rigging-sidecar shard`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct Flags {
-    /// Protocol spoken by clients and servers.
-    #[arg(long, value_enum)]
-    pub protocol: Option<ProtocolKind>,
-    /// Address clients connect to [default: 127.0.0.1:22121].
-    #[arg(long)]
-    pub listen: Option<SocketAddr>,
-    /// A server in twemproxy syntax, `HOST:PORT:WEIGHT [NAME]`; repeat for each server.
-    #[arg(long = "server", value_name = "HOST:PORT:WEIGHT [NAME]")]
-    pub servers: Vec<String>,
-    /// Key hash function, as twemproxy names them.
-    #[arg(long, default_value = "fnv1a_64")]
-    pub hash: String,
-    /// Key distribution; ketama (twemproxy's consistent hashing) is the one supported.
-    #[arg(long, default_value = "ketama")]
-    pub distribution: String,
-    /// Two characters around the part of a key that is hashed, e.g. "{}".
-    #[arg(long)]
-    pub hash_tag: Option<String>,
-    /// HTTP only: where the key is, `header:NAME`, `path:N` (Nth segment, from 1) or
-    /// `query:NAME`.
-    #[arg(long)]
-    pub shard_key: Option<String>,
-    /// Admin address for /healthz, /readyz and /metrics (by default the port the sidecars'
-    /// port plan gives the ambassador, so it never meets the TLS terminator's).
-    #[arg(long, default_value_t = SocketAddr::from(([0, 0, 0, 0], ports::SHARD_ADMIN)))]
-    pub admin: SocketAddr,
-    /// YAML file with the same settings (snake_case); watched and reloaded on change.
-    #[arg(long)]
-    pub config: Option<PathBuf>,
-    /// Time for a batch of requests to a server, from write to last reply.
-    #[arg(long, default_value_t = 1000)]
-    pub timeout_ms: u64,
-    /// Time to connect to a server.
-    #[arg(long, default_value_t = 500)]
-    pub connect_timeout_ms: u64,
-    /// Take a failing server off the ring (twemproxy's auto_eject_hosts).
-    #[arg(long)]
-    pub auto_eject_hosts: bool,
-    /// Consecutive failures before a server is ejected.
-    #[arg(long, default_value_t = 2)]
-    pub server_failure_limit: u32,
-    /// How long an ejected server stays off the ring.
-    #[arg(long, default_value_t = 30_000)]
-    pub server_retry_timeout_ms: u64,
-    /// Redis password: required from clients (AUTH) and sent to servers.
-    #[arg(long, env = "RIGGING_REDIS_AUTH", hide_env_values = true)]
-    pub redis_auth: Option<String>,
-    /// Connections per server shared by all clients (twemproxy's server_connections).
-    #[arg(long, default_value_t = 1)]
-    pub server_connections: usize,
-    /// On SIGTERM, how long in-flight requests may take to finish.
-    #[arg(long, default_value_t = 10_000)]
-    pub drain_timeout_ms: u64,
-}
+/// Command-line arguments of `rigging-sidecar shard`: the contract type the operator
+/// renders.
+pub use rigging_crds::sidecar::shard::ShardArgs as Args;
+/// The wire protocol, and the YAML config file (`--config`, what the operator is to write).
+pub use rigging_crds::sidecar::shard::{Protocol, ShardConfig};
 
 /// Why the shard sidecar could not start.
 #[derive(Debug, thiserror::Error)]
@@ -156,16 +84,16 @@ pub async fn run(args: Args) -> Result<(), Error> {
     }
     life.set_ready(true);
     match settings.protocol {
-        ProtocolKind::Redis => {
+        Protocol::Redis => {
             let redis = redis::Redis {
                 auth: settings.redis_auth.clone(),
             };
             accept_loop(Arc::new(redis), listener, pools, &life).await;
         }
-        ProtocolKind::Memcached => {
+        Protocol::Memcached => {
             accept_loop(Arc::new(memcached::Memcached), listener, pools, &life).await;
         }
-        ProtocolKind::Http => {
+        Protocol::Http => {
             let key = settings
                 .shard_key
                 .clone()
@@ -173,12 +101,11 @@ pub async fn run(args: Args) -> Result<(), Error> {
             http::serve(listener, pools, key, &life).await;
         }
     }
-    life.drain(Duration::from_millis(args.drain_timeout_ms))
-        .await;
+    life.drain(args.drain_timeout).await;
     Ok(())
 }
 
-async fn accept_loop<P: Protocol>(
+async fn accept_loop<P: proxy::Protocol>(
     proto: Arc<P>,
     listener: TcpListener,
     pools: Arc<ArcSwap<Pool>>,

@@ -565,13 +565,13 @@ fn a_killed_server_gets_error_replies_then_is_ejected_and_its_keys_rehash() {
         "redis",
         &servers,
         &[
-            "--timeout-ms",
-            "2000",
+            "--timeout",
+            "2s",
             "--auto-eject-hosts",
             "--server-failure-limit",
             "2",
-            "--server-retry-timeout-ms",
-            "600000",
+            "--server-retry-timeout",
+            "10m",
         ],
     );
     let mut c = Resp::connect(proxy.addr);
@@ -621,7 +621,7 @@ fn a_killed_server_gets_error_replies_then_is_ejected_and_its_keys_rehash() {
 fn a_hung_server_gets_error_replies_within_the_timeout() {
     let (procs, addrs, servers) = three_redis();
     let ring = Ring::new(&specs(&servers), &[], HashKind::Fnv1a64, None);
-    let proxy = shard("redis", &servers, &["--timeout-ms", "300"]);
+    let proxy = shard("redis", &servers, &["--timeout", "300ms"]);
     let mut c = Resp::connect(proxy.addr);
     let on_1 = key_on(&ring, 1, "hang");
     let on_0 = key_on(&ring, 0, "fine");
@@ -1053,7 +1053,10 @@ fn a_changed_config_file_brings_in_a_new_ring() {
         let tmp = dir.path().join("shard.yaml.tmp");
         std::fs::write(
             &tmp,
-            format!("protocol: redis\nhash: murmur\nservers:\n{list}"),
+            format!(
+                "protocol: redis\nhash: murmur\ntimeout: 2s\nconnect_timeout: 500ms\n\
+                 servers:\n{list}"
+            ),
         )
         .unwrap();
         std::fs::rename(&tmp, &config).unwrap();
