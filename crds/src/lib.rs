@@ -10,7 +10,13 @@
 pub mod field_error;
 #[cfg(feature = "api")]
 pub mod replicated_service;
+#[cfg(feature = "api")]
+mod schema;
+#[cfg(feature = "api")]
+pub mod sharded_service;
 pub mod sidecar;
+#[cfg(feature = "api")]
+pub mod work_queue;
 
 pub use field_error::{FieldError, FieldErrors};
 #[cfg(feature = "api")]
@@ -18,6 +24,10 @@ pub use replicated_service::{
     Autoscaling, DisruptionBudget, ReplicatedService, ReplicatedServiceSpec,
     ReplicatedServiceStatus, ServiceSettings, ServiceType, SessionAffinity, Tls,
 };
+#[cfg(feature = "api")]
+pub use sharded_service::{ShardedService, ShardedServiceSpec, ShardedServiceStatus};
+#[cfg(feature = "api")]
+pub use work_queue::{WorkQueue, WorkQueueSpec, WorkQueueStatus};
 
 /// The API group of every Rigging kind.
 pub const GROUP: &str = "rigging.dev";

@@ -8,9 +8,10 @@ use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{CustomResource, KubeSchema};
-use schemars::{JsonSchema, Schema, SchemaGenerator};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::schema::pod_template_schema;
 use crate::sidecar::spec::Sidecars;
 
 /// Why a ReplicatedService's name must be a DNS-1035 label: its Service takes the name, and
@@ -241,48 +242,6 @@ pub struct ReplicatedServiceStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
-}
-
-/// The schema of `template`: the full PodTemplateSpec without its descriptions, which
-/// alone would push the CRD past the 256 KiB `kubectl apply` annotation limit. The fields
-/// are documented by Kubernetes itself (`kubectl explain pod.spec`).
-fn pod_template_schema(generator: &mut SchemaGenerator) -> Schema {
-    let mut schema = generator.subschema_for::<PodTemplateSpec>();
-    if let Some(map) = schema.as_object_mut() {
-        strip_object_descriptions(map);
-    }
-    schema
-}
-
-/// Removes `description` from a schema and every schema below it, leaving alone
-/// properties that happen to be named `description`.
-fn strip_descriptions(schema: &mut serde_json::Value) {
-    if let serde_json::Value::Object(map) = schema {
-        strip_object_descriptions(map);
-    }
-}
-
-fn strip_object_descriptions(map: &mut serde_json::Map<String, serde_json::Value>) {
-    map.remove("description");
-    for (key, value) in map.iter_mut() {
-        match key.as_str() {
-            "properties" | "patternProperties" | "$defs" | "definitions" => {
-                if let serde_json::Value::Object(children) = value {
-                    children.values_mut().for_each(strip_descriptions);
-                }
-            }
-            "items" | "additionalProperties" | "not" => match value {
-                serde_json::Value::Array(items) => items.iter_mut().for_each(strip_descriptions),
-                other => strip_descriptions(other),
-            },
-            "allOf" | "anyOf" | "oneOf" => {
-                if let serde_json::Value::Array(items) = value {
-                    items.iter_mut().for_each(strip_descriptions);
-                }
-            }
-            _ => {}
-        }
-    }
 }
 
 impl ReplicatedServiceSpec {

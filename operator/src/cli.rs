@@ -8,8 +8,8 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 use crate::controller::Config;
+use crate::controller::{RenderConfig, default_sidecar_image};
 use crate::manager::{self, LeaseOptions, RunOptions};
-use crate::replicated_service::desired::{RenderConfig, default_sidecar_image};
 use crate::{crdgen, render};
 
 /// Rigging's controller manager.

@@ -4,11 +4,15 @@ use std::path::{Path, PathBuf};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
-use rigging_crds::ReplicatedService;
+use rigging_crds::{ReplicatedService, ShardedService, WorkQueue};
 
 /// Every CRD, in a stable order.
 pub fn all() -> Vec<CustomResourceDefinition> {
-    vec![ReplicatedService::crd()]
+    vec![
+        ReplicatedService::crd(),
+        ShardedService::crd(),
+        WorkQueue::crd(),
+    ]
 }
 
 /// The file a CRD is committed as: `<plural>.<group>.yaml`.

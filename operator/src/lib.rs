@@ -3,7 +3,8 @@
 //!
 //! - [`controller`]: what every kind shares (wiring, shared child watches, apply, orphan
 //!   removal, status, Events, backoff); a kind implements [`controller::Kind`].
-//! - [`replicated_service`]: the ReplicatedService kind's desired state and status.
+//! - [`replicated_service`], [`sharded_service`], [`work_queue`]: each kind's desired
+//!   state and status.
 //! - [`drift`]: whether a live child already holds what the operator applies.
 //! - [`render`]: the pure halves offline (`rigging-operator render`).
 //! - [`crdgen`]: the CRDs committed under `crds/`.
@@ -20,7 +21,9 @@ pub mod metrics;
 pub mod render;
 pub mod replicated_service;
 pub mod schema;
+pub mod sharded_service;
 pub mod sidecars;
+pub mod work_queue;
 
 pub use controller::{ChildStores, Config, Context};
 pub use error::{Error, Result};

@@ -12,7 +12,7 @@ use kube_lease_manager::LeaseManagerBuilder;
 use crate::admin::{self, Readiness};
 use crate::controller::{self, ChildWatches, Config, Context};
 use crate::metrics::Metrics;
-use rigging_crds::ReplicatedService;
+use rigging_crds::{ReplicatedService, ShardedService, WorkQueue};
 use std::sync::Arc;
 
 /// Settings of `run`, from flags and environment.
@@ -193,13 +193,16 @@ const CRD_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 /// Waits until the API server serves every Rigging kind (its CRD is installed and
 /// established), saying what is missing every [`CRD_RETRY`].
 async fn wait_for_crds(client: &Client) {
-    let kinds = [ReplicatedService::plural(&())];
+    let kinds: Vec<String> = crate::crdgen::all()
+        .into_iter()
+        .map(|crd| crd.spec.names.plural)
+        .collect();
     let api_version = ReplicatedService::api_version(&());
     loop {
         let missing: Vec<String> = match client.list_api_group_resources(&api_version).await {
             Ok(list) => kinds
                 .iter()
-                .filter(|k| !list.resources.iter().any(|r| r.name == **k))
+                .filter(|k| !list.resources.iter().any(|r| &r.name == *k))
                 .map(|k| format!("{k}.{}", ReplicatedService::group(&())))
                 .collect(),
             Err(error) => {
@@ -234,12 +237,14 @@ fn controllers(
         watches.stores(),
         instance,
     ));
-    let replicated = controller::controller::<ReplicatedService>(ctx, &watches, namespace);
+    let replicated = controller::controller::<ReplicatedService>(ctx.clone(), &watches, namespace);
+    let sharded = controller::controller::<ShardedService>(ctx.clone(), &watches, namespace);
+    let work_queue = controller::controller::<WorkQueue>(ctx, &watches, namespace);
     let watching = watches.run();
     async move {
         // The watches never end; the controllers end on a shutdown signal.
         tokio::select! {
-            () = replicated => {}
+            _ = futures::future::join3(replicated, sharded, work_queue) => {}
             () = watching => {}
         }
     }

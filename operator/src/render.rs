@@ -4,13 +4,17 @@
 use std::fmt;
 use std::sync::OnceLock;
 
-use kube::CustomResourceExt;
-use rigging_crds::{FieldError, ReplicatedService};
+use std::collections::BTreeMap;
+
+use rigging_crds::{FieldError, ReplicatedService, ShardedService, WorkQueue};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::replicated_service::desired::{self, RenderConfig};
-use crate::schema;
+use crate::controller::{Child, Kind, Observed, RenderConfig};
+use crate::{crdgen, schema};
+
+/// The `apiVersion` of every kind `render` knows.
+const API_VERSION: &str = "rigging.dev/v1alpha1";
 
 /// Why one input could not be rendered. Every variant names the input; those about one
 /// document name it too (1-based, as `---` separates them).
@@ -26,7 +30,7 @@ pub enum RenderError {
     },
     /// A document is not a Rigging resource this version knows.
     #[error(
-        "{source_name}: document {document}: unknown kind {kind:?} (apiVersion {api_version:?}); render knows ReplicatedService (rigging.dev/v1alpha1)"
+        "{source_name}: document {document}: unknown kind {kind:?} (apiVersion {api_version:?}); render knows ReplicatedService, ShardedService and WorkQueue (rigging.dev/v1alpha1)"
     )]
     UnknownKind {
         /// File name.
@@ -74,21 +78,26 @@ impl fmt::Display for Invalid<'_> {
     }
 }
 
-/// The CRD schema of ReplicatedService and its compiled CEL rules, built once: generating
-/// them is far costlier than rendering one object.
-fn replicated_service_schema() -> &'static (Value, schema::Rules) {
-    static SCHEMA: OnceLock<(Value, schema::Rules)> = OnceLock::new();
-    SCHEMA.get_or_init(|| {
-        let crd = ReplicatedService::crd();
-        let schema = crd.spec.versions[0]
-            .schema
-            .as_ref()
-            .and_then(|s| s.open_api_v3_schema.as_ref());
-        let schema = serde_json::to_value(schema).unwrap_or(Value::Null);
-        (
-            schema::for_whole_object(&schema),
-            schema::Rules::compile(&schema),
-        )
+/// The schema of every kind (keyed by `kind`) with its compiled CEL rules, built once:
+/// generating them is far costlier than rendering one object.
+fn schemas() -> &'static BTreeMap<String, (Value, schema::Rules)> {
+    static SCHEMAS: OnceLock<BTreeMap<String, (Value, schema::Rules)>> = OnceLock::new();
+    SCHEMAS.get_or_init(|| {
+        crdgen::all()
+            .into_iter()
+            .map(|crd| {
+                let schema = crd.spec.versions[0]
+                    .schema
+                    .as_ref()
+                    .and_then(|s| s.open_api_v3_schema.as_ref());
+                let schema = serde_json::to_value(schema).unwrap_or(Value::Null);
+                let compiled = (
+                    schema::for_whole_object(&schema),
+                    schema::Rules::compile(&schema),
+                );
+                (crd.spec.names.kind, compiled)
+            })
+            .collect()
     })
 }
 
@@ -133,15 +142,15 @@ fn render_document(
             .to_owned()
     };
     let (api_version, kind) = (field("apiVersion"), field("kind"));
-    if (api_version.as_str(), kind.as_str()) != ("rigging.dev/v1alpha1", "ReplicatedService") {
+    let known = schemas().get(&kind).filter(|_| api_version == API_VERSION);
+    let Some((structure, rules)) = known else {
         return Err(RenderError::UnknownKind {
             source_name: source_name.to_owned(),
             document,
             kind,
             api_version,
         });
-    }
-    let (structure, rules) = replicated_service_schema();
+    };
     let mut errors = schema::validate(structure, &value, "");
     if value
         .pointer("/metadata/name")
@@ -159,14 +168,28 @@ fn render_document(
     if !errors.is_empty() {
         return Err(invalid(errors));
     }
-    let rs: ReplicatedService = serde_json::from_value(value)
-        .map_err(|e| invalid(vec![FieldError::new("(document)", e.to_string())]))?;
-    let children = desired::desired(&rs, config).map_err(|e| invalid(e.0))?;
-    children.to_values().map_err(|e| RenderError::Output {
-        source_name: source_name.to_owned(),
-        document,
-        error: e.to_string(),
-    })
+    let children = match kind.as_str() {
+        "ShardedService" => children::<ShardedService>(value, config),
+        "WorkQueue" => children::<WorkQueue>(value, config),
+        _ => children::<ReplicatedService>(value, config),
+    }
+    .map_err(invalid)?;
+    children
+        .iter()
+        .map(Child::to_value)
+        .collect::<Result<_, _>>()
+        .map_err(|e| RenderError::Output {
+            source_name: source_name.to_owned(),
+            document,
+            error: e.to_string(),
+        })
+}
+
+/// What the first reconcile of `value`, a `K`, creates in an empty namespace.
+fn children<K: Kind>(value: Value, config: &RenderConfig) -> Result<Vec<Child>, Vec<FieldError>> {
+    let obj: K = serde_json::from_value(value)
+        .map_err(|e| vec![FieldError::new("(document)", e.to_string())])?;
+    obj.desired(config, &Observed::nothing()).map_err(|e| e.0)
 }
 
 /// Renders `input` to multi-document YAML (documents separated by `---`).

@@ -4,13 +4,13 @@
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ObjectReference;
-use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 use serde::Serialize;
 
-use super::children::ChildKind;
+use super::children::{ChildKind, controlled_by};
 use super::{Child, Context, HANDOVER_MANAGER, Kind, MANAGER};
 use crate::drift;
 use crate::error::{Error, Result};
@@ -69,12 +69,51 @@ pub async fn apply_all<K: Kind>(
                 let handed_over = hand_over_replicas(ctx, owner, d).await?;
                 apply(ctx, owner, d, handed_over).await?.into_child()
             }
+            Child::Job(c) => create_once(ctx, owner, c).await?.into_child(),
+            Child::StatefulSet(c) => apply(ctx, owner, c, false).await?.into_child(),
             Child::Service(c) => apply(ctx, owner, c, false).await?.into_child(),
+            Child::ConfigMap(c) => apply(ctx, owner, c, false).await?.into_child(),
             Child::PodDisruptionBudget(c) => apply(ctx, owner, c, false).await?.into_child(),
             Child::HorizontalPodAutoscaler(c) => apply(ctx, owner, c, false).await?.into_child(),
         });
     }
     Ok(applied)
+}
+
+/// Creates `desired` unless a child of that name exists, which is then returned as it is:
+/// never updated, never deleted and created again. A Job's template is immutable, and a
+/// second Job of the same name would run its work twice. A stale cache only costs a create
+/// that the API server refuses as a conflict (`409 AlreadyExists`), which counts as done.
+pub async fn create_once<K: Kind, C: ChildKind>(
+    ctx: &Context,
+    owner: &K,
+    desired: &C,
+) -> Result<C> {
+    let name = desired.name_any();
+    let namespace = desired.namespace().unwrap_or_default();
+    if let Some(live) = C::store(&ctx.stores).get(&ObjectRef::new(&name).within(&namespace)) {
+        ctx.metrics
+            .applies
+            .with_label_values(&[K::KIND, C::KIND, "unchanged"])
+            .inc();
+        return Ok(C::clone(&live));
+    }
+    let api: Api<C> = Api::namespaced(ctx.client.clone(), &namespace);
+    let params = PostParams {
+        field_manager: Some(MANAGER.into()),
+        ..PostParams::default()
+    };
+    match api.create(&params, desired).await {
+        Ok(created) => {
+            ctx.metrics
+                .applies
+                .with_label_values(&[K::KIND, C::KIND, "created"])
+                .inc();
+            Ok(created)
+        }
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(desired.clone()),
+        Err(source) => Err(failed(ctx, owner, C::KIND, namespace, name, "Create", source).await),
+    }
 }
 
 /// Deletes every child of kind `C` that `owner` controls and `children` no longer holds.
@@ -94,17 +133,15 @@ pub async fn remove_orphans<K: Kind, C: ChildKind>(
             .any(|c| c.name_any() == name)
     };
     // Borrowed comparisons only: this runs over every cached child on every reconcile.
-    let orphans = C::store(&ctx.stores).state().into_iter().filter(|c| {
-        c.meta().namespace.as_deref() == Some(namespace.as_str())
-            && c.owner_references()
-                .iter()
-                .any(|o| o.controller == Some(true) && o.uid == uid)
-            && !wanted(&c.name_any())
-    });
+    let orphans = C::store(&ctx.stores)
+        .state()
+        .into_iter()
+        .filter(|c| controlled_by(&**c, &namespace, uid) && !wanted(&c.name_any()));
     for orphan in orphans {
         let name = orphan.name_any();
         let api: Api<C> = Api::namespaced(ctx.client.clone(), &namespace);
-        match api.delete(&name, &DeleteParams::default()).await {
+        // Background propagation: a Job's pods, a StatefulSet's pods go with it.
+        match api.delete(&name, &DeleteParams::background()).await {
             Ok(_) => {
                 tracing::info!(kind = C::KIND, %name, %namespace, "deleted a child the spec no longer asks for")
             }

@@ -6,9 +6,13 @@ use std::future::Future;
 
 use futures::StreamExt;
 use k8s_openapi::NamespaceResourceScope;
-use k8s_openapi::api::apps::v1::Deployment;
+use std::sync::Arc;
+
+use futures::FutureExt;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::reflector::{self, Store, store::Writer};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
@@ -21,32 +25,175 @@ pub const MANAGED_SELECTOR: &str = "app.kubernetes.io/managed-by=rigging-operato
 /// How many changes a shared watch buffers for each controller that subscribed to it.
 const SUBSCRIBER_BUFFER: usize = 256;
 
-/// One child object a kind asks for.
-// An object has a handful of children, built once per reconcile: boxing the large
-// variants would add indirection and buy nothing.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug, Clone, PartialEq)]
-pub enum Child {
-    /// Runs stateless pods.
-    Deployment(Deployment),
-    /// Load-balances over pods.
-    Service(Service),
-    /// Limits voluntary disruptions.
-    PodDisruptionBudget(PodDisruptionBudget),
-    /// Scales a Deployment.
-    HorizontalPodAutoscaler(HorizontalPodAutoscaler),
+/// Every child kind, once: the [`Child`] variant, the type, and its cache field. The enum,
+/// the caches, the shared watches and orphan removal are generated from this list, so a
+/// new child kind is one line here (and its RBAC in the chart).
+macro_rules! child_kinds {
+    ($($(#[$doc:meta])* $variant:ident($type:ty) => $field:ident),+ $(,)?) => {
+        /// One child object a kind asks for.
+        // An object has a handful of children, built once per reconcile: boxing the large
+        // variants would add indirection and buy nothing.
+        #[allow(clippy::large_enum_variant)]
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum Child {
+            $($(#[$doc])* $variant($type),)+
+        }
+
+        impl Child {
+            /// The child as JSON, as it is applied and rendered.
+            pub fn to_value(&self) -> Result<serde_json::Value, serde_json::Error> {
+                match self {
+                    $(Child::$variant(c) => serde_json::to_value(c),)+
+                }
+            }
+        }
+
+        $(
+            impl ChildKind for $type {
+                const KIND: &'static str = stringify!($variant);
+                fn from_child(child: &Child) -> Option<&Self> {
+                    match child {
+                        Child::$variant(c) => Some(c),
+                        _ => None,
+                    }
+                }
+                fn into_child(self) -> Child {
+                    Child::$variant(self)
+                }
+                fn store(stores: &ChildStores) -> &Store<Self> {
+                    &stores.$field
+                }
+            }
+        )+
+
+        /// Watch caches of the children the operator owns (only those labelled
+        /// [`MANAGED_SELECTOR`]). Comparing against them is what lets an unchanged object
+        /// cost no API request.
+        #[derive(Clone)]
+        pub struct ChildStores {
+            $(#[doc = concat!("The cached ", stringify!($variant), "s.")] pub $field: Store<$type>,)+
+        }
+
+        impl ChildStores {
+            /// Waits until every cache holds its initial list, so that the first reconciles
+            /// after a start (or a change of leader) compare against what exists instead of
+            /// re-applying every child. Returns early if a cache's writer is gone (the
+            /// controller is stopping).
+            pub async fn wait_until_ready(&self) {
+                $(let _ = self.$field.wait_until_ready().await;)+
+            }
+        }
+
+        struct Writers {
+            $($field: Writer<$type>,)+
+        }
+
+        /// The writers of caches made by [`ChildStores::unfilled`].
+        pub struct CacheFill {
+            $($field: Writer<$type>,)+
+        }
+
+        impl CacheFill {
+            /// Gives every cache its initial list: `children`, each in the cache of its kind.
+            pub fn fill(mut self, children: impl IntoIterator<Item = Child>) {
+                $(self.$field.apply_watcher_event(&watcher::Event::Init);)+
+                for child in children {
+                    match child {
+                        $(Child::$variant(c) => {
+                            self.$field.apply_watcher_event(&watcher::Event::InitApply(c))
+                        })+
+                    }
+                }
+                $(self.$field.apply_watcher_event(&watcher::Event::InitDone);)+
+            }
+        }
+
+        impl ChildStores {
+            /// Caches whose initial list has not arrived yet, and what fills them: a
+            /// controller as it starts, for tests.
+            pub fn unfilled() -> (Self, CacheFill) {
+                $(let $field = reflector::store();)+
+                (
+                    Self { $($field: $field.0,)+ },
+                    CacheFill { $($field: $field.1,)+ },
+                )
+            }
+
+            /// Caches that hold `children` as their initial list, for tests.
+            pub fn prefilled(children: impl IntoIterator<Item = Child>) -> Self {
+                let (stores, fill) = Self::unfilled();
+                fill.fill(children);
+                stores
+            }
+        }
+
+        impl ChildWatches {
+            /// Watches of the managed children in `namespace` (every namespace when
+            /// `None`). Nothing is watched until [`run`](ChildWatches::run).
+            pub fn new(client: Client, namespace: Option<&str>) -> Self {
+                $(let $field = reflector::store_shared(SUBSCRIBER_BUFFER);)+
+                Self {
+                    client,
+                    namespace: namespace.map(str::to_owned),
+                    stores: ChildStores { $($field: $field.0,)+ },
+                    writers: Writers { $($field: $field.1,)+ },
+                }
+            }
+
+            /// Makes a change of any child reconcile its owner in `controller`.
+            pub fn trigger<K>(&self, controller: Controller<K>) -> Controller<K>
+            where
+                K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
+            {
+                let mut controller = controller;
+                // Subscribing cannot fail on a shared writer.
+                $(if let Some(s) = self.writers.$field.subscribe() {
+                    controller = controller.owns_shared_stream(s);
+                })+
+                controller
+            }
+
+            /// Runs the watches; never returns on its own.
+            pub fn run(self) -> impl Future<Output = ()> + Send {
+                let Self { client, namespace, writers, .. } = self;
+                let ns = namespace.as_deref();
+                let watches = vec![
+                    $(watch(api::<$type>(&client, ns), writers.$field).boxed(),)+
+                ];
+                async move {
+                    futures::future::join_all(watches).await;
+                }
+            }
+        }
+
+        /// Deletes every child of `owner` that `children` no longer holds, of every kind.
+        pub async fn remove_all_orphans<K: super::Kind>(
+            ctx: &super::Context,
+            owner: &K,
+            children: &[Child],
+        ) -> crate::error::Result<()> {
+            $(super::apply::remove_orphans::<K, $type>(ctx, owner, children).await?;)+
+            Ok(())
+        }
+    };
 }
 
-impl Child {
-    /// The child as JSON, as it is applied and rendered.
-    pub fn to_value(&self) -> Result<serde_json::Value, serde_json::Error> {
-        match self {
-            Child::Deployment(c) => serde_json::to_value(c),
-            Child::Service(c) => serde_json::to_value(c),
-            Child::PodDisruptionBudget(c) => serde_json::to_value(c),
-            Child::HorizontalPodAutoscaler(c) => serde_json::to_value(c),
-        }
-    }
+child_kinds! {
+    /// Runs stateless pods.
+    Deployment(Deployment) => deployments,
+    /// Runs pods with stable names and storage.
+    StatefulSet(StatefulSet) => statefulsets,
+    /// Load-balances over pods, or names them (headless).
+    Service(Service) => services,
+    /// Configuration that sidecars read, and state a kind keeps.
+    ConfigMap(ConfigMap) => configmaps,
+    /// Limits voluntary disruptions.
+    PodDisruptionBudget(PodDisruptionBudget) => pdbs,
+    /// Scales a Deployment.
+    HorizontalPodAutoscaler(HorizontalPodAutoscaler) => hpas,
+    /// Runs work to completion. Created once, never updated: a Job's template is
+    /// immutable, and re-creating one would run its work twice.
+    Job(Job) => jobs,
 }
 
 /// A Kubernetes kind that can be a [`Child`]: how to wrap and unwrap it, and where its
@@ -62,31 +209,6 @@ pub trait ChildKind: super::Object {
     fn store(stores: &ChildStores) -> &Store<Self>;
 }
 
-macro_rules! child_kind {
-    ($type:ty, $variant:ident, $field:ident) => {
-        impl ChildKind for $type {
-            const KIND: &'static str = stringify!($variant);
-            fn from_child(child: &Child) -> Option<&Self> {
-                match child {
-                    Child::$variant(c) => Some(c),
-                    _ => None,
-                }
-            }
-            fn into_child(self) -> Child {
-                Child::$variant(self)
-            }
-            fn store(stores: &ChildStores) -> &Store<Self> {
-                &stores.$field
-            }
-        }
-    };
-}
-
-child_kind!(Deployment, Deployment, deployments);
-child_kind!(Service, Service, services);
-child_kind!(PodDisruptionBudget, PodDisruptionBudget, pdbs);
-child_kind!(HorizontalPodAutoscaler, HorizontalPodAutoscaler, hpas);
-
 /// The children of one object as the API server returned them from the apply (or as the
 /// watch cache holds them, when nothing had to change): what its status is computed from.
 #[derive(Debug, Clone, Default)]
@@ -100,34 +222,56 @@ impl Applied {
             .filter_map(K::from_child)
             .find(|c| c.name_any() == name)
     }
-}
 
-/// Watch caches of the children the operator owns. Comparing against them is what lets an
-/// unchanged object cost no API request.
-#[derive(Clone)]
-pub struct ChildStores {
-    /// Deployments labelled [`MANAGED_SELECTOR`].
-    pub deployments: Store<Deployment>,
-    /// Services with that label.
-    pub services: Store<Service>,
-    /// PodDisruptionBudgets with that label.
-    pub pdbs: Store<PodDisruptionBudget>,
-    /// HorizontalPodAutoscalers with that label.
-    pub hpas: Store<HorizontalPodAutoscaler>,
-}
-
-impl ChildStores {
-    /// Waits until every cache holds its initial list, so that the first reconciles after
-    /// a start (or a change of leader) compare against what exists instead of re-applying
-    /// every child. Returns early if a cache's writer is gone (the controller is stopping).
-    pub async fn wait_until_ready(&self) {
-        let _ = tokio::join!(
-            self.deployments.wait_until_ready(),
-            self.services.wait_until_ready(),
-            self.pdbs.wait_until_ready(),
-            self.hpas.wait_until_ready(),
-        );
+    /// Every applied child of kind `K`, in apply order.
+    pub fn all<K: ChildKind>(&self) -> impl Iterator<Item = &K> {
+        self.0.iter().filter_map(K::from_child)
     }
+}
+
+/// What a kind's desired state may depend on besides its own object: the children it
+/// already has, as the watch caches hold them. `render` and unit tests pass
+/// [`Observed::nothing`], which is an empty namespace.
+#[derive(Clone, Copy)]
+pub struct Observed<'a> {
+    owner: Option<(&'a ChildStores, &'a str, &'a str)>,
+}
+
+impl<'a> Observed<'a> {
+    /// Nothing exists yet: what the first reconcile in an empty namespace sees.
+    pub fn nothing() -> Self {
+        Self { owner: None }
+    }
+
+    /// The cached children of the object with `uid` in `namespace`.
+    pub fn cached(stores: &'a ChildStores, namespace: &'a str, uid: &'a str) -> Self {
+        Self {
+            owner: Some((stores, namespace, uid)),
+        }
+    }
+
+    /// The children of kind `C` the object controls.
+    pub fn owned<C: ChildKind>(&self) -> Vec<Arc<C>> {
+        let Some((stores, namespace, uid)) = self.owner else {
+            return Vec::new();
+        };
+        C::store(stores)
+            .state()
+            .into_iter()
+            .filter(|c| controlled_by(&**c, namespace, uid))
+            .collect()
+    }
+}
+
+/// Whether `child` lives in `namespace` under the controller with `uid`.
+pub fn controlled_by<C: Resource>(child: &C, namespace: &str, uid: &str) -> bool {
+    child.meta().namespace.as_deref() == Some(namespace)
+        && child
+            .meta()
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|o| o.controller == Some(true) && o.uid == uid)
 }
 
 /// The shared watches of the child kinds: one reflector per kind, whose changes reach
@@ -136,82 +280,13 @@ pub struct ChildWatches {
     client: Client,
     namespace: Option<String>,
     stores: ChildStores,
-    deployments: Writer<Deployment>,
-    services: Writer<Service>,
-    pdbs: Writer<PodDisruptionBudget>,
-    hpas: Writer<HorizontalPodAutoscaler>,
+    writers: Writers,
 }
 
 impl ChildWatches {
-    /// Watches of the managed children in `namespace` (every namespace when `None`).
-    /// Nothing is watched until [`run`](ChildWatches::run).
-    pub fn new(client: Client, namespace: Option<&str>) -> Self {
-        let (deployments, deployments_writer) = reflector::store_shared(SUBSCRIBER_BUFFER);
-        let (services, services_writer) = reflector::store_shared(SUBSCRIBER_BUFFER);
-        let (pdbs, pdbs_writer) = reflector::store_shared(SUBSCRIBER_BUFFER);
-        let (hpas, hpas_writer) = reflector::store_shared(SUBSCRIBER_BUFFER);
-        Self {
-            client,
-            namespace: namespace.map(str::to_owned),
-            stores: ChildStores {
-                deployments,
-                services,
-                pdbs,
-                hpas,
-            },
-            deployments: deployments_writer,
-            services: services_writer,
-            pdbs: pdbs_writer,
-            hpas: hpas_writer,
-        }
-    }
-
     /// The caches the watches fill.
     pub fn stores(&self) -> ChildStores {
         self.stores.clone()
-    }
-
-    /// Makes a change of any child reconcile its owner in `controller`.
-    pub fn trigger<K>(&self, controller: Controller<K>) -> Controller<K>
-    where
-        K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
-    {
-        // Subscribing cannot fail on a shared writer.
-        let mut controller = controller;
-        if let Some(s) = self.deployments.subscribe() {
-            controller = controller.owns_shared_stream(s);
-        }
-        if let Some(s) = self.services.subscribe() {
-            controller = controller.owns_shared_stream(s);
-        }
-        if let Some(s) = self.pdbs.subscribe() {
-            controller = controller.owns_shared_stream(s);
-        }
-        if let Some(s) = self.hpas.subscribe() {
-            controller = controller.owns_shared_stream(s);
-        }
-        controller
-    }
-
-    /// Runs the watches; never returns on its own.
-    pub fn run(self) -> impl Future<Output = ()> + Send {
-        let Self {
-            client,
-            namespace,
-            deployments,
-            services,
-            pdbs,
-            hpas,
-            ..
-        } = self;
-        let ns = namespace.as_deref();
-        let a = watch(api::<Deployment>(&client, ns), deployments);
-        let b = watch(api::<Service>(&client, ns), services);
-        let c = watch(api::<PodDisruptionBudget>(&client, ns), pdbs);
-        let d = watch(api::<HorizontalPodAutoscaler>(&client, ns), hpas);
-        async move {
-            tokio::join!(a, b, c, d);
-        }
     }
 }
 

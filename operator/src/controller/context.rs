@@ -10,8 +10,8 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::{Client, Resource, ResourceExt};
 
 use super::{ChildStores, MANAGER};
+use crate::controller::RenderConfig;
 use crate::metrics::Metrics;
-use crate::replicated_service::desired::RenderConfig;
 
 /// The operator's settings that reconciles read.
 #[derive(Debug, Clone)]

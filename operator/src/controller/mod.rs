@@ -16,6 +16,7 @@ pub mod reconcile;
 use std::fmt::Debug;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::NamespaceResourceScope;
@@ -27,17 +28,35 @@ use rigging_crds::FieldErrors;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-pub use children::{Applied, Child, ChildStores, ChildWatches};
+pub use children::{Applied, Child, ChildStores, ChildWatches, Observed};
 pub use context::{Config, Context};
 pub use reconcile::{RESYNC, error_policy, reconcile};
-
-use crate::replicated_service::desired::RenderConfig;
 
 /// The field manager of every server-side apply, and the `managed-by` label value.
 pub const MANAGER: &str = "rigging-operator";
 /// The field manager that holds a Deployment's `spec.replicas` while it passes from the
 /// operator to a HorizontalPodAutoscaler (see [`apply::hand_over_replicas`]).
 pub const HANDOVER_MANAGER: &str = "rigging-operator-handover";
+
+/// What the pure halves need to know that is not in the object they render.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenderConfig {
+    /// Image of `rigging-sidecar`, for the sidecars the operator adds.
+    pub sidecar_image: String,
+}
+
+impl Default for RenderConfig {
+    fn default() -> Self {
+        Self {
+            sidecar_image: default_sidecar_image(),
+        }
+    }
+}
+
+/// `rigging-sidecar:<version of this operator>`: the sidecar released with it.
+pub fn default_sidecar_image() -> String {
+    format!("rigging-sidecar:{}", env!("CARGO_PKG_VERSION"))
+}
 
 /// A namespaced Kubernetes object the controller layer reads, applies and caches: every
 /// Rigging kind and every child kind.
@@ -73,9 +92,13 @@ pub trait Kind: Object {
     /// The `kind` label of metrics, and the kind named in logs.
     const KIND: &'static str;
 
-    /// The children this object stands for, computed without IO, or every reason the
-    /// object is invalid (named by field).
-    fn desired(&self, config: &RenderConfig) -> Result<Vec<Child>, FieldErrors>;
+    /// The children this object stands for, computed without IO from the object and the
+    /// children it already has, or every reason the object is invalid (named by field).
+    fn desired(
+        &self,
+        config: &RenderConfig,
+        observed: &Observed,
+    ) -> Result<Vec<Child>, FieldErrors>;
 
     /// The status once every child is applied, from the children as the API server
     /// returned them (or as the watch cache holds them, when nothing had to change).
@@ -86,6 +109,29 @@ pub trait Kind: Object {
 
     /// The status the object carries now.
     fn status(&self) -> Option<&Self::Status>;
+
+    /// Events to publish once `next` replaces the status `self` carries (a failed work
+    /// item, say). None by default.
+    fn events(&self, _next: &Self::Status) -> Vec<Note> {
+        Vec::new()
+    }
+
+    /// When to look at the object again although nothing changed, if sooner than the
+    /// resync period (a deadline the kind keeps). None by default.
+    fn requeue_after(&self, _status: &Self::Status, _now: Timestamp) -> Option<Duration> {
+        None
+    }
+}
+
+/// An Event a kind asks to publish about its object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    /// Whether something went wrong.
+    pub warning: bool,
+    /// A CamelCase reason.
+    pub reason: &'static str,
+    /// What a person reads.
+    pub message: String,
 }
 
 /// The controller of `K`: watches `K` in `namespace` (every namespace when `None`), is

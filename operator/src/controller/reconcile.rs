@@ -5,10 +5,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -16,7 +12,8 @@ use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
 use tracing::Instrument;
 
-use super::apply::{apply_all, publish, remove_orphans};
+use super::apply::{apply_all, publish};
+use super::children::{Observed, remove_all_orphans};
 use super::conditions::is_current;
 use super::{Applied, Context, Kind, MANAGER};
 use crate::error::{Error, Result};
@@ -75,7 +72,12 @@ async fn reconcile_object<K: Kind>(obj: &K, ctx: &Context) -> Result<Action> {
         name: name.clone(),
     })?;
     let now = Timestamp::now();
-    let children = match obj.desired(&ctx.config.render) {
+    // Desired state may depend on the children that exist: read them once the caches hold
+    // their initial lists.
+    ctx.stores.wait_until_ready().await;
+    let uid = obj.meta().uid.clone().unwrap_or_default();
+    let observed = Observed::cached(&ctx.stores, &namespace, &uid);
+    let children = match obj.desired(&ctx.config.render, &observed) {
         Ok(children) => children,
         Err(errors) => {
             let status = obj.invalid_status(&errors, now);
@@ -99,18 +101,35 @@ async fn reconcile_object<K: Kind>(obj: &K, ctx: &Context) -> Result<Action> {
         }
     };
 
-    ctx.stores.wait_until_ready().await;
     let applied = Applied(apply_all(ctx, obj, &children).await?);
-    remove_orphans::<K, Deployment>(ctx, obj, &children).await?;
-    remove_orphans::<K, Service>(ctx, obj, &children).await?;
-    remove_orphans::<K, PodDisruptionBudget>(ctx, obj, &children).await?;
-    remove_orphans::<K, HorizontalPodAutoscaler>(ctx, obj, &children).await?;
+    remove_all_orphans(ctx, obj, &children).await?;
 
     let status = obj.observed_status(&applied, now);
     if !is_current(obj.status(), &status) {
         patch_status(ctx, obj, &namespace, &status).await?;
+        let regarding = obj.object_ref(&());
+        for note in obj.events(&status) {
+            let type_ = if note.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            };
+            publish(
+                ctx,
+                &regarding,
+                type_,
+                note.reason,
+                "Reconcile",
+                note.message,
+            )
+            .await;
+        }
     }
-    Ok(Action::requeue(ctx.config.resync))
+    let resync = ctx.config.resync;
+    let next = obj
+        .requeue_after(&status, now)
+        .map_or(resync, |d| d.min(resync));
+    Ok(Action::requeue(next))
 }
 
 async fn patch_status<K: Kind>(

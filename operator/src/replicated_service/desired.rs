@@ -15,28 +15,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 use rigging_crds::{FieldErrors, ReplicatedService};
 
-use crate::controller::{Child, MANAGER};
+use crate::controller::{Child, MANAGER, RenderConfig};
 use crate::sidecars;
-
-/// What the pure half needs to know that is not in the ReplicatedService.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RenderConfig {
-    /// Image of `rigging-sidecar`, for the sidecars the operator adds.
-    pub sidecar_image: String,
-}
-
-impl Default for RenderConfig {
-    fn default() -> Self {
-        Self {
-            sidecar_image: default_sidecar_image(),
-        }
-    }
-}
-
-/// `rigging-sidecar:<version of this operator>`: the sidecar released with it.
-pub fn default_sidecar_image() -> String {
-    format!("rigging-sidecar:{}", env!("CARGO_PKG_VERSION"))
-}
 
 /// The children of one ReplicatedService, in the order they are applied and rendered.
 #[derive(Debug, Clone, PartialEq)]

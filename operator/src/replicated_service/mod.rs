@@ -12,14 +12,18 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use rigging_crds::{FieldErrors, ReplicatedService, ReplicatedServiceStatus};
 
-use crate::controller::{Applied, Child, Kind};
-use desired::RenderConfig;
+use crate::controller::RenderConfig;
+use crate::controller::{Applied, Child, Kind, Observed};
 
 impl Kind for ReplicatedService {
     type Status = ReplicatedServiceStatus;
     const KIND: &'static str = "ReplicatedService";
 
-    fn desired(&self, config: &RenderConfig) -> Result<Vec<Child>, FieldErrors> {
+    fn desired(
+        &self,
+        config: &RenderConfig,
+        _observed: &Observed,
+    ) -> Result<Vec<Child>, FieldErrors> {
         desired::desired(self, config).map(desired::Children::into_vec)
     }
 

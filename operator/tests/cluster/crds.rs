@@ -5,8 +5,8 @@
 use kube::api::{Api, DynamicObject, PostParams};
 use kube::core::ApiResource;
 use rigging_crds::ReplicatedService;
+use rigging_operator::controller::RenderConfig;
 use rigging_operator::render;
-use rigging_operator::replicated_service::desired::RenderConfig;
 use serde_json::{Value, json};
 
 use crate::support::{cluster, examples, replicated_service};

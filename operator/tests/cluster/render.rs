@@ -7,8 +7,8 @@ use kube::api::{DynamicObject, Patch, PatchParams};
 use kube::core::ApiResource;
 use rigging_crds::ReplicatedService;
 use rigging_operator::controller::MANAGER;
+use rigging_operator::controller::RenderConfig;
 use rigging_operator::render;
-use rigging_operator::replicated_service::desired::RenderConfig;
 use serde_json::{Value, json};
 
 use crate::support::{Cluster, cluster, examples, replicated_service};

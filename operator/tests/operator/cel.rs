@@ -4,8 +4,8 @@
 //! message.
 
 use kube::core::cel::{CompiledSchema, Validator, WarningKind, compile_schema, estimate_rule_cost};
+use rigging_operator::controller::RenderConfig;
 use rigging_operator::render;
-use rigging_operator::replicated_service::desired::RenderConfig;
 use serde_json::{Value, json};
 
 use crate::fixtures::{committed_crds, documents, example_files, root};

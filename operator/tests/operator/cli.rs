@@ -170,9 +170,18 @@ fn render_uses_the_sidecar_image_flag() {
 fn crds_prints_the_committed_crds() {
     let out = run(&["crds"], None);
     assert!(out.status.success(), "{}", stderr(&out));
-    let committed =
-        std::fs::read_to_string(root().join("crds/replicatedservices.rigging.dev.yaml")).unwrap();
-    assert_eq!(String::from_utf8(out.stdout).unwrap(), committed);
+    let committed: Vec<String> = [
+        "replicatedservices.rigging.dev.yaml",
+        "shardedservices.rigging.dev.yaml",
+        "workqueues.rigging.dev.yaml",
+    ]
+    .iter()
+    .map(|file| std::fs::read_to_string(root().join("crds").join(file)).unwrap())
+    .collect();
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        committed.join("---\n")
+    );
 }
 
 #[test]

@@ -1,8 +1,8 @@
 //! Every example renders to its committed golden output and validates against the
 //! committed CRD schema.
 
+use rigging_operator::controller::RenderConfig;
 use rigging_operator::render;
-use rigging_operator::replicated_service::desired::RenderConfig;
 use rigging_operator::schema;
 use serde_json::{Value, json};
 

@@ -6,8 +6,8 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+use rigging_operator::controller::RenderConfig;
 use rigging_operator::render;
-use rigging_operator::replicated_service::desired::RenderConfig;
 
 use crate::fixtures::{example_files, root};
 

@@ -10,15 +10,14 @@ use http_body_util::BodyExt;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
+use kube::Client;
 use kube::client::Body;
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::watcher;
-use kube::{Client, Resource};
 use rigging_crds::ReplicatedService;
+use rigging_operator::controller::{Child, RenderConfig};
 use rigging_operator::controller::{RESYNC, error_policy, reconcile};
 use rigging_operator::metrics::Metrics;
-use rigging_operator::replicated_service::desired::{self, Children, RenderConfig};
+use rigging_operator::replicated_service::desired::{self, Children};
 use rigging_operator::replicated_service::status;
 use rigging_operator::{ChildStores, Config, Context};
 use serde_json::{Value, json};
@@ -86,27 +85,15 @@ struct Cache {
     children: Option<Children>,
 }
 
-fn store_of<K>(objects: Vec<K>) -> Store<K>
-where
-    K: Resource<DynamicType = ()> + Clone + 'static,
-{
-    let (store, mut writer) = reflector::store();
-    writer.apply_watcher_event(&watcher::Event::Init);
-    for obj in objects {
-        writer.apply_watcher_event(&watcher::Event::InitApply(obj));
-    }
-    writer.apply_watcher_event(&watcher::Event::InitDone);
-    store
-}
-
 fn context(client: Client, cache: Cache) -> Arc<Context> {
     let children = cache.children;
-    let stores = ChildStores {
-        deployments: store_of(cache.deployments),
-        services: store_of(children.iter().map(|c| c.service.clone()).collect()),
-        pdbs: store_of(children.iter().filter_map(|c| c.pdb.clone()).collect()),
-        hpas: store_of(children.iter().filter_map(|c| c.hpa.clone()).collect()),
-    };
+    let cached = cache.deployments.into_iter().map(Child::Deployment).chain(
+        children
+            .iter()
+            .flat_map(|c| c.clone().into_vec())
+            .filter(|c| !matches!(c, Child::Deployment(_))),
+    );
+    let stores = ChildStores::prefilled(cached);
     Arc::new(Context::new(
         client,
         config(),
@@ -472,19 +459,8 @@ async fn after_a_restart_the_reconcile_waits_for_the_caches_instead_of_reapplyin
     rs.status = Some(status::observed(&rs, Some(&deployment), Timestamp::now()));
 
     // Caches whose initial list has not arrived yet, as right after a start.
-    let (deployments, mut deployments_writer) = reflector::store();
-    let (services, mut services_writer) = reflector::store();
-    let (pdbs, mut pdbs_writer) =
-        reflector::store::<k8s_openapi::api::policy::v1::PodDisruptionBudget>();
-    let (hpas, mut hpas_writer) =
-        reflector::store::<k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler>();
+    let (stores, fill) = ChildStores::unfilled();
     let (service, _handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let stores = ChildStores {
-        deployments,
-        services,
-        pdbs,
-        hpas,
-    };
     let ctx = Arc::new(Context::new(
         Client::new(service, "default"),
         config(),
@@ -498,16 +474,10 @@ async fn after_a_restart_the_reconcile_waits_for_the_caches_instead_of_reapplyin
     for _ in 0..10 {
         tokio::task::yield_now().await;
     }
-    deployments_writer.apply_watcher_event(&watcher::Event::Init);
-    deployments_writer.apply_watcher_event(&watcher::Event::InitApply(deployment));
-    deployments_writer.apply_watcher_event(&watcher::Event::InitDone);
-    services_writer.apply_watcher_event(&watcher::Event::Init);
-    services_writer.apply_watcher_event(&watcher::Event::InitApply(want.service.clone()));
-    services_writer.apply_watcher_event(&watcher::Event::InitDone);
-    pdbs_writer.apply_watcher_event(&watcher::Event::Init);
-    pdbs_writer.apply_watcher_event(&watcher::Event::InitDone);
-    hpas_writer.apply_watcher_event(&watcher::Event::Init);
-    hpas_writer.apply_watcher_event(&watcher::Event::InitDone);
+    fill.fill([
+        Child::Deployment(deployment),
+        Child::Service(want.service.clone()),
+    ]);
     let result = tokio::time::timeout(Duration::from_secs(30), reconciling)
         .await
         .expect("reconcile stalled: it applied instead of waiting for the caches")

@@ -102,6 +102,22 @@ fn lease_answer(
     })
 }
 
+/// The rigging.dev API resources, as discovery lists them.
+fn rigging_resources() -> Value {
+    let kinds = ["ReplicatedService", "ShardedService", "WorkQueue"];
+    Value::Array(
+        kinds
+            .iter()
+            .map(|kind| {
+                let singular = kind.to_lowercase();
+                json!({"name": format!("{singular}s"), "singularName": singular,
+                       "namespaced": true, "kind": kind,
+                       "verbs": ["get", "list", "watch", "patch"]})
+            })
+            .collect(),
+    )
+}
+
 /// Whether the fake serves the rigging.dev API (its CRDs are installed).
 type Crds = Arc<AtomicBool>;
 
@@ -128,9 +144,7 @@ async fn answer(req: Request<Incoming>, log: Log, lease: LeaseSlot, crds: Crds) 
             json_body(
                 StatusCode::OK,
                 &json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "rigging.dev/v1alpha1",
-                        "resources": [{"name": "replicatedservices", "singularName": "replicatedservice",
-                                       "namespaced": true, "kind": "ReplicatedService",
-                                       "verbs": ["get", "list", "watch", "patch"]}]}),
+                        "resources": rigging_resources()}),
             )
         }
         Method::GET if path == "/apis/rigging.dev/v1alpha1" => json_body(
@@ -336,8 +350,13 @@ fn run_reconciles_what_it_lists_and_serves_its_admin_endpoints() {
     let requests = log.lock().unwrap().clone();
     for watched in [
         "GET /apis/rigging.dev/v1alpha1/replicatedservices",
+        "GET /apis/rigging.dev/v1alpha1/shardedservices",
+        "GET /apis/rigging.dev/v1alpha1/workqueues",
         "GET /apis/apps/v1/deployments",
+        "GET /apis/apps/v1/statefulsets",
         "GET /api/v1/services",
+        "GET /api/v1/configmaps",
+        "GET /apis/batch/v1/jobs",
         "GET /apis/policy/v1/poddisruptionbudgets",
         "GET /apis/autoscaling/v2/horizontalpodautoscalers",
     ] {

@@ -4,8 +4,8 @@
 
 use clap::Parser;
 use rigging_crds::sidecar::SidecarArgs;
+use rigging_operator::controller::RenderConfig;
 use rigging_operator::render;
-use rigging_operator::replicated_service::desired::RenderConfig;
 use rigging_sidecar::cli::{Cli, Command};
 use serde_json::Value;
 

@@ -1,0 +1,158 @@
+//! `WorkQueue`: a work queue (book ch. 10). Each item of a static list, or of what a source
+//! container lists, is processed by a worker pod, at most `parallelism` at once, each
+//! retried up to `retries` times.
+
+use k8s_openapi::api::core::v1::{Container, PodTemplateSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::schema::{container_schema, pod_template_schema};
+use crate::sidecar::spec::Sidecars;
+
+/// Why a WorkQueue's name is a DNS-1035 label of at most 30 characters: each item's Job is
+/// named `<name>-<item>-<hash>`, and a Job's name is a pod label value of at most 63
+/// characters.
+const NAME_MESSAGE: &str = "metadata.name must be a DNS-1035 label of at most 30 characters (lowercase letters, digits and '-', starting with a letter and ending with a letter or digit): each item's Job is named after it, and a Job's name must fit in a pod label of at most 63 characters";
+
+/// Desired state of a WorkQueue.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "rigging.dev",
+    version = "v1alpha1",
+    kind = "WorkQueue",
+    namespaced,
+    status = "WorkQueueStatus",
+    shortname = "wq",
+    category = "rigging",
+    derive = "PartialEq",
+    doc = "A work queue: every item is processed by a worker pod in a Job of its own, at most `parallelism` at once, with retries.",
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(name = "Pending", type_ = "integer", json_path = ".status.pending"),
+    printcolumn(name = "Running", type_ = "integer", json_path = ".status.running"),
+    printcolumn(name = "Succeeded", type_ = "integer", json_path = ".status.succeeded"),
+    printcolumn(name = "Failed", type_ = "integer", json_path = ".status.failed"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("self.metadata.name.size() <= 30 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')")
+        .message(NAME_MESSAGE)
+)]
+#[x_kube(
+    validation = Rule::new("has(self.items) != has(self.source)")
+        .message("set exactly one of items (a static list) or source (a container that lists them)")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkQueueSpec {
+    /// The items, each processed once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 10000), inner(length(min = 1, max = 4096)))]
+    pub items: Option<Vec<String>>,
+
+    /// A container serving the book's source interface, polled for new items.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<Source>,
+
+    /// The worker that processes one item.
+    pub worker: Worker,
+
+    /// Most items processed at once, counting pending and running pods.
+    #[serde(default = "one")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub parallelism: i32,
+
+    /// Times a failed item is tried again before it counts as failed. Pods evicted by a
+    /// disruption do not use up a retry.
+    #[serde(default = "default_retries")]
+    #[schemars(range(min = 0, max = 100))]
+    pub retries: i32,
+
+    /// Seconds after an item's Job finished when it is deleted, once its result is in the
+    /// status. Kept while the WorkQueue exists when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub ttl_seconds_after_finished: Option<i32>,
+
+    /// Seconds an item may run, over all its tries, before it counts as failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub active_deadline_seconds: Option<i64>,
+
+    /// Rigging's adapters to place beside the worker (native sidecars: they never keep a
+    /// Job from completing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sidecars: Option<Sidecars>,
+}
+
+fn one() -> i32 {
+    1
+}
+
+fn default_retries() -> i32 {
+    3
+}
+
+/// The source of items: a container that serves `GET /api/v1/items` (a JSON list of item
+/// names) and `GET /api/v1/items/{name}` (the item) on `port`. It runs in a Deployment of
+/// one pod behind a Service, both owned by the WorkQueue.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Source {
+    /// The source container. A container, not a pod template: the source needs no more,
+    /// and a second pod template would push the CRD past what `kubectl apply` stores.
+    #[schemars(schema_with = "container_schema")]
+    pub template: Container,
+    /// The port the source serves on.
+    #[serde(default = "default_source_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// How often the source is asked for new items (humantime: `30s`, `5m`).
+    #[serde(default = "default_poll_interval")]
+    pub poll_interval: String,
+}
+
+fn default_source_port() -> i32 {
+    8080
+}
+
+fn default_poll_interval() -> String {
+    "30s".into()
+}
+
+/// The worker of one item. The item reaches it as the environment variable `WORK_ITEM`
+/// and as the file named by `WORK_ITEM_FILE`; exit 0 means done.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Worker {
+    /// The worker's pod template. Its first container is the worker.
+    #[schemars(schema_with = "pod_template_schema")]
+    pub template: PodTemplateSpec,
+}
+
+/// Observed state of a WorkQueue.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkQueueStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Items without a Job yet.
+    #[serde(default)]
+    pub pending: i32,
+    /// Items whose Job runs (its pod pending or running).
+    #[serde(default)]
+    pub running: i32,
+    /// Items done.
+    #[serde(default)]
+    pub succeeded: i32,
+    /// Items that failed every try.
+    #[serde(default)]
+    pub failed: i32,
+    /// `Ready`, `Progressing` and `Degraded`, each with the generation it describes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+}
