@@ -134,9 +134,10 @@ fn pod_template(
     let tls = rs.spec.tls.as_ref().map(|tls| sidecars::TlsTermination {
         port: tls.port,
         secret_name: tls.secret_name.clone(),
+        app_port: rs.spec.port,
     });
     let placement = sidecars::Placement {
-        app_port: rs.spec.port,
+        app_port: Some(rs.spec.port),
         tls: tls.as_ref(),
         sidecars: rs.spec.sidecars.as_ref(),
     };

@@ -45,13 +45,15 @@ pub struct TlsTermination {
     pub port: i32,
     /// The `kubernetes.io/tls` Secret it serves.
     pub secret_name: String,
+    /// The app's port, where it forwards to.
+    pub app_port: i32,
 }
 
 /// Everything a kind's pods ask of Rigging's sidecars.
 #[derive(Debug, Clone, Copy)]
 pub struct Placement<'a> {
-    /// The app container's port (`spec.port`).
-    pub app_port: i32,
+    /// The app container's port (`spec.port`), if the app serves one.
+    pub app_port: Option<i32>,
     /// `spec.tls`.
     pub tls: Option<&'a TlsTermination>,
     /// `spec.sidecars`.
@@ -83,7 +85,7 @@ pub fn place(
     if let Some(tls) = placement.tls {
         let mut args = TlsArgs::new(
             any(tls.port),
-            format!("127.0.0.1:{}", placement.app_port),
+            format!("127.0.0.1:{}", tls.app_port),
             PathBuf::from(TLS_MOUNT_PATH).join("tls.crt"),
             PathBuf::from(TLS_MOUNT_PATH).join("tls.key"),
         );
@@ -256,10 +258,14 @@ fn check(template: &PodTemplateSpec, placement: &Placement) -> Result<(), FieldE
         }
     }
     // Ports: the app's, the containers' declared ones, and each sidecar's are distinct.
-    let mut held = vec![holder(placement.app_port, "spec.port", "the app's port")];
+    let mut held: Vec<Holder> = placement
+        .app_port
+        .map(|port| holder(port, "spec.port", "the app's port"))
+        .into_iter()
+        .collect();
     for (i, c) in pod.containers.iter().enumerate() {
         for p in c.ports.iter().flatten() {
-            if i == 0 && p.container_port == placement.app_port {
+            if i == 0 && Some(p.container_port) == placement.app_port {
                 continue;
             }
             let field = format!("spec.template.spec.containers[{i}].ports");
@@ -342,7 +348,7 @@ fn admin_probe(path: &str, admin: u16) -> Probe {
 /// A sidecar as a native sidecar: an init container that keeps running, so it is up
 /// before the app takes traffic and stops after it; its admin port (named, as port names
 /// are unique in a pod) probed for readiness and liveness.
-fn container<A: SidecarArgs>(
+pub fn container<A: SidecarArgs>(
     name: &str,
     image: &str,
     args: &A,

@@ -20,12 +20,16 @@ async fn crds_and_every_example_are_accepted() {
     // The CRDs were applied with `kubectl apply -f crds/`; applying again is a no-op.
     let out = cluster.kubectl_ok(&["apply", "-f", "crds/"]);
     assert!(out.contains("replicatedservices.rigging.dev"), "{out}");
-    for (path, _) in examples() {
+    for (path, _) in examples("replicated-service") {
         let out = cluster.kubectl_ok(&["apply", "-n", &ns.name, "-f", &path]);
         assert!(out.contains("created"), "{path}: {out}");
     }
     let listed = cluster.kubectl_ok(&["get", "rsvc", "-n", &ns.name, "-o", "name"]);
-    assert_eq!(listed.lines().count(), examples().len(), "{listed}");
+    assert_eq!(
+        listed.lines().count(),
+        examples("replicated-service").len(),
+        "{listed}"
+    );
 }
 
 /// One bad case per rule: what is changed from the smallest valid spec, and the words of

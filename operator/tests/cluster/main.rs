@@ -14,4 +14,6 @@ mod crds;
 mod leader_election;
 mod reconcile;
 mod render;
+mod sharded_service;
 mod support;
+mod work_queue;

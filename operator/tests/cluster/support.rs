@@ -322,10 +322,10 @@ where
 pub const SETTLE: Duration = Duration::from_secs(30);
 
 /// The example manifests, as (path relative to the root, YAML text).
-pub fn examples() -> Vec<(String, String)> {
-    let dir = root().join("examples/replicated-service");
+pub fn examples(folder: &str) -> Vec<(String, String)> {
+    let dir = root().join("examples").join(folder);
     let mut out: Vec<(String, String)> = std::fs::read_dir(&dir)
-        .expect("examples/replicated-service")
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|e| e.expect("entry").path())
         .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
         .map(|p| {

@@ -10,4 +10,6 @@ mod fixtures;
 mod kubernetes_schemas;
 mod reconcile;
 mod run;
+mod sharded_service;
 mod sidecars;
+mod work_queue;
