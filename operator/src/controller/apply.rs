@@ -73,6 +73,7 @@ pub async fn apply_all<K: Kind>(
             Child::StatefulSet(c) => apply(ctx, owner, c, false).await?.into_child(),
             Child::Service(c) => apply(ctx, owner, c, false).await?.into_child(),
             Child::ConfigMap(c) => apply(ctx, owner, c, false).await?.into_child(),
+            Child::NetworkPolicy(c) => apply(ctx, owner, c, false).await?.into_child(),
             Child::PodDisruptionBudget(c) => apply(ctx, owner, c, false).await?.into_child(),
             Child::HorizontalPodAutoscaler(c) => apply(ctx, owner, c, false).await?.into_child(),
         });

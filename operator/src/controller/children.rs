@@ -13,6 +13,7 @@ use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::reflector::{self, Store, store::Writer};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
@@ -191,6 +192,8 @@ child_kinds! {
     PodDisruptionBudget(PodDisruptionBudget) => pdbs,
     /// Scales a Deployment.
     HorizontalPodAutoscaler(HorizontalPodAutoscaler) => hpas,
+    /// Limits which pods may reach a pod (clients must go through a router).
+    NetworkPolicy(NetworkPolicy) => networkpolicies,
     /// Runs work to completion. Created once, never updated: a Job's template is
     /// immutable, and re-creating one would run its work twice.
     Job(Job) => jobs,

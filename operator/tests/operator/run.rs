@@ -357,6 +357,7 @@ fn run_reconciles_what_it_lists_and_serves_its_admin_endpoints() {
         "GET /api/v1/services",
         "GET /api/v1/configmaps",
         "GET /apis/batch/v1/jobs",
+        "GET /apis/networking.k8s.io/v1/networkpolicies",
         "GET /apis/policy/v1/poddisruptionbudgets",
         "GET /apis/autoscaling/v2/horizontalpodautoscalers",
     ] {
