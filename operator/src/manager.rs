@@ -90,7 +90,7 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
             addr: options.metrics_addr,
             source,
         })?;
-    let client = Client::try_default().await.map_err(RunError::Client)?;
+    let client = client().await?;
     // Until the CRDs are served, `/readyz` stays red and nothing starts: a controller on a
     // missing kind would only log watch errors.
     tokio::select! {
@@ -185,6 +185,21 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
         namespace: lease.namespace,
         name: lease.name,
     })
+}
+
+/// A client of the cluster in the kubeconfig or the pod's service account, which names
+/// itself `rigging-operator/<version>`: that is what the API server's audit log and its
+/// `apiserver_request_total` metrics show, and how an administrator tells Rigging's
+/// requests from the rest.
+async fn client() -> Result<Client, RunError> {
+    let infer = |e: kube::config::InferConfigError| RunError::Client(kube::Error::InferConfig(e));
+    let mut config = kube::Config::infer().await.map_err(infer)?;
+    let agent = concat!("rigging-operator/", env!("CARGO_PKG_VERSION"));
+    config.headers.push((
+        http::header::USER_AGENT,
+        http::HeaderValue::from_static(agent),
+    ));
+    Client::try_from(config).map_err(RunError::Client)
 }
 
 /// How often a missing CRD is looked for again.

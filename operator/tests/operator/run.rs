@@ -124,6 +124,15 @@ type Crds = Arc<AtomicBool>;
 async fn answer(req: Request<Incoming>, log: Log, lease: LeaseSlot, crds: Crds) -> Response<Body> {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
+    let agent = req
+        .headers()
+        .get(http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("(none)")
+        .to_owned();
+    if !agent.starts_with("rigging-operator/") {
+        log.lock().unwrap().push(format!("USER-AGENT {agent}"));
+    }
     let query = req.uri().query().unwrap_or_default().to_owned();
     let body = req
         .into_body()
@@ -348,6 +357,14 @@ fn run_reconciles_what_it_lists_and_serves_its_admin_endpoints() {
         wanted.iter().all(|w| log.iter().any(|l| l == w))
     });
     let requests = log.lock().unwrap().clone();
+    let strangers: Vec<_> = requests
+        .iter()
+        .filter(|r| r.starts_with("USER-AGENT"))
+        .collect();
+    assert!(
+        strangers.is_empty(),
+        "every request names the operator: {strangers:?}"
+    );
     for watched in [
         "GET /apis/rigging.dev/v1alpha1/replicatedservices",
         "GET /apis/rigging.dev/v1alpha1/shardedservices",
