@@ -25,28 +25,37 @@ pub async fn apply<K: Kind, C: ChildKind>(
     desired: &C,
     always: bool,
 ) -> Result<C> {
-    let name = desired.name_any();
-    let namespace = desired.namespace().unwrap_or_default();
-    let live = C::store(&ctx.stores).get(&ObjectRef::new(&name).within(&namespace));
-    if let Some(live) = live.filter(|live| !always && holds(&**live, desired)) {
-        ctx.metrics
-            .applies
-            .with_label_values(&[K::KIND, C::KIND, "unchanged"])
-            .inc();
-        return Ok(C::clone(&live));
+    let (name, namespace) = (desired.name_any(), desired.namespace().unwrap_or_default());
+    if let Some(live) = cached::<K, C>(ctx, desired, |live| !always && holds(live, desired)) {
+        return Ok(live);
     }
     let api: Api<C> = Api::namespaced(ctx.client.clone(), &namespace);
     let params = PatchParams::apply(MANAGER).force();
     match api.patch(&name, &params, &Patch::Apply(desired)).await {
-        Ok(applied) => {
-            ctx.metrics
-                .applies
-                .with_label_values(&[K::KIND, C::KIND, "applied"])
-                .inc();
-            Ok(applied)
-        }
+        Ok(applied) => Ok(counted::<K, C>(ctx, "applied", applied)),
         Err(source) => Err(failed(ctx, owner, C::KIND, namespace, name, "Apply", source).await),
     }
+}
+
+/// The cached child of `desired`'s name, counted as unchanged, if there is one and `good`
+/// says it will do.
+fn cached<K: Kind, C: ChildKind>(
+    ctx: &Context,
+    desired: &C,
+    good: impl Fn(&C) -> bool,
+) -> Option<C> {
+    let key = ObjectRef::new(&desired.name_any()).within(&desired.namespace().unwrap_or_default());
+    let live = C::store(&ctx.stores).get(&key).filter(|live| good(live))?;
+    Some(counted::<K, C>(ctx, "unchanged", C::clone(&live)))
+}
+
+/// Counts one write (or skipped write) of a child in the metrics, passing the child on.
+fn counted<K: Kind, C: ChildKind>(ctx: &Context, outcome: &str, child: C) -> C {
+    ctx.metrics
+        .applies
+        .with_label_values(&[K::KIND, C::KIND, outcome])
+        .inc();
+    child
 }
 
 fn holds<C: Serialize>(live: &C, desired: &C) -> bool {
@@ -90,28 +99,17 @@ pub async fn create_once<K: Kind, C: ChildKind>(
     owner: &K,
     desired: &C,
 ) -> Result<C> {
-    let name = desired.name_any();
-    let namespace = desired.namespace().unwrap_or_default();
-    if let Some(live) = C::store(&ctx.stores).get(&ObjectRef::new(&name).within(&namespace)) {
-        ctx.metrics
-            .applies
-            .with_label_values(&[K::KIND, C::KIND, "unchanged"])
-            .inc();
-        return Ok(C::clone(&live));
+    if let Some(live) = cached::<K, C>(ctx, desired, |_| true) {
+        return Ok(live);
     }
+    let (name, namespace) = (desired.name_any(), desired.namespace().unwrap_or_default());
     let api: Api<C> = Api::namespaced(ctx.client.clone(), &namespace);
     let params = PostParams {
         field_manager: Some(MANAGER.into()),
         ..PostParams::default()
     };
     match api.create(&params, desired).await {
-        Ok(created) => {
-            ctx.metrics
-                .applies
-                .with_label_values(&[K::KIND, C::KIND, "created"])
-                .inc();
-            Ok(created)
-        }
+        Ok(created) => Ok(counted::<K, C>(ctx, "created", created)),
         Err(kube::Error::Api(e)) if e.code == 409 => Ok(desired.clone()),
         Err(source) => Err(failed(ctx, owner, C::KIND, namespace, name, "Create", source).await),
     }
