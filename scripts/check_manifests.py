@@ -123,6 +123,25 @@ def chart_checks(out: Path) -> None:
     pinned = render_chart({"image": {"repository": "r/op", "digest": digest}})
     image = by_kind(pinned, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["image"]
     check("a pinned digest wins over the tag", image == f"r/op@{digest}", image)
+    registry = render_chart({"image": {"registry": "ghcr.io/rigging-dev/", "repository": "op", "tag": "1"},
+                             "sidecarImage": {"registry": "ghcr.io/rigging-dev", "repository": "sc"}})
+    container = by_kind(registry, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
+    sidecar = {e["name"]: e.get("value") for e in container["env"]}.get("RIGGING_SIDECAR_IMAGE")
+    check("images are registry/repository:tag", container["image"] == "ghcr.io/rigging-dev/op:1" and sidecar == "ghcr.io/rigging-dev/sc:0.1.0",
+          f"{container['image']} {sidecar}")
+    check("no ServiceMonitor or NetworkPolicy unless asked", not by_kind(default, "ServiceMonitor") and not by_kind(default, "NetworkPolicy"), "")
+    peers = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    extras = render_chart({"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}},
+                           "networkPolicy": {"enabled": True, "metricsFrom": peers}})
+    monitors = by_kind(extras, "ServiceMonitor")
+    check("the ServiceMonitor selects the metrics Service's port", len(monitors) == 1
+          and monitors[0]["spec"]["endpoints"][0]["port"] == "metrics"
+          and monitors[0]["metadata"]["labels"].get("release") == "prom"
+          and all(by_kind(extras, "Service")[0]["metadata"]["labels"].get(k) == v
+                  for k, v in monitors[0]["spec"]["selector"]["matchLabels"].items()), str(monitors))
+    policies = by_kind(extras, "NetworkPolicy")
+    check("the NetworkPolicy admits only the metrics port, from the peers given", len(policies) == 1
+          and policies[0]["spec"]["ingress"] == [{"ports": [{"port": "metrics", "protocol": "TCP"}], "from": peers}], str(policies))
 
     print("chart: CRDs are the generated ones")
     generated = sorted(p.name for p in (ROOT / "crds").glob("*.yaml"))
@@ -132,7 +151,9 @@ def chart_checks(out: Path) -> None:
         same = (CHART / "crds" / name).exists() and filecmp.cmp(ROOT / "crds" / name, CHART / "crds" / name, shallow=False)
         check(f"charts/rigging/crds/{name} is fresh", same, "regenerate with scripts/generate-crds.sh")
 
-    for i, objects in enumerate([default, single, pinned]):
+    # The ServiceMonitor is left out of schema validation: its CRD is prometheus-operator's.
+    extras = [o for o in extras if o["kind"] != "ServiceMonitor"]
+    for i, objects in enumerate([default, single, pinned, extras]):
         path = out / f"chart-{i}.yaml"
         path.write_text(yaml.safe_dump_all(objects, sort_keys=False))
 

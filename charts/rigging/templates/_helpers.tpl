@@ -28,13 +28,17 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- end -}}
 {{- end -}}
 
-{{/* repository@digest when a digest is pinned, else repository:tag (tag defaults to appVersion). */}}
+{{/* [registry/]repository@digest when a digest is pinned, else [registry/]repository:tag (tag defaults to appVersion). */}}
 {{- define "rigging.image" -}}
 {{- $image := index . 0 -}}
 {{- $root := index . 1 -}}
+{{- $name := $image.repository -}}
+{{- with $image.registry -}}
+{{- $name = printf "%s/%s" (trimSuffix "/" .) $name -}}
+{{- end -}}
 {{- if $image.digest -}}
-{{- printf "%s@%s" $image.repository $image.digest -}}
+{{- printf "%s@%s" $name $image.digest -}}
 {{- else -}}
-{{- printf "%s:%s" $image.repository (default $root.Chart.AppVersion $image.tag) -}}
+{{- printf "%s:%s" $name (default $root.Chart.AppVersion $image.tag) -}}
 {{- end -}}
 {{- end -}}
