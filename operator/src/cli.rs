@@ -1,4 +1,4 @@
-//! The command line: `rigging-operator run | render | crds`.
+//! The command line: `rigging-operator run | render | crds | webhook`.
 
 use std::io::Read;
 use std::net::SocketAddr;
@@ -30,6 +30,28 @@ pub enum Command {
     Render(RenderArgs),
     /// Print the CustomResourceDefinitions (or write one file each with --out-dir).
     Crds(CrdsArgs),
+    /// Serve the sidecar injection webhook (`POST /inject`) with a certificate from files.
+    Webhook(WebhookArgs),
+}
+
+/// Flags of `webhook`.
+#[derive(Debug, clap::Args)]
+pub struct WebhookArgs {
+    /// Address of the HTTPS endpoint the API server calls.
+    #[arg(long, default_value = "0.0.0.0:9443")]
+    pub listen: SocketAddr,
+    /// PEM certificate chain the webhook serves; re-read when it changes.
+    #[arg(long)]
+    pub tls_cert: PathBuf,
+    /// PEM private key of that certificate; re-read when it changes.
+    #[arg(long)]
+    pub tls_key: PathBuf,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    pub metrics_addr: SocketAddr,
+    /// Image of rigging-sidecar for the sidecars the webhook adds.
+    #[arg(long, env = "RIGGING_SIDECAR_IMAGE", default_value_t = default_sidecar_image())]
+    pub sidecar_image: String,
 }
 
 /// Flags of `run`.
@@ -84,6 +106,7 @@ pub struct CrdsArgs {
 pub async fn execute(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => run(args).await,
+        Command::Webhook(args) => webhook(args).await,
         Command::Render(args) => {
             let out = render_files(&args)?;
             print!("{out}");
@@ -151,6 +174,24 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         watch_namespace: args.watch_namespace,
     };
     manager::run(options).await?;
+    Ok(())
+}
+
+async fn webhook(args: WebhookArgs) -> anyhow::Result<()> {
+    init_json_logs();
+    let stop = crate::manager::shutdown_signal();
+    let metrics = crate::metrics::Metrics::new();
+    let certificate = crate::webhook::server::Certificate::load(&args.tls_cert, &args.tls_key)?;
+    let config = RenderConfig {
+        sidecar_image: args.sidecar_image,
+    };
+    let readiness = crate::admin::Readiness::default();
+    crate::admin::spawn(args.metrics_addr, metrics.clone(), readiness.clone())
+        .await
+        .with_context(|| format!("binding {}", args.metrics_addr))?;
+    crate::webhook::server::spawn(args.listen, certificate, config, metrics).await?;
+    readiness.set_ready();
+    stop.await;
     Ok(())
 }
 

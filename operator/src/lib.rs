@@ -8,6 +8,7 @@
 //! - [`drift`]: whether a live child already holds what the operator applies.
 //! - [`render`]: the pure halves offline (`rigging-operator render`).
 //! - [`crdgen`]: the CRDs committed under `crds/`.
+//! - [`webhook`]: sidecar injection into pods that ask for it.
 //! - [`manager`]: `rigging-operator run` (admin endpoints, leader election, controllers).
 
 pub mod admin;
@@ -23,6 +24,7 @@ pub mod replicated_service;
 pub mod schema;
 pub mod sharded_service;
 pub mod sidecars;
+pub mod webhook;
 pub mod work_queue;
 
 pub use controller::{ChildStores, Config, Context};

@@ -254,7 +254,11 @@ fn controllers(
     ));
     let replicated = controller::controller::<ReplicatedService>(ctx.clone(), &watches, namespace);
     let sharded = controller::controller::<ShardedService>(ctx.clone(), &watches, namespace);
-    let work_queue = controller::controller::<WorkQueue>(ctx, &watches, namespace);
+    let work_queue = crate::work_queue::source::with_poller(
+        controller::controller::<WorkQueue>(ctx.clone(), &watches, namespace),
+        &ctx,
+        namespace,
+    );
     let watching = watches.run();
     async move {
         // The watches never end; the controllers end on a shutdown signal.
@@ -276,7 +280,7 @@ struct ResolvedLease {
 /// Resolves on SIGTERM or SIGINT. The handlers are installed when this is called, not when
 /// it is first polled, so a signal that arrives in between is not lost (nor fatal).
 #[cfg(unix)]
-fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{Signal, SignalKind, signal};
     async fn recv(signal: Option<Signal>) {
         match signal {
@@ -298,7 +302,7 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
 
 /// Resolves on Ctrl-C.
 #[cfg(not(unix))]
-fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     async {
         let _ = tokio::signal::ctrl_c().await;
     }

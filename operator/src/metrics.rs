@@ -17,6 +17,9 @@ pub struct Metrics {
     pub duration: HistogramVec,
     /// `rigging_operator_applies_total{kind,child,outcome}`: `applied` or `unchanged`.
     pub applies: IntCounterVec,
+    /// `rigging_webhook_admissions_total{outcome}`: `injected`, `untouched`, `denied` or
+    /// `invalid`.
+    pub admissions: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -64,7 +67,15 @@ impl Metrics {
             &["kind", "child", "outcome"],
         )
         .expect("static metric definition");
-        for c in [&reconciliations, &errors, &applies] {
+        let admissions = IntCounterVec::new(
+            Opts::new(
+                "rigging_webhook_admissions_total",
+                "Pods the injection webhook was asked about, by outcome",
+            ),
+            &["outcome"],
+        )
+        .expect("static metric definition");
+        for c in [&reconciliations, &errors, &applies, &admissions] {
             registry
                 .register(Box::new(c.clone()))
                 .expect("metric registered once");
@@ -84,6 +95,7 @@ impl Metrics {
             errors,
             duration,
             applies,
+            admissions,
         }
     }
 

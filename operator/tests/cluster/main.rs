@@ -16,4 +16,5 @@ mod reconcile;
 mod render;
 mod sharded_service;
 mod support;
+mod webhook;
 mod work_queue;

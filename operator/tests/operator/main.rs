@@ -12,4 +12,5 @@ mod reconcile;
 mod run;
 mod sharded_service;
 mod sidecars;
+mod webhook;
 mod work_queue;

@@ -1,0 +1,260 @@
+//! What a pod asks of the injector, read from its annotations: which sidecars, and their
+//! options. Every option is checked by the same schema and CEL rules as the `sidecars`
+//! block of a Rigging kind, and an error names the annotation to fix.
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+use kube::CustomResourceExt;
+use rigging_crds::sidecar::spec::Sidecars;
+use rigging_crds::{FieldError, ReplicatedService};
+use serde_json::{Map, Value, json};
+
+use crate::schema;
+use crate::sidecars::TlsTermination;
+
+/// The label a pod carries to be injected; the webhook's objectSelector filters on it, so
+/// the API server never calls the webhook for other pods.
+pub const INJECT_LABEL: &str = "rigging.dev/inject";
+/// The value of [`INJECT_LABEL`] that asks for injection.
+pub const INJECT_ENABLED: &str = "enabled";
+/// Set by the injector to the sidecars it added: a pod that carries it is never injected
+/// again (which makes `reinvocationPolicy: IfNeeded` safe).
+pub const INJECTED: &str = "rigging.dev/injected";
+/// Prefix of every annotation the injector reads.
+const PREFIX: &str = "rigging.dev/";
+
+/// The sidecars a pod may ask for in `rigging.dev/sidecars`.
+pub const SIDECARS: [&str; 4] = ["tls", "logs", "metrics", "health"];
+
+/// Every option annotation: (annotation, sidecar it belongs to, field path in the
+/// `sidecars` block, or "" for those outside it).
+const OPTIONS: [(&str, &str, &str); 10] = [
+    ("rigging.dev/app-port", "", ""),
+    ("rigging.dev/tls-secret", "tls", ""),
+    ("rigging.dev/tls-port", "tls", ""),
+    ("rigging.dev/logs-file", "logs", "logs.file"),
+    ("rigging.dev/logs-format", "logs", "logs.format"),
+    ("rigging.dev/logs-pattern", "logs", "logs.pattern"),
+    (
+        "rigging.dev/logs-multiline-start",
+        "logs",
+        "logs.multilineStart",
+    ),
+    ("rigging.dev/metrics-source", "metrics", "metrics.source"),
+    ("rigging.dev/health-checks", "health", "health.checks"),
+    ("rigging.dev/sidecars", "", ""),
+];
+
+/// What a pod asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    /// The names in `rigging.dev/sidecars`, in the order of [`SIDECARS`].
+    pub names: Vec<&'static str>,
+    /// `rigging.dev/app-port`.
+    pub app_port: Option<i32>,
+    /// The TLS terminator, when `tls` is asked for.
+    pub tls: Option<TlsTermination>,
+    /// The adapters and the health monitor.
+    pub sidecars: Sidecars,
+}
+
+/// Reads the request of a pod with `annotations`, or every reason it is wrong, each naming
+/// its annotation.
+pub fn parse(annotations: &BTreeMap<String, String>) -> Result<Request, Vec<FieldError>> {
+    let mut errors = Vec::new();
+    let error = |annotation: &str, message: String| {
+        FieldError::new(format!("metadata.annotations[{annotation}]"), message)
+    };
+    for key in annotations.keys().filter(|k| k.starts_with(PREFIX)) {
+        if key != INJECTED && !OPTIONS.iter().any(|(a, _, _)| a == key) {
+            let known: Vec<&str> = OPTIONS.iter().map(|(a, _, _)| *a).collect();
+            errors.push(error(
+                key,
+                format!(
+                    "unknown annotation; the injector reads {}",
+                    known.join(", ")
+                ),
+            ));
+        }
+    }
+    let get = |key: &str| {
+        annotations
+            .get(key)
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty())
+    };
+    let mut names = Vec::new();
+    for name in get("rigging.dev/sidecars")
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+    {
+        match SIDECARS.iter().find(|s| **s == name) {
+            Some(known) if !names.contains(known) => names.push(*known),
+            Some(_) => {}
+            None if name.is_empty() => {}
+            None => errors.push(error(
+                "rigging.dev/sidecars",
+                format!("unknown sidecar {name:?}; known: {}", SIDECARS.join(", ")),
+            )),
+        }
+    }
+    if names.is_empty() && errors.is_empty() {
+        errors.push(error(
+            "rigging.dev/sidecars",
+            format!(
+                "name the sidecars to inject, comma-separated, from {}",
+                SIDECARS.join(", ")
+            ),
+        ));
+    }
+    names.sort_by_key(|n| SIDECARS.iter().position(|s| s == n));
+    // An option of a sidecar that is not asked for is a mistake the user wants to hear of.
+    for (annotation, sidecar, _) in OPTIONS {
+        if !sidecar.is_empty() && get(annotation).is_some() && !names.contains(&sidecar) {
+            errors.push(error(
+                annotation,
+                format!("set, but {sidecar:?} is not in rigging.dev/sidecars"),
+            ));
+        }
+    }
+    let port = |annotation: &str, errors: &mut Vec<FieldError>| {
+        let text = get(annotation)?;
+        match text.parse::<i32>() {
+            Ok(p) if (1..=65535).contains(&p) => Some(p),
+            _ => {
+                errors.push(error(
+                    annotation,
+                    format!("{text:?} is not a port (1 to 65535)"),
+                ));
+                None
+            }
+        }
+    };
+    let app_port = port("rigging.dev/app-port", &mut errors);
+    let tls = if names.contains(&"tls") {
+        let secret = get("rigging.dev/tls-secret");
+        if secret.is_none() {
+            errors.push(error(
+                "rigging.dev/tls-secret",
+                "required with the tls sidecar: the kubernetes.io/tls Secret it serves".into(),
+            ));
+        }
+        if app_port.is_none() && get("rigging.dev/app-port").is_none() {
+            errors.push(error(
+                "rigging.dev/app-port",
+                "required with the tls sidecar: the port it forwards to".into(),
+            ));
+        }
+        let tls_port = port("rigging.dev/tls-port", &mut errors).unwrap_or(8443);
+        match (secret, app_port) {
+            (Some(secret), Some(app_port)) => Some(TlsTermination {
+                port: tls_port,
+                secret_name: secret.to_owned(),
+                app_port,
+            }),
+            _ => None,
+        }
+    } else {
+        None
+    };
+    let block = sidecars_block(&names, &get);
+    let sidecars = match check_block(&block) {
+        Ok(sidecars) => Some(sidecars),
+        Err(found) => {
+            errors.extend(found);
+            None
+        }
+    };
+    match sidecars {
+        Some(sidecars) if errors.is_empty() => Ok(Request {
+            names,
+            app_port,
+            tls,
+            sidecars,
+        }),
+        _ => Err(errors),
+    }
+}
+
+/// The `sidecars` block the annotations stand for, as JSON, for the schema to check.
+fn sidecars_block<'a>(names: &[&str], get: &impl Fn(&str) -> Option<&'a str>) -> Value {
+    let mut block = Map::new();
+    if names.contains(&"logs") {
+        let mut logs = Map::new();
+        for (annotation, _, path) in OPTIONS.iter().filter(|(_, s, _)| *s == "logs") {
+            if let (Some(value), Some(field)) = (get(annotation), path.strip_prefix("logs.")) {
+                logs.insert(field.to_owned(), json!(value));
+            }
+        }
+        block.insert("logs".into(), Value::Object(logs));
+    }
+    if names.contains(&"metrics") {
+        let source = get("rigging.dev/metrics-source");
+        block.insert(
+            "metrics".into(),
+            source.map_or_else(|| json!({}), |s| json!({"source": s})),
+        );
+    }
+    if names.contains(&"health") {
+        let checks: Vec<&str> = get("rigging.dev/health-checks")
+            .map(|c| c.split_whitespace().collect())
+            .unwrap_or_default();
+        block.insert(
+            "health".into(),
+            if checks.is_empty() {
+                json!({})
+            } else {
+                json!({"checks": checks})
+            },
+        );
+    }
+    Value::Object(block)
+}
+
+/// The `sidecars` block checked by the CRD's own schema and CEL rules (those of a
+/// ReplicatedService, which every kind shares), with errors named by annotation.
+fn check_block(block: &Value) -> Result<Sidecars, Vec<FieldError>> {
+    let (structure, rules) = sidecars_schema();
+    let mut errors = schema::validate(structure, block, "");
+    if errors.is_empty() {
+        errors = rules.check(block);
+    }
+    if !errors.is_empty() {
+        return Err(errors.into_iter().map(name_annotation).collect());
+    }
+    serde_json::from_value(block.clone())
+        .map_err(|e| vec![FieldError::new("metadata.annotations", e.to_string())])
+}
+
+/// The error of a field of the `sidecars` block, as one about the annotation that set it.
+fn name_annotation(error: FieldError) -> FieldError {
+    let field = error.field.trim_start_matches('.');
+    let annotation = OPTIONS
+        .iter()
+        .filter(|(_, _, path)| !path.is_empty())
+        .find(|(_, _, path)| field == *path || field.starts_with(&format!("{path}[")))
+        .map(|(a, _, _)| a.to_string())
+        .unwrap_or_else(|| format!("rigging.dev/sidecars ({field})"));
+    FieldError::new(format!("metadata.annotations[{annotation}]"), error.message)
+}
+
+/// The schema of the shared `sidecars` block, and its CEL rules, compiled once.
+fn sidecars_schema() -> &'static (Value, schema::Rules) {
+    static SCHEMA: OnceLock<(Value, schema::Rules)> = OnceLock::new();
+    SCHEMA.get_or_init(|| {
+        let crd = ReplicatedService::crd();
+        let whole = crd.spec.versions[0]
+            .schema
+            .as_ref()
+            .and_then(|s| s.open_api_v3_schema.as_ref())
+            .map(|s| serde_json::to_value(s).unwrap_or(Value::Null))
+            .unwrap_or(Value::Null);
+        let block = whole
+            .pointer("/properties/spec/properties/sidecars")
+            .cloned()
+            .unwrap_or(Value::Null);
+        (block.clone(), schema::Rules::compile(&block))
+    })
+}

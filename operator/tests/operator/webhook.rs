@@ -1,0 +1,255 @@
+//! The injection webhook on AdmissionReview fixtures: the patch it returns, applied to the
+//! raw pod, gives the pod with its sidecars (golden files), keeps every field of the
+//! pod, and is never applied twice; bad requests are refused with the annotation named.
+
+use json_patch::Patch;
+use k8s_openapi::api::core::v1::Pod;
+use rigging_operator::controller::RenderConfig;
+use rigging_operator::metrics::Metrics;
+use rigging_operator::webhook::server::review;
+use serde_json::{Value, json};
+
+fn config() -> RenderConfig {
+    RenderConfig {
+        sidecar_image: "sidecar:test".into(),
+    }
+}
+
+/// An AdmissionReview of the creation of `pod`.
+fn admission(pod: &Value) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "0d5e1a2c-1111-2222-3333-444455556666",
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "operation": "CREATE",
+            "namespace": "shop",
+            "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
+            "object": pod,
+            "dryRun": false
+        }
+    }))
+    .unwrap()
+}
+
+/// The webhook's answer to the creation of `pod`: its response object.
+fn answer(pod: &Value) -> Value {
+    let review = review(&admission(pod), &config(), &Metrics::new());
+    let response = serde_json::to_value(&review).unwrap()["response"].clone();
+    assert_eq!(
+        response["uid"], "0d5e1a2c-1111-2222-3333-444455556666",
+        "the uid is echoed"
+    );
+    response
+}
+
+/// `pod` after the webhook's patch, or `None` when it sent none.
+fn patched(pod: &Value) -> Option<Value> {
+    let response = answer(pod);
+    assert_eq!(response["allowed"], true, "{response}");
+    let bytes = response.get("patch")?;
+    assert_eq!(response["patchType"], "JSONPatch");
+    // kube writes the `[]byte` as a JSON array of bytes, which the API server's decoder
+    // takes as readily as base64.
+    let bytes: Vec<u8> = serde_json::from_value(bytes.clone()).unwrap();
+    let patch: Patch = serde_json::from_slice(&bytes).unwrap();
+    let mut out = pod.clone();
+    json_patch::patch(&mut out, &patch).unwrap_or_else(|e| panic!("the patch applies: {e}"));
+    Some(out)
+}
+
+/// A pod as the ReplicaSet controller creates it: labelled, annotated, with fields the
+/// typed Pod of this operator's k8s-openapi may not know.
+fn pod(annotations: Value) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "generateName": "web-6d4f9-",
+            "namespace": "shop",
+            "labels": {"app": "web", "rigging.dev/inject": "enabled"},
+            "annotations": annotations
+        },
+        "spec": {
+            "containers": [{
+                "name": "app",
+                "image": "nginx:1.27",
+                "ports": [{"containerPort": 8080}],
+                "resizePolicy": [{"resourceName": "cpu", "restartPolicy": "NotRequired"}],
+                "aFieldFromTheFuture": {"kept": true}
+            }],
+            "initContainers": [{
+                "name": "migrate",
+                "image": "migrate:1",
+                "restartPolicy": "Never"
+            }],
+            "volumes": [{"name": "data", "emptyDir": {}}],
+            "hostnameOverride": "kept-as-sent"
+        }
+    })
+}
+
+fn full_request() -> Value {
+    json!({
+        "rigging.dev/sidecars": "tls, health, logs, metrics",
+        "rigging.dev/app-port": "8080",
+        "rigging.dev/tls-secret": "web-tls",
+        "rigging.dev/health-checks": "http://127.0.0.1:8080/healthz tcp://127.0.0.1:8080",
+        "rigging.dev/logs-file": "/var/log/nginx/access.log",
+        "rigging.dev/logs-format": "nginx",
+        "rigging.dev/metrics-source": "nginx-status+http://127.0.0.1:8080/status"
+    })
+}
+
+#[test]
+fn a_labelled_pod_gets_its_sidecars_and_keeps_every_field_it_had() {
+    let original = pod(full_request());
+    let out = patched(&original).expect("a patch");
+    // Fields the typed Pod does not model survive: the patch never re-serialises the pod.
+    assert_eq!(out["spec"]["hostnameOverride"], "kept-as-sent");
+    assert_eq!(
+        out["spec"]["containers"][0]["aFieldFromTheFuture"]["kept"],
+        true
+    );
+    assert_eq!(out["spec"]["initContainers"][0]["restartPolicy"], "Never");
+    assert_eq!(out["spec"]["volumes"][0]["name"], "data");
+    let typed: Pod = serde_json::from_value(out.clone()).unwrap();
+    let spec = typed.spec.unwrap();
+    let init: Vec<(&str, Option<&str>)> = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .map(|c| (c.name.as_str(), c.restart_policy.as_deref()))
+        .collect();
+    assert_eq!(
+        init,
+        [
+            ("migrate", Some("Never")),
+            ("rigging-tls", Some("Always")),
+            ("rigging-logs", Some("Always")),
+            ("rigging-metrics", Some("Always")),
+            ("rigging-health", Some("Always")),
+        ]
+    );
+    let annotations = typed.metadata.annotations.unwrap();
+    assert_eq!(
+        annotations["rigging.dev/injected"],
+        "tls,logs,metrics,health"
+    );
+    assert_eq!(annotations["prometheus.io/port"], "9121");
+    insta::assert_yaml_snapshot!("webhook_full_injection", out);
+}
+
+#[test]
+fn a_pod_injected_already_passes_untouched() {
+    let mut annotations = full_request();
+    annotations["rigging.dev/injected"] = json!("tls,logs,metrics,health");
+    assert_eq!(patched(&pod(annotations)), None);
+}
+
+#[test]
+fn an_unlabelled_pod_passes_untouched_even_with_annotations() {
+    let mut unlabelled = pod(full_request());
+    unlabelled["metadata"]["labels"]
+        .as_object_mut()
+        .unwrap()
+        .remove("rigging.dev/inject");
+    assert_eq!(patched(&unlabelled), None);
+}
+
+#[test]
+fn a_pod_without_lists_gets_them_whole() {
+    let bare = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "bare",
+            "labels": {"rigging.dev/inject": "enabled"},
+            "annotations": {"rigging.dev/sidecars": "health", "rigging.dev/health-checks": "tcp://127.0.0.1:6379"}
+        },
+        "spec": {"containers": [{"name": "redis", "image": "redis:7"}]}
+    });
+    let out = patched(&bare).expect("a patch");
+    assert_eq!(out["spec"]["initContainers"][0]["name"], "rigging-health");
+    // No readiness probe of its own: the app's readiness is the monitor's.
+    assert_eq!(
+        out["spec"]["containers"][0]["readinessProbe"]["httpGet"]["port"],
+        9102
+    );
+    assert_eq!(
+        out["metadata"]["annotations"]["rigging.dev/injected"],
+        "health"
+    );
+}
+
+/// The denial message of `pod`.
+fn denial(pod: &Value) -> String {
+    let response = answer(pod);
+    assert_eq!(response["allowed"], false, "{response}");
+    assert!(response.get("patch").is_none());
+    response["status"]["message"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn bad_requests_are_refused_naming_the_annotation() {
+    let cases = [
+        (
+            json!({"rigging.dev/sidecars": "tls,sharding"}),
+            "metadata.annotations[rigging.dev/sidecars]: unknown sidecar \"sharding\"",
+        ),
+        (
+            json!({"rigging.dev/sidecars": "tls", "rigging.dev/app-port": "8080"}),
+            "metadata.annotations[rigging.dev/tls-secret]: required with the tls sidecar",
+        ),
+        (
+            json!({"rigging.dev/sidecars": "logs", "rigging.dev/logs-file": "app.log", "rigging.dev/logs-format": "json"}),
+            "metadata.annotations[rigging.dev/logs-file]: file must be an absolute path",
+        ),
+        (
+            json!({"rigging.dev/sidecars": "logs", "rigging.dev/logs-file": "/var/log/a.log", "rigging.dev/logs-format": "xml"}),
+            "metadata.annotations[rigging.dev/logs-format]: must be one of",
+        ),
+        (
+            json!({"rigging.dev/sidecars": "health"}),
+            "metadata.annotations[rigging.dev/health-checks]: required",
+        ),
+        (
+            json!({"rigging.dev/sidecars": "health", "rigging.dev/health-checks": "tcp://127.0.0.1:1", "rigging.dev/tls-port": "8443"}),
+            "metadata.annotations[rigging.dev/tls-port]: set, but \"tls\" is not in rigging.dev/sidecars",
+        ),
+        (
+            json!({"rigging.dev/sidecars": "health", "rigging.dev/health-checks": "tcp://127.0.0.1:1", "rigging.dev/helth-checks": "x"}),
+            "metadata.annotations[rigging.dev/helth-checks]: unknown annotation",
+        ),
+        (
+            json!({"rigging.dev/sidecars": "tls", "rigging.dev/app-port": "8080", "rigging.dev/tls-secret": "t", "rigging.dev/tls-port": "8080"}),
+            "port 8080 is the TLS terminator's port and also the app's port",
+        ),
+    ];
+    for (annotations, expected) in cases {
+        let message = denial(&pod(annotations.clone()));
+        assert!(
+            message.starts_with("rigging.dev sidecar injection: "),
+            "{message}"
+        );
+        assert!(message.contains(expected), "{annotations}: {message}");
+    }
+}
+
+#[test]
+fn what_is_not_an_admission_review_gets_an_invalid_answer_not_a_crash() {
+    for body in [&b"{"[..], b"[]", b"{\"kind\": \"AdmissionReview\"}"] {
+        let review = review(body, &config(), &Metrics::new());
+        let response = serde_json::to_value(&review).unwrap()["response"].clone();
+        assert_eq!(response["allowed"], false, "{response}");
+        assert!(
+            response["status"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("not an AdmissionReview"),
+            "{response}"
+        );
+    }
+}
