@@ -34,6 +34,7 @@ CHECKOV_SKIPS = {
     "CKV_K8S_21": "the namespace is the Helm release's, chosen at install time",
     "CKV2_K8S_6": "the operator talks to the API server only; NetworkPolicy is the cluster's",
     "CKV_K8S_38": "the operator needs its service account token to reach the API server",
+    "CKV_K8S_155": "the operator patches the caBundle of its own webhook configuration only (resourceNames)",
 }
 
 failures: list[str] = []
@@ -116,7 +117,8 @@ def chart_checks(out: Path) -> None:
 
     single = render_chart({"replicaCount": 1, "leaderElection": {"enabled": False}})
     args = by_kind(single, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
-    check("leader election can be turned off", "--no-leader-election" in args and not by_kind(single, "Role"), str(args))
+    leases = [r for role in by_kind(single, "Role") for r in role["rules"] if "leases" in r["resources"]]
+    check("leader election can be turned off", "--no-leader-election" in args and not leases, str(args))
     check("no PDB for a single replica", not by_kind(single, "PodDisruptionBudget"), "")
 
     digest = "sha256:" + "a" * 64
@@ -129,6 +131,18 @@ def chart_checks(out: Path) -> None:
     sidecar = {e["name"]: e.get("value") for e in container["env"]}.get("RIGGING_SIDECAR_IMAGE")
     check("images are registry/repository:tag", container["image"] == "ghcr.io/rigging-dev/op:1" and sidecar == "ghcr.io/rigging-dev/sc:0.1.0",
           f"{container['image']} {sidecar}")
+    hooks = by_kind(default, "MutatingWebhookConfiguration")
+    check("the webhook calls the webhook Service, for labelled pods only, never in kube-system or the release namespace",
+          len(hooks) == 1 and hooks[0]["webhooks"][0]["clientConfig"]["service"]["name"] == "rigging-webhook"
+          and hooks[0]["webhooks"][0]["objectSelector"] == {"matchLabels": {"rigging.dev/inject": "enabled"}}
+          and hooks[0]["webhooks"][0]["namespaceSelector"]["matchExpressions"][0]["values"] == ["kube-system", "rigging-system"]
+          and any(s["metadata"]["name"] == "rigging-webhook" for s in by_kind(default, "Service")), str(hooks))
+    secret_rules = [r for role in by_kind(default, "Role") for r in role["rules"] if "secrets" in r["resources"]]
+    check("the only Secret the operator may read is its webhook CA",
+          all(r.get("resourceNames") == ["rigging-webhook-ca"] for r in secret_rules if "get" in r["verbs"]), str(secret_rules))
+    no_hook = render_chart({"webhook": {"enabled": False}})
+    check("webhook.enabled=false leaves no webhook, no Secret rights", not by_kind(no_hook, "MutatingWebhookConfiguration")
+          and "--webhook-listen=0.0.0.0:9443" not in by_kind(no_hook, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"], "")
     check("no ServiceMonitor or NetworkPolicy unless asked", not by_kind(default, "ServiceMonitor") and not by_kind(default, "NetworkPolicy"), "")
     peers = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
     extras = render_chart({"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}},
@@ -140,8 +154,9 @@ def chart_checks(out: Path) -> None:
           and all(by_kind(extras, "Service")[0]["metadata"]["labels"].get(k) == v
                   for k, v in monitors[0]["spec"]["selector"]["matchLabels"].items()), str(monitors))
     policies = by_kind(extras, "NetworkPolicy")
-    check("the NetworkPolicy admits only the metrics port, from the peers given", len(policies) == 1
-          and policies[0]["spec"]["ingress"] == [{"ports": [{"port": "metrics", "protocol": "TCP"}], "from": peers}], str(policies))
+    check("the NetworkPolicy admits the metrics port from the peers given, and the webhook port", len(policies) == 1
+          and policies[0]["spec"]["ingress"] == [{"ports": [{"port": "metrics", "protocol": "TCP"}], "from": peers},
+                                                  {"ports": [{"port": "webhook", "protocol": "TCP"}]}], str(policies))
 
     print("chart: CRDs are the generated ones")
     generated = sorted(p.name for p in (ROOT / "crds").glob("*.yaml"))

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 
 use crate::controller::Config;
 use crate::controller::{RenderConfig, default_sidecar_image};
-use crate::manager::{self, LeaseOptions, RunOptions};
+use crate::manager::{self, LeaseOptions, RunOptions, WebhookOptions};
 use crate::{crdgen, render};
 
 /// Rigging's controller manager.
@@ -81,6 +81,24 @@ pub struct RunArgs {
     /// Reconcile only the Rigging resources of this namespace (default: every namespace).
     #[arg(long = "namespace", env = "RIGGING_WATCH_NAMESPACE")]
     pub watch_namespace: Option<String>,
+    /// Serve the sidecar injection webhook on this address too (every replica serves it).
+    #[arg(long)]
+    pub webhook_listen: Option<SocketAddr>,
+    /// The Secret of the webhook's CA, made when missing, in the operator's namespace.
+    #[arg(long, default_value = "rigging-webhook-ca")]
+    pub webhook_secret: String,
+    /// The MutatingWebhookConfiguration whose caBundle the operator keeps current.
+    #[arg(long, default_value = "rigging-operator")]
+    pub webhook_configuration: String,
+    /// The webhook's Service: its DNS names go in the serving certificate.
+    #[arg(long, default_value = "rigging-webhook")]
+    pub webhook_service: String,
+    /// Another name or IP address for the serving certificate (repeatable).
+    #[arg(long = "webhook-host")]
+    pub webhook_hosts: Vec<String>,
+    /// The operator's namespace, where the webhook CA Secret lives.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "rigging-system")]
+    pub webhook_namespace: String,
 }
 
 /// Flags of `render`.
@@ -172,6 +190,23 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         leader_election,
         identity,
         watch_namespace: args.watch_namespace,
+        webhook: args.webhook_listen.map(|listen| {
+            let (service, namespace) = (&args.webhook_service, &args.webhook_namespace);
+            let mut hosts = vec![
+                format!("{service}.{namespace}.svc"),
+                format!("{service}.{namespace}.svc.cluster.local"),
+            ];
+            hosts.extend(args.webhook_hosts.iter().cloned());
+            WebhookOptions {
+                listen,
+                certs: crate::webhook::certs::Settings {
+                    namespace: namespace.clone(),
+                    secret: args.webhook_secret.clone(),
+                    configuration: args.webhook_configuration.clone(),
+                    hosts,
+                },
+            }
+        }),
     };
     manager::run(options).await?;
     Ok(())

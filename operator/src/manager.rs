@@ -28,6 +28,17 @@ pub struct RunOptions {
     pub identity: String,
     /// Reconcile only the resources of this namespace (`None`: every namespace).
     pub watch_namespace: Option<String>,
+    /// Serve the injection webhook too, on every replica.
+    pub webhook: Option<WebhookOptions>,
+}
+
+/// The injection webhook inside `run`, with certificates the operator manages.
+#[derive(Debug, Clone)]
+pub struct WebhookOptions {
+    /// Where the API server calls it.
+    pub listen: SocketAddr,
+    /// The CA Secret, the MutatingWebhookConfiguration and the certificate's names.
+    pub certs: crate::webhook::certs::Settings,
 }
 
 /// The Lease replicas compete for.
@@ -65,6 +76,12 @@ pub enum RunError {
         #[source]
         source: kube_lease_manager::LeaseManagerError,
     },
+    /// The webhook's certificates could not be set up.
+    #[error(transparent)]
+    WebhookCerts(#[from] crate::webhook::certs::CertError),
+    /// The webhook could not be served.
+    #[error(transparent)]
+    Webhook(#[from] crate::webhook::server::WebhookError),
     /// Leadership was lost: the process exits so that it restarts as a follower and never
     /// runs two leaders at once.
     #[error("lost the leadership of Lease {namespace}/{name}")]
@@ -91,6 +108,14 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
             source,
         })?;
     let client = client().await?;
+    // The webhook serves on every replica, leader or not, and whether or not the CRDs are
+    // installed: pod creation must never wait on an election.
+    if let Some(webhook) = &options.webhook {
+        let certificate =
+            crate::webhook::certs::managed(client.clone(), webhook.certs.clone()).await?;
+        let render = options.config.render.clone();
+        crate::webhook::server::spawn(webhook.listen, certificate, render, metrics.clone()).await?;
+    }
     // Until the CRDs are served, `/readyz` stays red and nothing starts: a controller on a
     // missing kind would only log watch errors.
     tokio::select! {

@@ -4,8 +4,10 @@
 //!
 //! - [`annotations`]: what a pod asks for, checked by the `sidecars` block's own rules.
 //! - [`patch`]: the JSON Patch, built against the pod's raw JSON.
+//! - [`certs`]: the CA the operator keeps in a Secret, and the serving certificate.
 //! - [`server`]: the HTTPS endpoint `/inject`, with certificates reloaded on change.
 
 pub mod annotations;
+pub mod certs;
 pub mod patch;
 pub mod server;

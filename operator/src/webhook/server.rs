@@ -56,11 +56,11 @@ pub enum WebhookError {
     },
 }
 
-/// The serving certificate, swapped in place when its files change.
+/// The serving certificate, swapped in place: when its files change (certificates from
+/// files), or when the operator issues a new one (certificates it issues itself).
 #[derive(Debug)]
 pub struct Certificate {
-    cert: PathBuf,
-    key: PathBuf,
+    files: Option<(PathBuf, PathBuf)>,
     current: RwLock<(Arc<CertifiedKey>, Option<SystemTime>)>,
 }
 
@@ -69,30 +69,48 @@ impl Certificate {
     pub fn load(cert: &Path, key: &Path) -> Result<Arc<Self>, WebhookError> {
         let loaded = certified_key(cert, key)?;
         Ok(Arc::new(Self {
-            cert: cert.to_owned(),
-            key: key.to_owned(),
+            files: Some((cert.to_owned(), key.to_owned())),
             current: RwLock::new((Arc::new(loaded), modified(cert, key))),
         }))
+    }
+
+    /// A certificate held in memory only, replaced with [`Certificate::replace`].
+    pub fn in_memory(key: CertifiedKey) -> Arc<Self> {
+        Arc::new(Self {
+            files: None,
+            current: RwLock::new((Arc::new(key), None)),
+        })
+    }
+
+    /// Serves `key` from the next handshake on.
+    pub fn replace(&self, key: CertifiedKey) {
+        if let Ok(mut current) = self.current.write() {
+            *current = (Arc::new(key), None);
+        }
     }
 
     /// Re-reads the files if they changed since the last load. A pair that does not load
     /// (a half-written update) is logged and the current certificate kept.
     pub fn reload_if_changed(&self) {
-        let stamp = modified(&self.cert, &self.key);
+        let Some((cert, key)) = &self.files else {
+            return;
+        };
+        let stamp = modified(cert, key);
         let unchanged = self.current.read().map(|c| c.1 == stamp).unwrap_or(false);
         if unchanged {
             return;
         }
-        match certified_key(&self.cert, &self.key) {
+        match certified_key(cert, key) {
             Ok(loaded) => {
                 if let Ok(mut current) = self.current.write() {
                     *current = (Arc::new(loaded), stamp);
                 }
-                tracing::info!(cert = %self.cert.display(), "webhook certificate reloaded");
+                tracing::info!(cert = %cert.display(), "webhook certificate reloaded");
             }
-            Err(error) => {
-                tracing::warn!(%error, "webhook certificate not reloaded; keeping the current one")
-            }
+            Err(error) => tracing::warn!(
+                %error,
+                "webhook certificate not reloaded; keeping the current one"
+            ),
         }
     }
 }
@@ -121,11 +139,19 @@ fn certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, WebhookError> 
         return Err(bad(cert, "no certificate in the file".into()));
     }
     let der = PrivateKeyDer::from_pem_file(key).map_err(|e| bad(key, e.to_string()))?;
+    signed(chain, der).map_err(|message| bad(key, message))
+}
+
+/// A certificate chain and its private key, ready to serve.
+pub fn signed(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<CertifiedKey, String> {
     let provider = rustls::crypto::ring::default_provider();
     let signing = provider
         .key_provider
-        .load_private_key(der)
-        .map_err(|e| bad(key, e.to_string()))?;
+        .load_private_key(key)
+        .map_err(|e| e.to_string())?;
     Ok(CertifiedKey::new(chain, signing))
 }
 
@@ -148,7 +174,7 @@ pub async fn spawn(
     ))
     .with_safe_default_protocol_versions()
     .map_err(|e| WebhookError::Certificate {
-        path: certificate.cert.clone(),
+        path: PathBuf::from("(TLS configuration)"),
         message: e.to_string(),
     })?
     .with_no_client_auth()
@@ -321,7 +347,11 @@ mod tests {
         let certificate = Certificate::load(&cert, &key).unwrap();
         let first = served(&certificate);
         certificate.reload_if_changed();
-        assert_eq!(served(&certificate), first, "unchanged files, same certificate");
+        assert_eq!(
+            served(&certificate),
+            first,
+            "unchanged files, same certificate"
+        );
 
         // File times have a coarse grain on some filesystems: make the change visible.
         std::thread::sleep(Duration::from_millis(20));
@@ -339,7 +369,16 @@ mod tests {
         let file = std::fs::File::options().write(true).open(&key).unwrap();
         file.set_modified(later + Duration::from_secs(1)).unwrap();
         certificate.reload_if_changed();
-        assert_eq!(served(&certificate), second, "a broken pair keeps the current one");
-        assert!(Certificate::load(&cert, &key).unwrap_err().to_string().contains("tls.key"));
+        assert_eq!(
+            served(&certificate),
+            second,
+            "a broken pair keeps the current one"
+        );
+        assert!(
+            Certificate::load(&cert, &key)
+                .unwrap_err()
+                .to_string()
+                .contains("tls.key")
+        );
     }
 }

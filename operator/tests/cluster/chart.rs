@@ -38,12 +38,17 @@ async fn helm_install_gives_the_operator_its_rights_and_no_more() {
     let other = cluster.namespace("chart-apps").await;
     // A release name holding the chart's name is the chart's full name: the Deployment's.
     let release = format!("rigging-{}", ns.name);
+    // The release's webhook may call pods only in the namespace of this test: other tests'
+    // labelled pods must never meet it (no kubelet runs its operator here).
+    let only_apps = r#"{"matchLabels":{"rigging.dev/test":"chart-apps"}}"#;
     let out = cluster.helm(&[
         "install",
         &release,
         "charts/rigging",
         "--namespace",
         &ns.name,
+        "--set-json",
+        &format!("webhook.namespaceSelector={only_apps}"),
     ]);
     let mut installed = Release {
         cluster: &cluster,
@@ -106,6 +111,36 @@ async fn helm_install_gives_the_operator_its_rights_and_no_more() {
             "{user} can {verb} {resource} in {namespace}"
         );
     }
+    let by_name = |verb: &str, object: &str, namespace: &str| {
+        let out = cluster.kubectl(&[
+            "auth", "can-i", "--as", &user, "-n", namespace, verb, object,
+        ]);
+        String::from_utf8_lossy(&out.stdout).trim() == "yes"
+    };
+    let ca_secret = format!("secret/{release}-webhook-ca");
+    let hook = format!("mutatingwebhookconfigurations.admissionregistration.k8s.io/{release}");
+    assert!(
+        by_name("get", &ca_secret, home),
+        "{user} reads its webhook CA"
+    );
+    assert!(
+        can("create", "secrets", home),
+        "{user} makes its webhook CA when missing"
+    );
+    assert!(
+        by_name("patch", &hook, home),
+        "{user} publishes its caBundle"
+    );
+    assert!(!by_name("get", &format!("secret/{release}-other"), home));
+    assert!(!can(
+        "patch",
+        "mutatingwebhookconfigurations.admissionregistration.k8s.io",
+        home
+    ));
+    assert!(
+        !can("create", "secrets", apps),
+        "no Secret rights outside its namespace"
+    );
     let refused = [
         ("get", "secrets", apps),
         ("get", "secrets", home),
@@ -126,10 +161,65 @@ async fn helm_install_gives_the_operator_its_rights_and_no_more() {
             "{user} must not {verb} {resource} in {namespace}"
         );
     }
+
+    // The caBundle the operator writes survives `helm upgrade`: helm leaves alone a field
+    // that neither the old nor the new manifest has. (No kubelet runs the operator here,
+    // so the test writes the bundle as the operator would.)
+    let bundle = "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCg==";
+    let patch = format!(
+        r#"[{{"op":"add","path":"/webhooks/0/clientConfig/caBundle","value":"{bundle}"}}]"#
+    );
+    cluster.kubectl_ok(&[
+        "patch",
+        "mutatingwebhookconfiguration",
+        &release,
+        "--type=json",
+        "-p",
+        &patch,
+    ]);
+    let out = cluster.helm(&[
+        "upgrade",
+        &release,
+        "charts/rigging",
+        "--namespace",
+        &ns.name,
+        "--reuse-values",
+        "--set",
+        "logLevel=debug",
+    ]);
+    assert!(
+        out.status.success(),
+        "helm upgrade: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let kept = cluster.kubectl_ok(&[
+        "get",
+        "mutatingwebhookconfiguration",
+        &release,
+        "-o",
+        "jsonpath={.webhooks[0].clientConfig.caBundle}",
+    ]);
+    assert_eq!(kept, bundle, "helm upgrade kept the caBundle");
+    let args = cluster.kubectl_ok(&[
+        "get",
+        "deployment",
+        "-n",
+        &ns.name,
+        &release,
+        "-o",
+        "jsonpath={.spec.template.spec.containers[0].env}",
+    ]);
+    assert!(args.contains("debug"), "the upgrade applied: {args}");
+
     let out = installed.uninstall();
     assert!(
         out.status.success(),
         "helm uninstall: {}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    let gone = cluster.kubectl(&["get", "mutatingwebhookconfiguration", &release]);
+    assert!(
+        !gone.status.success(),
+        "helm uninstall removes the webhook configuration"
     );
 }

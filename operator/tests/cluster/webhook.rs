@@ -113,7 +113,7 @@ struct Registration<'a> {
 }
 
 impl<'a> Registration<'a> {
-    async fn create(cluster: &'a Cluster, namespace: &str, port: u16, ca: &str) -> Self {
+    async fn create(cluster: &'a Cluster, namespace: &str, port: u16, ca: Option<&str>) -> Self {
         let in_namespace = LabelSelector {
             match_expressions: Some(vec![LabelSelectorRequirement {
                 key: "kubernetes.io/metadata.name".into(),
@@ -150,7 +150,7 @@ impl<'a> Registration<'a> {
                 }]),
                 client_config: WebhookClientConfig {
                     url: Some(format!("https://127.0.0.1:{port}/inject")),
-                    ca_bundle: Some(ByteString(ca.as_bytes().to_vec())),
+                    ca_bundle: ca.map(|ca| ByteString(ca.as_bytes().to_vec())),
                     service: None,
                 },
                 ..MutatingWebhook::default()
@@ -219,7 +219,8 @@ async fn the_api_server_calls_the_webhook_for_labelled_pods_only() {
     let ns = cluster.namespace("webhook").await;
     let pki = Pki::new();
     let webhook = Webhook::start(&pki);
-    let _registration = Registration::create(&cluster, &ns.name, webhook.port, &pki.ca.pem()).await;
+    let _registration =
+        Registration::create(&cluster, &ns.name, webhook.port, Some(&pki.ca.pem())).await;
     let labelled = deployment(
         "injected",
         json!({"rigging.dev/inject": "enabled"}),
@@ -295,7 +296,8 @@ async fn a_certificate_rotation_while_pods_are_created_refuses_none() {
     let ns = cluster.namespace("webhook-rotation").await;
     let pki = Pki::new();
     let webhook = Webhook::start(&pki);
-    let _registration = Registration::create(&cluster, &ns.name, webhook.port, &pki.ca.pem()).await;
+    let _registration =
+        Registration::create(&cluster, &ns.name, webhook.port, Some(&pki.ca.pem())).await;
     let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &ns.name);
     let pod = |i: usize| -> Pod {
         serde_json::from_value(json!({
@@ -326,4 +328,96 @@ async fn a_certificate_rotation_while_pods_are_created_refuses_none() {
         assert_eq!(init_names(&created), ["rigging-health"], "pod {i}");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// A labelled pod named `name` asking for the health monitor.
+fn health_pod(name: &str) -> Pod {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "labels": {"rigging.dev/inject": "enabled"},
+                     "annotations": {"rigging.dev/sidecars": "health",
+                                     "rigging.dev/health-checks": "tcp://127.0.0.1:6379"}},
+        "spec": {"containers": [{"name": "app", "image": "redis:7"}]}
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn run_serves_the_webhook_with_a_ca_it_keeps_across_restarts() {
+    let Some(cluster) = cluster("run_serves_the_webhook_with_a_ca_it_keeps_across_restarts").await
+    else {
+        return;
+    };
+    let ns = cluster.namespace("webhook-run").await;
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    // Registered without a caBundle, as the chart installs it: the operator publishes it.
+    let registration = Registration::create(&cluster, &ns.name, port, None).await;
+    let listen = format!("127.0.0.1:{port}");
+    let args = [
+        "--no-leader-election",
+        "--webhook-listen",
+        &listen,
+        "--webhook-namespace",
+        &ns.name,
+        "--webhook-secret",
+        "rigging-webhook-ca",
+        "--webhook-configuration",
+        &registration.name,
+        "--webhook-host",
+        "127.0.0.1",
+    ];
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(cluster.client.clone(), &ns.name);
+    let configurations: Api<MutatingWebhookConfiguration> = Api::all(cluster.client.clone());
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let ca_of =
+        |secret: k8s_openapi::api::core::v1::Secret| secret.data.unwrap()["ca.crt"].0.clone();
+    let bundle = || async {
+        let live = configurations.get(&registration.name).await.ok()?;
+        live.webhooks?[0]
+            .client_config
+            .ca_bundle
+            .clone()
+            .map(|b| b.0)
+    };
+
+    let first = crate::support::Operator::start_with(&cluster, &ns.name, "first", &args);
+    let published = eventually("the operator to publish its CA as caBundle", SETTLE, bundle).await;
+    let ca = ca_of(
+        secrets
+            .get("rigging-webhook-ca")
+            .await
+            .expect("the CA Secret is made"),
+    );
+    assert_eq!(published, ca, "the caBundle is the CA of the Secret");
+    let created = eventually("a labelled pod to be created", SETTLE, || {
+        let pods = pods.clone();
+        async move {
+            pods.create(&PostParams::default(), &health_pod("before"))
+                .await
+                .ok()
+        }
+    })
+    .await;
+    assert_eq!(init_names(&created), ["rigging-health"]);
+    drop(first);
+
+    // A new operator (a restart, an upgrade) keeps the CA: the caBundle stays valid.
+    let _second = crate::support::Operator::start_with(&cluster, &ns.name, "second", &args);
+    let created = eventually("a labelled pod after the restart", SETTLE, || {
+        let pods = pods.clone();
+        async move {
+            pods.create(&PostParams::default(), &health_pod("after"))
+                .await
+                .ok()
+        }
+    })
+    .await;
+    assert_eq!(init_names(&created), ["rigging-health"]);
+    let kept = ca_of(secrets.get("rigging-webhook-ca").await.unwrap());
+    assert_eq!(kept, ca, "the CA Secret is reused, not replaced");
+    assert_eq!(bundle().await, Some(ca), "the caBundle is unchanged");
 }
