@@ -48,7 +48,7 @@ else
   need kind docker helm kubectl || skip_or_fail "no cluster: set RIGGING_E2E_KUBECONFIG, or install kind, docker and helm"
   docker info >/dev/null 2>&1 || skip_or_fail "no Docker engine running"
   echo "e2e: creating kind cluster $cluster"
-  kind create cluster --name "$cluster" --wait 120s
+  kind create cluster --name "$cluster" --config e2e/kind.yaml --wait 180s
   created_cluster=1
   export KUBECONFIG
   KUBECONFIG=$(mktemp)
@@ -110,5 +110,34 @@ YAML
 else
   grep -qi readiness /tmp/rigging-e2e-refused || fail "refusal does not mention the readiness probe"
 fi
+
+# Injection: a labelled Deployment of the user's own gets the health monitor and the
+# metrics adapter as native sidecars, and turns Ready on the monitor's word.
+echo "e2e: sidecar injection into a labelled Deployment"
+kubectl -n "$app_ns" apply -f - <<'YAML'
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: injected-cache
+spec:
+  selector:
+    matchLabels: {app: injected-cache}
+  template:
+    metadata:
+      labels: {app: injected-cache, rigging.dev/inject: enabled}
+      annotations:
+        rigging.dev/sidecars: health,metrics
+        rigging.dev/health-checks: redis://127.0.0.1:6379
+        rigging.dev/metrics-source: redis://127.0.0.1:6379
+    spec:
+      containers:
+        - name: redis
+          image: redis:7
+YAML
+kubectl -n "$app_ns" rollout status deployment/injected-cache --timeout=180s ||
+  fail "the injected Deployment never became ready"
+init=$(kubectl -n "$app_ns" get pods -l app=injected-cache \
+  -o jsonpath='{.items[0].spec.initContainers[*].name}')
+[[ $init == "rigging-metrics rigging-health" ]] || fail "injected init containers: '$init'"
 
 echo "e2e: all checks passed"
