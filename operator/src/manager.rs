@@ -285,10 +285,21 @@ fn controllers(
         namespace,
     );
     let watching = watches.run();
+    let stores = ctx.stores.clone();
+    let started = async move {
+        // Every cache holds its initial list before the first reconcile. Waiting inside the
+        // reconciles instead would make many waiters of one cache, and kube's DelayedInit
+        // wakes only the last of them: the rest would wait forever (and hold up shutdown).
+        tokio::select! {
+            () = stores.wait_until_ready() => {}
+            () = shutdown_signal() => return,
+        }
+        futures::future::join3(replicated, sharded, work_queue).await;
+    };
     async move {
         // The watches never end; the controllers end on a shutdown signal.
         tokio::select! {
-            _ = futures::future::join3(replicated, sharded, work_queue) => {}
+            () = started => {}
             () = watching => {}
         }
     }

@@ -214,9 +214,75 @@ pub fn to_yaml_stream(source_name: &str, values: &[Value]) -> Result<String, Ren
             document: i + 1,
             error: e.to_string(),
         })?;
-        out.push_str(&yaml);
+        out.push_str(&quote_yaml11_words(&yaml));
     }
     Ok(out)
+}
+
+/// The plain scalars a YAML 1.1 reader takes for booleans. The emitter follows YAML 1.2 and
+/// leaves them unquoted, but kubectl (sigs.k8s.io/yaml) and many tools read YAML 1.1:
+/// `args: [--appendonly, yes]` would reach them as `[--appendonly, true]` and be refused.
+const YAML11_BOOLEANS: [&str; 16] = [
+    "y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No", "NO", "on", "On", "ON", "off", "Off",
+    "OFF",
+];
+
+/// `yaml` (as the emitter wrote it: block style, one key or item per line) with every key
+/// or value in [`YAML11_BOOLEANS`] single-quoted, so that YAML 1.1 and 1.2 readers agree.
+/// The text of block scalars (`|-`) is left as it is.
+fn quote_yaml11_words(yaml: &str) -> String {
+    let quote = |word: &str| {
+        if YAML11_BOOLEANS.contains(&word) {
+            format!("'{word}'")
+        } else {
+            word.to_owned()
+        }
+    };
+    let mut out = String::with_capacity(yaml.len() + 16);
+    // The indentation of the line that opened the block scalar being read, if any.
+    let mut block: Option<usize> = None;
+    for line in yaml.split_inclusive('\n') {
+        let text = line.trim_end_matches('\n');
+        let indent = text.len() - text.trim_start_matches(' ').len();
+        if let Some(opened) = block {
+            if text.trim().is_empty() || indent > opened {
+                out.push_str(line);
+                continue;
+            }
+            block = None;
+        }
+        let mut rest = &text[indent..];
+        let mut head = text[..indent].to_owned();
+        while let Some(item) = rest.strip_prefix("- ") {
+            head.push_str("- ");
+            rest = item;
+        }
+        let (key, value) = match rest.split_once(": ") {
+            Some((key, value)) if !key.starts_with(['\'', '"']) => (Some(key), value),
+            _ => match rest.strip_suffix(':') {
+                Some(key) if !key.starts_with(['\'', '"']) => (Some(key), ""),
+                _ => (None, rest),
+            },
+        };
+        if let Some(key) = key {
+            head.push_str(&quote(key));
+            head.push(':');
+            if !value.is_empty() || rest.ends_with(": ") {
+                head.push(' ');
+            }
+        }
+        if value.starts_with(['|', '>']) {
+            block = Some(indent);
+            head.push_str(value);
+        } else {
+            head.push_str(&quote(value));
+        }
+        out.push_str(&head);
+        if line.ends_with('\n') {
+            out.push('\n');
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -231,6 +297,26 @@ mod tests {
             Ok(_) => Vec::new(),
             Err(e) => e.to_string().lines().map(str::to_owned).collect(),
         }
+    }
+
+    #[test]
+    fn yaml_1_1_booleans_are_quoted_and_nothing_else_changes() {
+        let value = serde_json::json!({
+            "args": ["--appendonly", "yes", "no", "on", "yesterday", "true"],
+            "y": "n",
+            "script": "yes\nno\n",
+            "nested": [{"enabled": "off", "count": 3}],
+        });
+        let yaml = to_yaml_stream("t", &[value.clone()]).unwrap();
+        assert!(
+            yaml.contains("- 'yes'\n- 'no'\n- 'on'\n- yesterday\n"),
+            "{yaml}"
+        );
+        assert!(yaml.contains("'y': 'n'\n"), "{yaml}");
+        assert!(yaml.contains("  enabled: 'off'\n"), "{yaml}");
+        // Block scalars keep their text; the whole still reads back as it was written.
+        let back: Value = serde_norway::from_str(&yaml).unwrap();
+        assert_eq!(back, value, "{yaml}");
     }
 
     const APP: &str = "  template: {spec: {containers: [{name: app, image: a, readinessProbe: {tcpSocket: {port: 8080}}}]}}\n";

@@ -73,7 +73,8 @@ async fn reconcile_object<K: Kind>(obj: &K, ctx: &Context) -> Result<Action> {
     })?;
     let now = Timestamp::now();
     // Desired state may depend on the children that exist: read them once the caches hold
-    // their initial lists.
+    // their initial lists. (`run` waits for that before it starts any controller, so this
+    // returns at once there; it guards callers that did not.)
     ctx.stores.wait_until_ready().await;
     let uid = obj.meta().uid.clone().unwrap_or_default();
     let observed = Observed::cached(&ctx.stores, &namespace, &uid);
