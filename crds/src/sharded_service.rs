@@ -13,10 +13,46 @@ use crate::schema::{pod_template_schema, volume_claims_schema};
 use crate::sidecar::shard::Protocol;
 use crate::sidecar::spec::Sidecars;
 
-/// Why a ShardedService's name is a DNS-1035 label of at most 47 characters: its Services
-/// take the name, and a shard's StatefulSet (`<name>-<shard>`) must leave room for the
-/// revision hash Kubernetes appends to it in a pod label of at most 63 characters.
-const NAME_MESSAGE: &str = "metadata.name must be a DNS-1035 label of at most 47 characters (lowercase letters, digits and '-', starting with a letter and ending with a letter or digit): the ShardedService's Services take this name, and its StatefulSets' pods carry it with a shard number and a revision hash in labels of at most 63 characters";
+/// The most shards a ShardedService may have.
+pub const MAX_SHARDS: i32 = 1024;
+
+/// The most characters Kubernetes appends to a StatefulSet's name for a revision
+/// (`controller.ComputeHash`, a safe-encoded 32-bit FNV hash).
+const REVISION_HASH_LEN: usize = 10;
+
+/// The longest name a ShardedService may have. Its longest derived string is the label
+/// value Kubernetes puts on every pod of a replicated shard's StatefulSet
+/// (`replicasPerShard > 1`): `controller-revision-hash: <name>-<shard>-<revision>`, with a
+/// shard number of up to `MAX_SHARDS - 1` and a revision of up to 10 characters, in a label
+/// value of at most 63. Everything else is shorter: pods `<name>-<shard>-<replica>`, the
+/// Services `<name>-shards` and `<name>-<shard>`, the Deployment `<name>-router`, the
+/// ConfigMap `<name>-ring`.
+pub const MAX_NAME_LEN: usize =
+    63 - "-".len() - decimal_digits(MAX_SHARDS - 1) - "-".len() - REVISION_HASH_LEN;
+
+const fn decimal_digits(mut n: i32) -> usize {
+    let mut digits = 1;
+    while n >= 10 {
+        n /= 10;
+        digits += 1;
+    }
+    digits
+}
+
+/// The CEL rule on `metadata.name`: a DNS-1035 label of at most [`MAX_NAME_LEN`].
+fn name_rule() -> String {
+    format!(
+        "self.metadata.name.size() <= {MAX_NAME_LEN} && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')"
+    )
+}
+
+/// Why the name is refused, with the length derived as [`MAX_NAME_LEN`] is.
+fn name_message() -> String {
+    format!(
+        "metadata.name must be a DNS-1035 label of at most {MAX_NAME_LEN} characters (lowercase letters, digits and '-', starting with a letter and ending with a letter or digit): the ShardedService's Services take this name, and the pods of a shard's StatefulSet carry it with a shard number up to {} and a revision hash of up to {REVISION_HASH_LEN} characters in a label of at most 63 characters",
+        MAX_SHARDS - 1
+    )
+}
 
 /// Desired state of a ShardedService.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -38,19 +74,25 @@ const NAME_MESSAGE: &str = "metadata.name must be a DNS-1035 label of at most 47
     printcolumn(name = "Shards", type_ = "integer", json_path = ".spec.shards"),
     printcolumn(name = "Ready Shards", type_ = "integer", json_path = ".status.readyShards"),
     printcolumn(name = "Protocol", type_ = "string", json_path = ".spec.protocol"),
+    printcolumn(name = "Mode", type_ = "string", json_path = ".spec.router.mode"),
+    printcolumn(name = "Ring", type_ = "string", json_path = ".status.ringVersion", priority = 1),
+    printcolumn(name = "Moved", type_ = "number", json_path = ".status.movedKeyShare", priority = 1),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
-    validation = Rule::new("self.metadata.name.size() <= 47 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')")
-        .message(NAME_MESSAGE)
+    validation = Rule::new(name_rule()).message(Message::Message(name_message()))
 )]
 #[x_kube(
     validation = Rule::new("(self.protocol == 'http') == has(self.shardKey)")
         .message("shardKey is required with protocol http (where the key of a request is), and only used with it")
-        .field_path(".shardKey")
+        .field_path(".shardKey"),
+    validation = Rule::new("(has(self.sidecars) && has(self.sidecars.health)) || (has(self.template.spec) && size(self.template.spec.containers) > 0 && has(self.template.spec.containers[0].readinessProbe))")
+        .message(Message::Expression("has(self.template.spec) && size(self.template.spec.containers) > 0 ? 'container \"' + self.template.spec.containers[0].name + '\" (the app container, template.spec.containers[0]) has no readinessProbe: a shard is only addressed once it is ready, so the app container must declare one, or sidecars.health must check it' : 'template.spec.containers must hold the app container'".into()))
+        .field_path(".template")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ShardedServiceSpec {
-    /// Number of shards. Changing it moves about 1/n of the keys.
-    #[schemars(range(min = 1, max = 1024))]
+    /// Number of shards. Changing it updates the ring in place and moves only the keys of
+    /// the shards added or removed (about 1/n of them per shard).
+    #[schemars(range(min = 1, max = MAX_SHARDS))]
     pub shards: i32,
 
     /// Pods per shard. Above 1, each shard is its own set of replicas behind its own
@@ -66,12 +108,14 @@ pub struct ShardedServiceSpec {
     #[schemars(range(min = 1, max = 65535))]
     pub port: i32,
 
-    /// The shards' pod template. Its first container is the app container.
+    /// The shards' pod template. Its first container is the app container and must have a
+    /// readiness probe.
     #[schemars(schema_with = "pod_template_schema")]
     pub template: PodTemplateSpec,
 
     /// Storage for stateful shards: each shard pod gets its own claims, kept across
-    /// restarts.
+    /// restarts and across scaling down and up again. Stateful shards are never ejected
+    /// from the ring when they fail (a key must not be served by another shard meanwhile).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "volume_claims_schema")]
     pub volume_claim_templates: Vec<PersistentVolumeClaim>,
@@ -80,7 +124,8 @@ pub struct ShardedServiceSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shard_key: Option<ShardKey>,
 
-    /// How keys are hashed onto the ring.
+    /// How keys are hashed onto the ring. Immutable: another function or tag would move
+    /// almost every key.
     #[serde(default)]
     pub hashing: Hashing,
 
@@ -101,7 +146,13 @@ fn one() -> i32 {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[x_kube(
     validation = Rule::new("[has(self.header), has(self.pathSegment), has(self.query)].filter(x, x).size() == 1")
-        .message("set exactly one of header, pathSegment or query")
+        .message("set exactly one of header, pathSegment or query"),
+    validation = Rule::new("!has(self.header) || self.header.matches('^[A-Za-z0-9!#$%&*+.^_|~-]+$')")
+        .message("header must be an HTTP header name: letters, digits and !#$%&*+.^_|~-")
+        .field_path(".header"),
+    validation = Rule::new("!has(self.query) || self.query.matches('^[^&=#?\\\\s]+$')")
+        .message("query must be a query parameter name, without '&', '=', '#', '?' or spaces")
+        .field_path(".query")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ShardKey {
@@ -121,6 +172,13 @@ pub struct ShardKey {
 
 /// Consistent hashing of keys onto shards.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[x_kube(
+    validation = Rule::new("self == oldSelf")
+        .message("hashing is immutable: another hash function or hash tag puts almost every key on another shard; create a new ShardedService and move the data to it"),
+    validation = Rule::new("!has(self.hashTag) || self.hashTag.matches('^[!-~]{2}$')")
+        .message("hashTag must be two printable ASCII characters, such as {}")
+        .field_path(".hashTag")
+)]
 #[serde(rename_all = "camelCase")]
 pub struct Hashing {
     /// The hash function, as twemproxy names it.
@@ -188,10 +246,11 @@ pub struct Router {
     pub mode: RouterMode,
     /// Router pods (mode `Router`).
     #[serde(default = "default_router_replicas")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 100))]
     pub replicas: i32,
-    /// The port clients connect to, on the router Service or on localhost. Defaults to
-    /// `port`.
+    /// The port of the Service clients connect to, and of the routers (mode `Router`).
+    /// Defaults to `port`. In mode `Ambassador` each client pod picks its own localhost
+    /// port (`sidecars.shard.port`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65535))]
     pub port: Option<i32>,
@@ -221,6 +280,13 @@ pub enum RouterMode {
     Ambassador,
 }
 
+impl ShardedServiceSpec {
+    /// The port clients reach the routers on: `router.port`, else `port`.
+    pub fn router_port(&self) -> i32 {
+        self.router.port.unwrap_or(self.port)
+    }
+}
+
 /// Observed state of a ShardedService.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -233,16 +299,17 @@ pub struct ShardedServiceStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready_shards: Option<i32>,
 
-    /// The ring's members, by the stable name each is hashed as.
+    /// The ring's members, by the stable name each is hashed as (`<name>-<shard>`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub members: Vec<String>,
 
-    /// A digest of the ring's configuration: changes exactly when a key may move.
+    /// A short digest of the ring's configuration (the ConfigMap's `shard.yaml`): it
+    /// changes whenever the routers and ambassadors get a new configuration.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ring_version: Option<String>,
 
-    /// After the last change of the ring, the share of the key space (0 to 1) that moved
-    /// to another shard.
+    /// After the last change of the ring's members, the share of the key space (0 to 1)
+    /// that moved to another shard, computed exactly over the ketama continuum.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub moved_key_share: Option<f64>,
 
@@ -250,4 +317,44 @@ pub struct ShardedServiceStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sidecar::shard::hash::HashKind;
+
+    #[test]
+    fn every_hash_function_is_one_the_sidecar_computes_under_the_same_name() {
+        let all = [
+            HashFunction::Fnv1a64,
+            HashFunction::Fnv164,
+            HashFunction::Fnv1a32,
+            HashFunction::Fnv132,
+            HashFunction::Md5,
+            HashFunction::Crc16,
+            HashFunction::Crc32,
+            HashFunction::Crc32a,
+            HashFunction::OneAtATime,
+            HashFunction::Murmur,
+            HashFunction::Jenkins,
+            HashFunction::Hsieh,
+        ];
+        assert_eq!(all.len(), HashKind::ALL.len());
+        for function in all {
+            let kind: HashKind = function.as_str().parse().unwrap();
+            assert_eq!(kind.name(), function.as_str());
+            // The manifest's spelling is the sidecar's.
+            let json = serde_json::to_value(function).unwrap();
+            assert_eq!(json, function.as_str());
+        }
+    }
+
+    #[test]
+    fn the_name_rule_states_the_length_derived_from_the_longest_label() {
+        // "<name>-1023-<10 characters>" in 63.
+        assert_eq!(MAX_NAME_LEN + "-1023".len() + "-".len() + 10, 63);
+        assert!(name_rule().starts_with("self.metadata.name.size() <= 47 &&"));
+        assert!(name_message().contains("at most 47 characters"));
+    }
 }

@@ -1,6 +1,6 @@
 //! The `sidecars` block of every Rigging kind that owns pods: which of Rigging's adapters
-//! to place beside the app, and their few settings. The operator turns it into native
-//! sidecars through the contract types of this module's siblings.
+//! and ambassadors to place beside the app, and their few settings. The operator turns it
+//! into native sidecars through the contract types of this module's siblings.
 
 use kube::KubeSchema;
 use schemars::JsonSchema;
@@ -23,6 +23,12 @@ pub struct Sidecars {
     /// With it, the app container needs no readinessProbe of its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<HealthSidecar>,
+    /// The sharding ambassador of a ShardedService in mode `Ambassador`: the app reaches
+    /// every shard through `127.0.0.1:<port>`, and the pod is labelled
+    /// `rigging.dev/shard-client: <service>`, which that ShardedService's NetworkPolicy
+    /// lets through to its shards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<ShardSidecar>,
 }
 
 /// The log adapter's settings.
@@ -75,4 +81,25 @@ pub struct HealthSidecar {
     /// options after `#`.
     #[schemars(length(min = 1, max = 32), inner(length(max = 2048)))]
     pub checks: Vec<String>,
+}
+
+/// The sharding ambassador's settings.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[x_kube(
+    validation = Rule::new("self.service.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')")
+        .message("service must be the name of a ShardedService: a DNS-1035 label")
+        .field_path(".service")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ShardSidecar {
+    /// The ShardedService, in the same namespace, whose shards the app uses. The
+    /// ambassador reads that ShardedService's ring from its ConfigMap `<service>-ring`
+    /// (protocol, servers, hashing) and reloads it when the ring changes; the pod does not
+    /// start before that ConfigMap exists.
+    #[schemars(length(min = 1, max = crate::sharded_service::MAX_NAME_LEN))]
+    pub service: String,
+    /// The port on 127.0.0.1 where the app connects to the ambassador, in the
+    /// ShardedService's protocol.
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
 }

@@ -9,9 +9,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, HTTPGetAction, PodTemplateSpec,
-    Probe, ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Volume,
-    VolumeMount,
+    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
+    HTTPGetAction, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
+    SecretVolumeSource, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -21,6 +21,7 @@ use rigging_crds::sidecar::health::HealthArgs;
 use rigging_crds::sidecar::logs::LogsArgs;
 use rigging_crds::sidecar::metrics::MetricsArgs;
 use rigging_crds::sidecar::ports;
+use rigging_crds::sidecar::shard::ShardArgs;
 use rigging_crds::sidecar::spec::Sidecars;
 use rigging_crds::sidecar::tls::TlsArgs;
 use rigging_crds::{FieldError, FieldErrors};
@@ -37,6 +38,54 @@ pub const LOGS: &str = "rigging-logs";
 pub const METRICS: &str = "rigging-metrics";
 /// Name of the health monitor's container.
 pub const HEALTH: &str = "rigging-health";
+/// Name of the sharding ambassador's container (in client pods and in a ShardedService's
+/// router pods), and of the volume its ring ConfigMap is mounted from.
+pub const SHARD: &str = "rigging-shard";
+/// Where the ring ConfigMap is mounted in the sharding ambassador: a whole-volume mount,
+/// never `subPath`, because only whole-volume mounts see the ConfigMap's updates.
+pub const SHARD_MOUNT_PATH: &str = "/etc/rigging/shard";
+/// The ring ConfigMap's key: the sharding ambassador's config file (`ShardConfig`).
+pub const RING_KEY: &str = "shard.yaml";
+/// The label of pods whose ambassador uses a ShardedService (value: its name); that
+/// ShardedService's NetworkPolicy lets them reach its shards.
+pub const SHARD_CLIENT_LABEL: &str = "rigging.dev/shard-client";
+
+/// The ring ConfigMap of the ShardedService `service`.
+pub fn ring_config_map(service: &str) -> String {
+    format!("{service}-ring")
+}
+
+/// The sharding ambassador's flags, listening on `listen`, with the admin port and the
+/// ring file; everything else (protocol, servers, hashing) comes from the file. A router
+/// adds its restart-only settings to these.
+pub fn shard_args(listen: SocketAddr) -> ShardArgs {
+    // Every other flag at its default; the protocol the constructor asks for is dropped
+    // again: an ambassador in a client pod learns it from the ring file.
+    ShardArgs {
+        protocol: None,
+        listen,
+        admin: any_port(ports::SHARD_ADMIN),
+        config: Some(PathBuf::from(SHARD_MOUNT_PATH).join(RING_KEY)),
+        ..ShardArgs::new(rigging_crds::sidecar::shard::Protocol::Redis, Vec::new())
+    }
+}
+
+/// The volume of the ring ConfigMap of `service`, named [`SHARD`].
+pub fn ring_volume(service: &str) -> Volume {
+    Volume {
+        name: SHARD.into(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: ring_config_map(service),
+            ..ConfigMapVolumeSource::default()
+        }),
+        ..Volume::default()
+    }
+}
+
+/// The read-only mount of [`ring_volume`] at [`SHARD_MOUNT_PATH`].
+pub fn ring_mount() -> VolumeMount {
+    mount(SHARD, SHARD_MOUNT_PATH, true)
+}
 
 /// The TLS terminator a kind asks for in front of its app.
 #[derive(Debug, Clone, PartialEq)]
@@ -82,6 +131,7 @@ pub fn place(
     let mut containers = Vec::new();
     let mut volumes = Vec::new();
     let mut annotations = BTreeMap::new();
+    let mut labels = BTreeMap::new();
     if let Some(tls) = placement.tls {
         let mut args = TlsArgs::new(
             any(tls.port),
@@ -164,6 +214,24 @@ pub fn place(
                 .get_or_insert_with(|| admin_probe("/readyz", ports::HEALTH_ADMIN));
         }
     }
+    if let Some(shard) = &sidecars.shard {
+        // Only the app reaches the ambassador (on loopback); the kubelet probes its admin
+        // port on the pod's address.
+        let listen = SocketAddr::from((
+            [127, 0, 0, 1],
+            u16::try_from(shard.port).unwrap_or_default(),
+        ));
+        let mut c = container(
+            SHARD,
+            image,
+            &shard_args(listen),
+            ("shard-admin", ports::SHARD_ADMIN),
+        );
+        c.volume_mounts = Some(vec![ring_mount()]);
+        containers.push(c);
+        volumes.push(ring_volume(&shard.service));
+        labels.insert(SHARD_CLIENT_LABEL.to_owned(), shard.service.clone());
+    }
     if !containers.is_empty() {
         pod.init_containers
             .get_or_insert_with(Vec::new)
@@ -179,6 +247,14 @@ pub fn place(
             .annotations
             .get_or_insert_with(BTreeMap::new)
             .extend(annotations);
+    }
+    if !labels.is_empty() {
+        template
+            .metadata
+            .get_or_insert_with(ObjectMeta::default)
+            .labels
+            .get_or_insert_with(BTreeMap::new)
+            .extend(labels);
     }
     Ok(())
 }
@@ -224,11 +300,26 @@ fn check(template: &PodTemplateSpec, placement: &Placement) -> Result<(), FieldE
             "spec.sidecars.health",
             "the health monitor's admin port",
         ),
+        (
+            sidecars.shard.is_some(),
+            SHARD,
+            ports::SHARD_ADMIN,
+            "spec.sidecars.shard",
+            "the sharding ambassador's admin port",
+        ),
     ];
     for (on, name, port, field, what) in admins {
         if on {
             wanted.push((name, holder(port.into(), field, what)));
         }
+    }
+    if let Some(shard) = &sidecars.shard {
+        let listen = holder(
+            shard.port,
+            "spec.sidecars.shard.port",
+            "the sharding ambassador's port",
+        );
+        wanted.push((SHARD, listen));
     }
     let mut errors = Vec::new();
     // Names: what Rigging adds must not replace what the user wrote.
@@ -247,7 +338,8 @@ fn check(template: &PodTemplateSpec, placement: &Placement) -> Result<(), FieldE
         }
     }
     for v in pod.volumes.iter().flatten() {
-        if [TLS, LOGS].contains(&v.name.as_str()) && wanted.iter().any(|(n, _)| *n == v.name) {
+        if [TLS, LOGS, SHARD].contains(&v.name.as_str()) && wanted.iter().any(|(n, _)| *n == v.name)
+        {
             errors.push(FieldError::new(
                 "spec.template.spec.volumes",
                 format!(
@@ -378,6 +470,21 @@ pub fn container<A: SidecarArgs>(
     }
 }
 
+/// A sidecar as the one container of a pod of its own (a ShardedService's router): the
+/// same hardened container as [`container`], without the `restartPolicy` that only init
+/// containers take.
+pub fn main_container<A: SidecarArgs>(
+    name: &str,
+    image: &str,
+    args: &A,
+    admin: (&str, u16),
+) -> Container {
+    Container {
+        restart_policy: None,
+        ..container(name, image, args, admin)
+    }
+}
+
 /// The security context of every container Rigging adds to a pod.
 pub fn hardened_security_context() -> SecurityContext {
     SecurityContext {
@@ -395,5 +502,89 @@ pub fn hardened_security_context() -> SecurityContext {
             ..SeccompProfile::default()
         }),
         ..SecurityContext::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn template(yaml: &str) -> PodTemplateSpec {
+        serde_norway::from_str(yaml).unwrap()
+    }
+
+    fn app() -> PodTemplateSpec {
+        template("spec: {containers: [{name: app, image: app:1, ports: [{containerPort: 8080}]}]}")
+    }
+
+    fn ambassador(port: i32) -> Sidecars {
+        serde_json::from_value(serde_json::json!({"shard": {"service": "cache", "port": port}}))
+            .unwrap()
+    }
+
+    fn placed(mut t: PodTemplateSpec, sidecars: &Sidecars) -> Result<PodTemplateSpec, String> {
+        let placement = Placement {
+            app_port: Some(8080),
+            tls: None,
+            sidecars: Some(sidecars),
+        };
+        place(&mut t, &placement, "sidecar:test").map_err(|e| e.to_string())?;
+        Ok(t)
+    }
+
+    #[test]
+    fn the_ambassador_listens_on_loopback_reads_the_ring_and_labels_the_pod_as_a_client() {
+        let t = placed(app(), &ambassador(6379)).unwrap();
+        let labels = t.metadata.unwrap().labels.unwrap();
+        assert_eq!(labels[SHARD_CLIENT_LABEL], "cache");
+        let pod = t.spec.unwrap();
+        let c = &pod.init_containers.unwrap()[0];
+        assert_eq!(c.name, SHARD);
+        assert_eq!(
+            c.restart_policy.as_deref(),
+            Some("Always"),
+            "a native sidecar"
+        );
+        assert_eq!(
+            c.args.clone().unwrap().join(" "),
+            "shard --admin 0.0.0.0:9122 --config /etc/rigging/shard/shard.yaml --connect-timeout 500ms --distribution ketama --drain-timeout 10s --hash fnv1a_64 --listen 127.0.0.1:6379 --server-connections 1 --server-failure-limit 2 --server-retry-timeout 30s --timeout 1s",
+            "no --protocol: the ring file says which"
+        );
+        let mount = &c.volume_mounts.as_ref().unwrap()[0];
+        assert_eq!(
+            (
+                mount.mount_path.as_str(),
+                mount.read_only,
+                mount.sub_path.as_ref()
+            ),
+            (SHARD_MOUNT_PATH, Some(true), None)
+        );
+        let volume = &pod.volumes.unwrap()[0];
+        assert_eq!(volume.name, mount.name);
+        assert_eq!(volume.config_map.as_ref().unwrap().name, "cache-ring");
+        assert_eq!(pod.containers.len(), 1, "the app is untouched");
+    }
+
+    #[test]
+    fn the_ambassadors_ports_and_names_are_in_the_port_plan() {
+        let err = placed(app(), &ambassador(8080)).unwrap_err();
+        assert_eq!(
+            err,
+            "spec.sidecars.shard.port: port 8080 is the sharding ambassador's port and also the app's port (spec.port): containers of a pod share its network, so each port has one holder"
+        );
+        let err = placed(app(), &ambassador(9122)).unwrap_err();
+        assert!(
+            err.starts_with("spec.sidecars.shard.port: port 9122 is the sharding ambassador's port and also the sharding ambassador's admin port"),
+            "{err}"
+        );
+        let taken = template(
+            "spec: {containers: [{name: app, image: a}, {name: rigging-shard, image: b}], volumes: [{name: rigging-shard, emptyDir: {}}]}",
+        );
+        let err = placed(taken, &ambassador(6379)).unwrap_err();
+        assert!(
+            err.contains("container #1 is named \"rigging-shard\", a name Rigging reserves")
+                && err.contains("volume \"rigging-shard\" is reserved"),
+            "{err}"
+        );
     }
 }

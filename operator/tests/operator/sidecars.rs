@@ -13,8 +13,9 @@ use crate::fixtures::{example_files, root};
 
 const IMAGE: &str = "rigging-sidecar:contract-test";
 
-/// Every container of `objects` running the sidecar image: (name, args).
-fn sidecar_containers(objects: &[Value]) -> Vec<(String, Vec<String>)> {
+/// Every container of `objects` running the sidecar image: (name, args, the pod's list it
+/// is in: `initContainers` for a native sidecar, `containers` for a pod of its own).
+fn sidecar_containers(objects: &[Value]) -> Vec<(String, Vec<String>, &'static str)> {
     let mut out = Vec::new();
     for object in objects {
         let Some(pod) = object.pointer("/spec/template/spec") else {
@@ -25,7 +26,7 @@ fn sidecar_containers(objects: &[Value]) -> Vec<(String, Vec<String>)> {
                 if c["image"] == IMAGE {
                     let args = c["args"].as_array().unwrap().iter();
                     let args = args.map(|a| a.as_str().unwrap().to_owned()).collect();
-                    out.push((c["name"].as_str().unwrap().to_owned(), args));
+                    out.push((c["name"].as_str().unwrap().to_owned(), args, list));
                 }
             }
         }
@@ -43,7 +44,8 @@ fn reparsed(args: &[String]) -> (&'static str, Vec<String>) {
         Command::Logs(a) => ("rigging-logs", a.to_args()),
         Command::Metrics(a) => ("rigging-metrics", a.to_args()),
         Command::Health(a) => ("rigging-health", a.to_args()),
-        Command::Shard(_) => panic!("the operator renders no shard sidecar yet: {args:?}"),
+        // The ambassador in client pods and the routers of a ShardedService alike.
+        Command::Shard(a) => ("rigging-shard", a.to_args()),
     }
 }
 
@@ -57,7 +59,7 @@ fn every_rendered_sidecar_parses_with_the_sidecars_own_parser_into_what_was_rend
         let text = std::fs::read_to_string(root().join(&file)).unwrap();
         let objects = render::render_values(&file.display().to_string(), &text, &config)
             .unwrap_or_else(|e| panic!("{e}"));
-        for (name, args) in sidecar_containers(&objects) {
+        for (name, args, list) in sidecar_containers(&objects) {
             let (container, again) = reparsed(&args);
             assert_eq!(
                 name,
@@ -66,7 +68,7 @@ fn every_rendered_sidecar_parses_with_the_sidecars_own_parser_into_what_was_rend
                 file.display()
             );
             assert_eq!(again, args, "{}: {name} round-trips", file.display());
-            seen.push(name);
+            seen.push((name, list));
         }
     }
     seen.sort();
@@ -74,10 +76,13 @@ fn every_rendered_sidecar_parses_with_the_sidecars_own_parser_into_what_was_rend
     assert_eq!(
         seen,
         [
-            "rigging-health",
-            "rigging-logs",
-            "rigging-metrics",
-            "rigging-tls"
+            ("rigging-health".to_owned(), "initContainers"),
+            ("rigging-logs".to_owned(), "initContainers"),
+            ("rigging-metrics".to_owned(), "initContainers"),
+            // A ShardedService's routers, and the ambassador in its clients' pods.
+            ("rigging-shard".to_owned(), "containers"),
+            ("rigging-shard".to_owned(), "initContainers"),
+            ("rigging-tls".to_owned(), "initContainers"),
         ],
         "the examples place every sidecar the operator renders"
     );

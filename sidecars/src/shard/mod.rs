@@ -1,7 +1,8 @@
 //! `rigging-sidecar shard`: a sharding ambassador for Redis, memcached and HTTP that puts
 //! every key on the server twemproxy (nutcracker) 0.5 would put it on.
 //!
-//! - [`hash`] and [`ring`]: twemproxy's hash functions and ketama continuum.
+//! - [`hash`] and [`ring`]: twemproxy's hash functions and ketama continuum, from
+//!   `rigging_crds::sidecar::shard` (the operator computes with the same code).
 //! - [`proxy`]: the pipelined client loop shared by [`redis`] and [`memcached`].
 //! - [`backend`]: servers, pooled connections, ejection, metrics.
 //! - [`http`]: the HTTP front end.
@@ -10,12 +11,12 @@
 
 pub mod backend;
 pub mod config;
-pub mod hash;
 pub mod http;
 pub mod memcached;
 pub mod proxy;
 pub mod redis;
-pub mod ring;
+
+pub use rigging_crds::sidecar::shard::{hash, ring};
 
 use std::path::PathBuf;
 use std::sync::Arc;

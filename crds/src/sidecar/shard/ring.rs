@@ -250,6 +250,55 @@ impl Ring {
     }
 }
 
+/// The share of the key space (0 to 1) that lives on another server under `after` than
+/// under `before`: the measure of the 32-bit hash values whose continuum point belongs to
+/// servers of different names ([`ServerSpec::ring_name`]) in the two rings. Exact: both
+/// continua are walked arc by arc, no key is sampled.
+///
+/// Servers are compared by name, not address, so pointing a name at another host moves
+/// nothing. The hash function and tag do not enter: they place a key on the continuum the
+/// same way under both rings (a change of them is not a change this can measure). A key
+/// space that went from no servers to some, or back, moved entirely.
+pub fn moved_share(before: &[ServerSpec], after: &[ServerSpec]) -> f64 {
+    // The points do not depend on the key hash: any function builds the same continuum.
+    let old = Ring::new(before, &[], HashKind::Fnv1a64, None);
+    let new = Ring::new(after, &[], HashKind::Fnv1a64, None);
+    match (old.is_empty(), new.is_empty()) {
+        (true, true) => return 0.0,
+        (true, false) | (false, true) => return 1.0,
+        (false, false) => {}
+    }
+    let old_names: Vec<String> = before.iter().map(ServerSpec::ring_name).collect();
+    let new_names: Vec<String> = after.iter().map(ServerSpec::ring_name).collect();
+    // Every hash in one arc between consecutive points of either ring goes to the same
+    // server in each ring: the one of the point that ends the arc.
+    let differs = |hash: u32| {
+        let owner = |ring: &Ring, names: &[String]| ring.dispatch(hash).map(|i| names[i].clone());
+        owner(&old, &old_names) != owner(&new, &new_names)
+    };
+    let mut ends: Vec<u32> = old
+        .points
+        .iter()
+        .chain(&new.points)
+        .map(|p| p.value)
+        .collect();
+    ends.sort_unstable();
+    ends.dedup();
+    let mut moved: u64 = 0;
+    let mut start: u64 = 0;
+    for &end in &ends {
+        if differs(end) {
+            moved += u64::from(end) + 1 - start;
+        }
+        start = u64::from(end) + 1;
+    }
+    // The arc after the last point wraps around to the first one.
+    if start <= u64::from(u32::MAX) && differs(u32::MAX) {
+        moved += u64::from(u32::MAX) + 1 - start;
+    }
+    moved as f64 / (1u64 << 32) as f64
+}
+
 /// Points for one server, computed in the same mix of `float` and `double` as twemproxy,
 /// so that rounding at the edges (odd weights) agrees too.
 fn points_for(weight: u32, total_weight: u32, nlive: u32) -> u32 {
@@ -361,6 +410,53 @@ mod tests {
         assert_eq!(ring.key_hash(b""), 0);
     }
 
+    fn named(n: usize, host: &str) -> Vec<ServerSpec> {
+        (0..n)
+            .map(|i| spec(&format!("{host}-{i}:6379:1 shard-{i}")))
+            .collect()
+    }
+
+    #[test]
+    fn the_moved_share_is_what_moving_keys_shows() {
+        let keys: Vec<String> = (0..40_000).map(|i| format!("key:{i}")).collect();
+        for (from, to) in [(3, 4), (4, 3), (1, 2), (5, 8)] {
+            let (before, after) = (named(from, "a"), named(to, "a"));
+            let share = moved_share(&before, &after);
+            let old = Ring::new(&before, &[], HashKind::Murmur, None);
+            let new = Ring::new(&after, &[], HashKind::Murmur, None);
+            let moved = keys
+                .iter()
+                .filter(|k| {
+                    let (o, n) = (old.server_for(k.as_bytes()), new.server_for(k.as_bytes()));
+                    before[o.unwrap()].ring_name() != after[n.unwrap()].ring_name()
+                })
+                .count();
+            let seen = moved as f64 / keys.len() as f64;
+            assert!(
+                (seen - share).abs() < 0.015,
+                "{from} -> {to}: {seen} of the keys moved, the continuum says {share}"
+            );
+            // Consistent hashing: only the added (or removed) shards' share moves.
+            let changed = from.abs_diff(to) as f64 / from.max(to) as f64;
+            assert!(
+                (share - changed).abs() < 0.1,
+                "{from} -> {to}: {share}, not {changed}"
+            );
+        }
+    }
+
+    #[test]
+    fn servers_are_compared_by_name_so_new_addresses_move_nothing() {
+        assert_eq!(moved_share(&named(4, "a"), &named(4, "a")), 0.0);
+        assert_eq!(moved_share(&named(4, "a"), &named(4, "elsewhere")), 0.0);
+        // Unnamed servers are hashed as host:port: a new address is a new server.
+        let unnamed = |host: &str| vec![spec(&format!("{host}:6379:1")), spec("b:6379:1")];
+        let share = moved_share(&unnamed("a"), &unnamed("c"));
+        assert!(share > 0.4, "{share}");
+        assert_eq!(moved_share(&[], &named(2, "a")), 1.0);
+        assert_eq!(moved_share(&[], &[]), 0.0);
+    }
+
     proptest! {
         #[test]
         fn adding_a_server_only_moves_keys_onto_it(
@@ -394,6 +490,15 @@ mod tests {
                 prop_assert_ne!(l, gone);
                 prop_assert!(f == l || f == gone, "key of live server {f} moved to {l}");
             }
+        }
+
+        #[test]
+        fn the_moved_share_is_symmetric_and_a_share(from in 1usize..12, to in 1usize..12) {
+            let (a, b) = (named(from, "h"), named(to, "h"));
+            let share = moved_share(&a, &b);
+            prop_assert!((0.0..=1.0).contains(&share));
+            prop_assert_eq!(share, moved_share(&b, &a));
+            prop_assert_eq!(share == 0.0, from == to);
         }
     }
 }

@@ -1,5 +1,11 @@
-//! `rigging-sidecar shard`: the sharding ambassador's command line ([`ShardArgs`]) and its
-//! reloadable YAML config file ([`ShardConfig`]).
+//! `rigging-sidecar shard`: the sharding ambassador's command line ([`ShardArgs`]), its
+//! reloadable YAML config file ([`ShardConfig`]), and the placement of keys both sides must
+//! agree on: twemproxy's hash functions ([`hash`]) and ketama continuum ([`ring`]). They
+//! live here, free of Kubernetes types, so that the sidecar routes keys with the same code
+//! the operator uses to tell how many keys a new ring moves.
+
+pub mod hash;
+pub mod ring;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
