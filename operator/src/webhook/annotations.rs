@@ -25,11 +25,11 @@ pub const INJECTED: &str = "rigging.dev/injected";
 const PREFIX: &str = "rigging.dev/";
 
 /// The sidecars a pod may ask for in `rigging.dev/sidecars`.
-pub const SIDECARS: [&str; 4] = ["tls", "logs", "metrics", "health"];
+pub const SIDECARS: [&str; 5] = ["tls", "logs", "metrics", "health", "shard"];
 
 /// Every option annotation: (annotation, sidecar it belongs to, field path in the
 /// `sidecars` block, or "" for those outside it).
-const OPTIONS: [(&str, &str, &str); 10] = [
+const OPTIONS: [(&str, &str, &str); 12] = [
     ("rigging.dev/app-port", "", ""),
     ("rigging.dev/tls-secret", "tls", ""),
     ("rigging.dev/tls-port", "tls", ""),
@@ -43,6 +43,8 @@ const OPTIONS: [(&str, &str, &str); 10] = [
     ),
     ("rigging.dev/metrics-source", "metrics", "metrics.source"),
     ("rigging.dev/health-checks", "health", "health.checks"),
+    ("rigging.dev/shard-service", "shard", "shard.service"),
+    ("rigging.dev/shard-port", "shard", "shard.port"),
     ("rigging.dev/sidecars", "", ""),
 ];
 
@@ -209,6 +211,20 @@ fn sidecars_block<'a>(names: &[&str], get: &impl Fn(&str) -> Option<&'a str>) ->
                 json!({"checks": checks})
             },
         );
+    }
+    if names.contains(&"shard") {
+        let mut shard = Map::new();
+        if let Some(service) = get("rigging.dev/shard-service") {
+            shard.insert("service".into(), json!(service));
+        }
+        if let Some(port) = get("rigging.dev/shard-port") {
+            // A number when it is one; otherwise the schema names the annotation.
+            let value = port
+                .parse::<i64>()
+                .map_or_else(|_| json!(port), |p| json!(p));
+            shard.insert("port".into(), value);
+        }
+        block.insert("shard".into(), Value::Object(shard));
     }
     Value::Object(block)
 }

@@ -126,6 +126,21 @@ fn operations(
             ops.push(add(&["spec", "containers", "0", "readinessProbe"], probe)?);
         }
     }
+    // Labels the renderer adds (a shard ambassador's client label), each as its own add.
+    let old_labels = labels_of(before);
+    let new_labels: BTreeMap<String, String> = labels_of(after)
+        .into_iter()
+        .filter(|(k, _)| !old_labels.contains_key(k))
+        .collect();
+    if !new_labels.is_empty() {
+        if pod["metadata"]["labels"].is_object() {
+            for (key, value) in &new_labels {
+                ops.push(add(&["metadata", "labels", key], value)?);
+            }
+        } else {
+            ops.push(add(&["metadata", "labels"], &new_labels)?);
+        }
+    }
     let old_annotations = annotations_of(before);
     let mut new_annotations: BTreeMap<String, String> = annotations_of(after)
         .into_iter()
@@ -145,6 +160,14 @@ fn operations(
 /// The items of `new` past the first `old`: what the renderer appended.
 fn added<T: Clone>(new: &[T], old: usize) -> Vec<T> {
     new.get(old..).unwrap_or_default().to_vec()
+}
+
+fn labels_of(template: &PodTemplateSpec) -> BTreeMap<String, String> {
+    template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default()
 }
 
 fn annotations_of(template: &PodTemplateSpec) -> BTreeMap<String, String> {

@@ -184,6 +184,52 @@ fn a_pod_without_lists_gets_them_whole() {
     );
 }
 
+#[test]
+fn a_shard_client_gets_the_ambassador_on_localhost_and_the_client_label() {
+    let out = patched(&pod(json!({
+        "rigging.dev/sidecars": "shard",
+        "rigging.dev/shard-service": "cache",
+        "rigging.dev/shard-port": "6379"
+    })))
+    .expect("a patch");
+    let typed: Pod = serde_json::from_value(out.clone()).unwrap();
+    let spec = typed.spec.unwrap();
+    let ambassador = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .find(|c| c.name == "rigging-shard")
+        .expect("the ambassador");
+    let args = ambassador.args.clone().unwrap().join(" ");
+    assert!(args.contains("--listen 127.0.0.1:6379"), "{args}");
+    assert!(
+        args.contains("--config /etc/rigging/shard/shard.yaml"),
+        "{args}"
+    );
+    let ring = spec
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "rigging-shard")
+        .unwrap();
+    assert_eq!(ring.config_map.as_ref().unwrap().name, "cache-ring");
+    // The label the ShardedService's NetworkPolicy admits, added beside the pod's own.
+    assert_eq!(
+        out["metadata"]["labels"]["rigging.dev/shard-client"],
+        "cache"
+    );
+    assert_eq!(out["metadata"]["labels"]["app"], "web");
+    let bad = denial(&pod(json!({
+        "rigging.dev/sidecars": "shard",
+        "rigging.dev/shard-service": "cache",
+        "rigging.dev/shard-port": "many"
+    })));
+    assert!(
+        bad.contains("metadata.annotations[rigging.dev/shard-port]"),
+        "{bad}"
+    );
+}
+
 /// The denial message of `pod`.
 fn denial(pod: &Value) -> String {
     let response = answer(pod);
