@@ -111,6 +111,18 @@ else
   grep -qi readiness /tmp/rigging-e2e-refused || fail "refusal does not mention the readiness probe"
 fi
 
+# Sharding: keys written through the router Service come back through it, and each
+# lands on one shard.
+echo "e2e: examples/sharded-redis/router.yaml"
+kubectl -n "$app_ns" apply -f examples/sharded-redis/router.yaml
+kubectl -n "$app_ns" wait --for=condition=Ready shardedservice/sessions --timeout=300s ||
+  fail "shardedservice/sessions never became Ready"
+# shellcheck disable=SC2016 # the loop runs in the pod's shell
+kubectl -n "$app_ns" run e2e-redis --rm -i --restart=Never --image=redis:7-alpine -- \
+  sh -c 'for k in a b c d e f g h; do redis-cli -h sessions SET "key-$k" "v-$k" >/dev/null; done
+         for k in a b c d e f g h; do [ "$(redis-cli -h sessions GET "key-$k")" = "v-$k" ] || exit 1; done' ||
+  fail "keys written through the sessions router did not read back"
+
 # Injection: a labelled Deployment of the user's own gets the health monitor and the
 # metrics adapter as native sidecars, and turns Ready on the monitor's word.
 echo "e2e: sidecar injection into a labelled Deployment"
