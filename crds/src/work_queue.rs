@@ -3,7 +3,7 @@
 //! retried up to `retries` times.
 
 use k8s_openapi::api::core::v1::{Container, PodTemplateSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -47,9 +47,14 @@ const NAME_MESSAGE: &str = "metadata.name must be a DNS-1035 label of at most 30
 )]
 #[serde(rename_all = "camelCase")]
 pub struct WorkQueueSpec {
-    /// The items, each processed once.
+    /// The items, each processed once, in this order. Each must be unique; together they
+    /// must fit in one ConfigMap (1 MiB, counting each item's Job name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 10000), inner(length(min = 1, max = 4096)))]
+    #[schemars(
+        length(min = 1, max = 10000),
+        inner(length(min = 1, max = 4096)),
+        extend("x-kubernetes-list-type" = "set")
+    )]
     pub items: Option<Vec<String>>,
 
     /// A container serving the book's source interface, polled for new items.
@@ -109,8 +114,9 @@ pub struct Source {
     #[serde(default = "default_source_port")]
     #[schemars(range(min = 1, max = 65535))]
     pub port: i32,
-    /// How often the source is asked for new items (humantime: `30s`, `5m`).
+    /// How often the source is asked for new items (humantime: `30s`, `5m`; at least 1s).
     #[serde(default = "default_poll_interval")]
+    #[schemars(length(min = 1, max = 64))]
     pub poll_interval: String,
 }
 
@@ -127,12 +133,18 @@ fn default_poll_interval() -> String {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Worker {
-    /// The worker's pod template. Its first container is the worker.
+    /// The worker's pod template. Its first container is the worker; `restartPolicy` must
+    /// be `Never` or unset (a failed try is retried by a new pod, which the Job counts).
     #[schemars(schema_with = "pod_template_schema")]
     pub template: PodTemplateSpec,
 }
 
 /// Observed state of a WorkQueue.
+///
+/// The result of every finished item is kept here, by the name of its Job (derived from the
+/// item, so it names the item even after the Job is gone): the operator deletes a finished
+/// Job (`ttlSecondsAfterFinished`) only once its result is recorded, and never creates a Job
+/// for an item recorded as finished, so a restart neither forgets an item nor runs it twice.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkQueueStatus {
@@ -151,8 +163,38 @@ pub struct WorkQueueStatus {
     /// Items that failed every try.
     #[serde(default)]
     pub failed: i32,
+    /// The Jobs of the items that succeeded, by name, sorted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub succeeded_jobs: Vec<String>,
+    /// The items that failed every try, and why, sorted by Job name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_items: Vec<FailedItem>,
+    /// Finished Jobs whose `ttlSecondsAfterFinished` has passed, their result recorded
+    /// above: the next reconcile deletes them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expired_jobs: Vec<String>,
+    /// When the next finished Job's `ttlSecondsAfterFinished` ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cleanup_time: Option<Time>,
     /// `Ready`, `Progressing` and `Degraded`, each with the generation it describes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+}
+
+/// An item that failed every try.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FailedItem {
+    /// Its Job's name.
+    pub job: String,
+    /// The item (its first 256 bytes when longer).
+    pub item: String,
+    /// The Job's reason: `BackoffLimitExceeded` (every try failed), `DeadlineExceeded`
+    /// (`activeDeadlineSeconds` passed), …
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    /// The Job's message.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
 }

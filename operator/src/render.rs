@@ -307,7 +307,7 @@ mod tests {
             "script": "yes\nno\n",
             "nested": [{"enabled": "off", "count": 3}],
         });
-        let yaml = to_yaml_stream("t", &[value.clone()]).unwrap();
+        let yaml = to_yaml_stream("t", std::slice::from_ref(&value)).unwrap();
         assert!(
             yaml.contains("- 'yes'\n- 'no'\n- 'on'\n- yesterday\n"),
             "{yaml}"

@@ -376,3 +376,84 @@ pub fn merge(target: &mut Value, patch: &Value) {
         _ => *target = patch.clone(),
     }
 }
+
+/// How a pod driven by [`drive_pod`] ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PodEnd {
+    /// Every container exits 0: phase `Succeeded`.
+    Succeeded,
+    /// The first container exits 1: phase `Failed`.
+    Failed,
+}
+
+/// Stands in for a kubelet, which this control plane does not run: reports the pod `name`
+/// as a kubelet would, through the status subresource — first `Running` (its containers
+/// started), then `Succeeded` with every container terminated with exit code 0, or
+/// `Failed` with the first container terminated with exit code 1. Native sidecars (init
+/// containers that keep running) are reported running, then terminated like the others.
+/// Only the phases and container states are real; no container ever runs.
+pub async fn drive_pod(pods: &Api<k8s_openapi::api::core::v1::Pod>, name: &str, end: PodEnd) {
+    use kube::api::{Patch, PatchParams};
+    let pod = pods.get(name).await.expect("the pod to drive exists");
+    let spec = pod.spec.unwrap_or_default();
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let statuses = |containers: &[k8s_openapi::api::core::v1::Container],
+                    state: &dyn Fn(usize) -> Value,
+                    ready: bool| {
+        containers
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                serde_json::json!({
+                    "name": c.name, "image": c.image, "imageID": "",
+                    "ready": ready, "started": ready, "restartCount": 0, "state": state(i),
+                })
+            })
+            .collect::<Vec<_>>()
+    };
+    let init = spec.init_containers.clone().unwrap_or_default();
+    let running = |_: usize| serde_json::json!({"running": {"startedAt": now}});
+    let started = serde_json::json!({"status": {
+        "phase": "Running",
+        "startTime": now,
+        "conditions": [
+            {"type": "Initialized", "status": "True", "lastTransitionTime": now},
+            {"type": "Ready", "status": "True", "lastTransitionTime": now},
+            {"type": "ContainersReady", "status": "True", "lastTransitionTime": now},
+        ],
+        "initContainerStatuses": statuses(&init, &running, true),
+        "containerStatuses": statuses(&spec.containers, &running, true),
+    }});
+    pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&started))
+        .await
+        .unwrap_or_else(|e| panic!("report pod {name} Running: {e}"));
+    let (phase, first_exit) = match end {
+        PodEnd::Succeeded => ("Succeeded", 0),
+        PodEnd::Failed => ("Failed", 1),
+    };
+    let terminated = |i: usize| {
+        let code = if i == 0 { first_exit } else { 0 };
+        let reason = if code == 0 { "Completed" } else { "Error" };
+        serde_json::json!({"terminated": {
+            "exitCode": code, "reason": reason, "startedAt": now, "finishedAt": now,
+        }})
+    };
+    // Sidecars stop once the app container is done: exit code 0 is theirs either way.
+    let sidecar_done = |_: usize| {
+        serde_json::json!({"terminated": {
+            "exitCode": 0, "reason": "Completed", "startedAt": now, "finishedAt": now,
+        }})
+    };
+    let ended = serde_json::json!({"status": {
+        "phase": phase,
+        "conditions": [
+            {"type": "Ready", "status": "False", "reason": "PodCompleted", "lastTransitionTime": now},
+            {"type": "ContainersReady", "status": "False", "reason": "PodCompleted", "lastTransitionTime": now},
+        ],
+        "initContainerStatuses": statuses(&init, &sidecar_done, false),
+        "containerStatuses": statuses(&spec.containers, &terminated, false),
+    }});
+    pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&ended))
+        .await
+        .unwrap_or_else(|e| panic!("report pod {name} {phase}: {e}"));
+}

@@ -1,1 +1,862 @@
-//! Being written.
+//! The WorkQueue reconcile against a mocked API server, each scenario listing the exact
+//! requests expected (any other fails the test): exactly `parallelism` Jobs, the next one
+//! when a Job finishes, failures counted and told in an Event, nothing created twice after
+//! a restart or on a stale cache, a finished Job deleted only once its result is recorded;
+//! and source mode end to end: a real source on 127.0.0.1, the poller's write to the
+//! ConfigMap, and the Jobs the controller then gives those items.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus};
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::client::Body;
+use kube::runtime::controller::Action;
+use kube::{Api, Client};
+use rigging_crds::WorkQueue;
+use rigging_operator::controller::{Applied, Child, Observed, RESYNC, RenderConfig, reconcile};
+use rigging_operator::metrics::Metrics;
+use rigging_operator::work_queue::desired::{self, Children, source_key};
+use rigging_operator::work_queue::naming::job_name;
+use rigging_operator::work_queue::source::{self, SourceClient, SourceError};
+use rigging_operator::work_queue::status;
+use rigging_operator::{ChildStores, Config, Context};
+use serde_json::{Value, json};
+use tower_test::mock::{Handle, SendResponse};
+
+type ApiHandle = Handle<Request<Body>, Response<Body>>;
+
+const APPLY_QUERY: &str = "?&force=true&fieldManager=rigging-operator";
+const JOBS: &str = "/apis/batch/v1/namespaces/media/jobs";
+const ITEMS: [&str; 5] = ["a.png", "b.png", "c.png", "d.png", "e.png"];
+
+fn config() -> Config {
+    Config {
+        render: RenderConfig {
+            sidecar_image: "rigging-sidecar:test".into(),
+        },
+        ..Config::default()
+    }
+}
+
+/// A static WorkQueue as the API server hands it to the controller.
+fn work_queue(parallelism: i32, extra: Value) -> WorkQueue {
+    let mut spec = json!({
+        "items": ITEMS,
+        "parallelism": parallelism,
+        "retries": 1,
+        "worker": {"template": {"spec": {"containers": [{"name": "worker", "image": "busybox:1.36"}]}}}
+    });
+    spec.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    serde_json::from_value(json!({
+        "apiVersion": "rigging.dev/v1alpha1",
+        "kind": "WorkQueue",
+        "metadata": {"name": "thumbs", "namespace": "media", "uid": "wq-uid", "generation": 1, "resourceVersion": "10"},
+        "spec": spec,
+    }))
+    .unwrap()
+}
+
+fn source_queue() -> WorkQueue {
+    serde_json::from_value(json!({
+        "apiVersion": "rigging.dev/v1alpha1",
+        "kind": "WorkQueue",
+        "metadata": {"name": "feed", "namespace": "media", "uid": "wq-uid", "generation": 1},
+        "spec": {
+            "source": {"template": {"name": "source", "image": "feed:1"}, "port": 8080, "pollInterval": "5s"},
+            "parallelism": 2,
+            "worker": {"template": {"spec": {"containers": [{"name": "worker", "image": "busybox:1.36"}]}}}
+        },
+    }))
+    .unwrap()
+}
+
+/// What the first reconcile in an empty namespace wants.
+fn first(wq: &WorkQueue) -> Children {
+    desired::desired(wq, &config().render, &Observed::nothing()).unwrap()
+}
+
+/// The Job of `item` as desired renders it, for a queue that gives every item a Job.
+fn job(wq: &WorkQueue, item: &str) -> Job {
+    let mut all = wq.clone();
+    all.spec.parallelism = 100;
+    let name = job_name("thumbs", item);
+    first(&all)
+        .jobs
+        .into_iter()
+        .find(|j| j.metadata.name.as_deref() == Some(name.as_str()))
+        .unwrap()
+}
+
+fn finished(mut job: Job, type_: &str, reason: &str, at: Timestamp) -> Job {
+    job.status = Some(JobStatus {
+        completion_time: (type_ == "Complete").then_some(Time(at)),
+        conditions: Some(vec![JobCondition {
+            type_: type_.into(),
+            status: "True".into(),
+            reason: Some(reason.into()),
+            message: Some(format!("the Job controller says {reason}")),
+            last_transition_time: Some(Time(at)),
+            ..JobCondition::default()
+        }]),
+        ..JobStatus::default()
+    });
+    job
+}
+
+fn succeeded(job: Job) -> Job {
+    finished(job, "Complete", "CompletionsReached", Timestamp::now())
+}
+
+fn failed(job: Job) -> Job {
+    finished(job, "Failed", "BackoffLimitExceeded", Timestamp::now())
+}
+
+fn running(mut job: Job) -> Job {
+    job.status = Some(JobStatus {
+        active: Some(1),
+        ..JobStatus::default()
+    });
+    job
+}
+
+fn context(client: Client, stores: ChildStores) -> Arc<Context> {
+    Arc::new(Context::new(
+        client,
+        config(),
+        Metrics::new(),
+        stores,
+        Some("test-pod".into()),
+    ))
+}
+
+/// Answers requests in order and fails on any it did not expect.
+struct Verifier(ApiHandle);
+
+impl Verifier {
+    async fn expect(
+        &mut self,
+        method: Method,
+        path: &str,
+    ) -> (Value, SendResponse<Response<Body>>) {
+        let (request, send) = tokio::time::timeout(Duration::from_secs(30), self.0.next_request())
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting for {method} {path}"))
+            .unwrap_or_else(|| panic!("the client stopped before {method} {path}"));
+        assert_eq!(request.method(), method, "method of {path}");
+        assert_eq!(request.uri().to_string(), path);
+        let bytes = request.into_body().collect().await.unwrap().to_bytes();
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap()
+        };
+        (body, send)
+    }
+
+    /// Expects a server-side apply of `expected` at `path` and echoes it back.
+    async fn apply(&mut self, path: &str, expected: &Value) {
+        let (body, send) = self
+            .expect(Method::PATCH, &format!("{path}{APPLY_QUERY}"))
+            .await;
+        assert_eq!(&body, expected, "body of the apply to {path}");
+        send.send_response(json_response(StatusCode::OK, &body));
+    }
+
+    /// Expects the create of `expected` and answers `status` (201, or 409 if it exists).
+    async fn create_job(&mut self, expected: &Job, status: StatusCode) {
+        let (body, send) = self
+            .expect(
+                Method::POST,
+                &format!("{JOBS}?&fieldManager=rigging-operator"),
+            )
+            .await;
+        assert_eq!(
+            body,
+            serde_json::to_value(expected).unwrap(),
+            "body of the Job create"
+        );
+        let answer = if status == StatusCode::CONFLICT {
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "AlreadyExists", "code": 409,
+                   "message": format!("jobs.batch {:?} already exists", expected.metadata.name)})
+        } else {
+            body
+        };
+        send.send_response(json_response(status, &answer));
+    }
+
+    /// Expects the deletion of Job `name`, in the background (its pods go after it).
+    async fn delete_job(&mut self, name: &str) {
+        let (body, send) = self
+            .expect(Method::DELETE, &format!("{JOBS}/{name}?"))
+            .await;
+        assert_eq!(body["propagationPolicy"], "Background");
+        send.send_response(json_response(
+            StatusCode::OK,
+            &json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
+        ));
+    }
+
+    /// Expects an Event and returns its body.
+    async fn event(&mut self) -> Value {
+        let (body, send) = self
+            .expect(
+                Method::POST,
+                "/apis/events.k8s.io/v1/namespaces/media/events?",
+            )
+            .await;
+        send.send_response(json_response(StatusCode::CREATED, &body));
+        body
+    }
+
+    /// Expects a status apply and returns the status sent.
+    async fn status(&mut self, wq: &WorkQueue) -> Value {
+        let path = format!(
+            "/apis/rigging.dev/v1alpha1/namespaces/media/workqueues/thumbs/status{APPLY_QUERY}"
+        );
+        let (body, send) = self.expect(Method::PATCH, &path).await;
+        assert_eq!(body["kind"], "WorkQueue");
+        let mut obj = serde_json::to_value(wq).unwrap();
+        obj["status"] = body["status"].clone();
+        send.send_response(json_response(StatusCode::OK, &obj));
+        body["status"].clone()
+    }
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Body::from(serde_json::to_vec(body).unwrap()))
+        .unwrap()
+}
+
+/// Runs one reconcile of `wq` with caches holding `cached` against a scenario.
+async fn run_scenario<F, Fut>(
+    wq: WorkQueue,
+    cached: Vec<Child>,
+    scenario: F,
+) -> (rigging_operator::Result<Action>, Arc<Context>)
+where
+    F: FnOnce(Verifier) -> Fut,
+    Fut: std::future::Future<Output = Verifier> + Send + 'static,
+{
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let ctx = context(
+        Client::new(service, "default"),
+        ChildStores::prefilled(cached),
+    );
+    let verifier = tokio::spawn(scenario(Verifier(handle)));
+    let result = tokio::time::timeout(
+        Duration::from_secs(30),
+        reconcile(Arc::new(wq), ctx.clone()),
+    )
+    .await
+    .expect("reconcile stalled: it made a request the scenario did not expect");
+    let mut verifier = verifier.await.expect("scenario assertions hold");
+    // Nothing more: a request after the last expected one fails here.
+    let extra = tokio::time::timeout(Duration::from_millis(200), verifier.0.next_request()).await;
+    assert!(extra.is_err(), "an unexpected request after the scenario");
+    (result, ctx)
+}
+
+fn counts(status: &Value) -> (i64, i64, i64, i64) {
+    let n = |k: &str| status[k].as_i64().unwrap();
+    (n("pending"), n("running"), n("succeeded"), n("failed"))
+}
+
+fn config_map_path() -> &'static str {
+    "/api/v1/namespaces/media/configmaps/thumbs-items"
+}
+
+fn status_of(value: Value) -> rigging_crds::WorkQueueStatus {
+    serde_json::from_value(value).unwrap()
+}
+
+#[tokio::test]
+async fn a_new_queue_gets_its_items_and_exactly_parallelism_jobs() {
+    let wq = work_queue(2, json!({}));
+    let want = first(&wq);
+    assert_eq!(want.jobs.len(), 2);
+    let wq2 = wq.clone();
+    let (result, _) = run_scenario(wq, vec![], move |mut api| async move {
+        api.apply(
+            config_map_path(),
+            &serde_json::to_value(&want.items).unwrap(),
+        )
+        .await;
+        for job in &want.jobs {
+            api.create_job(job, StatusCode::CREATED).await;
+        }
+        let status = api.status(&wq2).await;
+        assert_eq!(counts(&status), (3, 2, 0, 0));
+        api
+    })
+    .await;
+    assert_eq!(result.unwrap(), Action::requeue(RESYNC));
+}
+
+#[tokio::test]
+async fn when_a_job_succeeds_the_next_item_gets_one_and_no_other() {
+    let wq = work_queue(2, json!({}));
+    let items = first(&wq).items;
+    let cached = vec![
+        Child::ConfigMap(items),
+        Child::Job(succeeded(job(&wq, "a.png"))),
+        Child::Job(running(job(&wq, "b.png"))),
+    ];
+    let next = job(&wq, "c.png");
+    let wq2 = wq.clone();
+    let (result, _) = run_scenario(wq, cached, move |mut api| async move {
+        api.create_job(&next, StatusCode::CREATED).await;
+        let status = api.status(&wq2).await;
+        assert_eq!(counts(&status), (2, 2, 1, 0));
+        assert_eq!(
+            status["succeededJobs"],
+            json!([job_name("thumbs", "a.png")])
+        );
+        api
+    })
+    .await;
+    result.unwrap();
+}
+
+#[tokio::test]
+async fn a_failed_item_is_counted_and_named_in_a_warning_event() {
+    let wq = work_queue(1, json!({}));
+    let cached = vec![
+        Child::ConfigMap(first(&wq).items),
+        Child::Job(failed(job(&wq, "a.png"))),
+    ];
+    let next = job(&wq, "b.png");
+    let wq2 = wq.clone();
+    let (result, _) = run_scenario(wq, cached, move |mut api| async move {
+        api.create_job(&next, StatusCode::CREATED).await;
+        let status = api.status(&wq2).await;
+        assert_eq!(counts(&status), (3, 1, 0, 1));
+        assert_eq!(status["failedItems"][0]["item"], "a.png");
+        let degraded = status["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "Degraded")
+            .unwrap()
+            .clone();
+        assert_eq!((degraded["status"].as_str(), degraded["reason"].as_str()), (Some("True"), Some("ItemsFailed")));
+        let event = api.event().await;
+        assert_eq!(event["type"], "Warning");
+        assert_eq!(event["reason"], "ItemFailed");
+        assert_eq!(event["regarding"]["name"], "thumbs");
+        assert_eq!(
+            event["note"],
+            format!(
+                "item \"a.png\" failed (retries: 1): BackoffLimitExceeded: the Job controller says BackoffLimitExceeded; its Job is {}",
+                job_name("thumbs", "a.png")
+            )
+        );
+        api
+    })
+    .await;
+    result.unwrap();
+}
+
+#[tokio::test]
+async fn a_fresh_controller_after_a_restart_creates_nothing_twice() {
+    // Before the restart: the first reconcile creates a Job for each of the three items.
+    // A free slot afterwards is what would let a forgotten item run again.
+    let wq = work_queue(4, json!({"items": ["a.png", "b.png", "c.png"]}));
+    let want = first(&wq);
+    assert_eq!(want.jobs.len(), 3);
+    let created = want.jobs.clone();
+    let wq2 = wq.clone();
+    let (result, _) = run_scenario(wq.clone(), vec![], move |mut api| async move {
+        api.apply(
+            config_map_path(),
+            &serde_json::to_value(&want.items).unwrap(),
+        )
+        .await;
+        for job in &want.jobs {
+            api.create_job(job, StatusCode::CREATED).await;
+        }
+        api.status(&wq2).await;
+        api
+    })
+    .await;
+    result.unwrap();
+    // Then a's Job succeeds, a reconcile records it, and a's Job is deleted.
+    let a = succeeded(created[0].clone());
+    let b = running(created[1].clone());
+    let c = running(created[2].clone());
+    let applied = Applied(vec![
+        Child::ConfigMap(first(&wq).items),
+        Child::Job(a),
+        Child::Job(b.clone()),
+        Child::Job(c.clone()),
+    ]);
+    let mut restarted = wq.clone();
+    restarted.status = Some(status::observed(&wq, &applied, Timestamp::now()));
+    assert_eq!(
+        restarted.status.as_ref().unwrap().succeeded_jobs,
+        [job_name("thumbs", "a.png")]
+    );
+
+    // The restart: a new controller, whose caches fill from the API server (b's and c's
+    // Jobs, no longer a's) after the reconcile started, and the status as recorded.
+    let (stores, fill) = ChildStores::unfilled();
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let ctx = context(Client::new(service, "default"), stores);
+    // Kept, so that the client stays open and a late request would still be seen.
+    let _ctx = ctx.clone();
+    let reconciling = tokio::spawn(reconcile(Arc::new(restarted), ctx));
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    fill.fill([
+        Child::ConfigMap(first(&wq).items),
+        Child::Job(b),
+        Child::Job(c),
+    ]);
+    let result = tokio::time::timeout(Duration::from_secs(30), reconciling)
+        .await
+        .expect("the reconcile made a request: it created, deleted or patched something")
+        .unwrap();
+    assert_eq!(result.unwrap(), Action::requeue(RESYNC));
+    let asked = tokio::time::timeout(Duration::from_millis(200), handle.next_request()).await;
+    assert!(
+        asked.is_err(),
+        "not one request: a, b and c are not created again"
+    );
+}
+
+#[tokio::test]
+async fn a_job_the_stale_cache_missed_is_refused_as_existing_and_nothing_more_starts() {
+    let wq = work_queue(2, json!({}));
+    // The API server has a's and b's Jobs; the cache has seen only a's.
+    let cached = vec![
+        Child::ConfigMap(first(&wq).items),
+        Child::Job(running(job(&wq, "a.png"))),
+    ];
+    let b = job(&wq, "b.png");
+    let wq2 = wq.clone();
+    let (result, _) = run_scenario(wq, cached, move |mut api| async move {
+        api.create_job(&b, StatusCode::CONFLICT).await;
+        let status = api.status(&wq2).await;
+        assert_eq!(
+            counts(&status),
+            (3, 2, 0, 0),
+            "b counts as running: two, not three"
+        );
+        api
+    })
+    .await;
+    result.unwrap();
+}
+
+#[tokio::test]
+async fn a_finished_job_is_deleted_only_by_the_reconcile_after_its_result_is_recorded() {
+    let wq = work_queue(5, json!({"ttlSecondsAfterFinished": 0}));
+    let a = succeeded(job(&wq, "a.png"));
+    let rest: Vec<Job> = ITEMS[1..].iter().map(|i| running(job(&wq, i))).collect();
+    let cached = || {
+        let mut c = vec![Child::ConfigMap(first(&wq).items), Child::Job(a.clone())];
+        c.extend(rest.iter().cloned().map(Child::Job));
+        c
+    };
+    // First: the result is recorded, and the Job listed as expired in the same status.
+    let wq2 = wq.clone();
+    let (result, _) = run_scenario(wq.clone(), cached(), move |mut api| async move {
+        let status = api.status(&wq2).await;
+        assert_eq!(
+            status["succeededJobs"],
+            json!([job_name("thumbs", "a.png")])
+        );
+        assert_eq!(status["expiredJobs"], json!([job_name("thumbs", "a.png")]));
+        api
+    })
+    .await;
+    result.unwrap();
+    // Then, reading that status: the Job is deleted, its result stays.
+    let mut recorded = wq.clone();
+    recorded.status = Some(status_of(json!({
+        "succeededJobs": [job_name("thumbs", "a.png")],
+        "expiredJobs": [job_name("thumbs", "a.png")],
+    })));
+    let wq3 = recorded.clone();
+    let (result, _) = run_scenario(recorded, cached(), move |mut api| async move {
+        api.delete_job(&job_name("thumbs", "a.png")).await;
+        let status = api.status(&wq3).await;
+        assert_eq!(counts(&status), (0, 4, 1, 0));
+        assert!(status.get("expiredJobs").is_none(), "{status}");
+        api
+    })
+    .await;
+    result.unwrap();
+}
+
+#[tokio::test]
+async fn a_job_deleted_while_its_result_is_recorded_is_not_created_again() {
+    let wq = work_queue(1, json!({}));
+    let mut recorded = wq.clone();
+    recorded.status = Some(status_of(json!({
+        "succeededJobs": [job_name("thumbs", "a.png")],
+        "failedItems": [{"job": job_name("thumbs", "b.png"), "item": "b.png", "reason": "BackoffLimitExceeded"}],
+    })));
+    let c = job(&wq, "c.png");
+    let wq2 = recorded.clone();
+    let (result, _) = run_scenario(
+        recorded,
+        vec![Child::ConfigMap(first(&wq).items)],
+        move |mut api| async move {
+            api.create_job(&c, StatusCode::CREATED).await;
+            let status = api.status(&wq2).await;
+            assert_eq!(counts(&status), (2, 1, 1, 1));
+            api
+        },
+    )
+    .await;
+    result.unwrap();
+}
+
+// Source mode.
+
+/// Serves `GET /api/v1/items` with `status` and `body` on 127.0.0.1; returns its base URL.
+async fn serve_source(status: StatusCode, body: &'static str) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let service = service_fn(move |req: Request<hyper::body::Incoming>| async move {
+                    let (status, body) = if req.uri().path() == "/api/v1/items" {
+                        (status, body)
+                    } else {
+                        (StatusCode::NOT_FOUND, "not here")
+                    };
+                    let mut response = Response::new(Full::new(Bytes::from(body)));
+                    *response.status_mut() = status;
+                    Ok::<_, Infallible>(response)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// The ConfigMap of `feed` as the API server holds it, with `data`.
+fn feed_items(data: &[(String, &str)]) -> ConfigMap {
+    let mut cm = first(&source_queue()).items;
+    cm.metadata.resource_version = Some("7".into());
+    cm.data = Some(
+        data.iter()
+            .map(|(k, v)| (k.clone(), (*v).to_owned()))
+            .collect(),
+    );
+    cm
+}
+
+#[tokio::test]
+async fn the_source_client_reads_what_a_real_source_on_localhost_lists() {
+    let client = SourceClient::new();
+    let base = serve_source(
+        StatusCode::OK,
+        r#"{"kind": "ItemList", "apiVersion": "v1", "items": ["b", "a", "b"]}"#,
+    )
+    .await;
+    assert_eq!(client.list(&base).await.unwrap(), ["b", "a"]);
+    let base = serve_source(StatusCode::OK, r#"["x"]"#).await;
+    assert_eq!(client.list(&format!("{base}/")).await.unwrap(), ["x"]);
+}
+
+#[tokio::test]
+async fn a_broken_source_is_a_clear_error_and_nothing_is_read_or_written() {
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let api: Api<ConfigMap> = Api::namespaced(Client::new(service, "default"), "media");
+    let client = SourceClient::new();
+    let wq = source_queue();
+
+    let base = serve_source(StatusCode::INTERNAL_SERVER_ERROR, "database is down").await;
+    let error = source::poll_once(&api, &client, &wq, &base)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, SourceError::Status { status: 500, .. }),
+        "{error:?}"
+    );
+    assert_eq!(
+        error.to_string(),
+        format!("GET {base}/api/v1/items: the source answered 500: database is down")
+    );
+
+    let base = serve_source(StatusCode::OK, r#"["a", {"name": "b"}]"#).await;
+    let error = source::poll_once(&api, &client, &wq, &base)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "GET {base}/api/v1/items: item #1 is a JSON object, not a string; nothing was added"
+        )
+    );
+
+    let base = serve_source(StatusCode::OK, "a, b, c").await;
+    let error = source::poll_once(&api, &client, &wq, &base)
+        .await
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("the answer is not JSON"),
+        "{error}"
+    );
+
+    // A port nobody listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let error = source::poll_once(&api, &client, &wq, &format!("http://{closed}"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, SourceError::Unreachable { .. }),
+        "{error:?}"
+    );
+
+    let asked = tokio::time::timeout(Duration::from_millis(200), handle.next_request()).await;
+    assert!(asked.is_err(), "the API server was not asked anything");
+}
+
+#[tokio::test]
+async fn the_poller_adds_only_new_items_and_the_controller_gives_them_jobs_in_that_order() {
+    let wq = source_queue();
+    let key = |seq, item| source_key(seq, &job_name("feed", item));
+    // The source lists zebra (persisted before), then mango and apple (new).
+    let base = serve_source(StatusCode::OK, r#"["zebra", "mango", "apple"]"#).await;
+    let live = feed_items(&[(key(0, "zebra"), "zebra")]);
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let api: Api<ConfigMap> = Api::namespaced(Client::new(service, "default"), "media");
+    let live2 = live.clone();
+    let verifier = tokio::spawn(async move {
+        let mut api = Verifier(handle);
+        let (_, send) = api
+            .expect(
+                Method::GET,
+                "/api/v1/namespaces/media/configmaps/feed-items",
+            )
+            .await;
+        send.send_response(json_response(
+            StatusCode::OK,
+            &serde_json::to_value(&live2).unwrap(),
+        ));
+        let (body, send) = api
+            .expect(
+                Method::PATCH,
+                "/api/v1/namespaces/media/configmaps/feed-items?&fieldManager=rigging-operator-source",
+            )
+            .await;
+        // A merge patch that only adds, conditional on the version just read.
+        assert_eq!(
+            body,
+            json!({
+                "metadata": {"resourceVersion": "7"},
+                "data": {key(1, "mango"): "mango", key(2, "apple"): "apple"},
+            })
+        );
+        let mut patched = serde_json::to_value(&live2).unwrap();
+        patched["data"][key(1, "mango")] = json!("mango");
+        patched["data"][key(2, "apple")] = json!("apple");
+        send.send_response(json_response(StatusCode::OK, &patched));
+        patched
+    });
+    let added = source::poll_once(&api, &SourceClient::new(), &wq, &base)
+        .await
+        .unwrap();
+    assert_eq!(added, 2);
+    let patched: ConfigMap = serde_json::from_value(verifier.await.unwrap()).unwrap();
+
+    // The controller, with that ConfigMap in its cache: Jobs for the first two items in
+    // the order the poller saw them, and nothing applied to the ConfigMap's data.
+    let mut wq = wq;
+    wq.metadata.resource_version = Some("3".into());
+    let stores = ChildStores::prefilled([Child::ConfigMap(patched.clone())]);
+    let want = desired::desired(
+        &wq,
+        &config().render,
+        &Observed::cached(&stores, "media", "wq-uid"),
+    )
+    .unwrap();
+    let names: Vec<String> = want
+        .jobs
+        .iter()
+        .map(|j| j.metadata.name.clone().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [job_name("feed", "zebra"), job_name("feed", "mango")]
+    );
+    let deployment = want.source_deployment.clone().unwrap();
+    let service = want.source_service.clone().unwrap();
+    let wq2 = wq.clone();
+    let (result, _) = run_scenario(
+        wq,
+        vec![Child::ConfigMap(patched)],
+        move |mut api| async move {
+            // The ConfigMap holds what the operator applies (metadata only): not applied.
+            api.apply(
+                "/apis/apps/v1/namespaces/media/deployments/feed-source",
+                &serde_json::to_value(&deployment).unwrap(),
+            )
+            .await;
+            api.apply(
+                "/api/v1/namespaces/media/services/feed-source",
+                &serde_json::to_value(&service).unwrap(),
+            )
+            .await;
+            for job in &want.jobs {
+                api.create_job(job, StatusCode::CREATED).await;
+            }
+            let path = format!(
+                "/apis/rigging.dev/v1alpha1/namespaces/media/workqueues/feed/status{APPLY_QUERY}"
+            );
+            let (body, send) = api.expect(Method::PATCH, &path).await;
+            assert_eq!(counts(&body["status"]), (1, 2, 0, 0));
+            let mut obj = serde_json::to_value(&wq2).unwrap();
+            obj["status"] = body["status"].clone();
+            send.send_response(json_response(StatusCode::OK, &obj));
+            api
+        },
+    )
+    .await;
+    result.unwrap();
+}
+
+#[tokio::test]
+async fn the_poller_writes_nothing_into_a_config_map_it_does_not_control_or_that_is_missing() {
+    let wq = source_queue();
+    let base = serve_source(StatusCode::OK, r#"["a"]"#).await;
+    let mut foreign = feed_items(&[]);
+    foreign.metadata.owner_references = None;
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let api: Api<ConfigMap> = Api::namespaced(Client::new(service, "default"), "media");
+    let verifier = tokio::spawn(async move {
+        let mut api = Verifier(handle);
+        let (_, send) = api
+            .expect(
+                Method::GET,
+                "/api/v1/namespaces/media/configmaps/feed-items",
+            )
+            .await;
+        send.send_response(json_response(
+            StatusCode::OK,
+            &serde_json::to_value(&foreign).unwrap(),
+        ));
+        let (_, send) = api
+            .expect(
+                Method::GET,
+                "/api/v1/namespaces/media/configmaps/feed-items",
+            )
+            .await;
+        send.send_response(json_response(
+            StatusCode::NOT_FOUND,
+            &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404}),
+        ));
+        api
+    });
+    let client = SourceClient::new();
+    let error = source::poll_once(&api, &client, &wq, &base)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "ConfigMap media/feed-items is not controlled by WorkQueue feed; nothing was added"
+    );
+    let error = source::poll_once(&api, &client, &wq, &base)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, SourceError::NoConfigMap { .. }),
+        "{error:?}"
+    );
+    let mut api = verifier.await.unwrap();
+    let extra = tokio::time::timeout(Duration::from_millis(200), api.0.next_request()).await;
+    assert!(extra.is_err(), "no write");
+}
+
+// The committed CRD.
+
+/// The `openAPIV3Schema` of the committed WorkQueue CRD.
+fn committed_schema() -> Value {
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../crds/workqueues.rigging.dev.yaml"),
+    )
+    .unwrap();
+    let crd: Value = serde_norway::from_str(&text).unwrap();
+    crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone()
+}
+
+fn cel_messages(doc: &Value) -> Vec<String> {
+    match kube::core::cel::Validator::new().validate(&committed_schema(), doc, None) {
+        Ok(()) => Vec::new(),
+        Err(errors) => errors
+            .as_slice()
+            .iter()
+            .map(|e| e.message.clone())
+            .collect(),
+    }
+}
+
+#[test]
+fn the_work_queue_examples_pass_the_committed_crds_rules_and_the_rules_refuse_the_rest() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/work-queue");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "yaml") {
+            continue;
+        }
+        let doc: Value = serde_norway::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(
+            cel_messages(&doc),
+            Vec::<String>::new(),
+            "{}",
+            path.display()
+        );
+        seen += 1;
+    }
+    assert_eq!(seen, 3);
+    let mut doc = serde_json::to_value(work_queue(1, json!({}))).unwrap();
+    doc["metadata"]["name"] = json!("a-name-longer-than-thirty-characters");
+    doc["spec"]["source"] = json!({"template": {"name": "s", "image": "s"}});
+    let messages = cel_messages(&doc);
+    assert_eq!(messages.len(), 2, "{messages:?}");
+    assert!(
+        messages
+            .iter()
+            .any(|m| m
+                .starts_with("metadata.name must be a DNS-1035 label of at most 30 characters")),
+        "{messages:?}"
+    );
+    assert!(
+        messages.contains(
+            &"set exactly one of items (a static list) or source (a container that lists them)"
+                .to_owned()
+        ),
+        "{messages:?}"
+    );
+}

@@ -1,0 +1,1099 @@
+//! The pure half of the WorkQueue controller: the objects a WorkQueue stands for, from the
+//! WorkQueue, its status and the children it already has, computed without IO.
+//!
+//! - a ConfigMap `<queue>-items`: one key per item, the item as its value; each worker pod
+//!   mounts its own key as the file `WORK_ITEM_FILE`. With a static list the operator
+//!   writes every key; in source mode the poller ([`super::source`]) adds the keys, and the
+//!   operator owns only the ConfigMap's metadata.
+//! - in source mode, a Deployment and a Service `<queue>-source` running the source
+//!   container;
+//! - one Job per item ([`naming::job_name`]), created once and never updated.
+//!
+//! Why one Job per item and not one Indexed Job for the whole queue: in source mode the
+//! list grows while the queue runs, and an Indexed Job's `completions` is fixed when it is
+//! created; and a Job named after its item is what makes a restart safe — the operator
+//! finds the item's Job by name, or the item's result in the status, and never needs to
+//! remember anything else.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::batch::v1::{
+    Job, JobSpec, PodFailurePolicy, PodFailurePolicyOnPodConditionsPattern, PodFailurePolicyRule,
+};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, ConfigMapVolumeSource, EnvVar, KeyToPath, PodSpec, PodTemplateSpec, Service,
+    ServicePort, ServiceSpec, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+use rigging_crds::{FieldError, FieldErrors, WorkQueue};
+
+use super::naming;
+use super::status;
+use crate::controller::{Child, MANAGER, Observed, RenderConfig};
+use crate::sidecars;
+
+/// Label of every child of a WorkQueue: the WorkQueue's name.
+pub const QUEUE_LABEL: &str = "rigging.dev/work-queue";
+/// Label of an item's Job and pods: the item's hash ([`naming::item_hash`]).
+pub const ITEM_LABEL: &str = "rigging.dev/work-item";
+/// Annotation of an item's Job: the item itself (labels cannot hold it).
+pub const ITEM_ANNOTATION: &str = "rigging.dev/work-item";
+/// The environment variable holding the item.
+pub const WORK_ITEM: &str = "WORK_ITEM";
+/// The environment variable naming the file that holds the item.
+pub const WORK_ITEM_FILE: &str = "WORK_ITEM_FILE";
+/// Where the item's file is mounted in the worker container.
+pub const WORK_DIR: &str = "/var/run/rigging/work";
+/// The item's file, [`WORK_DIR`]`/item`.
+pub const WORK_ITEM_PATH: &str = "/var/run/rigging/work/item";
+/// The volume of the item's file.
+pub const WORK_VOLUME: &str = "rigging-work-item";
+/// Most bytes of a ConfigMap's keys and values together, as the API server counts them.
+pub const CONFIG_MAP_LIMIT: usize = 1024 * 1024;
+/// The shortest poll interval: a source is asked no more than once a second.
+pub const MIN_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// One item of a WorkQueue, with the names derived from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Item {
+    /// The item, as listed.
+    pub item: String,
+    /// Its Job's name.
+    pub job: String,
+    /// Its key in the ConfigMap `<queue>-items`: the Job's name for a static list; in
+    /// source mode `<sequence>.<job>`, the sequence number saying in which order the poller
+    /// saw the items.
+    pub key: String,
+}
+
+/// The children of one WorkQueue, in the order they are applied and rendered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Children {
+    /// The items, mounted into the worker pods.
+    pub items: ConfigMap,
+    /// Source mode: runs the source container.
+    pub source_deployment: Option<Deployment>,
+    /// Source mode: where the poller asks the source for items.
+    pub source_service: Option<Service>,
+    /// The Jobs the WorkQueue keeps or creates now, in item order.
+    pub jobs: Vec<Job>,
+}
+
+impl Children {
+    /// Every child, in apply order: the ConfigMap before any Job whose pods mount it.
+    pub fn into_vec(self) -> Vec<Child> {
+        let mut out = vec![Child::ConfigMap(self.items)];
+        out.extend(self.source_deployment.map(Child::Deployment));
+        out.extend(self.source_service.map(Child::Service));
+        out.extend(self.jobs.into_iter().map(Child::Job));
+        out
+    }
+}
+
+/// Labels of every child of `wq`.
+pub fn labels(wq: &WorkQueue, component: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            "app.kubernetes.io/managed-by".to_owned(),
+            MANAGER.to_owned(),
+        ),
+        ("app.kubernetes.io/part-of".to_owned(), "rigging".to_owned()),
+        (
+            "app.kubernetes.io/component".to_owned(),
+            component.to_owned(),
+        ),
+        (QUEUE_LABEL.to_owned(), wq.name_any()),
+    ])
+}
+
+fn meta(wq: &WorkQueue, name: String, component: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: wq.namespace(),
+        labels: Some(labels(wq, component)),
+        owner_references: wq.controller_owner_ref(&()).map(|o| vec![o]),
+        ..ObjectMeta::default()
+    }
+}
+
+/// Computes the children, or every reason the spec is invalid.
+///
+/// `observed` holds the Jobs that exist and, in source mode, the ConfigMap of items; the
+/// status `wq` carries holds the items that finished. An item recorded as finished never
+/// gets a Job again, whether its Job still exists or not.
+pub fn desired(
+    wq: &WorkQueue,
+    config: &RenderConfig,
+    observed: &Observed,
+) -> Result<Children, FieldErrors> {
+    let config_maps = observed.owned::<ConfigMap>();
+    let live_items = config_maps
+        .iter()
+        .find(|c| c.name_any() == naming::items_config_map(&wq.name_any()));
+    let (items, mut errors) = items(wq, live_items.map(|c| &**c));
+    let template = match worker_template(wq, config) {
+        Ok(template) => Some(template),
+        Err(e) => {
+            errors.extend(e.0);
+            None
+        }
+    };
+    errors.extend(check_source(wq));
+    FieldErrors::into_result(errors)?;
+    let template = template.unwrap_or_default();
+
+    let seen: BTreeMap<String, Arc<Job>> = observed
+        .owned::<Job>()
+        .into_iter()
+        .map(|j| (j.name_any(), j))
+        .collect();
+    let previous = wq.status.clone().unwrap_or_default();
+    let finished: BTreeSet<&str> = previous
+        .succeeded_jobs
+        .iter()
+        .map(String::as_str)
+        .chain(previous.failed_items.iter().map(|f| f.job.as_str()))
+        .collect();
+    let expired: BTreeSet<&str> = previous.expired_jobs.iter().map(String::as_str).collect();
+
+    // Which items have a Job in what follows, and how many of those have not finished.
+    let mut wanted = BTreeSet::new();
+    let mut running = 0;
+    let mut unstarted = Vec::new();
+    for item in &items {
+        let job = item.job.as_str();
+        match (finished.contains(job), seen.get(job)) {
+            // Finished, result recorded, TTL not passed (or no TTL): kept as it is. It is in
+            // the cache, so create_once never sends a create for it.
+            (true, Some(_)) if !expired.contains(job) => {
+                wanted.insert(job);
+            }
+            // Finished and recorded: expired (left out, so it is deleted) or already gone.
+            // Never created again.
+            (true, _) => {}
+            (false, Some(live)) => {
+                if status::outcome(live).is_none() {
+                    running += 1;
+                }
+                wanted.insert(job);
+            }
+            (false, None) => unstarted.push(job),
+        }
+    }
+    // The poller only ever adds items, so in source mode a Job whose item is not (or no
+    // longer) in the cached ConfigMap means that ConfigMap was damaged, not that the item
+    // went away: its Job is kept rather than deleted mid-run, and counts like any other.
+    let mut kept = Vec::new();
+    if wq.spec.source.is_some() {
+        let known: BTreeSet<&str> = items.iter().map(|i| i.job.as_str()).collect();
+        for (name, live) in &seen {
+            let name = name.as_str();
+            if known.contains(name) || (finished.contains(name) && expired.contains(name)) {
+                continue;
+            }
+            if !finished.contains(name) && status::outcome(live).is_none() {
+                running += 1;
+            }
+            kept.push(Job::clone(live));
+        }
+    }
+    // At most `parallelism` unfinished Jobs: new ones go to the first unstarted items, in
+    // item order. A stale cache cannot make this run more than `parallelism`. The Jobs it
+    // may be missing are the ones the last reconciles created, and those went to the first
+    // unstarted items of the same order; so they are again the first of `unstarted` here,
+    // and are chosen again before any item that truly has no Job. Chosen again, create_once
+    // sends a create that the API server refuses as AlreadyExists (409), which creates
+    // nothing: the Jobs that exist plus those created now stay within `parallelism`. The
+    // order holds still while the queue runs because items are only ever appended: a
+    // static list in spec order (an edit that inserts items before others that already
+    // have a Job, at the moment the cache lags, is the one way to start one more), source
+    // items in the order the poller first saw them (their key's sequence number).
+    let free = usize::try_from(wq.spec.parallelism.max(0))
+        .unwrap_or_default()
+        .saturating_sub(running);
+    wanted.extend(unstarted.into_iter().take(free));
+
+    let mut jobs: Vec<Job> = items
+        .iter()
+        .filter(|i| wanted.contains(i.job.as_str()))
+        .map(|i| job(wq, &template, i))
+        .collect();
+    jobs.extend(kept);
+
+    Ok(Children {
+        items: items_config_map(wq, &items),
+        source_deployment: source_deployment(wq),
+        source_service: source_service(wq),
+        jobs,
+    })
+}
+
+/// The items of `wq`, in order, with every reason they are unusable: from `spec.items`,
+/// or in source mode from the ConfigMap the poller fills (`config_map`, as cached).
+pub fn items(wq: &WorkQueue, config_map: Option<&ConfigMap>) -> (Vec<Item>, Vec<FieldError>) {
+    let queue = wq.name_any();
+    let Some(list) = &wq.spec.items else {
+        return source_items(&queue, config_map);
+    };
+    let mut errors = Vec::new();
+    let mut out = Vec::with_capacity(list.len());
+    let mut by_job: BTreeMap<String, usize> = BTreeMap::new();
+    let mut bytes = 0;
+    for (i, item) in list.iter().enumerate() {
+        let job = naming::job_name(&queue, item);
+        if let Some(&first) = by_job.get(&job) {
+            let message = if list[first] == *item {
+                format!("duplicate of spec.items[{first}]: each item is processed once")
+            } else {
+                format!(
+                    "has the same hash as spec.items[{first}] ({:?}), so both would be Job {job}: rename one",
+                    list[first]
+                )
+            };
+            errors.push(FieldError::new(format!("spec.items[{i}]"), message));
+            continue;
+        }
+        by_job.insert(job.clone(), i);
+        bytes += job.len() + item.len();
+        out.push(Item {
+            item: item.clone(),
+            key: job.clone(),
+            job,
+        });
+    }
+    if bytes > CONFIG_MAP_LIMIT {
+        errors.push(FieldError::new(
+            "spec.items",
+            format!(
+                "the items take {bytes} bytes in the ConfigMap {} (each item and its Job's name), more than the {CONFIG_MAP_LIMIT} bytes a ConfigMap holds: split them over several WorkQueues",
+                naming::items_config_map(&queue)
+            ),
+        ));
+    }
+    (out, errors)
+}
+
+/// Source mode: the items the poller wrote, as `<sequence>.<job>` keys, in sequence order
+/// (the order of the keys, which are zero-padded). A key Rigging did not write is an error,
+/// not skipped: the item it stands for would silently never run.
+fn source_items(queue: &str, config_map: Option<&ConfigMap>) -> (Vec<Item>, Vec<FieldError>) {
+    let mut out: Vec<Item> = Vec::new();
+    let mut errors = Vec::new();
+    let mut jobs = BTreeSet::new();
+    let data = config_map.and_then(|c| c.data.as_ref());
+    for (key, item) in data.into_iter().flatten() {
+        let job = naming::job_name(queue, item);
+        match parse_source_key(key) {
+            Some((_, in_key)) if in_key == job => {
+                // Two pollers racing could write one item under two sequence numbers: the
+                // first one counts.
+                if jobs.insert(job.clone()) {
+                    out.push(Item {
+                        item: item.clone(),
+                        job,
+                        key: key.clone(),
+                    });
+                }
+            }
+            _ => errors.push(FieldError::new(
+                format!("ConfigMap {}: data.{key}", naming::items_config_map(queue)),
+                format!(
+                    "not a key Rigging's poller writes (`<sequence>.{job}` for this item): remove it; the poller adds the source's items itself"
+                ),
+            )),
+        }
+    }
+    (out, errors)
+}
+
+/// Digits of the sequence number in a source-mode key.
+pub const SEQUENCE_DIGITS: usize = 10;
+
+/// The ConfigMap key of the `sequence`th item the poller saw, whose Job is `job`.
+pub fn source_key(sequence: u64, job: &str) -> String {
+    format!("{sequence:0width$}.{job}", width = SEQUENCE_DIGITS)
+}
+
+/// The sequence number and Job name of a source-mode key.
+pub fn parse_source_key(key: &str) -> Option<(u64, &str)> {
+    let (sequence, job) = key.split_once('.')?;
+    if sequence.len() != SEQUENCE_DIGITS || !sequence.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((sequence.parse().ok()?, job))
+}
+
+fn check_source(wq: &WorkQueue) -> Vec<FieldError> {
+    let Some(source) = &wq.spec.source else {
+        return Vec::new();
+    };
+    let field = "spec.source.pollInterval";
+    match humantime::parse_duration(&source.poll_interval) {
+        Ok(d) if d >= MIN_POLL_INTERVAL => Vec::new(),
+        Ok(_) => vec![FieldError::new(field, "must be at least 1s")],
+        Err(e) => vec![FieldError::new(
+            field,
+            format!(
+                "{:?} is not a duration like 30s or 5m: {e}",
+                source.poll_interval
+            ),
+        )],
+    }
+}
+
+/// The worker pod template every item's pod starts from: the user's template with the
+/// Job's restart policy, Rigging's labels and its sidecars.
+fn worker_template(wq: &WorkQueue, config: &RenderConfig) -> Result<PodTemplateSpec, FieldErrors> {
+    let mut template = wq.spec.worker.template.clone();
+    let mut errors = Vec::new();
+    let pod = template.spec.get_or_insert_with(PodSpec::default);
+    match pod.restart_policy.as_deref() {
+        None | Some("Never") => pod.restart_policy = Some("Never".into()),
+        Some(other) => errors.push(FieldError::new(
+            "spec.worker.template.spec.restartPolicy",
+            format!(
+                "must be Never or unset, not {other:?}: a failed try is retried by a new pod, which the Job counts against retries, and the rule that keeps evictions from using up a retry (podFailurePolicy) needs Never"
+            ),
+        )),
+    }
+    match pod.containers.first() {
+        None => errors.push(FieldError::new(
+            "spec.worker.template.spec.containers",
+            "the first container is the worker: at least one is required",
+        )),
+        Some(worker) => {
+            for env in worker.env.iter().flatten() {
+                if env.name == WORK_ITEM || env.name == WORK_ITEM_FILE {
+                    errors.push(FieldError::new(
+                        "spec.worker.template.spec.containers[0].env",
+                        format!("{} is set by Rigging to the item: remove it", env.name),
+                    ));
+                }
+            }
+            for mount in worker.volume_mounts.iter().flatten() {
+                if mount.mount_path.trim_end_matches('/') == WORK_DIR {
+                    errors.push(FieldError::new(
+                        "spec.worker.template.spec.containers[0].volumeMounts",
+                        format!("{WORK_DIR} is where Rigging mounts the item: mount elsewhere"),
+                    ));
+                }
+            }
+        }
+    }
+    if pod.volumes.iter().flatten().any(|v| v.name == WORK_VOLUME) {
+        errors.push(FieldError::new(
+            "spec.worker.template.spec.volumes",
+            format!("volume \"{WORK_VOLUME}\" is reserved for the item's file"),
+        ));
+    }
+    let placement = sidecars::Placement {
+        app_port: None,
+        tls: None,
+        sidecars: wq.spec.sidecars.as_ref(),
+    };
+    if let Err(e) = sidecars::place(&mut template, &placement, &config.sidecar_image) {
+        // The sidecars renderer names fields of a ReplicatedService's `spec.template`.
+        errors.extend(e.0.into_iter().map(|mut e| {
+            if let Some(rest) = e.field.strip_prefix("spec.template") {
+                e.field = format!("spec.worker.template{rest}");
+            }
+            e
+        }));
+    }
+    FieldErrors::into_result(errors)?;
+    let meta = template.metadata.get_or_insert_with(ObjectMeta::default);
+    meta.labels
+        .get_or_insert_with(BTreeMap::new)
+        .extend(labels(wq, "worker"));
+    Ok(template)
+}
+
+/// The Job of `item`: one pod at a time, `retries` more tries after a failure, evictions
+/// not counted, and the item as `WORK_ITEM` and as the file `WORK_ITEM_FILE`.
+fn job(wq: &WorkQueue, template: &PodTemplateSpec, item: &Item) -> Job {
+    let hash = naming::item_hash(&item.item);
+    let mut template = template.clone();
+    if let Some(labels) = template.metadata.as_mut().and_then(|m| m.labels.as_mut()) {
+        labels.insert(ITEM_LABEL.into(), hash.clone());
+    }
+    if let Some(pod) = template.spec.as_mut() {
+        if let Some(worker) = pod.containers.first_mut() {
+            // First, so that the user's own variables can use $(WORK_ITEM).
+            let env = worker.env.get_or_insert_with(Vec::new);
+            env.splice(
+                0..0,
+                [
+                    env_var(WORK_ITEM, &item.item),
+                    env_var(WORK_ITEM_FILE, WORK_ITEM_PATH),
+                ],
+            );
+            worker
+                .volume_mounts
+                .get_or_insert_with(Vec::new)
+                .push(VolumeMount {
+                    name: WORK_VOLUME.into(),
+                    mount_path: WORK_DIR.into(),
+                    read_only: Some(true),
+                    ..VolumeMount::default()
+                });
+        }
+        pod.volumes.get_or_insert_with(Vec::new).push(Volume {
+            name: WORK_VOLUME.into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: naming::items_config_map(&wq.name_any()),
+                items: Some(vec![KeyToPath {
+                    key: item.key.clone(),
+                    path: "item".into(),
+                    mode: None,
+                }]),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+    }
+    let mut metadata = meta(wq, item.job.clone(), "worker");
+    metadata
+        .labels
+        .get_or_insert_with(BTreeMap::new)
+        .insert(ITEM_LABEL.into(), hash);
+    metadata.annotations = Some(BTreeMap::from([(
+        ITEM_ANNOTATION.to_owned(),
+        item.item.clone(),
+    )]));
+    Job {
+        metadata,
+        spec: Some(JobSpec {
+            completions: Some(1),
+            parallelism: Some(1),
+            backoff_limit: Some(wq.spec.retries),
+            // A pod evicted by a disruption (a drain, preemption, a node going away) is
+            // marked DisruptionTarget: its failure is ignored and the pod replaced, so it
+            // does not use up a retry.
+            pod_failure_policy: Some(PodFailurePolicy {
+                rules: vec![PodFailurePolicyRule {
+                    action: "Ignore".into(),
+                    on_pod_conditions: Some(vec![PodFailurePolicyOnPodConditionsPattern {
+                        type_: "DisruptionTarget".into(),
+                        status: "True".into(),
+                    }]),
+                    on_exit_codes: None,
+                }],
+            }),
+            // A replacement pod only once the failed one is gone: never two pods of one
+            // item at once (what podFailurePolicy requires anyway, written out).
+            pod_replacement_policy: Some("Failed".into()),
+            active_deadline_seconds: wq.spec.active_deadline_seconds,
+            // No ttlSecondsAfterFinished: the Job controller would delete the Job before
+            // its result is in the WorkQueue's status. The operator deletes it once it is.
+            template,
+            ..JobSpec::default()
+        }),
+        status: None,
+    }
+}
+
+fn env_var(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        value_from: None,
+    }
+}
+
+/// The ConfigMap of items. In source mode without data: the poller owns every key (under
+/// its own field manager), and what the operator applies never removes one.
+fn items_config_map(wq: &WorkQueue, items: &[Item]) -> ConfigMap {
+    let data = wq.spec.items.as_ref().map(|_| {
+        items
+            .iter()
+            .map(|i| (i.key.clone(), i.item.clone()))
+            .collect()
+    });
+    ConfigMap {
+        metadata: meta(wq, naming::items_config_map(&wq.name_any()), "items"),
+        data,
+        ..ConfigMap::default()
+    }
+}
+
+fn source_selector(wq: &WorkQueue) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (QUEUE_LABEL.to_owned(), wq.name_any()),
+        (
+            "app.kubernetes.io/component".to_owned(),
+            "source".to_owned(),
+        ),
+    ])
+}
+
+fn source_deployment(wq: &WorkQueue) -> Option<Deployment> {
+    let source = wq.spec.source.as_ref()?;
+    Some(Deployment {
+        metadata: meta(wq, naming::source(&wq.name_any()), "source"),
+        spec: Some(DeploymentSpec {
+            replicas: Some(1),
+            selector: LabelSelector {
+                match_labels: Some(source_selector(wq)),
+                ..LabelSelector::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels(wq, "source")),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![source.template.clone()],
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        }),
+        status: None,
+    })
+}
+
+fn source_service(wq: &WorkQueue) -> Option<Service> {
+    let source = wq.spec.source.as_ref()?;
+    Some(Service {
+        metadata: meta(wq, naming::source(&wq.name_any()), "source"),
+        spec: Some(ServiceSpec {
+            selector: Some(source_selector(wq)),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: source.port,
+                target_port: Some(IntOrString::Int(source.port)),
+                protocol: Some("TCP".into()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::work_queue::fixtures::*;
+    use rigging_crds::WorkQueueStatus;
+    use rigging_crds::work_queue::FailedItem;
+
+    const ITEMS: [&str; 5] = ["cat.png", "Dog.png", "dog.png", "eel.png", "fox.png"];
+
+    fn pod(job: &Job) -> &PodSpec {
+        job.spec.as_ref().unwrap().template.spec.as_ref().unwrap()
+    }
+
+    fn errors(wq: &WorkQueue) -> Vec<String> {
+        match desired(wq, &config(), &Observed::nothing()) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.0.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    fn recorded(succeeded: &[&Job], failed: &[&Job], expired: &[&Job]) -> WorkQueueStatus {
+        let name = |j: &&Job| j.metadata.name.clone().unwrap();
+        WorkQueueStatus {
+            succeeded_jobs: succeeded.iter().map(name).collect(),
+            failed_items: failed
+                .iter()
+                .map(|j| FailedItem {
+                    job: name(j),
+                    ..FailedItem::default()
+                })
+                .collect(),
+            expired_jobs: expired.iter().map(name).collect(),
+            ..WorkQueueStatus::default()
+        }
+    }
+
+    #[test]
+    fn the_first_reconcile_creates_the_items_config_map_and_parallelism_jobs_in_item_order() {
+        let wq = static_queue(&ITEMS, 2);
+        let c = first(&wq);
+        assert_eq!(
+            job_names(&c),
+            [
+                naming::job_name("thumbs", "cat.png"),
+                naming::job_name("thumbs", "Dog.png")
+            ]
+        );
+        let data = c.items.data.clone().unwrap();
+        assert_eq!(data.len(), 5, "every item, also those without a Job yet");
+        for item in ITEMS {
+            assert_eq!(data[&naming::job_name("thumbs", item)], item);
+        }
+        assert_eq!(c.items.metadata.name.as_deref(), Some("thumbs-items"));
+        assert!(c.source_deployment.is_none() && c.source_service.is_none());
+        let kinds: Vec<&str> = c
+            .clone()
+            .into_vec()
+            .iter()
+            .map(|c| match c {
+                Child::ConfigMap(_) => "ConfigMap",
+                Child::Job(_) => "Job",
+                _ => "other",
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            ["ConfigMap", "Job", "Job"],
+            "the ConfigMap goes first"
+        );
+    }
+
+    #[test]
+    fn a_job_runs_one_pod_retries_without_counting_evictions_and_has_no_ttl_of_its_own() {
+        let c = first(&static_queue(&ITEMS, 1));
+        let job = &c.jobs[0];
+        let spec = job.spec.as_ref().unwrap();
+        assert_eq!((spec.completions, spec.parallelism), (Some(1), Some(1)));
+        assert_eq!(spec.backoff_limit, Some(2), "retries");
+        assert_eq!(spec.active_deadline_seconds, Some(600));
+        assert_eq!(spec.ttl_seconds_after_finished, None);
+        assert_eq!(spec.pod_replacement_policy.as_deref(), Some("Failed"));
+        let rules = &spec.pod_failure_policy.as_ref().unwrap().rules;
+        assert_eq!(rules.len(), 1);
+        assert_eq!(rules[0].action, "Ignore");
+        let on = &rules[0].on_pod_conditions.as_ref().unwrap()[0];
+        assert_eq!(
+            (on.type_.as_str(), on.status.as_str()),
+            ("DisruptionTarget", "True")
+        );
+        assert_eq!(pod(job).restart_policy.as_deref(), Some("Never"));
+    }
+
+    #[test]
+    fn the_item_reaches_the_worker_as_work_item_and_as_its_own_key_of_the_config_map() {
+        let c = first(&static_queue(&ITEMS, 1));
+        let job = &c.jobs[0];
+        let name = job.metadata.name.clone().unwrap();
+        let worker = &pod(job).containers[0];
+        let env: Vec<(&str, Option<&str>)> = worker
+            .env
+            .iter()
+            .flatten()
+            .map(|e| (e.name.as_str(), e.value.as_deref()))
+            .collect();
+        assert_eq!(
+            env,
+            [
+                ("WORK_ITEM", Some("cat.png")),
+                ("WORK_ITEM_FILE", Some("/var/run/rigging/work/item")),
+                ("OUT", Some("/out/$(WORK_ITEM)")),
+            ],
+            "Rigging's variables first, so the user's can refer to them"
+        );
+        let mount = worker.volume_mounts.as_ref().unwrap().last().unwrap();
+        assert_eq!(
+            (
+                mount.name.as_str(),
+                mount.mount_path.as_str(),
+                mount.read_only
+            ),
+            (WORK_VOLUME, WORK_DIR, Some(true))
+        );
+        let volume = pod(job).volumes.as_ref().unwrap().last().unwrap();
+        let cm = volume.config_map.as_ref().unwrap();
+        assert_eq!(cm.name, "thumbs-items");
+        let key = &cm.items.as_ref().unwrap()[0];
+        assert_eq!(
+            (key.key.as_str(), key.path.as_str()),
+            (name.as_str(), "item")
+        );
+        assert_eq!(c.items.data.as_ref().unwrap()[&key.key], "cat.png");
+    }
+
+    #[test]
+    fn jobs_and_pods_carry_the_queue_and_item_labels_and_every_child_an_owner() {
+        let c = first(&static_queue(&ITEMS, 1));
+        let job = &c.jobs[0];
+        let hash = naming::item_hash("cat.png");
+        let labels = job.metadata.labels.as_ref().unwrap();
+        assert_eq!(labels["app.kubernetes.io/managed-by"], "rigging-operator");
+        assert_eq!(labels[QUEUE_LABEL], "thumbs");
+        assert_eq!(labels[ITEM_LABEL], hash);
+        assert_eq!(
+            job.metadata.annotations.as_ref().unwrap()[ITEM_ANNOTATION],
+            "cat.png"
+        );
+        let pod_labels = job
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .labels
+            .as_ref()
+            .unwrap();
+        assert_eq!(pod_labels[QUEUE_LABEL], "thumbs");
+        assert_eq!(pod_labels[ITEM_LABEL], hash);
+        assert_eq!(
+            pod_labels["team"], "media",
+            "the template's own labels stay"
+        );
+        for meta in [&job.metadata, &c.items.metadata] {
+            let owner = &meta.owner_references.as_ref().unwrap()[0];
+            assert_eq!(
+                (owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str()),
+                ("WorkQueue", "thumbs", "wq-uid")
+            );
+            assert_eq!(owner.controller, Some(true));
+            assert_eq!(meta.namespace.as_deref(), Some("media"));
+            assert_eq!(
+                meta.labels.as_ref().unwrap()["app.kubernetes.io/managed-by"],
+                "rigging-operator"
+            );
+        }
+    }
+
+    #[test]
+    fn sidecars_in_worker_pods_are_native_sidecars_so_they_never_hold_a_job_open() {
+        let mut wq = static_queue(&ITEMS, 1);
+        wq.spec.sidecars = Some(
+            serde_json::from_value(serde_json::json!({
+                "logs": {"format": "json", "file": "/var/log/worker/out.log"}
+            }))
+            .unwrap(),
+        );
+        let c = first(&wq);
+        let pod = pod(&c.jobs[0]);
+        let init = pod.init_containers.as_ref().unwrap();
+        assert_eq!(init.len(), 1);
+        assert_eq!(init[0].name, "rigging-logs");
+        assert_eq!(init[0].restart_policy.as_deref(), Some("Always"));
+        assert_eq!(init[0].image.as_deref(), Some("sidecar:test"));
+        assert_eq!(pod.containers.len(), 1, "the worker alone is a container");
+        let mounts: Vec<&str> = pod.containers[0]
+            .volume_mounts
+            .iter()
+            .flatten()
+            .map(|m| m.name.as_str())
+            .collect();
+        assert_eq!(mounts, ["rigging-logs", WORK_VOLUME]);
+    }
+
+    #[test]
+    fn a_restart_policy_other_than_never_is_refused_naming_the_field() {
+        let mut wq = static_queue(&ITEMS, 1);
+        wq.spec
+            .worker
+            .template
+            .spec
+            .as_mut()
+            .unwrap()
+            .restart_policy = Some("OnFailure".into());
+        let errors = errors(&wq);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].starts_with(
+                "spec.worker.template.spec.restartPolicy: must be Never or unset, not \"OnFailure\""
+            ),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn what_rigging_sets_on_the_worker_cannot_be_set_by_the_template() {
+        let mut wq = static_queue(&ITEMS, 1);
+        let pod = wq.spec.worker.template.spec.as_mut().unwrap();
+        pod.containers[0]
+            .env
+            .as_mut()
+            .unwrap()
+            .push(env_var("WORK_ITEM", "x"));
+        pod.volumes = Some(vec![Volume {
+            name: WORK_VOLUME.into(),
+            ..Volume::default()
+        }]);
+        pod.containers[0].volume_mounts = Some(vec![VolumeMount {
+            name: "v".into(),
+            mount_path: "/var/run/rigging/work/".into(),
+            ..VolumeMount::default()
+        }]);
+        assert_eq!(
+            errors(&wq),
+            [
+                "spec.worker.template.spec.containers[0].env: WORK_ITEM is set by Rigging to the item: remove it",
+                "spec.worker.template.spec.containers[0].volumeMounts: /var/run/rigging/work is where Rigging mounts the item: mount elsewhere",
+                "spec.worker.template.spec.volumes: volume \"rigging-work-item\" is reserved for the item's file",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_sidecar_name_the_worker_takes_is_refused_under_the_worker_template() {
+        let mut wq = static_queue(&ITEMS, 1);
+        wq.spec.worker.template.spec.as_mut().unwrap().containers[0].name = "rigging-logs".into();
+        wq.spec.sidecars = Some(
+            serde_json::from_value(serde_json::json!({
+                "logs": {"format": "json", "file": "/var/log/worker/out.log"}
+            }))
+            .unwrap(),
+        );
+        let errors = errors(&wq);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].starts_with(
+                "spec.worker.template.spec.containers: container #0 is named \"rigging-logs\""
+            ),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn items_that_do_not_fit_in_one_config_map_are_refused() {
+        let big = "x".repeat(4000);
+        let items: Vec<String> = (0..270).map(|i| format!("{i}{big}")).collect();
+        let refs: Vec<&str> = items.iter().map(String::as_str).collect();
+        let errors = errors(&static_queue(&refs, 1));
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].starts_with("spec.items: the items take 1"),
+            "{errors:?}"
+        );
+        assert!(
+            errors[0].contains("more than the 1048576 bytes a ConfigMap holds"),
+            "{errors:?}"
+        );
+        // 250 of them fit.
+        assert_eq!(
+            super::tests::errors(&static_queue(&refs[..250], 1)),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn a_duplicate_item_is_refused_naming_both() {
+        let errors = errors(&static_queue(&["a", "b", "a"], 1));
+        assert_eq!(
+            errors,
+            ["spec.items[2]: duplicate of spec.items[0]: each item is processed once"]
+        );
+    }
+
+    #[test]
+    fn no_new_job_while_parallelism_jobs_run_and_the_next_item_when_one_finishes() {
+        let wq = static_queue(&ITEMS, 2);
+        let cat = active(job_of(&wq, "cat.png"));
+        let big_dog = active(job_of(&wq, "Dog.png"));
+        let c = with_cached(
+            &wq,
+            vec![Child::Job(cat.clone()), Child::Job(big_dog.clone())],
+        );
+        assert_eq!(
+            job_names(&c),
+            [
+                naming::job_name("thumbs", "cat.png"),
+                naming::job_name("thumbs", "Dog.png")
+            ]
+        );
+
+        let done = succeeded(cat, at(0));
+        let c = with_cached(&wq, vec![Child::Job(done), Child::Job(big_dog)]);
+        assert_eq!(
+            job_names(&c),
+            ["cat.png", "Dog.png", "dog.png"].map(|i| naming::job_name("thumbs", i)),
+            "the finished Job stays (no TTL) and the next item starts"
+        );
+    }
+
+    #[test]
+    fn a_failed_job_frees_its_slot_too() {
+        let wq = static_queue(&ITEMS, 1);
+        let cat = failed(job_of(&wq, "cat.png"), at(0));
+        let c = with_cached(&wq, vec![Child::Job(cat)]);
+        assert_eq!(
+            job_names(&c),
+            ["cat.png", "Dog.png"].map(|i| naming::job_name("thumbs", i))
+        );
+    }
+
+    #[test]
+    fn a_recorded_item_never_gets_a_job_again_and_an_expired_one_is_left_out_to_be_deleted() {
+        let mut wq = static_queue(&ITEMS, 1);
+        let cat = succeeded(job_of(&wq, "cat.png"), at(0));
+        let big_dog = failed(job_of(&wq, "Dog.png"), at(0));
+        let dog = succeeded(job_of(&wq, "dog.png"), at(0));
+        // cat: recorded, its Job gone (deleted after its TTL, or by hand). Dog: recorded
+        // and expired. dog: recorded, kept.
+        wq.status = Some(recorded(&[&cat, &dog], &[&big_dog], &[&big_dog]));
+        let c = with_cached(&wq, vec![Child::Job(big_dog), Child::Job(dog)]);
+        assert_eq!(
+            job_names(&c),
+            ["dog.png", "eel.png"].map(|i| naming::job_name("thumbs", i)),
+        );
+    }
+
+    #[test]
+    fn a_stale_cache_chooses_the_jobs_already_created_again_and_no_more() {
+        let wq = static_queue(&ITEMS, 2);
+        // The last reconcile created cat's and Dog's Jobs; the cache has seen only cat's,
+        // which has since succeeded.
+        let cat = succeeded(job_of(&wq, "cat.png"), at(0));
+        let c = with_cached(&wq, vec![Child::Job(cat)]);
+        // Dog's Job comes first again: its create is refused as AlreadyExists. With dog's,
+        // two run: parallelism.
+        assert_eq!(
+            job_names(&c),
+            ["cat.png", "Dog.png", "dog.png"].map(|i| naming::job_name("thumbs", i)),
+        );
+    }
+
+    #[test]
+    fn an_item_removed_from_the_list_loses_its_job_and_its_result() {
+        let mut wq = static_queue(&ITEMS, 1);
+        let cat = active(job_of(&wq, "cat.png"));
+        wq.spec.items = Some(vec!["eel.png".into()]);
+        let c = with_cached(&wq, vec![Child::Job(cat)]);
+        assert_eq!(job_names(&c), [naming::job_name("thumbs", "eel.png")]);
+        assert_eq!(c.items.data.unwrap().len(), 1);
+    }
+
+    #[test]
+    fn source_mode_runs_the_source_behind_a_service_and_leaves_the_items_to_the_poller() {
+        let wq = source_queue();
+        let c = first(&wq);
+        assert!(c.jobs.is_empty(), "no items listed yet");
+        assert_eq!(
+            c.items.data, None,
+            "the operator applies no key: the poller owns them"
+        );
+        let deployment = c.source_deployment.unwrap();
+        let service = c.source_service.unwrap();
+        assert_eq!(deployment.metadata.name.as_deref(), Some("feed-source"));
+        assert_eq!(service.metadata.name.as_deref(), Some("feed-source"));
+        let spec = deployment.spec.unwrap();
+        let pod_labels = spec.template.metadata.unwrap().labels.unwrap();
+        let selector = spec.selector.match_labels.unwrap();
+        assert!(selector.iter().all(|(k, v)| pod_labels.get(k) == Some(v)));
+        assert_eq!(
+            service.spec.as_ref().unwrap().selector.as_ref(),
+            Some(&selector)
+        );
+        assert_eq!(
+            spec.template.spec.unwrap().containers[0].image.as_deref(),
+            Some("feed-source:1")
+        );
+        let port = &service.spec.unwrap().ports.unwrap()[0];
+        assert_eq!(
+            (port.port, port.target_port.clone()),
+            (8080, Some(IntOrString::Int(8080)))
+        );
+    }
+
+    fn items_config_map_with(wq: &WorkQueue, data: &[(String, &str)]) -> ConfigMap {
+        let mut cm = first(wq).items;
+        cm.data = Some(
+            data.iter()
+                .map(|(k, v)| (k.clone(), (*v).to_owned()))
+                .collect(),
+        );
+        cm
+    }
+
+    #[test]
+    fn source_items_run_in_the_order_the_poller_saw_them_and_mount_their_own_key() {
+        let wq = source_queue();
+        let key = |seq, item| source_key(seq, &naming::job_name("feed", item));
+        // "zebra" was seen first: it runs first although it sorts last by name.
+        let cm = items_config_map_with(
+            &wq,
+            &[
+                (key(1, "zebra"), "zebra"),
+                (key(2, "apple"), "apple"),
+                (key(3, "mango"), "mango"),
+            ],
+        );
+        let c = with_cached(&wq, vec![Child::ConfigMap(cm)]);
+        assert_eq!(
+            job_names(&c),
+            ["zebra", "apple"].map(|i| naming::job_name("feed", i))
+        );
+        let volume = pod(&c.jobs[0]).volumes.as_ref().unwrap().last().unwrap();
+        assert_eq!(
+            volume.config_map.as_ref().unwrap().items.as_ref().unwrap()[0].key,
+            key(1, "zebra")
+        );
+    }
+
+    #[test]
+    fn in_source_mode_a_job_whose_item_vanished_from_the_config_map_is_kept_and_counted() {
+        let wq = source_queue();
+        let key = |seq, item| source_key(seq, &naming::job_name("feed", item));
+        let cm = items_config_map_with(&wq, &[(key(1, "a"), "a"), (key(2, "b"), "b")]);
+        let c = with_cached(&wq, vec![Child::ConfigMap(cm)]);
+        let a = active(c.jobs[0].clone());
+        // Someone emptied the ConfigMap: a's Job still runs and takes a slot.
+        let emptied = items_config_map_with(&wq, &[(key(2, "b"), "b"), (key(3, "c"), "c")]);
+        let c = with_cached(&wq, vec![Child::ConfigMap(emptied), Child::Job(a.clone())]);
+        assert_eq!(
+            job_names(&c),
+            [
+                naming::job_name("feed", "b"),
+                a.metadata.name.clone().unwrap()
+            ]
+        );
+    }
+
+    #[test]
+    fn a_config_map_key_the_poller_did_not_write_is_refused() {
+        let wq = source_queue();
+        let cm = items_config_map_with(
+            &wq,
+            &[
+                ("by-hand".into(), "x"),
+                (source_key(1, "feed-wrong-000000000000"), "y"),
+            ],
+        );
+        let stores = crate::controller::ChildStores::prefilled([Child::ConfigMap(cm)]);
+        let observed = Observed::cached(&stores, "media", "wq-uid");
+        let errors: Vec<String> = desired(&wq, &config(), &observed)
+            .unwrap_err()
+            .0
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors[0].starts_with("ConfigMap feed-items: data.0000000001.feed-wrong-000000000000: not a key Rigging's poller writes"), "{errors:?}");
+        assert!(
+            errors[1].starts_with("ConfigMap feed-items: data.by-hand: not a key"),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn a_poll_interval_that_is_not_a_duration_or_too_short_is_refused() {
+        let mut wq = source_queue();
+        wq.spec.source.as_mut().unwrap().poll_interval = "often".into();
+        let e = errors(&wq);
+        assert!(
+            e[0].starts_with(
+                "spec.source.pollInterval: \"often\" is not a duration like 30s or 5m"
+            ),
+            "{e:?}"
+        );
+        wq.spec.source.as_mut().unwrap().poll_interval = "100ms".into();
+        assert_eq!(
+            errors(&wq),
+            ["spec.source.pollInterval: must be at least 1s"]
+        );
+    }
+
+    #[test]
+    fn source_keys_sort_in_sequence_order_and_parse_back() {
+        assert!(source_key(9, "q-a-1") < source_key(10, "q-a-0"));
+        assert_eq!(
+            parse_source_key(&source_key(42, "q-a-1")),
+            Some((42, "q-a-1"))
+        );
+        assert_eq!(parse_source_key("42.q-a-1"), None);
+        assert_eq!(parse_source_key("q-a-1"), None);
+    }
+}

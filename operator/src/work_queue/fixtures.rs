@@ -1,0 +1,157 @@
+//! WorkQueues, Jobs and caches for the unit tests of this kind, written the way users and
+//! the Job controller write them.
+
+use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use rigging_crds::WorkQueue;
+
+use super::desired::{self, Children};
+use crate::controller::{Child, ChildStores, Observed, RenderConfig};
+
+/// A WorkQueue from YAML, the way users write it.
+pub fn work_queue(yaml: &str) -> WorkQueue {
+    serde_norway::from_str(yaml).expect("test fixture parses")
+}
+
+/// `items` processed by a busybox worker, `parallelism` at once, as the API server hands it
+/// to the controller (with a uid, so its children carry an owner reference).
+pub fn static_queue(items: &[&str], parallelism: i32) -> WorkQueue {
+    let items = serde_json::to_string(items).unwrap();
+    work_queue(&format!(
+        r#"
+apiVersion: rigging.dev/v1alpha1
+kind: WorkQueue
+metadata: {{name: thumbs, namespace: media, uid: wq-uid, generation: 2}}
+spec:
+  items: {items}
+  parallelism: {parallelism}
+  retries: 2
+  activeDeadlineSeconds: 600
+  worker:
+    template:
+      metadata: {{labels: {{team: media}}}}
+      spec:
+        containers:
+          - name: worker
+            image: busybox:1.36
+            command: [sh, -c, 'cat "$WORK_ITEM_FILE"']
+            env: [{{name: OUT, value: "/out/$(WORK_ITEM)"}}]
+"#
+    ))
+}
+
+/// A WorkQueue whose items come from a source container.
+pub fn source_queue() -> WorkQueue {
+    work_queue(
+        r#"
+apiVersion: rigging.dev/v1alpha1
+kind: WorkQueue
+metadata: {name: feed, namespace: media, uid: wq-uid, generation: 1}
+spec:
+  source:
+    template: {name: source, image: feed-source:1}
+    port: 8080
+    pollInterval: 10s
+  parallelism: 2
+  worker:
+    template:
+      spec:
+        containers: [{name: worker, image: busybox:1.36}]
+"#,
+    )
+}
+
+/// The configuration the tests render with.
+pub fn config() -> RenderConfig {
+    RenderConfig {
+        sidecar_image: "sidecar:test".into(),
+    }
+}
+
+/// What the first reconcile in an empty namespace creates.
+pub fn first(wq: &WorkQueue) -> Children {
+    desired::desired(wq, &config(), &Observed::nothing()).expect("valid fixture")
+}
+
+/// The children `wq` wants when the caches hold `cached`.
+pub fn with_cached(wq: &WorkQueue, cached: Vec<Child>) -> Children {
+    let stores = ChildStores::prefilled(cached);
+    let observed = Observed::cached(&stores, "media", "wq-uid");
+    desired::desired(wq, &config(), &observed).expect("valid fixture")
+}
+
+/// The names of the Jobs of `children`.
+pub fn job_names(children: &Children) -> Vec<String> {
+    children
+        .jobs
+        .iter()
+        .map(|j| j.metadata.name.clone().unwrap())
+        .collect()
+}
+
+/// `wq`'s Job for `item`, as the first reconcile renders it (no status yet).
+pub fn job_of(wq: &WorkQueue, item: &str) -> Job {
+    let name = super::naming::job_name("thumbs", item);
+    let mut all = wq.clone();
+    all.spec.parallelism = 1000;
+    all.status = None;
+    first(&all)
+        .jobs
+        .into_iter()
+        .find(|j| j.metadata.name.as_deref() == Some(name.as_str()))
+        .unwrap_or_else(|| panic!("{item} is an item of the fixture"))
+}
+
+/// `job` once it completed at `at`.
+pub fn succeeded(mut job: Job, at: Timestamp) -> Job {
+    job.status = Some(JobStatus {
+        succeeded: Some(1),
+        completion_time: Some(Time(at)),
+        conditions: Some(vec![
+            condition("SuccessCriteriaMet", "CompletionsReached", at),
+            condition("Complete", "CompletionsReached", at),
+        ]),
+        ..JobStatus::default()
+    });
+    job
+}
+
+/// `job` once every try failed, at `at`.
+pub fn failed(mut job: Job, at: Timestamp) -> Job {
+    let mut c = condition("Failed", "BackoffLimitExceeded", at);
+    c.message = Some("Job has reached the specified backoff limit".into());
+    job.status = Some(JobStatus {
+        failed: Some(3),
+        conditions: Some(vec![
+            condition("FailureTarget", "BackoffLimitExceeded", at),
+            c,
+        ]),
+        ..JobStatus::default()
+    });
+    job
+}
+
+/// `job` with a pod running (or pending).
+pub fn active(mut job: Job) -> Job {
+    job.status = Some(JobStatus {
+        active: Some(1),
+        ..JobStatus::default()
+    });
+    job
+}
+
+fn condition(type_: &str, reason: &str, at: Timestamp) -> JobCondition {
+    JobCondition {
+        type_: type_.into(),
+        status: "True".into(),
+        reason: Some(reason.into()),
+        last_transition_time: Some(Time(at)),
+        ..JobCondition::default()
+    }
+}
+
+/// A time in 2026, `s` seconds after a fixed instant.
+pub fn at(s: i64) -> Timestamp {
+    Timestamp::from_second(1_780_000_000 + s).unwrap()
+}
