@@ -123,6 +123,33 @@ kubectl -n "$app_ns" run e2e-redis --rm -i --restart=Never --image=redis:7-alpin
          for k in a b c d e f g h; do [ "$(redis-cli -h sessions GET "key-$k")" = "v-$k" ] || exit 1; done' ||
   fail "keys written through the sessions router did not read back"
 
+# Work: every item of the queue is processed by a pod whose native sidecar (the log
+# adapter) does not keep its Job from completing.
+echo "e2e: a WorkQueue with a native sidecar in its workers"
+kubectl -n "$app_ns" apply -f - <<'YAML'
+apiVersion: rigging.dev/v1alpha1
+kind: WorkQueue
+metadata:
+  name: e2e-work
+spec:
+  items: [alpha, Beta, beta, "gamma delta"]
+  parallelism: 2
+  retries: 1
+  worker:
+    template:
+      spec:
+        containers:
+          - name: worker
+            image: busybox:1.36
+            command: [sh, -c, 'echo "{\"message\": \"done $WORK_ITEM\"}" >> /var/log/work/log.json; cat "$WORK_ITEM_FILE"']
+  sidecars:
+    logs: {format: json, file: /var/log/work/log.json}
+YAML
+kubectl -n "$app_ns" wait --for=condition=Ready workqueue/e2e-work --timeout=600s ||
+  fail "workqueue/e2e-work never reached all-succeeded"
+succeeded=$(kubectl -n "$app_ns" get workqueue/e2e-work -o jsonpath='{.status.succeeded}')
+[[ $succeeded == 4 ]] || fail "workqueue/e2e-work: $succeeded of 4 items succeeded"
+
 # Injection: a labelled Deployment of the user's own gets the health monitor and the
 # metrics adapter as native sidecars, and turns Ready on the monitor's word.
 echo "e2e: sidecar injection into a labelled Deployment"
