@@ -110,6 +110,20 @@ kubectl -n "$app_ns" get "deployment/$name" "service/$name" >/dev/null ||
 kubectl -n "$app_ns" run e2e-curl --rm -i --restart=Never --image=curlimages/curl:8.10.1 -- \
   curl -fsS --max-time 10 "http://$name" >/dev/null || fail "service $name does not answer"
 
+# TLS: the terminator in front of the app answers HTTPS with the Secret's certificate.
+echo "e2e: examples/replicated-service/full.yaml through the TLS sidecar"
+tls_dir=$(mktemp -d)
+openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj "/CN=web" \
+  -addext "subjectAltName=DNS:web,DNS:web.$app_ns.svc" \
+  -keyout "$tls_dir/tls.key" -out "$tls_dir/tls.crt" 2>/dev/null
+kubectl -n "$app_ns" create secret tls web-tls --cert "$tls_dir/tls.crt" --key "$tls_dir/tls.key" \
+  --dry-run=client -o yaml | kubectl apply -f -
+kubectl -n "$app_ns" apply -f examples/replicated-service/full.yaml
+kubectl -n "$app_ns" wait --for=condition=Ready replicatedservice/web --timeout=180s ||
+  fail "replicatedservice/web never became Ready"
+kubectl -n "$app_ns" run e2e-https --rm -i --restart=Never --image=curlimages/curl:8.10.1 -- \
+  curl -fsSk --max-time 10 "https://web:8443" >/dev/null || fail "https://web:8443 does not answer"
+
 # Bad input gets a condition a person can act on, not a crash loop.
 echo "e2e: a ReplicatedService without a readiness probe is refused"
 if kubectl -n "$app_ns" apply -f - <<'YAML' 2>/tmp/rigging-e2e-refused; then
