@@ -143,6 +143,18 @@ def chart_checks(out: Path) -> None:
     no_hook = render_chart({"webhook": {"enabled": False}})
     check("webhook.enabled=false leaves no webhook, no Secret rights", not by_kind(no_hook, "MutatingWebhookConfiguration")
           and "--webhook-listen=0.0.0.0:9443" not in by_kind(no_hook, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"], "")
+    managed = render_chart({"webhook": {"certManager": {"enabled": True}}})
+    certs = {o["metadata"]["name"]: o for o in by_kind(managed, "Certificate")}
+    pod_spec = by_kind(managed, "Deployment")[0]["spec"]["template"]["spec"]
+    hook = by_kind(managed, "MutatingWebhookConfiguration")[0]
+    check("with cert-manager: a CA Certificate, the serving one it issues, mounted; cainjector fills the caBundle",
+          certs.get("rigging-webhook-ca", {}).get("spec", {}).get("isCA") is True
+          and certs.get("rigging-webhook", {}).get("spec", {}).get("issuerRef", {}).get("name") == "rigging-webhook-ca"
+          and "--webhook-cert-dir=/etc/rigging/webhook" in pod_spec["containers"][0]["args"]
+          and pod_spec["volumes"][0]["secret"]["secretName"] == "rigging-webhook-tls"
+          and hook["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == "rigging-system/rigging-webhook"
+          and not [r for role in by_kind(managed, "Role") for r in role["rules"] if "secrets" in r["resources"]],
+          str(certs))
     check("no ServiceMonitor or NetworkPolicy unless asked", not by_kind(default, "ServiceMonitor") and not by_kind(default, "NetworkPolicy"), "")
     peers = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
     extras = render_chart({"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}},

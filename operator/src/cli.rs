@@ -99,6 +99,11 @@ pub struct RunArgs {
     /// The operator's namespace, where the webhook CA Secret lives.
     #[arg(long, env = "POD_NAMESPACE", default_value = "rigging-system")]
     pub webhook_namespace: String,
+    /// Serve `tls.crt` and `tls.key` of this directory (re-read when they change) instead
+    /// of a certificate from the operator's own CA; the caBundle is then the issuer's job
+    /// (cert-manager's cainjector).
+    #[arg(long)]
+    pub webhook_cert_dir: Option<PathBuf>,
 }
 
 /// Flags of `render`.
@@ -199,6 +204,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             hosts.extend(args.webhook_hosts.iter().cloned());
             WebhookOptions {
                 listen,
+                cert_dir: args.webhook_cert_dir.clone(),
                 certs: crate::webhook::certs::Settings {
                     namespace: namespace.clone(),
                     secret: args.webhook_secret.clone(),

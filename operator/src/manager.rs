@@ -39,6 +39,9 @@ pub struct WebhookOptions {
     pub listen: SocketAddr,
     /// The CA Secret, the MutatingWebhookConfiguration and the certificate's names.
     pub certs: crate::webhook::certs::Settings,
+    /// A directory with `tls.crt` and `tls.key` someone else issues and renews
+    /// (cert-manager): served as they change, and the caBundle left to that issuer.
+    pub cert_dir: Option<std::path::PathBuf>,
 }
 
 /// The Lease replicas compete for.
@@ -111,8 +114,13 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
     // The webhook serves on every replica, leader or not, and whether or not the CRDs are
     // installed: pod creation must never wait on an election.
     if let Some(webhook) = &options.webhook {
-        let certificate =
-            crate::webhook::certs::managed(client.clone(), webhook.certs.clone()).await?;
+        let certificate = match &webhook.cert_dir {
+            Some(dir) => crate::webhook::server::Certificate::load(
+                &dir.join("tls.crt"),
+                &dir.join("tls.key"),
+            )?,
+            None => crate::webhook::certs::managed(client.clone(), webhook.certs.clone()).await?,
+        };
         let render = options.config.render.clone();
         crate::webhook::server::spawn(webhook.listen, certificate, render, metrics.clone()).await?;
     }

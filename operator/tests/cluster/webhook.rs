@@ -421,3 +421,54 @@ async fn run_serves_the_webhook_with_a_ca_it_keeps_across_restarts() {
     assert_eq!(kept, ca, "the CA Secret is reused, not replaced");
     assert_eq!(bundle().await, Some(ca), "the caBundle is unchanged");
 }
+
+#[tokio::test]
+async fn run_serves_certificates_someone_else_issues_and_makes_no_ca() {
+    let Some(cluster) =
+        cluster("run_serves_certificates_someone_else_issues_and_makes_no_ca").await
+    else {
+        return;
+    };
+    let ns = cluster.namespace("webhook-certdir").await;
+    let pki = Pki::new();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let _registration = Registration::create(&cluster, &ns.name, port, Some(&pki.ca.pem())).await;
+    let (listen, dir) = (
+        format!("127.0.0.1:{port}"),
+        pki.dir.path().display().to_string(),
+    );
+    let args = [
+        "--no-leader-election",
+        "--webhook-listen",
+        &listen,
+        "--webhook-namespace",
+        &ns.name,
+        "--webhook-cert-dir",
+        &dir,
+    ];
+    let _operator = crate::support::Operator::start_with(&cluster, &ns.name, "certdir", &args);
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let created = eventually("a labelled pod to be created", SETTLE, || {
+        let pods = pods.clone();
+        async move {
+            pods.create(&PostParams::default(), &health_pod("issued"))
+                .await
+                .ok()
+        }
+    })
+    .await;
+    assert_eq!(init_names(&created), ["rigging-health"]);
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(cluster.client.clone(), &ns.name);
+    assert!(
+        secrets
+            .get_opt("rigging-webhook-ca")
+            .await
+            .unwrap()
+            .is_none(),
+        "with a certificate directory the operator makes no CA of its own"
+    );
+}
