@@ -8,6 +8,7 @@ mod crds;
 mod examples;
 mod fixtures;
 mod kubernetes_schemas;
+mod mock_api;
 mod reconcile;
 mod run;
 mod sharded_service;

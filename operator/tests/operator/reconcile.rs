@@ -1,51 +1,37 @@
-//! The reconcile against a mocked API server (controller-rs's `ApiServerVerifier` style):
+//! The ReplicatedService reconcile against the mocked API server of [`crate::mock_api`]:
 //! each scenario lists the exact requests expected — method, path and body — and answers
 //! them; any other request fails the test.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::BodyExt;
+use http::{Method, StatusCode};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
-use kube::Client;
-use kube::client::Body;
 use kube::runtime::controller::Action;
 use rigging_crds::ReplicatedService;
-use rigging_operator::controller::{Child, RenderConfig};
-use rigging_operator::controller::{RESYNC, error_policy, reconcile};
-use rigging_operator::metrics::Metrics;
+use rigging_operator::ChildStores;
+use rigging_operator::controller::{Child, RESYNC, error_policy, reconcile};
 use rigging_operator::replicated_service::desired::{self, Children};
 use rigging_operator::replicated_service::status;
-use rigging_operator::{ChildStores, Config, Context};
 use serde_json::{Value, json};
-use tower_test::mock::{Handle, SendResponse};
 
-type ApiHandle = Handle<Request<Body>, Response<Body>>;
-
-const APPLY_QUERY: &str = "?&force=true&fieldManager=rigging-operator";
+use crate::mock_api::{
+    self, APPLY_QUERY, condition, config, context, json_response, run_scenario, served,
+};
 
 /// A ReplicatedService as the API server would hand it to the controller.
 fn replicated_service(extra_spec: Value) -> ReplicatedService {
-    let mut spec = json!({
+    let metadata = json!({"name": "web", "namespace": "shop", "uid": "uid-1", "generation": 3, "resourceVersion": "100"});
+    let spec = json!({
         "port": 8080,
         "template": {"spec": {"containers": [{
             "name": "app", "image": "app:1",
             "readinessProbe": {"httpGet": {"path": "/", "port": 8080}}
         }]}}
     });
-    spec.as_object_mut()
-        .unwrap()
-        .extend(extra_spec.as_object().unwrap().clone());
-    serde_json::from_value(json!({
-        "apiVersion": "rigging.dev/v1alpha1",
-        "kind": "ReplicatedService",
-        "metadata": {"name": "web", "namespace": "shop", "uid": "uid-1", "generation": 3, "resourceVersion": "100"},
-        "spec": spec,
-    }))
-    .unwrap()
+    served(metadata, spec, extra_spec)
 }
 
 fn with_tls_and_autoscaling() -> ReplicatedService {
@@ -64,15 +50,6 @@ fn with_a_reserved_container_name() -> ReplicatedService {
     rs
 }
 
-fn config() -> Config {
-    Config {
-        render: RenderConfig {
-            sidecar_image: "rigging-sidecar:test".into(),
-        },
-        ..Config::default()
-    }
-}
-
 fn children(rs: &ReplicatedService) -> Children {
     desired::desired(rs, &config().render).unwrap()
 }
@@ -85,115 +62,21 @@ struct Cache {
     children: Option<Children>,
 }
 
-fn context(client: Client, cache: Cache) -> Arc<Context> {
-    let children = cache.children;
-    let cached = cache.deployments.into_iter().map(Child::Deployment).chain(
-        children
+impl IntoIterator for Cache {
+    type Item = Child;
+    type IntoIter = std::vec::IntoIter<Child>;
+
+    /// What the caches hold: the Deployment as given (it carries a status), the other
+    /// children as desired.
+    fn into_iter(self) -> Self::IntoIter {
+        let others = self
+            .children
             .iter()
             .flat_map(|c| c.clone().into_vec())
-            .filter(|c| !matches!(c, Child::Deployment(_))),
-    );
-    let stores = ChildStores::prefilled(cached);
-    Arc::new(Context::new(
-        client,
-        config(),
-        Metrics::new(),
-        stores,
-        Some("test-pod".into()),
-    ))
-}
-
-/// Answers requests in order and fails on any it did not expect.
-struct Verifier(ApiHandle);
-
-impl Verifier {
-    async fn expect(
-        &mut self,
-        method: Method,
-        path: &str,
-    ) -> (Value, SendResponse<Response<Body>>) {
-        let (request, send) = tokio::time::timeout(Duration::from_secs(30), self.0.next_request())
-            .await
-            .unwrap_or_else(|_| panic!("timed out waiting for {method} {path}"))
-            .unwrap_or_else(|| panic!("the client stopped before {method} {path}"));
-        assert_eq!(request.method(), method, "method of {path}");
-        assert_eq!(request.uri().to_string(), path);
-        let bytes = request.into_body().collect().await.unwrap().to_bytes();
-        let body = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes).unwrap()
-        };
-        (body, send)
+            .filter(|c| !matches!(c, Child::Deployment(_)));
+        let deployments = self.deployments.into_iter().map(Child::Deployment);
+        deployments.chain(others).collect::<Vec<_>>().into_iter()
     }
-
-    /// Expects a server-side apply of `expected` at `path` and echoes it back.
-    async fn apply(&mut self, path: &str, expected: Value) {
-        let (body, send) = self
-            .expect(Method::PATCH, &format!("{path}{APPLY_QUERY}"))
-            .await;
-        assert_eq!(body, expected, "body of the apply to {path}");
-        send.send_response(json_response(StatusCode::OK, &body));
-    }
-
-    /// Expects an Event and returns its body.
-    async fn event(&mut self) -> Value {
-        let (body, send) = self
-            .expect(
-                Method::POST,
-                "/apis/events.k8s.io/v1/namespaces/shop/events?",
-            )
-            .await;
-        send.send_response(json_response(StatusCode::CREATED, &body));
-        body
-    }
-
-    /// Expects a status apply and returns the status sent.
-    async fn status(&mut self, rs: &ReplicatedService) -> Value {
-        let path = format!(
-            "/apis/rigging.dev/v1alpha1/namespaces/shop/replicatedservices/web/status{APPLY_QUERY}"
-        );
-        let (body, send) = self.expect(Method::PATCH, &path).await;
-        assert_eq!(body["apiVersion"], "rigging.dev/v1alpha1");
-        assert_eq!(body["kind"], "ReplicatedService");
-        let mut obj = serde_json::to_value(rs).unwrap();
-        obj["status"] = body["status"].clone();
-        send.send_response(json_response(StatusCode::OK, &obj));
-        body["status"].clone()
-    }
-}
-
-fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
-    Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .body(Body::from(serde_json::to_vec(body).unwrap()))
-        .unwrap()
-}
-
-/// Runs one reconcile of `rs` against a scenario; returns its result and the context.
-async fn run_scenario<F, Fut>(
-    rs: ReplicatedService,
-    cache: Cache,
-    scenario: F,
-) -> (rigging_operator::Result<Action>, Arc<Context>)
-where
-    F: FnOnce(Verifier) -> Fut,
-    Fut: std::future::Future<Output = Verifier> + Send + 'static,
-{
-    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let client = Client::new(service, "default");
-    let ctx = context(client, cache);
-    let verifier = tokio::spawn(scenario(Verifier(handle)));
-    // An unexpected request is never answered, so the reconcile stalls and this fails.
-    let result = tokio::time::timeout(
-        Duration::from_secs(30),
-        reconcile(Arc::new(rs), ctx.clone()),
-    )
-    .await
-    .expect("reconcile stalled: it made a request the scenario did not expect");
-    verifier.await.expect("scenario assertions hold");
-    (result, ctx)
 }
 
 fn deployment_path() -> &'static str {
@@ -206,24 +89,17 @@ async fn a_new_replicated_service_gets_every_child_applied_and_a_status() {
     let want = children(&rs);
     let rs2 = rs.clone();
     let (result, ctx) = run_scenario(rs, Cache::default(), move |mut api| async move {
-        api.apply(
-            deployment_path(),
-            serde_json::to_value(&want.deployment).unwrap(),
-        )
-        .await;
-        api.apply(
-            "/api/v1/namespaces/shop/services/web",
-            serde_json::to_value(&want.service).unwrap(),
-        )
-        .await;
+        api.apply(deployment_path(), &want.deployment).await;
+        api.apply("/api/v1/namespaces/shop/services/web", &want.service)
+            .await;
         api.apply(
             "/apis/policy/v1/namespaces/shop/poddisruptionbudgets/web",
-            serde_json::to_value(want.pdb.as_ref().unwrap()).unwrap(),
+            want.pdb.as_ref().unwrap(),
         )
         .await;
         api.apply(
             "/apis/autoscaling/v2/namespaces/shop/horizontalpodautoscalers/web",
-            serde_json::to_value(want.hpa.as_ref().unwrap()).unwrap(),
+            want.hpa.as_ref().unwrap(),
         )
         .await;
         let status = api.status(&rs2).await;
@@ -364,11 +240,8 @@ async fn a_child_that_drifted_in_the_cache_is_the_only_one_applied() {
             children: Some(drifted),
         },
         move |mut api| async move {
-            api.apply(
-                "/api/v1/namespaces/shop/services/web",
-                serde_json::to_value(&service).unwrap(),
-            )
-            .await;
+            api.apply("/api/v1/namespaces/shop/services/web", &service)
+                .await;
             api
         },
     )
@@ -392,13 +265,7 @@ async fn an_invalid_spec_gets_an_event_and_a_degraded_status_and_nothing_applied
             "{note}"
         );
         let status = api.status(&rs2).await;
-        let degraded = status["conditions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["type"] == "Degraded")
-            .unwrap()
-            .clone();
+        let degraded = condition(&status, "Degraded");
         assert_eq!(degraded["status"], "True");
         assert_eq!(degraded["reason"], "InvalidSpec");
         assert_eq!(degraded["observedGeneration"], 3);
@@ -422,14 +289,14 @@ async fn a_server_error_is_reported_and_retried_with_growing_backoff() {
     let rs = replicated_service(json!({}));
     let rs_for_policy = Arc::new(rs.clone());
     let (result, ctx) = run_scenario(rs, Cache::default(), |mut api| async move {
-        let (_, send) = api
-            .expect(Method::PATCH, &format!("{}{APPLY_QUERY}", deployment_path()))
-            .await;
-        send.send_response(json_response(
+        api.answer(
+            Method::PATCH,
+            &format!("{}{APPLY_QUERY}", deployment_path()),
             StatusCode::INTERNAL_SERVER_ERROR,
-            &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                    "message": "etcdserver: request timed out", "reason": "InternalError", "code": 500}),
-        ));
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                   "message": "etcdserver: request timed out", "reason": "InternalError", "code": 500}),
+        )
+        .await;
         let event = api.event().await;
         assert_eq!(event["reason"], "ApplyFailed");
         assert!(event["note"].as_str().unwrap().contains("Deployment shop/web"), "{event}");
@@ -460,14 +327,8 @@ async fn after_a_restart_the_reconcile_waits_for_the_caches_instead_of_reapplyin
 
     // Caches whose initial list has not arrived yet, as right after a start.
     let (stores, fill) = ChildStores::unfilled();
-    let (service, _handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let ctx = Arc::new(Context::new(
-        Client::new(service, "default"),
-        config(),
-        Metrics::new(),
-        stores,
-        None,
-    ));
+    let (client, _api) = mock_api::pair("shop");
+    let ctx = context(client, stores);
     let reconciling = tokio::spawn(reconcile(Arc::new(rs), ctx));
     // On this single-threaded runtime the reconcile now runs until it waits: on the
     // caches, or — if it did not wait — on an apply nobody answers.
@@ -530,11 +391,7 @@ async fn turning_autoscaling_on_hands_the_replica_count_over_before_dropping_it(
             );
             send.send_response(json_response(StatusCode::OK, &body));
             // Then the operator's own apply, without replicas, so that it lets go of them.
-            api.apply(
-                deployment_path(),
-                serde_json::to_value(&want.deployment).unwrap(),
-            )
-            .await;
+            api.apply(deployment_path(), &want.deployment).await;
             api.status(&rs2).await;
             api
         },

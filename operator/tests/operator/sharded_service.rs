@@ -1,8 +1,8 @@
 //! The ShardedService, end to end without a cluster.
 //!
-//! - Against a mocked API server (controller-rs's `ApiServerVerifier` style, as in
-//!   `reconcile.rs`): each scenario lists the exact requests expected — method, path and
-//!   body — and answers them; any other request stalls the reconcile and fails the test.
+//! - Against the mocked API server of [`crate::mock_api`]: each scenario lists the exact
+//!   requests expected — method, path and body — and answers them; any other request
+//!   stalls the reconcile and fails the test.
 //! - Against real processes: the ring ConfigMap the operator renders, its names pointed at
 //!   real `redis-server` and `memcached` processes on 127.0.0.1, drives the real shard
 //!   sidecar started with the arguments the operator renders; what is written through it
@@ -13,44 +13,35 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child as Process, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::BodyExt;
 use k8s_openapi::jiff::Timestamp;
-use kube::Client;
-use kube::client::Body;
 use kube::runtime::controller::Action;
 use rigging_crds::ShardedService;
 use rigging_crds::sidecar::shard::hash::{HashKind, md5};
 use rigging_crds::sidecar::shard::ring::{HashTag, Ring, ServerSpec, moved_share};
 use rigging_crds::sidecar::shard::{ShardArgs, ShardConfig};
-use rigging_operator::controller::{Applied, RESYNC, RenderConfig, reconcile};
-use rigging_operator::metrics::Metrics;
+use rigging_operator::Context;
+use rigging_operator::controller::{Applied, RESYNC, RenderConfig};
 use rigging_operator::render;
 use rigging_operator::sharded_service::desired::{self, Children};
 use rigging_operator::sharded_service::status;
-use rigging_operator::{ChildStores, Config, Context};
 use rigging_sidecar::cli::{Cli, Command as SidecarCommand};
 use serde_json::{Value, json};
-use tower_test::mock::{Handle, SendResponse};
 
 use crate::fixtures::root;
+use crate::mock_api::{condition, config, run_scenario, served};
 
 // ---------------------------------------------------------------------------------------
 // The reconcile against a mocked API server.
 // ---------------------------------------------------------------------------------------
 
-type ApiHandle = Handle<Request<Body>, Response<Body>>;
-
-const APPLY_QUERY: &str = "?&force=true&fieldManager=rigging-operator";
-
 /// A redis ShardedService `cache` in namespace `shop` as the API server would hand it to
 /// the controller, with `extra_spec` laid over the smallest spec.
 fn sharded_service(extra_spec: Value) -> ShardedService {
-    let mut spec = json!({
+    let metadata = json!({"name": "cache", "namespace": "shop", "uid": "uid-7", "generation": 2, "resourceVersion": "50"});
+    let spec = json!({
         "shards": 3,
         "protocol": "redis",
         "port": 6379,
@@ -59,16 +50,7 @@ fn sharded_service(extra_spec: Value) -> ShardedService {
             "readinessProbe": {"tcpSocket": {"port": 6379}}
         }]}}
     });
-    spec.as_object_mut()
-        .unwrap()
-        .extend(extra_spec.as_object().unwrap().clone());
-    serde_json::from_value(json!({
-        "apiVersion": "rigging.dev/v1alpha1",
-        "kind": "ShardedService",
-        "metadata": {"name": "cache", "namespace": "shop", "uid": "uid-7", "generation": 2, "resourceVersion": "50"},
-        "spec": spec,
-    }))
-    .unwrap()
+    served(metadata, spec, extra_spec)
 }
 
 /// `ss` after a reconcile of `before` applied its children and wrote its status.
@@ -78,130 +60,8 @@ fn reconciled(before: &ShardedService, mut ss: ShardedService) -> ShardedService
     ss
 }
 
-fn config() -> Config {
-    Config {
-        render: RenderConfig {
-            sidecar_image: "rigging-sidecar:test".into(),
-        },
-        ..Config::default()
-    }
-}
-
 fn children(ss: &ShardedService) -> Children {
     desired::desired(ss, &config().render).unwrap()
-}
-
-fn context(client: Client, cached: Option<Children>) -> Arc<Context> {
-    let stores = ChildStores::prefilled(cached.into_iter().flat_map(Children::into_vec));
-    Arc::new(Context::new(
-        client,
-        config(),
-        Metrics::new(),
-        stores,
-        Some("test-pod".into()),
-    ))
-}
-
-/// Answers requests in order and fails on any it did not expect.
-struct Verifier(ApiHandle);
-
-impl Verifier {
-    async fn expect(
-        &mut self,
-        method: Method,
-        path: &str,
-    ) -> (Value, SendResponse<Response<Body>>) {
-        let (request, send) = tokio::time::timeout(Duration::from_secs(30), self.0.next_request())
-            .await
-            .unwrap_or_else(|_| panic!("timed out waiting for {method} {path}"))
-            .unwrap_or_else(|| panic!("the client stopped before {method} {path}"));
-        assert_eq!(request.method(), method, "method of {path}");
-        assert_eq!(request.uri().to_string(), path);
-        let bytes = request.into_body().collect().await.unwrap().to_bytes();
-        let body = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes).unwrap()
-        };
-        (body, send)
-    }
-
-    /// Expects a server-side apply of `expected` at `path` and echoes it back.
-    async fn apply(&mut self, path: &str, expected: impl serde::Serialize) {
-        let expected = serde_json::to_value(expected).unwrap();
-        let (body, send) = self
-            .expect(Method::PATCH, &format!("{path}{APPLY_QUERY}"))
-            .await;
-        assert_eq!(body, expected, "body of the apply to {path}");
-        send.send_response(json_response(StatusCode::OK, &body));
-    }
-
-    /// Expects a background delete of `path`.
-    async fn delete(&mut self, path: &str) {
-        let (body, send) = self.expect(Method::DELETE, &format!("{path}?")).await;
-        assert_eq!(body["propagationPolicy"], "Background", "{body}");
-        let done = json!({"kind": "Status", "apiVersion": "v1", "status": "Success"});
-        send.send_response(json_response(StatusCode::OK, &done));
-    }
-
-    /// Expects an Event and returns its body.
-    async fn event(&mut self) -> Value {
-        let (body, send) = self
-            .expect(
-                Method::POST,
-                "/apis/events.k8s.io/v1/namespaces/shop/events?",
-            )
-            .await;
-        send.send_response(json_response(StatusCode::CREATED, &body));
-        body
-    }
-
-    /// Expects a status apply and returns the status sent.
-    async fn status(&mut self, ss: &ShardedService) -> Value {
-        let path = format!(
-            "/apis/rigging.dev/v1alpha1/namespaces/shop/shardedservices/cache/status{APPLY_QUERY}"
-        );
-        let (body, send) = self.expect(Method::PATCH, &path).await;
-        assert_eq!(body["apiVersion"], "rigging.dev/v1alpha1");
-        assert_eq!(body["kind"], "ShardedService");
-        let mut obj = serde_json::to_value(ss).unwrap();
-        obj["status"] = body["status"].clone();
-        send.send_response(json_response(StatusCode::OK, &obj));
-        body["status"].clone()
-    }
-}
-
-fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
-    Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .body(Body::from(serde_json::to_vec(body).unwrap()))
-        .unwrap()
-}
-
-/// Runs one reconcile of `ss` with `cached` in the watch caches against a scenario;
-/// returns its result and the context.
-async fn run_scenario<F, Fut>(
-    ss: ShardedService,
-    cached: Option<Children>,
-    scenario: F,
-) -> (rigging_operator::Result<Action>, Arc<Context>)
-where
-    F: FnOnce(Verifier) -> Fut,
-    Fut: std::future::Future<Output = Verifier> + Send + 'static,
-{
-    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let ctx = context(Client::new(service, "default"), cached);
-    let verifier = tokio::spawn(scenario(Verifier(handle)));
-    // An unexpected request is never answered, so the reconcile stalls and this fails.
-    let result = tokio::time::timeout(
-        Duration::from_secs(30),
-        reconcile(Arc::new(ss), ctx.clone()),
-    )
-    .await
-    .expect("reconcile stalled: it made a request the scenario did not expect");
-    verifier.await.expect("scenario assertions hold");
-    (result, ctx)
 }
 
 fn ring_file(c: &Children) -> String {
@@ -228,7 +88,7 @@ async fn a_new_sharded_service_gets_every_child_applied_in_order_and_a_status() 
     let ss = sharded_service(json!({}));
     let want = children(&ss);
     let ss2 = ss.clone();
-    let (result, _) = run_scenario(ss, None, move |mut api| async move {
+    let (result, _) = run_scenario(ss, [], move |mut api| async move {
         let ns = "/namespaces/shop";
         api.apply(
             &format!("/apis/networking.k8s.io/v1{ns}/networkpolicies/cache"),
@@ -305,37 +165,41 @@ async fn a_change_of_shard_count_reapplies_the_ring_and_the_statefulset_but_not_
     let want = children(&four);
     let expected_share = moved_share(&named(&before.members), &named(&desired::members(&four)));
     let four2 = four.clone();
-    let (result, ctx) = run_scenario(four, Some(children(&three)), move |mut api| async move {
-        api.apply("/api/v1/namespaces/shop/configmaps/cache-ring", &want.ring)
+    let (result, ctx) = run_scenario(
+        four,
+        children(&three).into_vec(),
+        move |mut api| async move {
+            api.apply("/api/v1/namespaces/shop/configmaps/cache-ring", &want.ring)
+                .await;
+            api.apply(
+                "/apis/apps/v1/namespaces/shop/statefulsets/cache",
+                &want.statefulsets[0],
+            )
             .await;
-        api.apply(
-            "/apis/apps/v1/namespaces/shop/statefulsets/cache",
-            &want.statefulsets[0],
-        )
-        .await;
-        let status = api.status(&four2).await;
-        assert_eq!(
-            status["members"],
-            json!(["cache-0", "cache-1", "cache-2", "cache-3"])
-        );
-        let version = desired::ring_version(&ring_file(&want));
-        assert_eq!(status["ringVersion"], version);
-        assert_ne!(Some(version.as_str()), before.ring_version.as_deref());
-        assert_eq!(status["movedKeyShare"], expected_share);
-        let event = api.event().await;
-        assert_eq!(event["type"], "Normal");
-        assert_eq!(event["reason"], "RingChanged");
-        assert_eq!(event["regarding"]["name"], "cache");
-        let note = event["note"].as_str().unwrap();
-        assert!(
-            note.contains(&format!(
-                "3 → 4 members, {:.1}% of the key space moved",
-                expected_share * 100.0
-            )),
-            "{note}"
-        );
-        api
-    })
+            let status = api.status(&four2).await;
+            assert_eq!(
+                status["members"],
+                json!(["cache-0", "cache-1", "cache-2", "cache-3"])
+            );
+            let version = desired::ring_version(&ring_file(&want));
+            assert_eq!(status["ringVersion"], version);
+            assert_ne!(Some(version.as_str()), before.ring_version.as_deref());
+            assert_eq!(status["movedKeyShare"], expected_share);
+            let event = api.event().await;
+            assert_eq!(event["type"], "Normal");
+            assert_eq!(event["reason"], "RingChanged");
+            assert_eq!(event["regarding"]["name"], "cache");
+            let note = event["note"].as_str().unwrap();
+            assert!(
+                note.contains(&format!(
+                    "3 → 4 members, {:.1}% of the key space moved",
+                    expected_share * 100.0
+                )),
+                "{note}"
+            );
+            api
+        },
+    )
     .await;
     assert_eq!(result.unwrap(), Action::requeue(RESYNC));
     // Consistent hashing: about one shard's worth of keys moved, not a reshuffle.
@@ -355,23 +219,27 @@ async fn removing_a_replicated_shard_takes_it_off_the_ring_then_deletes_its_obje
     let two = reconciled(&three, sharded_service(two_spec));
     let want = children(&two);
     let two2 = two.clone();
-    let (result, _) = run_scenario(two, Some(children(&three)), move |mut api| async move {
-        // The ring without shard 2 first, then what served shard 2 goes.
-        api.apply("/api/v1/namespaces/shop/configmaps/cache-ring", &want.ring)
-            .await;
-        api.delete("/apis/apps/v1/namespaces/shop/statefulsets/cache-2")
-            .await;
-        api.delete("/api/v1/namespaces/shop/services/cache-2").await;
-        let status = api.status(&two2).await;
-        assert_eq!(status["members"], json!(["cache-0", "cache-1"]));
-        let share = status["movedKeyShare"].as_f64().unwrap();
-        assert!(
-            (0.2..0.45).contains(&share),
-            "shard 2's third moved: {share}"
-        );
-        assert_eq!(api.event().await["reason"], "RingChanged");
-        api
-    })
+    let (result, _) = run_scenario(
+        two,
+        children(&three).into_vec(),
+        move |mut api| async move {
+            // The ring without shard 2 first, then what served shard 2 goes.
+            api.apply("/api/v1/namespaces/shop/configmaps/cache-ring", &want.ring)
+                .await;
+            api.delete("/apis/apps/v1/namespaces/shop/statefulsets/cache-2")
+                .await;
+            api.delete("/api/v1/namespaces/shop/services/cache-2").await;
+            let status = api.status(&two2).await;
+            assert_eq!(status["members"], json!(["cache-0", "cache-1"]));
+            let share = status["movedKeyShare"].as_f64().unwrap();
+            assert!(
+                (0.2..0.45).contains(&share),
+                "shard 2's third moved: {share}"
+            );
+            assert_eq!(api.event().await["reason"], "RingChanged");
+            api
+        },
+    )
     .await;
     result.unwrap();
 }
@@ -380,20 +248,14 @@ async fn removing_a_replicated_shard_takes_it_off_the_ring_then_deletes_its_obje
 async fn a_router_port_on_the_admin_port_gets_an_event_and_a_degraded_status_and_nothing_applied() {
     let ss = sharded_service(json!({"router": {"port": 9122}}));
     let ss2 = ss.clone();
-    let (result, _) = run_scenario(ss, None, move |mut api| async move {
+    let (result, _) = run_scenario(ss, [], move |mut api| async move {
         let event = api.event().await;
         assert_eq!(event["type"], "Warning");
         assert_eq!(event["reason"], "InvalidSpec");
         let note = event["note"].as_str().unwrap();
         assert!(note.starts_with("spec.router.port: port 9122"), "{note}");
         let status = api.status(&ss2).await;
-        let degraded = status["conditions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["type"] == "Degraded")
-            .unwrap()
-            .clone();
+        let degraded = condition(&status, "Degraded");
         assert_eq!(
             (&degraded["status"], &degraded["reason"]),
             (&json!("True"), &json!("InvalidSpec"))

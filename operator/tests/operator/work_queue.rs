@@ -1,9 +1,10 @@
-//! The WorkQueue reconcile against a mocked API server, each scenario listing the exact
-//! requests expected (any other fails the test): exactly `parallelism` Jobs, the next one
-//! when a Job finishes, failures counted and told in an Event, nothing created twice after
-//! a restart or on a stale cache, a finished Job deleted only once its result is recorded;
-//! and source mode end to end: a real source on 127.0.0.1, the poller's write to the
-//! ConfigMap, and the Jobs the controller then gives those items.
+//! The WorkQueue reconcile against the mocked API server of [`crate::mock_api`], each
+//! scenario listing the exact requests expected (any other fails the test): exactly
+//! `parallelism` Jobs, the next one when a Job finishes, failures counted and told in an
+//! Event, nothing created twice after a restart or on a stale cache, a finished Job
+//! deleted only once its result is recorded; and source mode end to end: a real source on
+//! 127.0.0.1, the poller's write to the ConfigMap, and the Jobs the controller then gives
+//! those items.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -12,60 +13,39 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus};
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::client::Body;
+use kube::Api;
 use kube::runtime::controller::Action;
-use kube::{Api, Client};
 use rigging_crds::WorkQueue;
-use rigging_operator::controller::{Applied, Child, Observed, RESYNC, RenderConfig, reconcile};
-use rigging_operator::metrics::Metrics;
+use rigging_operator::ChildStores;
+use rigging_operator::controller::{Applied, Child, Observed, RESYNC, reconcile};
 use rigging_operator::work_queue::desired::{self, Children, source_key};
 use rigging_operator::work_queue::naming::job_name;
 use rigging_operator::work_queue::source::{self, SourceClient, SourceError};
 use rigging_operator::work_queue::status;
-use rigging_operator::{ChildStores, Config, Context};
 use serde_json::{Value, json};
-use tower_test::mock::{Handle, SendResponse};
 
-type ApiHandle = Handle<Request<Body>, Response<Body>>;
+use crate::mock_api::{self, condition, config, context, json_response, run_scenario, served};
 
-const APPLY_QUERY: &str = "?&force=true&fieldManager=rigging-operator";
 const JOBS: &str = "/apis/batch/v1/namespaces/media/jobs";
 const ITEMS: [&str; 5] = ["a.png", "b.png", "c.png", "d.png", "e.png"];
 
-fn config() -> Config {
-    Config {
-        render: RenderConfig {
-            sidecar_image: "rigging-sidecar:test".into(),
-        },
-        ..Config::default()
-    }
-}
-
 /// A static WorkQueue as the API server hands it to the controller.
 fn work_queue(parallelism: i32, extra: Value) -> WorkQueue {
-    let mut spec = json!({
+    let metadata = json!({"name": "thumbs", "namespace": "media", "uid": "wq-uid", "generation": 1, "resourceVersion": "10"});
+    let spec = json!({
         "items": ITEMS,
         "parallelism": parallelism,
         "retries": 1,
         "worker": {"template": {"spec": {"containers": [{"name": "worker", "image": "busybox:1.36"}]}}}
     });
-    spec.as_object_mut()
-        .unwrap()
-        .extend(extra.as_object().unwrap().clone());
-    serde_json::from_value(json!({
-        "apiVersion": "rigging.dev/v1alpha1",
-        "kind": "WorkQueue",
-        "metadata": {"name": "thumbs", "namespace": "media", "uid": "wq-uid", "generation": 1, "resourceVersion": "10"},
-        "spec": spec,
-    }))
-    .unwrap()
+    served(metadata, spec, extra)
 }
 
 fn source_queue() -> WorkQueue {
@@ -131,146 +111,6 @@ fn running(mut job: Job) -> Job {
     job
 }
 
-fn context(client: Client, stores: ChildStores) -> Arc<Context> {
-    Arc::new(Context::new(
-        client,
-        config(),
-        Metrics::new(),
-        stores,
-        Some("test-pod".into()),
-    ))
-}
-
-/// Answers requests in order and fails on any it did not expect.
-struct Verifier(ApiHandle);
-
-impl Verifier {
-    async fn expect(
-        &mut self,
-        method: Method,
-        path: &str,
-    ) -> (Value, SendResponse<Response<Body>>) {
-        let (request, send) = tokio::time::timeout(Duration::from_secs(30), self.0.next_request())
-            .await
-            .unwrap_or_else(|_| panic!("timed out waiting for {method} {path}"))
-            .unwrap_or_else(|| panic!("the client stopped before {method} {path}"));
-        assert_eq!(request.method(), method, "method of {path}");
-        assert_eq!(request.uri().to_string(), path);
-        let bytes = request.into_body().collect().await.unwrap().to_bytes();
-        let body = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes).unwrap()
-        };
-        (body, send)
-    }
-
-    /// Expects a server-side apply of `expected` at `path` and echoes it back.
-    async fn apply(&mut self, path: &str, expected: &Value) {
-        let (body, send) = self
-            .expect(Method::PATCH, &format!("{path}{APPLY_QUERY}"))
-            .await;
-        assert_eq!(&body, expected, "body of the apply to {path}");
-        send.send_response(json_response(StatusCode::OK, &body));
-    }
-
-    /// Expects the create of `expected` and answers `status` (201, or 409 if it exists).
-    async fn create_job(&mut self, expected: &Job, status: StatusCode) {
-        let (body, send) = self
-            .expect(
-                Method::POST,
-                &format!("{JOBS}?&fieldManager=rigging-operator"),
-            )
-            .await;
-        assert_eq!(
-            body,
-            serde_json::to_value(expected).unwrap(),
-            "body of the Job create"
-        );
-        let answer = if status == StatusCode::CONFLICT {
-            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "AlreadyExists", "code": 409,
-                   "message": format!("jobs.batch {:?} already exists", expected.metadata.name)})
-        } else {
-            body
-        };
-        send.send_response(json_response(status, &answer));
-    }
-
-    /// Expects the deletion of Job `name`, in the background (its pods go after it).
-    async fn delete_job(&mut self, name: &str) {
-        let (body, send) = self
-            .expect(Method::DELETE, &format!("{JOBS}/{name}?"))
-            .await;
-        assert_eq!(body["propagationPolicy"], "Background");
-        send.send_response(json_response(
-            StatusCode::OK,
-            &json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
-        ));
-    }
-
-    /// Expects an Event and returns its body.
-    async fn event(&mut self) -> Value {
-        let (body, send) = self
-            .expect(
-                Method::POST,
-                "/apis/events.k8s.io/v1/namespaces/media/events?",
-            )
-            .await;
-        send.send_response(json_response(StatusCode::CREATED, &body));
-        body
-    }
-
-    /// Expects a status apply and returns the status sent.
-    async fn status(&mut self, wq: &WorkQueue) -> Value {
-        let path = format!(
-            "/apis/rigging.dev/v1alpha1/namespaces/media/workqueues/thumbs/status{APPLY_QUERY}"
-        );
-        let (body, send) = self.expect(Method::PATCH, &path).await;
-        assert_eq!(body["kind"], "WorkQueue");
-        let mut obj = serde_json::to_value(wq).unwrap();
-        obj["status"] = body["status"].clone();
-        send.send_response(json_response(StatusCode::OK, &obj));
-        body["status"].clone()
-    }
-}
-
-fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
-    Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .body(Body::from(serde_json::to_vec(body).unwrap()))
-        .unwrap()
-}
-
-/// Runs one reconcile of `wq` with caches holding `cached` against a scenario.
-async fn run_scenario<F, Fut>(
-    wq: WorkQueue,
-    cached: Vec<Child>,
-    scenario: F,
-) -> (rigging_operator::Result<Action>, Arc<Context>)
-where
-    F: FnOnce(Verifier) -> Fut,
-    Fut: std::future::Future<Output = Verifier> + Send + 'static,
-{
-    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let ctx = context(
-        Client::new(service, "default"),
-        ChildStores::prefilled(cached),
-    );
-    let verifier = tokio::spawn(scenario(Verifier(handle)));
-    let result = tokio::time::timeout(
-        Duration::from_secs(30),
-        reconcile(Arc::new(wq), ctx.clone()),
-    )
-    .await
-    .expect("reconcile stalled: it made a request the scenario did not expect");
-    let mut verifier = verifier.await.expect("scenario assertions hold");
-    // Nothing more: a request after the last expected one fails here.
-    let extra = tokio::time::timeout(Duration::from_millis(200), verifier.0.next_request()).await;
-    assert!(extra.is_err(), "an unexpected request after the scenario");
-    (result, ctx)
-}
-
 fn counts(status: &Value) -> (i64, i64, i64, i64) {
     let n = |k: &str| status[k].as_i64().unwrap();
     (n("pending"), n("running"), n("succeeded"), n("failed"))
@@ -291,13 +131,9 @@ async fn a_new_queue_gets_its_items_and_exactly_parallelism_jobs() {
     assert_eq!(want.jobs.len(), 2);
     let wq2 = wq.clone();
     let (result, _) = run_scenario(wq, vec![], move |mut api| async move {
-        api.apply(
-            config_map_path(),
-            &serde_json::to_value(&want.items).unwrap(),
-        )
-        .await;
+        api.apply(config_map_path(), &want.items).await;
         for job in &want.jobs {
-            api.create_job(job, StatusCode::CREATED).await;
+            api.create(JOBS, job, StatusCode::CREATED).await;
         }
         let status = api.status(&wq2).await;
         assert_eq!(counts(&status), (3, 2, 0, 0));
@@ -319,7 +155,7 @@ async fn when_a_job_succeeds_the_next_item_gets_one_and_no_other() {
     let next = job(&wq, "c.png");
     let wq2 = wq.clone();
     let (result, _) = run_scenario(wq, cached, move |mut api| async move {
-        api.create_job(&next, StatusCode::CREATED).await;
+        api.create(JOBS, &next, StatusCode::CREATED).await;
         let status = api.status(&wq2).await;
         assert_eq!(counts(&status), (2, 2, 1, 0));
         assert_eq!(
@@ -342,17 +178,11 @@ async fn a_failed_item_is_counted_and_named_in_a_warning_event() {
     let next = job(&wq, "b.png");
     let wq2 = wq.clone();
     let (result, _) = run_scenario(wq, cached, move |mut api| async move {
-        api.create_job(&next, StatusCode::CREATED).await;
+        api.create(JOBS, &next, StatusCode::CREATED).await;
         let status = api.status(&wq2).await;
         assert_eq!(counts(&status), (3, 1, 0, 1));
         assert_eq!(status["failedItems"][0]["item"], "a.png");
-        let degraded = status["conditions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["type"] == "Degraded")
-            .unwrap()
-            .clone();
+        let degraded = condition(&status, "Degraded");
         assert_eq!((degraded["status"].as_str(), degraded["reason"].as_str()), (Some("True"), Some("ItemsFailed")));
         let event = api.event().await;
         assert_eq!(event["type"], "Warning");
@@ -381,13 +211,9 @@ async fn a_fresh_controller_after_a_restart_creates_nothing_twice() {
     let created = want.jobs.clone();
     let wq2 = wq.clone();
     let (result, _) = run_scenario(wq.clone(), vec![], move |mut api| async move {
-        api.apply(
-            config_map_path(),
-            &serde_json::to_value(&want.items).unwrap(),
-        )
-        .await;
+        api.apply(config_map_path(), &want.items).await;
         for job in &want.jobs {
-            api.create_job(job, StatusCode::CREATED).await;
+            api.create(JOBS, job, StatusCode::CREATED).await;
         }
         api.status(&wq2).await;
         api
@@ -414,8 +240,8 @@ async fn a_fresh_controller_after_a_restart_creates_nothing_twice() {
     // The restart: a new controller, whose caches fill from the API server (b's and c's
     // Jobs, no longer a's) after the reconcile started, and the status as recorded.
     let (stores, fill) = ChildStores::unfilled();
-    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let ctx = context(Client::new(service, "default"), stores);
+    let (client, mut api) = mock_api::pair("media");
+    let ctx = context(client, stores);
     // Kept, so that the client stays open and a late request would still be seen.
     let _ctx = ctx.clone();
     let reconciling = tokio::spawn(reconcile(Arc::new(restarted), ctx));
@@ -432,11 +258,8 @@ async fn a_fresh_controller_after_a_restart_creates_nothing_twice() {
         .expect("the reconcile made a request: it created, deleted or patched something")
         .unwrap();
     assert_eq!(result.unwrap(), Action::requeue(RESYNC));
-    let asked = tokio::time::timeout(Duration::from_millis(200), handle.next_request()).await;
-    assert!(
-        asked.is_err(),
-        "not one request: a, b and c are not created again"
-    );
+    api.expect_no_request("not one request: a, b and c are not created again")
+        .await;
 }
 
 #[tokio::test]
@@ -450,7 +273,7 @@ async fn a_job_the_stale_cache_missed_is_refused_as_existing_and_nothing_more_st
     let b = job(&wq, "b.png");
     let wq2 = wq.clone();
     let (result, _) = run_scenario(wq, cached, move |mut api| async move {
-        api.create_job(&b, StatusCode::CONFLICT).await;
+        api.create(JOBS, &b, StatusCode::CONFLICT).await;
         let status = api.status(&wq2).await;
         assert_eq!(
             counts(&status),
@@ -494,7 +317,8 @@ async fn a_finished_job_is_deleted_only_by_the_reconcile_after_its_result_is_rec
     })));
     let wq3 = recorded.clone();
     let (result, _) = run_scenario(recorded, cached(), move |mut api| async move {
-        api.delete_job(&job_name("thumbs", "a.png")).await;
+        api.delete(&format!("{JOBS}/{}", job_name("thumbs", "a.png")))
+            .await;
         let status = api.status(&wq3).await;
         assert_eq!(counts(&status), (0, 4, 1, 0));
         assert!(status.get("expiredJobs").is_none(), "{status}");
@@ -518,7 +342,7 @@ async fn a_job_deleted_while_its_result_is_recorded_is_not_created_again() {
         recorded,
         vec![Child::ConfigMap(first(&wq).items)],
         move |mut api| async move {
-            api.create_job(&c, StatusCode::CREATED).await;
+            api.create(JOBS, &c, StatusCode::CREATED).await;
             let status = api.status(&wq2).await;
             assert_eq!(counts(&status), (2, 1, 1, 1));
             api
@@ -559,6 +383,9 @@ async fn serve_source(status: StatusCode, body: &'static str) -> String {
     format!("http://{addr}")
 }
 
+/// Where the ConfigMap of `feed` is read and patched.
+const FEED_ITEMS: &str = "/api/v1/namespaces/media/configmaps/feed-items";
+
 /// The ConfigMap of `feed` as the API server holds it, with `data`.
 fn feed_items(data: &[(String, &str)]) -> ConfigMap {
     let mut cm = first(&source_queue()).items;
@@ -586,8 +413,8 @@ async fn the_source_client_reads_what_a_real_source_on_localhost_lists() {
 
 #[tokio::test]
 async fn a_broken_source_is_a_clear_error_and_nothing_is_read_or_written() {
-    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let api: Api<ConfigMap> = Api::namespaced(Client::new(service, "default"), "media");
+    let (api_client, mut server) = mock_api::pair("media");
+    let api: Api<ConfigMap> = Api::namespaced(api_client, "media");
     let client = SourceClient::new();
     let wq = source_queue();
 
@@ -637,8 +464,9 @@ async fn a_broken_source_is_a_clear_error_and_nothing_is_read_or_written() {
         "{error:?}"
     );
 
-    let asked = tokio::time::timeout(Duration::from_millis(200), handle.next_request()).await;
-    assert!(asked.is_err(), "the API server was not asked anything");
+    server
+        .expect_no_request("the API server was not asked anything")
+        .await;
 }
 
 #[tokio::test]
@@ -648,25 +476,17 @@ async fn the_poller_adds_only_new_items_and_the_controller_gives_them_jobs_in_th
     // The source lists zebra (persisted before), then mango and apple (new).
     let base = serve_source(StatusCode::OK, r#"["zebra", "mango", "apple"]"#).await;
     let live = feed_items(&[(key(0, "zebra"), "zebra")]);
-    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let api: Api<ConfigMap> = Api::namespaced(Client::new(service, "default"), "media");
+    let (api_client, mut server) = mock_api::pair("media");
+    let api: Api<ConfigMap> = Api::namespaced(api_client, "media");
     let live2 = live.clone();
     let verifier = tokio::spawn(async move {
-        let mut api = Verifier(handle);
-        let (_, send) = api
-            .expect(
-                Method::GET,
-                "/api/v1/namespaces/media/configmaps/feed-items",
-            )
+        server
+            .answer(Method::GET, FEED_ITEMS, StatusCode::OK, &live2)
             .await;
-        send.send_response(json_response(
-            StatusCode::OK,
-            &serde_json::to_value(&live2).unwrap(),
-        ));
-        let (body, send) = api
+        let (body, send) = server
             .expect(
                 Method::PATCH,
-                "/api/v1/namespaces/media/configmaps/feed-items?&fieldManager=rigging-operator-source",
+                &format!("{FEED_ITEMS}?&fieldManager=rigging-operator-source"),
             )
             .await;
         // A merge patch that only adds, conditional on the version just read.
@@ -719,25 +539,16 @@ async fn the_poller_adds_only_new_items_and_the_controller_gives_them_jobs_in_th
             // The ConfigMap holds what the operator applies (metadata only): not applied.
             api.apply(
                 "/apis/apps/v1/namespaces/media/deployments/feed-source",
-                &serde_json::to_value(&deployment).unwrap(),
+                &deployment,
             )
             .await;
-            api.apply(
-                "/api/v1/namespaces/media/services/feed-source",
-                &serde_json::to_value(&service).unwrap(),
-            )
-            .await;
+            api.apply("/api/v1/namespaces/media/services/feed-source", &service)
+                .await;
             for job in &want.jobs {
-                api.create_job(job, StatusCode::CREATED).await;
+                api.create(JOBS, job, StatusCode::CREATED).await;
             }
-            let path = format!(
-                "/apis/rigging.dev/v1alpha1/namespaces/media/workqueues/feed/status{APPLY_QUERY}"
-            );
-            let (body, send) = api.expect(Method::PATCH, &path).await;
-            assert_eq!(counts(&body["status"]), (1, 2, 0, 0));
-            let mut obj = serde_json::to_value(&wq2).unwrap();
-            obj["status"] = body["status"].clone();
-            send.send_response(json_response(StatusCode::OK, &obj));
+            let status = api.status(&wq2).await;
+            assert_eq!(counts(&status), (1, 2, 0, 0));
             api
         },
     )
@@ -751,31 +562,17 @@ async fn the_poller_writes_nothing_into_a_config_map_it_does_not_control_or_that
     let base = serve_source(StatusCode::OK, r#"["a"]"#).await;
     let mut foreign = feed_items(&[]);
     foreign.metadata.owner_references = None;
-    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let api: Api<ConfigMap> = Api::namespaced(Client::new(service, "default"), "media");
+    let (api_client, mut server) = mock_api::pair("media");
+    let api: Api<ConfigMap> = Api::namespaced(api_client, "media");
     let verifier = tokio::spawn(async move {
-        let mut api = Verifier(handle);
-        let (_, send) = api
-            .expect(
-                Method::GET,
-                "/api/v1/namespaces/media/configmaps/feed-items",
-            )
+        server
+            .answer(Method::GET, FEED_ITEMS, StatusCode::OK, &foreign)
             .await;
-        send.send_response(json_response(
-            StatusCode::OK,
-            &serde_json::to_value(&foreign).unwrap(),
-        ));
-        let (_, send) = api
-            .expect(
-                Method::GET,
-                "/api/v1/namespaces/media/configmaps/feed-items",
-            )
+        let missing = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404});
+        server
+            .answer(Method::GET, FEED_ITEMS, StatusCode::NOT_FOUND, missing)
             .await;
-        send.send_response(json_response(
-            StatusCode::NOT_FOUND,
-            &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404}),
-        ));
-        api
+        server
     });
     let client = SourceClient::new();
     let error = source::poll_once(&api, &client, &wq, &base)
@@ -792,9 +589,8 @@ async fn the_poller_writes_nothing_into_a_config_map_it_does_not_control_or_that
         matches!(error, SourceError::NoConfigMap { .. }),
         "{error:?}"
     );
-    let mut api = verifier.await.unwrap();
-    let extra = tokio::time::timeout(Duration::from_millis(200), api.0.next_request()).await;
-    assert!(extra.is_err(), "no write");
+    let mut server = verifier.await.unwrap();
+    server.expect_no_request("no write").await;
 }
 
 // The committed CRD.
