@@ -52,6 +52,10 @@ pub struct WebhookArgs {
     /// Image of rigging-sidecar for the sidecars the webhook adds.
     #[arg(long, env = "RIGGING_SIDECAR_IMAGE", default_value_t = default_sidecar_image())]
     pub sidecar_image: String,
+    /// Place sidecars as plain containers, for clusters older than Kubernetes 1.29 (which
+    /// have no native sidecars).
+    #[arg(long)]
+    pub plain_sidecars: bool,
 }
 
 /// Flags of `run`.
@@ -115,6 +119,10 @@ pub struct RenderArgs {
     /// Image of rigging-sidecar for the sidecars the operator adds.
     #[arg(long, env = "RIGGING_SIDECAR_IMAGE", default_value_t = default_sidecar_image())]
     pub sidecar_image: String,
+    /// Place sidecars as plain containers, for clusters older than Kubernetes 1.29 (which
+    /// have no native sidecars).
+    #[arg(long)]
+    pub plain_sidecars: bool,
 }
 
 /// Flags of `crds`.
@@ -154,6 +162,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
 pub fn render_files(args: &RenderArgs) -> anyhow::Result<String> {
     let config = RenderConfig {
         sidecar_image: args.sidecar_image.clone(),
+        native_sidecars: !args.plain_sidecars,
     };
     let mut values = Vec::new();
     for file in &args.files {
@@ -189,6 +198,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         config: Config {
             render: RenderConfig {
                 sidecar_image: args.sidecar_image,
+                // Decided by `run` from the API server's version.
+                native_sidecars: true,
             },
             resync: args.resync_period,
         },
@@ -225,6 +236,7 @@ async fn webhook(args: WebhookArgs) -> anyhow::Result<()> {
     let certificate = crate::webhook::server::Certificate::load(&args.tls_cert, &args.tls_key)?;
     let config = RenderConfig {
         sidecar_image: args.sidecar_image,
+        native_sidecars: !args.plain_sidecars,
     };
     let readiness = crate::admin::Readiness::default();
     crate::admin::spawn(args.metrics_addr, metrics.clone(), readiness.clone())

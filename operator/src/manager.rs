@@ -100,8 +100,30 @@ pub enum RunError {
 const LEASE_DURATION_S: u64 = 15;
 const LEASE_GRACE_S: u64 = 5;
 
+/// Whether the API server of `client` runs native sidecars (Kubernetes 1.29 and later).
+/// An answer that does not parse counts as yes: every supported release has them.
+async fn has_native_sidecars(client: &Client) -> bool {
+    match client.apiserver_version().await {
+        Ok(info) => native_sidecars_in(&info.major, &info.minor),
+        Err(_) => true,
+    }
+}
+
+/// Whether Kubernetes `major`.`minor` (as `/version` gives them: `"1"`, `"28+"`) has
+/// native sidecars.
+fn native_sidecars_in(major: &str, minor: &str) -> bool {
+    let number = |s: &str| {
+        s.trim_end_matches(|c: char| !c.is_ascii_digit())
+            .parse::<u32>()
+    };
+    match (number(major), number(minor)) {
+        (Ok(major), Ok(minor)) => (major, minor) >= (1, 29),
+        _ => true,
+    }
+}
+
 /// Runs the controller manager until a shutdown signal or the loss of leadership.
-pub async fn run(options: RunOptions) -> Result<(), RunError> {
+pub async fn run(mut options: RunOptions) -> Result<(), RunError> {
     let metrics = Metrics::new();
     let readiness = Readiness::default();
     admin::spawn(options.metrics_addr, metrics.clone(), readiness.clone())
@@ -111,6 +133,12 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
             source,
         })?;
     let client = client().await?;
+    if !has_native_sidecars(&client).await {
+        tracing::warn!(
+            "the API server is older than Kubernetes 1.29: sidecars go in as plain containers, and WorkQueues refuse them"
+        );
+        options.config.render.native_sidecars = false;
+    }
     // The webhook serves on every replica, leader or not, and whether or not the CRDs are
     // installed: pod creation must never wait on an election.
     if let Some(webhook) = &options.webhook {
@@ -378,5 +406,23 @@ async fn lost(leading: &mut tokio::sync::watch::Receiver<bool>) {
         if leading.changed().await.is_err() || !*leading.borrow_and_update() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::native_sidecars_in;
+
+    #[test]
+    fn native_sidecars_come_with_kubernetes_1_29() {
+        assert!(!native_sidecars_in("1", "28+"));
+        assert!(!native_sidecars_in("1", "27"));
+        assert!(native_sidecars_in("1", "29"));
+        assert!(native_sidecars_in("1", "37"));
+        assert!(native_sidecars_in("2", "0"));
+        assert!(
+            native_sidecars_in("", "weird"),
+            "unknown: every supported release has them"
+        );
     }
 }

@@ -43,12 +43,17 @@ pub const HANDOVER_MANAGER: &str = "rigging-operator-handover";
 pub struct RenderConfig {
     /// Image of `rigging-sidecar`, for the sidecars the operator adds.
     pub sidecar_image: String,
+    /// Whether the cluster runs native sidecars (init containers with `restartPolicy:
+    /// Always`, Kubernetes 1.29 and later). Without them sidecars go in as plain
+    /// containers, and kinds whose pods run to completion refuse them.
+    pub native_sidecars: bool,
 }
 
 impl Default for RenderConfig {
     fn default() -> Self {
         Self {
             sidecar_image: default_sidecar_image(),
+            native_sidecars: true,
         }
     }
 }

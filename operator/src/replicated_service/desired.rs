@@ -141,7 +141,7 @@ fn pod_template(
         tls: tls.as_ref(),
         sidecars: rs.spec.sidecars.as_ref(),
     };
-    sidecars::place(&mut template, &placement, &config.sidecar_image)?;
+    sidecars::place(&mut template, &placement, config)?;
     Ok(template)
 }
 
@@ -261,6 +261,7 @@ spec:
             rs,
             &RenderConfig {
                 sidecar_image: "sidecar:test".into(),
+                ..RenderConfig::default()
             },
         )
         .expect("valid fixture")

@@ -398,7 +398,7 @@ fn shard_template(
         tls: None,
         sidecars: ss.spec.sidecars.as_ref(),
     };
-    sidecars::place(&mut template, &placement, &config.sidecar_image)?;
+    sidecars::place(&mut template, &placement, config)?;
     Ok(template)
 }
 
@@ -571,6 +571,7 @@ mod tests {
     fn config() -> RenderConfig {
         RenderConfig {
             sidecar_image: "sidecar:test".into(),
+            ..RenderConfig::default()
         }
     }
 

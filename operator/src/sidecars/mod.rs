@@ -117,14 +117,16 @@ struct Holder {
 }
 
 /// Places the sidecars of `placement` into `template` (whose first container is the
-/// app), or says why they cannot go in: a name Rigging reserves taken, or a port two
+/// app), as native sidecars or, when `config` says the cluster has none, as plain
+/// containers; or says why they cannot go in: a name Rigging reserves taken, or a port two
 /// holders want.
 pub fn place(
     template: &mut PodTemplateSpec,
     placement: &Placement,
-    image: &str,
+    config: &crate::controller::RenderConfig,
 ) -> Result<(), FieldErrors> {
     check(template, placement)?;
+    let image = config.sidecar_image.as_str();
     let Some(pod) = template.spec.as_mut() else {
         return Ok(());
     };
@@ -232,10 +234,18 @@ pub fn place(
         volumes.push(ring_volume(&shard.service));
         labels.insert(SHARD_CLIENT_LABEL.to_owned(), shard.service.clone());
     }
-    if !containers.is_empty() {
+    if !containers.is_empty() && config.native_sidecars {
         pod.init_containers
             .get_or_insert_with(Vec::new)
             .extend(containers);
+    } else if !containers.is_empty() {
+        // Before Kubernetes 1.29: plain containers beside the app, which start with it
+        // rather than before it, and stop with the pod.
+        pod.containers
+            .extend(containers.into_iter().map(|c| Container {
+                restart_policy: None,
+                ..c
+            }));
     }
     if !volumes.is_empty() {
         pod.volumes.get_or_insert_with(Vec::new).extend(volumes);
@@ -528,7 +538,11 @@ mod tests {
             tls: None,
             sidecars: Some(sidecars),
         };
-        place(&mut t, &placement, "sidecar:test").map_err(|e| e.to_string())?;
+        let config = crate::controller::RenderConfig {
+            sidecar_image: "sidecar:test".into(),
+            ..crate::controller::RenderConfig::default()
+        };
+        place(&mut t, &placement, &config).map_err(|e| e.to_string())?;
         Ok(t)
     }
 

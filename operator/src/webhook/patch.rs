@@ -62,7 +62,7 @@ pub fn inject(pod: &Value, config: &RenderConfig) -> Outcome {
         tls: request.tls.as_ref(),
         sidecars: Some(&request.sidecars),
     };
-    if let Err(errors) = sidecars::place(&mut after, &placement, &config.sidecar_image) {
+    if let Err(errors) = sidecars::place(&mut after, &placement, config) {
         return Outcome::Deny(message(&errors.0));
     }
     let injected = request.names.join(",");

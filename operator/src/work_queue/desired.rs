@@ -390,12 +390,18 @@ fn worker_template(wq: &WorkQueue, config: &RenderConfig) -> Result<PodTemplateS
             format!("volume \"{WORK_VOLUME}\" is reserved for the item's file"),
         ));
     }
+    if wq.spec.sidecars.is_some() && !config.native_sidecars {
+        errors.push(FieldError::new(
+            "spec.sidecars",
+            "this cluster has no native sidecars (Kubernetes 1.29 or later): as plain containers, sidecars would keep every worker's Job from completing",
+        ));
+    }
     let placement = sidecars::Placement {
         app_port: None,
         tls: None,
         sidecars: wq.spec.sidecars.as_ref(),
     };
-    if let Err(e) = sidecars::place(&mut template, &placement, &config.sidecar_image) {
+    if let Err(e) = sidecars::place(&mut template, &placement, config) {
         // The sidecars renderer names fields of a ReplicatedService's `spec.template`.
         errors.extend(e.0.into_iter().map(|mut e| {
             if let Some(rest) = e.field.strip_prefix("spec.template") {

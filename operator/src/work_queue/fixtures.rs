@@ -66,6 +66,7 @@ spec:
 pub fn config() -> RenderConfig {
     RenderConfig {
         sidecar_image: "sidecar:test".into(),
+        ..RenderConfig::default()
     }
 }
 

@@ -112,7 +112,10 @@ async fn one_replica_leads_and_the_other_takes_over_when_it_dies_or_stops() {
     // Released, not expired: the leader renews every RETRY, so without the release the
     // follower could not take the Lease sooner than LEASE - RETRY after the signal. (Not a
     // tighter bound: on a loaded machine the leader's drain takes a few seconds.)
-    assert!(took < LEASE - RETRY, "takeover after a SIGTERM took {took:?}");
+    assert!(
+        took < LEASE - RETRY,
+        "takeover after a SIGTERM took {took:?}"
+    );
     assert_eq!(
         second.exit_code(SETTLE).await,
         Some(0),

@@ -36,6 +36,7 @@ pub fn config() -> Config {
     Config {
         render: RenderConfig {
             sidecar_image: "rigging-sidecar:test".into(),
+            ..RenderConfig::default()
         },
         ..Config::default()
     }

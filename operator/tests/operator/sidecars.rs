@@ -53,6 +53,7 @@ fn reparsed(args: &[String]) -> (&'static str, Vec<String>) {
 fn every_rendered_sidecar_parses_with_the_sidecars_own_parser_into_what_was_rendered() {
     let config = RenderConfig {
         sidecar_image: IMAGE.into(),
+        ..RenderConfig::default()
     };
     let mut seen = Vec::new();
     for file in example_files() {
@@ -85,5 +86,55 @@ fn every_rendered_sidecar_parses_with_the_sidecars_own_parser_into_what_was_rend
             ("rigging-tls".to_owned(), "initContainers"),
         ],
         "the examples place every sidecar the operator renders"
+    );
+}
+
+/// The first document's objects of `example`, rendered for a cluster without native
+/// sidecars (before Kubernetes 1.29).
+fn render_plain(example: &str) -> Result<Vec<serde_json::Value>, String> {
+    let path = crate::fixtures::root().join(example);
+    let input = std::fs::read_to_string(&path).unwrap();
+    let config = RenderConfig {
+        native_sidecars: false,
+        ..RenderConfig::default()
+    };
+    rigging_operator::render::render_values(example, &input, &config).map_err(|e| e.to_string())
+}
+
+#[test]
+fn without_native_sidecars_they_are_plain_containers_beside_the_app() {
+    let objects = render_plain("examples/replicated-service/adapters.yaml").unwrap();
+    let deployment = objects.iter().find(|o| o["kind"] == "Deployment").unwrap();
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert!(
+        pod.get("initContainers").is_none(),
+        "no init containers: {pod}"
+    );
+    let containers = pod["containers"].as_array().unwrap();
+    let name = |c: &serde_json::Value| c["name"].as_str().unwrap().to_owned();
+    assert!(
+        !name(&containers[0]).starts_with("rigging-"),
+        "the app stays first: {pod}"
+    );
+    let sidecars: Vec<_> = containers
+        .iter()
+        .filter(|c| name(c).starts_with("rigging-"))
+        .collect();
+    assert_eq!(sidecars.len(), 3, "logs, metrics and health: {pod}");
+    for sidecar in sidecars {
+        assert!(
+            sidecar.get("restartPolicy").is_none(),
+            "{}: restartPolicy is for init containers only",
+            name(sidecar)
+        );
+    }
+}
+
+#[test]
+fn without_native_sidecars_a_work_queue_refuses_them() {
+    let refused = render_plain("examples/work-queue/thumbnails.yaml").unwrap_err();
+    assert!(
+        refused.contains("spec.sidecars: this cluster has no native sidecars"),
+        "{refused}"
     );
 }

@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 fn config() -> RenderConfig {
     RenderConfig {
         sidecar_image: "sidecar:test".into(),
+        ..RenderConfig::default()
     }
 }
 
@@ -298,4 +299,39 @@ fn what_is_not_an_admission_review_gets_an_invalid_answer_not_a_crash() {
             "{response}"
         );
     }
+}
+
+#[test]
+fn without_native_sidecars_they_are_appended_to_the_containers() {
+    let plain = RenderConfig {
+        native_sidecars: false,
+        ..config()
+    };
+    let original = pod(full_request());
+    let review = review(&admission(&original), &plain, &Metrics::new());
+    let response = serde_json::to_value(&review).unwrap()["response"].clone();
+    let bytes: Vec<u8> = serde_json::from_value(response["patch"].clone()).unwrap();
+    let patch: Patch = serde_json::from_slice(&bytes).unwrap();
+    let mut out = original.clone();
+    json_patch::patch(&mut out, &patch).unwrap();
+    let names: Vec<&str> = out["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "app",
+            "rigging-tls",
+            "rigging-logs",
+            "rigging-metrics",
+            "rigging-health"
+        ]
+    );
+    assert_eq!(
+        out["spec"]["initContainers"],
+        original["spec"]["initContainers"]
+    );
 }
