@@ -30,6 +30,21 @@ pub fn cond(type_: &'static str, status: bool, reason: &'static str, message: &s
     }
 }
 
+/// The conditions of an object whose spec is invalid, for every kind: not ready, not
+/// progressing until the spec is fixed, degraded, each saying why.
+pub fn invalid(message: &str) -> [Cond; 3] {
+    [
+        cond("Ready", false, "InvalidSpec", message),
+        cond(
+            "Progressing",
+            false,
+            "InvalidSpec",
+            "waiting for the spec to be fixed",
+        ),
+        cond("Degraded", true, "InvalidSpec", message),
+    ]
+}
+
 /// The conditions for `generation`, keeping the previous transition time of a condition
 /// whose status did not change.
 pub fn finish(

@@ -6,6 +6,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
 use rigging_crds::{FieldErrors, ReplicatedService, ReplicatedServiceStatus};
 
+use crate::controller::conditions;
 use crate::controller::conditions::{Cond, cond, finish};
 
 /// Status of a ReplicatedService whose children are applied, given its Deployment as the
@@ -98,21 +99,7 @@ pub fn invalid(
         observed_generation: generation,
         replicas: previous.replicas,
         ready_replicas: previous.ready_replicas,
-        conditions: conditions(
-            rs,
-            [
-                cond("Ready", false, "InvalidSpec", &message),
-                cond(
-                    "Progressing",
-                    false,
-                    "InvalidSpec",
-                    "waiting for the spec to be fixed",
-                ),
-                cond("Degraded", true, "InvalidSpec", &message),
-            ],
-            generation,
-            now,
-        ),
+        conditions: conditions(rs, conditions::invalid(&message), generation, now),
     }
 }
 

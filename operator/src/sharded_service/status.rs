@@ -13,6 +13,7 @@ use rigging_crds::sidecar::shard::ring::{ServerSpec, moved_share};
 use rigging_crds::{FieldErrors, ShardedService, ShardedServiceStatus};
 
 use super::desired::{ring_version, router_name, statefulset_names};
+use crate::controller::conditions;
 use crate::controller::conditions::{Cond, cond, finish};
 use crate::controller::{Applied, Note};
 use crate::sidecars;
@@ -206,21 +207,7 @@ pub fn invalid(ss: &ShardedService, errors: &FieldErrors, now: Timestamp) -> Sha
     let previous = ss.status.clone().unwrap_or_default();
     ShardedServiceStatus {
         observed_generation: generation,
-        conditions: conditions(
-            ss,
-            [
-                cond("Ready", false, "InvalidSpec", &message),
-                cond(
-                    "Progressing",
-                    false,
-                    "InvalidSpec",
-                    "waiting for the spec to be fixed",
-                ),
-                cond("Degraded", true, "InvalidSpec", &message),
-            ],
-            generation,
-            now,
-        ),
+        conditions: conditions(ss, conditions::invalid(&message), generation, now),
         ..previous
     }
 }

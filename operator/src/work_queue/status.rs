@@ -18,6 +18,7 @@ use rigging_crds::{FieldErrors, WorkQueue, WorkQueueStatus};
 
 use super::desired::{self, ITEM_ANNOTATION, Item};
 use super::naming;
+use crate::controller::conditions;
 use crate::controller::conditions::{Cond, cond, finish};
 use crate::controller::{Applied, Note};
 
@@ -327,16 +328,7 @@ pub fn invalid(wq: &WorkQueue, errors: &FieldErrors, now: Timestamp) -> WorkQueu
         observed_generation: generation,
         conditions: finish(
             previous_conditions(wq),
-            [
-                cond("Ready", false, "InvalidSpec", &message),
-                cond(
-                    "Progressing",
-                    false,
-                    "InvalidSpec",
-                    "waiting for the spec to be fixed",
-                ),
-                cond("Degraded", true, "InvalidSpec", &message),
-            ],
+            conditions::invalid(&message),
             generation,
             now,
         ),
