@@ -15,8 +15,8 @@
 #    status.observedGeneration == metadata.generation and its three conditions, and that
 #    every expected Deployment, Service, PDB and HPA exists. Measured: seconds until both
 #    hold, the operator's API requests by verb (from the API server's audit log,
-#    CONTROLPLANE_AUDIT_LOG=1; kube-rs sends no User-Agent, so the operator's requests are
-#    the admin's requests without one), its CPU time (/proc/PID/stat) and its peak RSS
+#    CONTROLPLANE_AUDIT_LOG=1; the operator's requests carry the User-Agent
+#    rigging-operator/<version>), its CPU time (/proc/PID/stat) and its peak RSS
 #    (VmHWM). The kit's service range holds only 253 ClusterIPs, so the script first adds
 #    a ServiceCIDR of 4,094 more. No convergence in TIMEOUT (300) seconds fails the run.
 # 2. Settling: after convergence the operator still follows what kube-controller-manager
@@ -187,7 +187,7 @@ def ts(s):
     return datetime.datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
 
 def is_operator(e):
-    return e.get("userAgent") is None and e["user"]["username"] == "rigging-admin"
+    return (e.get("userAgent") or "").startswith("rigging-operator/")
 
 def who(e):
     if is_operator(e):
