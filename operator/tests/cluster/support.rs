@@ -17,6 +17,14 @@ use kube::core::GroupVersionKind;
 use kube::{Client, Config, discovery};
 use serde_json::Value;
 
+/// A port on 127.0.0.1 that nothing listens on now, for a process the test starts.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
 /// The workspace root.
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -210,11 +218,7 @@ impl Operator {
     /// Starts `rigging-operator run --namespace NAMESPACE ARGS…` with identity `identity`
     /// (the `POD_NAME` a pod would give it) and a free admin port.
     pub fn start_with(cluster: &Cluster, namespace: &str, identity: &str, args: &[&str]) -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let admin = format!("127.0.0.1:{port}");
+        let admin = format!("127.0.0.1:{}", free_port());
         let log = std::env::temp_dir().join(format!("rigging-operator-{namespace}-{identity}.log"));
         let log_file = std::fs::File::create(&log).expect("operator log file");
         let child = Command::new(env!("CARGO_BIN_EXE_rigging-operator"))

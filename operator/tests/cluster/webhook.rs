@@ -4,7 +4,6 @@
 //! annotation fails a pod's creation with the webhook's message; and a certificate
 //! rotation while pods are being created refuses none of them.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -19,7 +18,7 @@ use kube::api::{Api, ListParams, ObjectMeta, PostParams};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, SanType};
 use serde_json::json;
 
-use crate::support::{Cluster, SETTLE, cluster, eventually};
+use crate::support::{Cluster, SETTLE, cluster, eventually, free_port};
 
 /// A CA and the files of a serving certificate for 127.0.0.1 it signs.
 struct Pki {
@@ -74,10 +73,7 @@ struct Webhook {
 
 impl Webhook {
     fn start(pki: &Pki) -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .unwrap()
-            .port();
+        let port = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_rigging-operator"))
             .args(["webhook", "--listen", &format!("127.0.0.1:{port}")])
             .args([
@@ -349,10 +345,7 @@ async fn run_serves_the_webhook_with_a_ca_it_keeps_across_restarts() {
         return;
     };
     let ns = cluster.namespace("webhook-run").await;
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap()
-        .port();
+    let port = free_port();
     // Registered without a caBundle, as the chart installs it: the operator publishes it.
     let registration = Registration::create(&cluster, &ns.name, port, None).await;
     let listen = format!("127.0.0.1:{port}");
@@ -431,10 +424,7 @@ async fn run_serves_certificates_someone_else_issues_and_makes_no_ca() {
     };
     let ns = cluster.namespace("webhook-certdir").await;
     let pki = Pki::new();
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap()
-        .port();
+    let port = free_port();
     let _registration = Registration::create(&cluster, &ns.name, port, Some(&pki.ca.pem())).await;
     let (listen, dir) = (
         format!("127.0.0.1:{port}"),
