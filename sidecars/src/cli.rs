@@ -3,7 +3,7 @@
 
 use clap::{Parser, Subcommand};
 
-use crate::{health, logs, metrics, shard, tls};
+use crate::{health, http, logs, metrics, shard, tls};
 
 /// `rigging-sidecar`'s command line.
 #[derive(Debug, Parser)]
@@ -31,4 +31,7 @@ pub enum Command {
     Metrics(metrics::Args),
     /// Health monitor: deep checks served as /healthz and /readyz.
     Health(health::Args),
+    /// HTTP ambassador: routing, balancing, health checks, retries, splits, cache and
+    /// rate limits.
+    Http(http::Args),
 }

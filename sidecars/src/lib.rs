@@ -1,8 +1,11 @@
 //! Rigging's sidecars. Each module is one subcommand of the `rigging-sidecar` binary;
-//! [`runtime`] is what they all share (admin port, logs, shutdown, reload).
+//! [`runtime`] is what they all share (admin port, logs, shutdown, reload), and
+//! [`forwarding`] the HTTP data-plane core of `tls`, `shard --protocol http` and `http`.
 
 pub mod cli;
+pub mod forwarding;
 pub mod health;
+pub mod http;
 pub mod logs;
 pub mod metrics;
 pub mod probe;

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use rigging_sidecar::cli::{Cli, Command};
-use rigging_sidecar::{health, logs, metrics, runtime, shard, tls};
+use rigging_sidecar::{health, http, logs, metrics, runtime, shard, tls};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -24,6 +24,7 @@ fn main() -> ExitCode {
             Command::Logs(args) => logs::run(args).await.map_err(anyhow::Error::from),
             Command::Metrics(args) => metrics::run(args).await.map_err(anyhow::Error::from),
             Command::Health(args) => health::run(args).await.map_err(anyhow::Error::from),
+            Command::Http(args) => http::run(args).await.map_err(anyhow::Error::from),
         }
     });
     match result {

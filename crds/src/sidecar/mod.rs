@@ -9,6 +9,7 @@
 //! field names.
 
 pub mod health;
+pub mod http;
 pub mod logs;
 pub mod metrics;
 pub mod shard;
@@ -34,6 +35,8 @@ pub mod ports {
     pub const LOGS_ADMIN: u16 = 9123;
     /// The sharding ambassador's admin port.
     pub const SHARD_ADMIN: u16 = 9122;
+    /// The HTTP ambassador's admin port (`/status` as well as the usual three).
+    pub const HTTP_ADMIN: u16 = 9124;
 }
 
 /// A sidecar's typed command line.
