@@ -43,7 +43,7 @@ impl fmt::Display for ByteSize {
         match SUFFIXES[..4]
             .iter()
             .rev()
-            .find(|(_, unit)| self.0 >= *unit && self.0 % unit == 0)
+            .find(|(_, unit)| self.0 >= *unit && self.0.is_multiple_of(*unit))
         {
             Some((suffix, unit)) => write!(f, "{}{suffix}", self.0 / unit),
             None => write!(f, "{}", self.0),
