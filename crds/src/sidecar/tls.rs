@@ -50,6 +50,10 @@ pub struct TlsArgs {
     #[arg(long, default_value = "20s", value_parser = duration::parse)]
     #[serde(with = "duration")]
     pub drain_timeout: Duration,
+    /// Idle keep-alive connections to the app kept at most (nginx's `keepalive N`); a
+    /// burst past it leaves no more than this many open once it is over.
+    #[arg(long, default_value_t = 64)]
+    pub max_idle_upstream: usize,
     /// Most client connections open at once; further clients wait in the listen backlog.
     #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
@@ -85,6 +89,7 @@ impl TlsArgs {
             idle_timeout: Duration::from_secs(120),
             connect_timeout: Duration::from_secs(2),
             drain_timeout: Duration::from_secs(20),
+            max_idle_upstream: 64,
             max_connections: 4096,
             no_session_resumption: false,
             session_cache_size: 4096,

@@ -24,6 +24,9 @@ pub struct Metrics {
     requests: [IntCounter; 5],
     /// Requests answered by the terminator itself with 502 (app unreachable).
     pub upstream_errors: IntCounter,
+    /// Requests the terminator refused as the client's fault (400, 405): no Host, two
+    /// Hosts, CONNECT, a broken body.
+    pub client_errors: IntCounter,
     /// Time from sending a request to the app until its response headers arrive.
     pub upstream_latency: Histogram,
     /// `notAfter` of the certificate being served, in Unix seconds.
@@ -63,6 +66,10 @@ impl Metrics {
             "rigging_tls_upstream_errors_total",
             "Requests answered 502 because the app could not be reached",
         )?;
+        let client_errors = IntCounter::new(
+            "rigging_tls_client_errors_total",
+            "Requests refused as the client's fault (no or two Host headers, CONNECT, a broken body)",
+        )?;
         let upstream_latency = Histogram::with_opts(
             HistogramOpts::new(
                 "rigging_tls_upstream_duration_seconds",
@@ -90,6 +97,7 @@ impl Metrics {
         registry.register(Box::new(handshakes_resumed.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(upstream_errors.clone()))?;
+        registry.register(Box::new(client_errors.clone()))?;
         registry.register(Box::new(upstream_latency.clone()))?;
         registry.register(Box::new(cert_expiry.clone()))?;
         registry.register(Box::new(reloads.clone()))?;
@@ -104,6 +112,7 @@ impl Metrics {
             handshakes_resumed,
             requests: ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|c| requests.with_label_values(&[c])),
             upstream_errors,
+            client_errors,
             upstream_latency,
             cert_expiry,
             reloads_ok: reloads.with_label_values(&["ok"]),

@@ -7,7 +7,6 @@
 //! connections. See `docs/sidecars/tls.md`.
 
 mod certs;
-mod idle;
 mod metrics;
 mod proxy;
 
@@ -19,13 +18,13 @@ use arc_swap::ArcSwap;
 use http::HeaderValue;
 use http::uri::Authority;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
 use tokio::net::TcpStream;
-use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use crate::forwarding::{self, PoolConfig, idle};
 use crate::runtime::{self, Lifecycle, admin, reload};
 
 pub use certs::CertError;
@@ -88,6 +87,7 @@ struct Terminator {
     upstream: Arc<proxy::Upstream>,
     metrics: metrics::Metrics,
     handshake_timeout: Duration,
+    header_timeout: Duration,
     idle_timeout: Duration,
     /// One builder per ALPN outcome, so hyper never sniffs the first bytes. A client that
     /// sent no ALPN speaks HTTP/1.1: HTTP/2 over TLS requires ALPN (RFC 9113 §3.3).
@@ -138,15 +138,20 @@ pub async fn run(args: Args) -> Result<(), Error> {
         tls: current,
         upstream: Arc::new(proxy::Upstream::new(
             authority,
-            args.connect_timeout,
+            PoolConfig {
+                connect_timeout: args.connect_timeout,
+                max_idle: args.max_idle_upstream,
+                ..PoolConfig::default()
+            },
             metrics.clone(),
             life.tracker().clone(),
         )),
         metrics,
         handshake_timeout: args.handshake_timeout,
+        header_timeout: args.header_timeout,
         idle_timeout: args.idle_timeout,
-        h1: server_builder(&args).http1_only(),
-        h2: server_builder(&args).http2_only(),
+        h1: forwarding::server_builder(args.header_timeout).http1_only(),
+        h2: forwarding::server_builder(args.header_timeout).http2_only(),
     });
 
     life.set_ready(true);
@@ -159,59 +164,23 @@ pub async fn run(args: Args) -> Result<(), Error> {
         "tls terminator ready"
     );
 
-    accept_loop(&listener, &terminator, &life, args.max_connections as usize).await;
+    forwarding::accept_loop(
+        &listener,
+        args.max_connections as usize,
+        &life,
+        |tcp, peer, slot| {
+            let terminator = terminator.clone();
+            let stop = life.token().clone();
+            async move {
+                let _slot = slot;
+                terminator.serve(tcp, peer, stop).await;
+            }
+        },
+    )
+    .await;
     drop(listener);
     life.drain(args.drain_timeout).await;
     Ok(())
-}
-
-fn server_builder(args: &Flags) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(args.header_timeout)
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(256);
-    builder
-}
-
-async fn accept_loop(
-    listener: &tokio::net::TcpListener,
-    terminator: &Arc<Terminator>,
-    life: &Lifecycle,
-    max_connections: usize,
-) {
-    let slots = Arc::new(Semaphore::new(max_connections));
-    loop {
-        // Waiting for a slot before accepting leaves excess clients in the kernel's
-        // backlog instead of accepting and dropping them.
-        let slot = tokio::select! {
-            _ = life.stopping() => return,
-            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
-        };
-        let (tcp, peer) = tokio::select! {
-            _ = life.stopping() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    // Out of file descriptors, mostly: back off instead of spinning.
-                    tracing::warn!(error = %err, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let terminator = terminator.clone();
-        let stop = life.token().clone();
-        life.tracker().spawn(async move {
-            let _slot = slot;
-            terminator.serve(tcp, peer, stop).await;
-        });
-    }
 }
 
 /// Decrements the open-connections gauge however the connection ends.
@@ -228,13 +197,16 @@ impl Terminator {
         self.metrics.connections.inc();
         self.metrics.connections_open.inc();
         let _open = OpenConnection(self.metrics.connections_open.clone());
-        let _ = tcp.set_nodelay(true);
-
         let in_flight = Arc::new(idle::InFlight::default());
-        let io = idle::IdleIo::new(tcp, self.idle_timeout, in_flight.clone());
+        let io = idle::IdleIo::new(
+            tcp,
+            self.idle_timeout,
+            self.handshake_timeout + self.header_timeout,
+            in_flight.clone(),
+        );
         let acceptor = TlsAcceptor::from(self.tls.load_full());
         let handshake = tokio::time::timeout(self.handshake_timeout, acceptor.accept(io));
-        let tls = tokio::select! {
+        let mut tls = tokio::select! {
             _ = stop.cancelled() => return,
             result = handshake => match result {
                 Ok(Ok(tls)) => tls,
@@ -250,6 +222,8 @@ impl Terminator {
                 }
             },
         };
+        // The header timeout counts from the end of the handshake.
+        tls.get_mut().0.restart_first_request_clock();
         let session = tls.get_ref().1;
         self.metrics.handshake_ok(session.protocol_version());
         if session.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
@@ -270,18 +244,7 @@ impl Terminator {
             let conn = conn.clone();
             async move { conn.handle(req).await }
         });
-        let connection = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
-        tokio::pin!(connection);
-        let result = tokio::select! {
-            result = connection.as_mut() => result,
-            _ = stop.cancelled() => {
-                // Finish what is in flight, refuse new requests (HTTP/2: GOAWAY; HTTP/1.1:
-                // close after the current response).
-                connection.as_mut().graceful_shutdown();
-                connection.await
-            }
-        };
-        if let Err(err) = result {
+        if let Err(err) = forwarding::serve_connection(builder, tls, service, &stop).await {
             tracing::debug!(%peer, error = %err, "client connection ended with an error");
         }
     }

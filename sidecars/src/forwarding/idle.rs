@@ -3,12 +3,14 @@
 //! hyper has a header-read timeout for HTTP/1.1 but nothing that closes a quiet HTTP/2
 //! connection, and a plain read timeout would cut a request waiting on a slow app. So the
 //! socket is wrapped: a connection is idle when no byte moved for the timeout *and* no
-//! request is in flight on it.
+//! request is in flight on it. Before its first request a connection gets only the
+//! header timeout: a client that connects and sends nothing must not hold a connection
+//! slot for the whole idle timeout.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -17,17 +19,25 @@ use tokio::time::{Instant, Sleep};
 
 /// Requests in flight on one connection; shared by the socket wrapper and the service.
 #[derive(Debug, Default)]
-pub struct InFlight(AtomicUsize);
+pub struct InFlight {
+    now: AtomicUsize,
+    ever: AtomicBool,
+}
 
 impl InFlight {
     /// Marks one request (or upgraded tunnel) in flight until the guard drops.
     pub fn enter(self: &Arc<Self>) -> InFlightGuard {
-        self.0.fetch_add(1, Ordering::Relaxed);
+        self.now.fetch_add(1, Ordering::Relaxed);
+        self.ever.store(true, Ordering::Relaxed);
         InFlightGuard(self.clone())
     }
 
     fn busy(&self) -> bool {
-        self.0.load(Ordering::Relaxed) > 0
+        self.now.load(Ordering::Relaxed) > 0
+    }
+
+    fn started(&self) -> bool {
+        self.ever.load(Ordering::Relaxed)
     }
 }
 
@@ -36,7 +46,7 @@ pub struct InFlightGuard(Arc<InFlight>);
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
-        self.0.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.now.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -45,22 +55,48 @@ pub struct IdleIo<T> {
     inner: T,
     in_flight: Arc<InFlight>,
     idle: Duration,
+    first_request: Duration,
+    /// When the connection became able to send its first request.
+    opened: Instant,
     last_activity: Instant,
     // Boxed once per connection: `Sleep` is `!Unpin` and the wrapper must stay `Unpin`.
     timer: Pin<Box<Sleep>>,
 }
 
 impl<T> IdleIo<T> {
-    /// Wraps `inner`; `in_flight` is the connection's request counter.
-    pub fn new(inner: T, idle: Duration, in_flight: Arc<InFlight>) -> Self {
+    /// Wraps `inner`; `in_flight` is the connection's request counter. Until its first
+    /// request, the connection is closed after `first_request` of silence.
+    pub fn new(
+        inner: T,
+        idle: Duration,
+        first_request: Duration,
+        in_flight: Arc<InFlight>,
+    ) -> Self {
         let now = Instant::now();
         Self {
             inner,
             in_flight,
             idle,
+            first_request,
+            opened: now,
             last_activity: now,
-            timer: Box::pin(tokio::time::sleep_until(now + idle)),
+            timer: Box::pin(tokio::time::sleep_until(now + first_request.min(idle))),
         }
+    }
+
+    /// Starts the first-request clock again: a TLS connection can send a request only
+    /// once its handshake is over.
+    pub fn restart_first_request_clock(&mut self) {
+        let now = Instant::now();
+        self.opened = now;
+        self.timer
+            .as_mut()
+            .reset(now + self.first_request.min(self.idle));
+    }
+
+    /// The connection itself.
+    pub fn get_ref(&self) -> &T {
+        &self.inner
     }
 
     /// Called when a read would block: resolves only when the connection is really idle.
@@ -72,6 +108,10 @@ impl<T> IdleIo<T> {
             let now = Instant::now();
             let deadline = if self.in_flight.busy() {
                 now + self.idle
+            } else if !self.in_flight.started() {
+                // Bytes of a request still coming in (slowly) do not extend this: the
+                // header timeout is for the whole head, as nginx's is.
+                self.opened + self.first_request.min(self.idle)
             } else {
                 self.last_activity + self.idle
             };
@@ -153,7 +193,12 @@ mod tests {
     async fn a_quiet_connection_times_out_but_not_while_a_request_is_in_flight() {
         let (a, mut b) = tokio::io::duplex(64);
         let in_flight = Arc::new(InFlight::default());
-        let mut io = IdleIo::new(a, Duration::from_millis(50), in_flight.clone());
+        let mut io = IdleIo::new(
+            a,
+            Duration::from_millis(50),
+            Duration::from_secs(60),
+            in_flight.clone(),
+        );
         let mut buf = [0u8; 8];
 
         // A request in flight: ten idle periods of silence are fine, data flows after.
@@ -170,6 +215,24 @@ mod tests {
 
         // Nothing in flight: the next read fails once the idle time has passed.
         let err = io.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_never_sends_a_request_gets_only_the_first_request_timeout() {
+        let (a, _b) = tokio::io::duplex(64);
+        let in_flight = Arc::new(InFlight::default());
+        let mut io = IdleIo::new(
+            a,
+            Duration::from_secs(120),
+            Duration::from_millis(50),
+            in_flight,
+        );
+        let mut buf = [0u8; 8];
+        let err = tokio::time::timeout(Duration::from_secs(10), io.read(&mut buf))
+            .await
+            .expect("held for the idle timeout, not the first-request one")
+            .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
     }
 }

@@ -1,0 +1,102 @@
+//! Serving client connections: the accept loop with its connection limit, and one
+//! connection served until it ends or the sidecar drains.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Body;
+use hyper::body::Incoming;
+use hyper::service::Service;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::runtime::Lifecycle;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A server builder for client connections: HTTP/1.1 keep-alive with a header-read
+/// timeout, and HTTP/2 with a stream limit.
+pub fn server_builder(header_timeout: Duration) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256);
+    builder
+}
+
+/// Accepts connections until the lifecycle stops, at most `max_connections` open at once,
+/// and hands each to `serve` in a tracked task (so a drain waits for it). Waiting for a
+/// slot before accepting leaves excess clients in the kernel's backlog instead of
+/// accepting and dropping them.
+pub async fn accept_loop<F, Fut>(
+    listener: &TcpListener,
+    max_connections: usize,
+    life: &Lifecycle,
+    serve: F,
+) where
+    F: Fn(TcpStream, SocketAddr, OwnedSemaphorePermit) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let slots = Arc::new(Semaphore::new(max_connections));
+    loop {
+        let slot = tokio::select! {
+            _ = life.stopping() => return,
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+        };
+        let (tcp, peer) = tokio::select! {
+            _ = life.stopping() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Out of file descriptors, mostly: back off instead of spinning.
+                    tracing::warn!(error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        life.tracker().spawn(serve(tcp, peer, slot));
+    }
+}
+
+/// Serves one client connection with `service` until it ends; when `stop` fires, what is
+/// in flight finishes and no new request is taken (HTTP/2: GOAWAY; HTTP/1.1: close after
+/// the current response). Upgrades (WebSocket) are allowed.
+pub async fn serve_connection<I, S, B>(
+    builder: &auto::Builder<TokioExecutor>,
+    io: I,
+    service: S,
+    stop: &CancellationToken,
+) -> Result<(), BoxError>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Service<Request<Incoming>, Response = Response<B>>,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => result,
+        _ = stop.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    }
+}
