@@ -50,6 +50,41 @@ impl Drop for InFlightGuard {
     }
 }
 
+/// A response body that holds its connection's in-flight mark until it ends, so that a
+/// response streaming slowly (server-sent events, long downloads with pauses) is not
+/// mistaken for an idle connection.
+pub struct Tracked<B> {
+    body: B,
+    _busy: InFlightGuard,
+}
+
+impl<B> Tracked<B> {
+    /// Wraps `body`, marked busy by `busy`.
+    pub fn new(body: B, busy: InFlightGuard) -> Self {
+        Self { body, _busy: busy }
+    }
+}
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
 /// A socket that fails reads with `TimedOut` once the connection has been idle too long.
 pub struct IdleIo<T> {
     inner: T,

@@ -12,7 +12,7 @@ pub use headers::{
     add_forwarded_for, host_error, set_forwarded_proto_and_host, strip_hop_by_hop, to_origin_form,
     wants_upgrade,
 };
-pub use pool::{Pool, PoolConfig, PoolStats, Pooled, SendError};
+pub use pool::{Failed, Pool, PoolConfig, PoolStats, Pooled, SendError};
 pub use serve::{accept_loop, serve_connection, server_builder};
 
 use bytes::Bytes;

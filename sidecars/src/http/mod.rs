@@ -1,4 +1,41 @@
-//! `rigging-sidecar http`: the HTTP ambassador and application-layer tier.
+//! `rigging-sidecar http`: the HTTP ambassador and application-layer tier (book ch. 3–5):
+//! routes that send requests to backends or sticky splits, balancing strategies, health
+//! checks and outlier ejection, retries within a budget, a circuit breaker, mirroring to
+//! a shadow, a response cache and rate limits. See `docs/sidecars/http.md`.
+//!
+//! The config file is reloaded when it changes: a new table is compiled beside the one
+//! serving and swapped in, so connections are never dropped, and a file that does not
+//! compile is refused with the field it got wrong while the old table keeps serving.
+
+mod backend;
+mod cache;
+mod keys;
+mod metrics;
+mod proxy;
+mod rate_limit;
+mod retry;
+mod route;
+mod rules;
+mod split;
+mod status;
+mod table;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use http::HeaderValue;
+use http_body_util::Either;
+use hyper::service::service_fn;
+use rigging_crds::sidecar::http::HttpConfig;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::forwarding::idle::{IdleIo, InFlight, Tracked};
+use crate::forwarding::{self};
+use crate::runtime::{self, Lifecycle, admin, config, reload};
+use table::Table;
 
 /// Command-line arguments of `rigging-sidecar http`.
 #[derive(Debug, clap::Args)]
@@ -14,13 +51,145 @@ pub use rigging_crds::sidecar::http::HttpArgs as Flags;
 /// Why the ambassador could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A listener could not be bound, or the config file could not be read.
+    /// A listener could not be bound, or the config file could not be read or parsed.
     #[error(transparent)]
-    Runtime(#[from] crate::runtime::Error),
+    Runtime(#[from] runtime::Error),
+    /// The config file parsed but cannot work.
+    #[error("invalid config file {path}: {source}")]
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// The field at fault and why.
+        source: rigging_crds::sidecar::http::ConfigError,
+    },
+    /// A metric could not be registered (a programming error).
+    #[error("cannot register metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+fn load(path: &Path, previous: Option<&Table>, metrics: &metrics::Metrics) -> Result<Table, Error> {
+    let file: HttpConfig = config::load_yaml(path)?;
+    Table::compile(&file, previous, metrics).map_err(|source| Error::Config {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// Runs the ambassador until SIGTERM/SIGINT, then drains and returns.
 pub async fn run(args: Args) -> Result<(), Error> {
-    let _ = args;
+    let args = *args.flags;
+    let life = Lifecycle::new();
+    let registry = prometheus::Registry::new();
+    let metrics = metrics::Metrics::register(&registry)?;
+
+    // Watch before the first load, so a change racing start-up is not missed.
+    let changes = reload::watch_files(
+        vec![args.config.clone()],
+        args.reload_interval,
+        life.token().clone(),
+    );
+    let first = load(&args.config, None, &metrics)?;
+    first.start(None);
+    let table = Arc::new(ArcSwap::from_pointee(first));
+
+    let listener = runtime::bind(args.listen).await?;
+    admin::spawn_with_routes(
+        args.admin,
+        registry.clone(),
+        life.clone(),
+        Arc::new(status::StatusPage(table.clone())),
+    )
+    .await?;
+    spawn_reloader(changes, args.config.clone(), table.clone(), metrics.clone());
+
+    life.set_ready(true);
+    tracing::info!(
+        listen = %args.listen,
+        config = %args.config.display(),
+        routes = table.load().routes.len(),
+        backends = table.load().backends.len(),
+        "http ambassador ready"
+    );
+    let builder = Arc::new(forwarding::server_builder(args.header_timeout));
+    forwarding::accept_loop(
+        &listener,
+        args.max_connections as usize,
+        &life,
+        |tcp, peer, slot| {
+            let table = table.clone();
+            let builder = builder.clone();
+            let stop = life.token().clone();
+            let (idle, header) = (args.idle_timeout, args.header_timeout);
+            async move {
+                let _slot = slot;
+                serve(tcp, peer, table, &builder, idle, header, stop).await;
+            }
+        },
+    )
+    .await;
+    drop(listener);
+    life.drain(args.drain_timeout).await;
+    for backend in table.load().backends.values() {
+        backend.retire();
+    }
     Ok(())
+}
+
+async fn serve(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    table: Arc<ArcSwap<Table>>,
+    builder: &hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    idle_timeout: std::time::Duration,
+    header_timeout: std::time::Duration,
+    stop: CancellationToken,
+) {
+    let in_flight = Arc::new(InFlight::default());
+    let io = IdleIo::new(tcp, idle_timeout, header_timeout, in_flight.clone());
+    let peer_ip = HeaderValue::try_from(peer.ip().to_string())
+        .expect("an IP address is a valid header value");
+    let service = service_fn(move |req| {
+        let table = table.load_full();
+        let in_flight = in_flight.clone();
+        let peer_ip = peer_ip.clone();
+        async move {
+            let busy = in_flight.enter();
+            let response = proxy::handle(&table, peer, &peer_ip, req).await;
+            Ok::<_, std::convert::Infallible>(
+                response
+                    .map(|body| Either::Left(Tracked::new(body, busy)))
+                    .map(|b: Either<_, http_body_util::Full<bytes::Bytes>>| b),
+            )
+        }
+    });
+    if let Err(err) = forwarding::serve_connection(builder, io, service, &stop).await {
+        tracing::debug!(%peer, error = %err, "client connection ended with an error");
+    }
+}
+
+fn spawn_reloader(
+    mut changes: tokio::sync::watch::Receiver<u64>,
+    path: PathBuf,
+    table: Arc<ArcSwap<Table>>,
+    metrics: metrics::Metrics,
+) {
+    tokio::spawn(async move {
+        while changes.changed().await.is_ok() {
+            let current = table.load_full();
+            match load(&path, Some(&current), &metrics) {
+                Ok(next) => {
+                    next.start(Some(&current));
+                    let next = Arc::new(next);
+                    table.store(next.clone());
+                    current.retire(&next);
+                    metrics.reloads_ok.inc();
+                    tracing::info!(config = %path.display(), routes = next.routes.len(), "config reloaded");
+                }
+                Err(err) => {
+                    metrics.reloads_failed.inc();
+                    tracing::warn!(error = %err, "config refused; the previous config keeps serving");
+                }
+            }
+        }
+    });
 }

@@ -16,39 +16,11 @@ use hyper_util::rt::TokioIo;
 use tokio_util::task::TaskTracker;
 
 use super::metrics::Metrics;
-use crate::forwarding::idle::{InFlight, InFlightGuard};
+use crate::forwarding::idle::{InFlight, Tracked};
 use crate::forwarding::{self, Pool, PoolConfig, Pooled};
 
 /// What the terminator sends back: the app's streamed body, or a short body of its own.
-pub type Body = Either<Streaming, Full<Bytes>>;
-
-/// The app's response body on its way to the client. It holds the connection's in-flight
-/// mark until the body ends, so that a response streaming slowly (server-sent events, long
-/// downloads with pauses) is not mistaken for an idle connection.
-pub struct Streaming {
-    body: forwarding::ResponseBody,
-    _busy: InFlightGuard,
-}
-
-impl hyper::body::Body for Streaming {
-    type Data = Bytes;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
-        std::pin::Pin::new(&mut self.body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.body.size_hint()
-    }
-}
+pub type Body = Either<Tracked<forwarding::ResponseBody>, Full<Bytes>>;
 
 static HTTPS: HeaderValue = HeaderValue::from_static("https");
 
@@ -129,7 +101,8 @@ impl Conn {
         let request = Request::from_parts(parts, Either::Left(body));
         let mut response = match up.pool.send(request).await {
             Ok(response) => response,
-            Err(err) if err.is_client_body_error() => {
+            Err(failed) if failed.error.is_client_body_error() => {
+                let err = failed.error;
                 // The client's body was broken (a bad chunk, an aborted upload): its own
                 // fault, not an app outage.
                 up.metrics.client_errors.inc();
@@ -140,7 +113,8 @@ impl Conn {
                     "400 bad request: the request body was malformed or cut short\n",
                 )));
             }
-            Err(err) => {
+            Err(failed) => {
+                let err = failed.error;
                 up.metrics.upstream_errors.inc();
                 up.metrics.request(StatusCode::BAD_GATEWAY);
                 tracing::warn!(upstream = %up.authority, error = %forwarding::error_chain(&err), "app unreachable, answering 502");
@@ -174,12 +148,7 @@ impl Conn {
             _ => forwarding::strip_hop_by_hop(response.headers_mut(), false),
         }
         let busy = self.in_flight.enter();
-        Ok(response.map(|body: Pooled| {
-            Either::Left(Streaming {
-                body: Either::Left(body),
-                _busy: busy,
-            })
-        }))
+        Ok(response.map(|body: Pooled| Either::Left(Tracked::new(Either::Left(body), busy))))
     }
 }
 

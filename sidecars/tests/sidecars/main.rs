@@ -4,6 +4,7 @@
 //! green run must mean the behaviour was exercised.
 
 mod health;
+mod http;
 mod logs;
 mod metrics;
 mod shard;

@@ -121,6 +121,31 @@ impl SendError {
     }
 }
 
+/// A request that got no response: why, and the request itself when it never left.
+#[derive(Debug)]
+pub struct Failed {
+    /// Why.
+    pub error: SendError,
+    /// The request, when no byte of it was written.
+    pub unsent: Option<Request<RequestBody>>,
+}
+
+impl Failed {
+    fn unsent(error: SendError, request: Request<RequestBody>) -> Self {
+        Self {
+            error,
+            unsent: Some(request),
+        }
+    }
+
+    fn sent(error: SendError) -> Self {
+        Self {
+            error,
+            unsent: None,
+        }
+    }
+}
+
 /// What a pool has now, for `/status` and metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -193,10 +218,15 @@ impl Pool {
     }
 
     /// Sends `req` (in origin form, with its `Host`) and returns the response, whose body
-    /// gives the connection back when it has been read to the end.
-    pub async fn send(&self, mut req: Request<RequestBody>) -> Result<Response<Pooled>, SendError> {
+    /// gives the connection back when it has been read to the end. A request that never
+    /// left comes back with the error, so that it can go elsewhere whatever its body.
+    pub async fn send(&self, mut req: Request<RequestBody>) -> Result<Response<Pooled>, Failed> {
         loop {
-            match self.obtain().await? {
+            let connection = match self.obtain().await {
+                Ok(connection) => connection,
+                Err(error) => return Err(Failed::unsent(error, req)),
+            };
+            match connection {
                 Connection::Idle(mut sender) => {
                     if sender.ready().await.is_err() {
                         continue;
@@ -207,22 +237,30 @@ impl Pool {
                             // The connection was dead before the request was written:
                             // nothing reached the server, so it goes on another one.
                             Some(unsent) => req = unsent,
-                            None => return Err(self.upstream(err.into_error())),
+                            None => return Err(Failed::sent(self.upstream(err.into_error()))),
                         },
                     }
                 }
                 Connection::New(permit) => {
-                    let mut sender = self.connect(permit).await?;
+                    let mut sender = match self.connect(permit).await {
+                        Ok(sender) => sender,
+                        Err(error) => return Err(Failed::unsent(error, req)),
+                    };
                     return match sender.try_send_request(req).await {
                         Ok(response) => Ok(self.wrap(response, sender)),
-                        Err(err) if err.message().is_some() => Err(SendError::Connect {
-                            address: self.inner.address.clone(),
-                            reason: format!(
-                                "closed before the request was written: {}",
-                                err.error()
-                            ),
-                        }),
-                        Err(err) => Err(self.upstream(err.into_error())),
+                        Err(mut err) => match err.take_message() {
+                            Some(unsent) => {
+                                let error = SendError::Connect {
+                                    address: self.inner.address.clone(),
+                                    reason: format!(
+                                        "closed before the request was written: {}",
+                                        err.error()
+                                    ),
+                                };
+                                Err(Failed::unsent(error, unsent))
+                            }
+                            None => Err(Failed::sent(self.upstream(err.into_error()))),
+                        },
                     };
                 }
             }

@@ -133,7 +133,7 @@ async fn past_its_connection_and_pending_limits_a_request_fails_at_once() {
     });
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(pool.stats().pending, 1);
-    let refused = pool.send(get("/")).await.unwrap_err();
+    let refused = pool.send(get("/")).await.unwrap_err().error;
     assert!(matches!(refused, SendError::Overloaded { .. }), "{refused}");
     assert!(!refused.may_have_been_sent());
     // The one that waited gets the connection when the first is done.
@@ -147,7 +147,9 @@ async fn a_refused_connection_is_a_connect_error_that_was_never_sent() {
     let address = listener.local_addr().unwrap().to_string();
     drop(listener);
     let pool = Pool::new(address, PoolConfig::default());
-    let err = pool.send(get("/")).await.unwrap_err();
+    let failed = pool.send(get("/")).await.unwrap_err();
+    assert!(failed.unsent.is_some(), "the request is given back");
+    let err = failed.error;
     assert!(matches!(err, SendError::Connect { .. }), "{err}");
     assert!(!err.may_have_been_sent());
     let _ = Empty::<Bytes>::new();

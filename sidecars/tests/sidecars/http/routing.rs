@@ -1,0 +1,1 @@
+//! Routing, splits, mirrors, retries, limits and reloads.
