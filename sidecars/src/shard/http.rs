@@ -2,8 +2,8 @@
 //! requests go to the key's server on the same ketama ring as Redis and memcached keys
 //! (so adding or removing a server moves only that server's keys). Requests without a key
 //! go to any live server, round robin. Clients may speak HTTP/1.1 (keep-alive) or HTTP/2
-//! (cleartext, prior knowledge); servers are spoken to in HTTP/1.1 over pooled
-//! keep-alive connections.
+//! (cleartext, prior knowledge); servers are spoken to in HTTP/1.1 over the shared core's
+//! pooled keep-alive connections ([`crate::forwarding`]).
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -13,15 +13,14 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Request, Response, StatusCode};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
 use super::backend::Pool;
+use crate::forwarding::{self, PoolConfig, Pooled};
 use crate::runtime::Lifecycle;
 
 /// Where an HTTP request's shard key is.
@@ -76,16 +75,38 @@ impl ShardKey {
     }
 }
 
-type Body = Either<Incoming, Full<Bytes>>;
+type Body = Either<Pooled, Full<Bytes>>;
 
 struct Shared {
     pools: Arc<ArcSwap<Pool>>,
     key: ShardKey,
-    /// Keep-alive HTTP/1.1 connections per server address. A sender goes back on the
-    /// list as soon as its request is sent and is picked again once it is ready, i.e. once
-    /// that response has been read to the end.
-    idle: std::sync::Mutex<std::collections::HashMap<String, Vec<SendRequest<Incoming>>>>,
+    /// Keep-alive HTTP/1.1 connections per server address, kept across ring reloads.
+    connections: std::sync::Mutex<std::collections::HashMap<String, forwarding::Pool>>,
     next: AtomicUsize,
+}
+
+impl Shared {
+    fn connections_to(
+        &self,
+        address: &str,
+        connect_timeout: std::time::Duration,
+    ) -> forwarding::Pool {
+        let mut all = self.connections.lock().expect("connection pools lock");
+        match all.get(address) {
+            Some(pool) => pool.clone(),
+            None => {
+                let pool = forwarding::Pool::new(
+                    address.to_owned(),
+                    PoolConfig {
+                        connect_timeout,
+                        ..PoolConfig::default()
+                    },
+                );
+                all.insert(address.to_owned(), pool.clone());
+                pool
+            }
+        }
+    }
 }
 
 /// Serves HTTP clients until the lifecycle stops.
@@ -98,98 +119,62 @@ pub async fn serve(
     let shared = Arc::new(Shared {
         pools,
         key,
-        idle: Default::default(),
+        connections: Default::default(),
         next: AtomicUsize::new(0),
     });
-    loop {
-        let stream = tokio::select! {
-            _ = life.stopping() => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(err) => {
-                    tracing::warn!(error = %err, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
+    let builder = Arc::new(forwarding::server_builder(HEADER_TIMEOUT));
+    forwarding::accept_loop(&listener, MAX_CONNECTIONS, life, |stream, _, slot| {
         let shared = shared.clone();
-        let life2 = life.clone();
-        life.tracker().spawn(async move {
+        let builder = builder.clone();
+        let stop = life.token().clone();
+        async move {
+            let _slot = slot;
             let service = service_fn(move |req| {
                 let shared = shared.clone();
                 async move { Ok::<_, std::convert::Infallible>(route(&shared, req).await) }
             });
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = life2.stopping() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
-            }
-        });
-    }
+            let _ = forwarding::serve_connection(&builder, stream, service, &stop).await;
+        }
+    })
+    .await;
 }
 
-/// Sends `req` on an idle keep-alive connection to `address`, or a new one.
+/// Longest a client may take to send a request's headers.
+const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Client connections open at once at most (under the usual open-files limit).
+const MAX_CONNECTIONS: usize = 16_384;
+
+/// Sends `req` on the pooled connections to `address`. A client's broken body is
+/// told apart from a server's failure: only the latter counts against the server.
 async fn send(
     shared: &Shared,
     address: &str,
     connect_timeout: std::time::Duration,
     req: Request<Incoming>,
-) -> Result<Response<Incoming>, String> {
-    let ready = {
-        let mut idle = shared.idle.lock().expect("idle connections lock");
-        if !idle.contains_key(address) {
-            idle.insert(address.to_owned(), Vec::new());
+) -> Result<Response<Pooled>, Failure> {
+    let pool = shared.connections_to(address, connect_timeout);
+    pool.send(req.map(Either::Left)).await.map_err(|failed| {
+        if failed.error.is_client_body_error() {
+            Failure::Client
+        } else {
+            Failure::Server(failed.error.to_string())
         }
-        let list = idle.get_mut(address).expect("inserted above");
-        list.retain(|s| !s.is_closed());
-        list.iter()
-            .position(SendRequest::is_ready)
-            .map(|i| list.swap_remove(i))
-    };
-    let mut sender = match ready {
-        Some(sender) => sender,
-        None => {
-            let stream =
-                tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(address))
-                    .await
-                    .map_err(|_| {
-                        format!("connect timed out after {} ms", connect_timeout.as_millis())
-                    })?
-                    .map_err(|err| format!("connect failed: {err}"))?;
-            let _ = stream.set_nodelay(true);
-            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                .await
-                .map_err(|err| format!("handshake failed: {err}"))?;
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            sender
-        }
-    };
-    let response = sender.send_request(req);
-    if let Some(list) = shared
-        .idle
-        .lock()
-        .expect("idle connections lock")
-        .get_mut(address)
-    {
-        list.push(sender);
-    }
-    response.await.map_err(|err| err.to_string())
+    })
+}
+
+enum Failure {
+    /// The client's request body was malformed or cut short.
+    Client,
+    /// The server failed.
+    Server(String),
 }
 
 /// Bodies up to this size are read whole before the response is written, so that headers
 /// and body leave in one write instead of two.
 const WHOLE_BODY: u64 = 64 * 1024;
 
-async fn small_body_whole(resp: Response<Incoming>, limit: std::time::Duration) -> Response<Body> {
+async fn small_body_whole(resp: Response<Pooled>, limit: std::time::Duration) -> Response<Body> {
     use http_body_util::BodyExt;
     let small = resp
         .headers()
@@ -216,16 +201,17 @@ async fn small_body_whole(resp: Response<Incoming>, limit: std::time::Duration) 
 }
 
 fn error(status: StatusCode, msg: String) -> Response<Body> {
-    let mut resp = Response::new(Either::Right(Full::new(Bytes::from(msg))));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    resp
+    forwarding::text(status, msg).map(Either::Right)
 }
 
-async fn route(shared: &Shared, mut req: Request<Incoming>) -> Response<Body> {
+async fn route(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
+    let (mut parts, body) = req.into_parts();
+    if let Some(why) = forwarding::host_error(&parts) {
+        return error(StatusCode::BAD_REQUEST, why.into());
+    }
+    forwarding::to_origin_form(&mut parts);
+    forwarding::strip_hop_by_hop(&mut parts.headers, false);
+    let req = Request::from_parts(parts, body);
     let pool = shared.pools.load_full();
     let server = match shared.key.extract(&req) {
         Some(key) => pool.ring().server_for(key),
@@ -238,28 +224,6 @@ async fn route(shared: &Shared, mut req: Request<Incoming>) -> Response<Body> {
         );
     };
     let backend = &pool.servers[index];
-    // HTTP/1.1 to the server: the request target in origin form.
-    let uri = match req.uri().path_and_query() {
-        Some(pq) => Uri::from(pq.clone()),
-        None => Uri::from_static("/"),
-    };
-    if !req.headers().contains_key(header::HOST)
-        && let Some(authority) = req.uri().authority()
-        && let Ok(host) = HeaderValue::from_str(authority.as_str())
-    {
-        req.headers_mut().insert(header::HOST, host);
-    }
-    *req.uri_mut() = uri;
-    *req.version_mut() = Version::HTTP_11;
-    for hop in [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "upgrade",
-    ] {
-        req.headers_mut().remove(hop);
-    }
     backend.metrics.requests.inc();
     let started = Instant::now();
     let result = tokio::time::timeout(
@@ -272,11 +236,16 @@ async fn route(shared: &Shared, mut req: Request<Incoming>) -> Response<Body> {
         .latency
         .observe(started.elapsed().as_secs_f64());
     match result {
-        Ok(Ok(resp)) => {
+        Ok(Ok(mut resp)) => {
             pool.success(index);
+            forwarding::strip_hop_by_hop(resp.headers_mut(), false);
             small_body_whole(resp, pool.timeouts.request).await
         }
-        Ok(Err(why)) => {
+        Ok(Err(Failure::Client)) => error(
+            StatusCode::BAD_REQUEST,
+            "the request body was malformed or cut short\n".into(),
+        ),
+        Ok(Err(Failure::Server(why))) => {
             pool.failure(index, 1, &why);
             error(
                 StatusCode::BAD_GATEWAY,
