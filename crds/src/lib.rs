@@ -21,8 +21,9 @@ pub mod work_queue;
 pub use field_error::{FieldError, FieldErrors};
 #[cfg(feature = "api")]
 pub use replicated_service::{
-    Autoscaling, DisruptionBudget, ReplicatedService, ReplicatedServiceSpec,
-    ReplicatedServiceStatus, ServiceSettings, ServiceType, SessionAffinity, Tls,
+    Autoscaling, DisruptionBudget, Frontend, FrontendCache, FrontendRateLimit, FrontendStatus,
+    RateLimitKey, ReplicatedService, ReplicatedServiceSpec, ReplicatedServiceStatus,
+    ServiceSettings, ServiceType, SessionAffinity, Tls,
 };
 #[cfg(feature = "api")]
 pub use sharded_service::{ShardedService, ShardedServiceSpec, ShardedServiceStatus};

@@ -1,8 +1,8 @@
 //! `ReplicatedService`: a stateless, replicated, load-balanced service (book ch. 5).
 //!
 //! The user writes a pod template and a port; the operator turns it into a Deployment, a
-//! Service, and — when asked — a PodDisruptionBudget, a HorizontalPodAutoscaler and a TLS
-//! terminator in front of the app.
+//! Service, and — when asked — a PodDisruptionBudget, a HorizontalPodAutoscaler, a TLS
+//! terminator in front of the app, and a cache and rate-limit tier in front of its Service.
 
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
@@ -29,7 +29,7 @@ const NAME_MESSAGE: &str = "metadata.name must be a DNS-1035 label (at most 63 l
     shortname = "rsvc",
     category = "rigging",
     derive = "PartialEq",
-    doc = "A stateless, replicated, load-balanced service: a Deployment behind a Service, with an optional disruption budget, autoscaler and TLS terminator.",
+    doc = "A stateless, replicated, load-balanced service: a Deployment behind a Service, with an optional disruption budget, autoscaler, TLS terminator and cache and rate-limit frontend tier.",
     printcolumn(
         name = "Ready",
         type_ = "string",
@@ -42,9 +42,13 @@ const NAME_MESSAGE: &str = "metadata.name must be a DNS-1035 label (at most 63 l
         json_path = ".metadata.creationTimestamp"
     ),
     validation = Rule::new("self.metadata.name.size() <= 63 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')")
-        .message(NAME_MESSAGE)
+        .message(NAME_MESSAGE),
+    validation = Rule::new(frontend_name_rule()).message(Message::Message(frontend_name_message()))
 )]
 #[x_kube(
+    validation = Rule::new("!has(self.frontend) || !has(self.tls)")
+        .message("frontend and tls cannot be combined: the frontend sends plain HTTP to the app's Service, which serves TLS when tls is set; terminate TLS in front of the frontend (an Ingress) instead")
+        .field_path(".frontend"),
     validation = Rule::new("(has(self.sidecars) && has(self.sidecars.health)) || (has(self.template.spec) && size(self.template.spec.containers) > 0 && has(self.template.spec.containers[0].readinessProbe))")
         .message(Message::Expression("has(self.template.spec) && size(self.template.spec.containers) > 0 ? 'container \"' + self.template.spec.containers[0].name + '\" (the app container, template.spec.containers[0]) has no readinessProbe: a ReplicatedService only sends traffic to ready pods, so the app container must declare one, or sidecars.health must check it' : 'template.spec.containers must hold the app container'".into()))
         .field_path(".template")
@@ -84,6 +88,12 @@ pub struct ReplicatedServiceSpec {
     /// Rigging's adapters to place beside the app: log and metrics adapters, health monitor.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sidecars: Option<Sidecars>,
+
+    /// A replicated cache and rate-limit tier in front of the app: a Deployment, Service
+    /// and ConfigMap `<name>-frontend` running Rigging's HTTP ambassador, which sends every
+    /// request on to the app's Service. Clients then use the Service `<name>-frontend`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frontend: Option<Frontend>,
 }
 
 fn default_replicas() -> i32 {
@@ -222,6 +232,167 @@ fn default_tls_port() -> i32 {
     8443
 }
 
+/// What the names of the frontend's children add to the ReplicatedService's name.
+pub const FRONTEND_SUFFIX: &str = "-frontend";
+
+/// The longest name of a ReplicatedService with a frontend: its Deployment, Service and
+/// ConfigMap are named `<name>-frontend`, which must be a DNS-1035 label (the Service) and
+/// fit in a label value (its pods carry it), at most 63 characters.
+pub const MAX_FRONTEND_NAME_LEN: usize = 63 - FRONTEND_SUFFIX.len();
+
+/// The CEL rule on `metadata.name` with a frontend.
+fn frontend_name_rule() -> String {
+    format!("!has(self.spec.frontend) || self.metadata.name.size() <= {MAX_FRONTEND_NAME_LEN}")
+}
+
+/// Why a name is too long for a frontend.
+fn frontend_name_message() -> String {
+    format!(
+        "metadata.name must be at most {MAX_FRONTEND_NAME_LEN} characters with spec.frontend: the frontend's Deployment, Service and ConfigMap are named <name>{FRONTEND_SUFFIX}, which must fit in 63 characters"
+    )
+}
+
+/// A size as the frontend's cache takes it: bytes, or a number with a binary or decimal
+/// suffix.
+const SIZE_PATTERN: &str = "^[0-9]+(Ki|Mi|Gi|Ti|k|M|G|T)?$";
+/// A duration as the frontend takes it: numbers with units, `90s`, `2m`, `1h30m`, `500ms`.
+const DURATION_PATTERN: &str = "^([0-9]+(ms|s|m|h))+$";
+
+fn size_rule(field: &str) -> String {
+    format!("!has(self.{field}) || self.{field}.matches('{SIZE_PATTERN}')")
+}
+
+fn size_message(field: &str) -> String {
+    format!(
+        "{field} must be a size: a number of bytes, or one with Ki, Mi, Gi, Ti, k, M, G or T (64Mi)"
+    )
+}
+
+fn duration_rule(field: &str) -> String {
+    format!("!has(self.{field}) || self.{field}.matches('{DURATION_PATTERN}')")
+}
+
+fn duration_message(field: &str) -> String {
+    format!("{field} must be a duration: numbers with units ms, s, m or h (90s, 2m, 1h30m)")
+}
+
+/// A replicated cache and rate-limit tier of Rigging's HTTP ambassador in front of the
+/// app's Service (the book's Varnish in front of a stateless service).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Frontend {
+    /// Pods of the frontend tier. Each keeps its own cache and its own rate limits.
+    #[serde(default = "default_frontend_replicas")]
+    #[schemars(range(min = 0))]
+    pub replicas: i32,
+
+    /// The port of the Service `<name>-frontend`, which clients use.
+    #[serde(default = "default_frontend_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+
+    /// Cache responses (GET and HEAD) in each frontend pod's memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<FrontendCache>,
+
+    /// Limit the requests each client may send.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<FrontendRateLimit>,
+}
+
+fn default_frontend_replicas() -> i32 {
+    2
+}
+
+fn default_frontend_port() -> i32 {
+    80
+}
+
+/// The frontend's response cache, per pod.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[x_kube(
+    validation = Rule::new(size_rule("maxSize")).message(Message::Message(size_message("maxSize"))).field_path(".maxSize"),
+    validation = Rule::new(size_rule("maxObjectSize")).message(Message::Message(size_message("maxObjectSize"))).field_path(".maxObjectSize"),
+    validation = Rule::new(duration_rule("defaultTtl")).message(Message::Message(duration_message("defaultTtl"))).field_path(".defaultTtl"),
+    validation = Rule::new(duration_rule("staleIfError")).message(Message::Message(duration_message("staleIfError"))).field_path(".staleIfError")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct FrontendCache {
+    /// Memory for cached responses in each frontend pod, such as `64Mi`; past it the least
+    /// recently used go. The pod's memory request and limit grow by this much.
+    #[serde(default = "default_cache_max_size")]
+    #[schemars(length(min = 1, max = 32))]
+    pub max_size: String,
+
+    /// Larger responses are passed through and not stored (default `1Mi`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 32))]
+    pub max_object_size: Option<String>,
+
+    /// How long a response that says nothing of its freshness (no `Cache-Control: max-age`
+    /// or `s-maxage`, no `Expires`) is served from the cache, such as `2m`. Not set: only
+    /// responses that state their freshness are stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 32))]
+    pub default_ttl: Option<String>,
+
+    /// How long past its freshness a cached response may still be served while the app
+    /// fails (5xx or unreachable), such as `10m`. Not set: never, unless the response says
+    /// so (`stale-if-error`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 32))]
+    pub stale_if_error: Option<String>,
+}
+
+fn default_cache_max_size() -> String {
+    "64Mi".into()
+}
+
+/// The frontend's rate limit: a token bucket per client in each frontend pod.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[x_kube(
+    validation = Rule::new("(has(self.key) && self.key == 'Header') == has(self.header)")
+        .message("header is required with key Header (the header whose value names the client), and only used with it")
+        .field_path(".header"),
+    validation = Rule::new("!has(self.header) || self.header.matches('^[A-Za-z0-9!#$%&*+.^_|~-]+$')")
+        .message("header must be an HTTP header name: letters, digits and !#$%&*+.^_|~-")
+        .field_path(".header")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct FrontendRateLimit {
+    /// Requests per second each client may send, sustained, through one frontend pod.
+    /// Each pod counts on its own, so the tier lets a client through up to `replicas`
+    /// times this.
+    #[schemars(range(min = 1))]
+    pub requests_per_second: i32,
+
+    /// Requests a client may send at once after being quiet; `requestsPerSecond` when not
+    /// given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub burst: Option<i32>,
+
+    /// What tells clients apart: `ClientIP`, the client's address (behind another proxy,
+    /// the first `X-Forwarded-For`), or `Header`, the value of `header` (an API key).
+    #[serde(default)]
+    pub key: RateLimitKey,
+
+    /// With `key: Header`, the request header whose value names the client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub header: Option<String>,
+}
+
+/// What a rate limit counts requests by.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum RateLimitKey {
+    /// The client's IP address.
+    #[default]
+    ClientIP,
+    /// The value of a request header.
+    Header,
+}
+
 /// Observed state of a ReplicatedService.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -238,10 +409,27 @@ pub struct ReplicatedServiceStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready_replicas: Option<i32>,
 
+    /// The frontend tier's pods, when `frontend` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frontend: Option<FrontendStatus>,
+
     /// `Ready`, `Progressing` and `Degraded`, each with the generation it describes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+}
+
+/// Observed state of a ReplicatedService's frontend tier.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FrontendStatus {
+    /// Pods the frontend's Deployment runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+
+    /// Frontend pods that are ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_replicas: Option<i32>,
 }
 
 impl ReplicatedServiceSpec {

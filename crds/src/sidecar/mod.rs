@@ -324,6 +324,7 @@ mod tests {
             ports::METRICS_ADMIN,
             ports::LOGS_ADMIN,
             ports::SHARD_ADMIN,
+            ports::HTTP_ADMIN,
         ];
         all.sort_unstable();
         assert!(all.windows(2).all(|w| w[0] != w[1]), "{all:?}");

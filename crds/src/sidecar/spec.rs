@@ -29,6 +29,11 @@ pub struct Sidecars {
     /// lets through to its shards.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shard: Option<ShardSidecar>,
+    /// The HTTP ambassador: the app sends its HTTP requests to `127.0.0.1:<port>`, and the
+    /// ambassador routes, balances, retries, caches and rate-limits them as the config file
+    /// `http.yaml` of a ConfigMap says, reloading it when the ConfigMap changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpSidecar>,
 }
 
 /// The log adapter's settings.
@@ -102,4 +107,30 @@ pub struct ShardSidecar {
     /// ShardedService's protocol.
     #[schemars(range(min = 1, max = 65535))]
     pub port: i32,
+}
+
+/// The HTTP ambassador's settings. Everything about routing is in the config file, which
+/// the ambassador reloads; these two are what the pod itself is built from.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[x_kube(
+    validation = Rule::new("self.configMap.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')")
+        .message("configMap must be the name of a ConfigMap: lowercase letters, digits, '-' and '.', starting and ending with a letter or digit")
+        .field_path(".configMap")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpSidecar {
+    /// A ConfigMap in the same namespace whose key `http.yaml` is the ambassador's config
+    /// file (routes, backends, cache, rate limits: `rigging-sidecar http --config`). It is
+    /// mounted as a directory, so an edit reaches the ambassador, which reloads it without a
+    /// restart; the pod does not start before the ConfigMap and its key exist.
+    #[schemars(length(min = 1, max = 253))]
+    pub config_map: String,
+    /// The port on 127.0.0.1 where the app sends its requests to the ambassador.
+    #[serde(default = "default_http_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+}
+
+fn default_http_port() -> i32 {
+    super::http::DEFAULT_LISTEN.port().into()
 }

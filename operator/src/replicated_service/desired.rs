@@ -15,6 +15,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 use rigging_crds::{FieldErrors, ReplicatedService};
 
+use super::frontend;
 use crate::controller::{Child, MANAGER, RenderConfig};
 use crate::sidecars;
 
@@ -29,6 +30,8 @@ pub struct Children {
     pub pdb: Option<PodDisruptionBudget>,
     /// Present when `autoscaling` is set.
     pub hpa: Option<HorizontalPodAutoscaler>,
+    /// Present when `frontend` is set.
+    pub frontend: Option<frontend::Children>,
 }
 
 impl Children {
@@ -40,6 +43,13 @@ impl Children {
         ];
         out.extend(self.pdb.map(Child::PodDisruptionBudget));
         out.extend(self.hpa.map(Child::HorizontalPodAutoscaler));
+        if let Some(f) = self.frontend {
+            out.extend([
+                Child::ConfigMap(f.config_map),
+                Child::Deployment(f.deployment),
+                Child::Service(f.service),
+            ]);
+        }
         out
     }
 
@@ -54,6 +64,11 @@ impl Children {
         }
         if let Some(hpa) = &self.hpa {
             out.push(serde_json::to_value(hpa)?);
+        }
+        if let Some(f) = &self.frontend {
+            out.push(serde_json::to_value(&f.config_map)?);
+            out.push(serde_json::to_value(&f.deployment)?);
+            out.push(serde_json::to_value(&f.service)?);
         }
         Ok(out)
     }
@@ -80,12 +95,22 @@ pub fn labels(rs: &ReplicatedService) -> BTreeMap<String, String> {
 pub fn desired(rs: &ReplicatedService, config: &RenderConfig) -> Result<Children, FieldErrors> {
     // The CRD's schema and CEL rules are checked before this (by the API server, and by
     // `render` with the same rules); what is left is what they cannot express: the
-    // sidecars' names and ports, checked as they are placed.
+    // sidecars' names and ports, checked as they are placed, and the frontend's sizes.
+    let deployment = deployment(rs, config);
+    let frontend = frontend::children(rs, config);
+    let (deployment, frontend) = match (deployment, frontend) {
+        (Ok(d), Ok(f)) => (d, f),
+        (d, f) => {
+            let errors = [d.err(), f.err()].into_iter().flatten();
+            return Err(FieldErrors(errors.flat_map(|e| e.0).collect()));
+        }
+    };
     Ok(Children {
-        deployment: deployment(rs, config)?,
+        deployment,
         service: service(rs),
         pdb: pdb(rs),
         hpa: hpa(rs),
+        frontend,
     })
 }
 
@@ -394,7 +419,7 @@ spec:
         assert_eq!(sidecar.restart_policy.as_deref(), Some("Always"));
         assert_eq!(
             sidecar.args.clone().unwrap().join(" "),
-            "tls --admin 0.0.0.0:9901 --cert /etc/rigging/tls/tls.crt --connect-timeout 2s --drain-timeout 20s --handshake-timeout 10s --header-timeout 30s --idle-timeout 2m --key /etc/rigging/tls/tls.key --listen 0.0.0.0:8443 --max-connections 4096 --reload-interval 1s --session-cache-size 4096 --upstream 127.0.0.1:8080"
+            "tls --admin 0.0.0.0:9901 --cert /etc/rigging/tls/tls.crt --connect-timeout 2s --drain-timeout 20s --handshake-timeout 10s --header-timeout 30s --idle-timeout 2m --key /etc/rigging/tls/tls.key --listen 0.0.0.0:8443 --max-connections 4096 --max-idle-upstream 64 --reload-interval 1s --session-cache-size 4096 --upstream 127.0.0.1:8080"
         );
         let sc = sidecar.security_context.clone().unwrap();
         assert_eq!(sc.run_as_non_root, Some(true));

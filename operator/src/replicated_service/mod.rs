@@ -1,10 +1,12 @@
 //! The ReplicatedService kind (book ch. 5): a Deployment behind a Service, with an
-//! optional PodDisruptionBudget, HorizontalPodAutoscaler and TLS terminator.
+//! optional PodDisruptionBudget, HorizontalPodAutoscaler, TLS terminator and frontend
+//! tier (cache and rate limits) in front of the Service.
 //!
 //! Only what is this kind's own lives here, all of it pure: [`desired`] (the children, and
 //! validation) and [`status`]. The shared controller layer does the rest.
 
 pub mod desired;
+pub mod frontend;
 pub mod status;
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -28,7 +30,17 @@ impl Kind for ReplicatedService {
     }
 
     fn observed_status(&self, applied: &Applied, now: Timestamp) -> ReplicatedServiceStatus {
-        status::observed(self, applied.get::<Deployment>(&self.name_any()), now)
+        let frontend = self
+            .spec
+            .frontend
+            .as_ref()
+            .map(|_| applied.get::<Deployment>(&frontend::name(self)));
+        status::observed(
+            self,
+            applied.get::<Deployment>(&self.name_any()),
+            frontend,
+            now,
+        )
     }
 
     fn invalid_status(&self, errors: &FieldErrors, now: Timestamp) -> ReplicatedServiceStatus {

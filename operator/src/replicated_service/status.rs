@@ -1,75 +1,118 @@
-//! The status a ReplicatedService should show, computed without IO from its Deployment as
-//! applied.
+//! The status a ReplicatedService should show, computed without IO from its Deployments
+//! (the app's, and the frontend's) as applied.
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
-use rigging_crds::{FieldErrors, ReplicatedService, ReplicatedServiceStatus};
+use rigging_crds::{FieldErrors, FrontendStatus, ReplicatedService, ReplicatedServiceStatus};
 
 use crate::controller::conditions;
 use crate::controller::conditions::{Cond, cond, finish};
 
+/// How far one Deployment is: ready pods, and whether every pod runs the current
+/// template.
+struct Rollout {
+    replicas: i32,
+    want: i32,
+    ready: i32,
+    /// The Deployment controller has seen the current generation.
+    current: bool,
+    rolled_out: bool,
+}
+
+impl Rollout {
+    fn of(d: &Deployment) -> Self {
+        let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+        let st = d.status.clone().unwrap_or_default();
+        let ready = st.ready_replicas.unwrap_or(0);
+        let current = st.observed_generation >= d.metadata.generation;
+        Rollout {
+            replicas: st.replicas.unwrap_or(0),
+            want,
+            ready,
+            current,
+            rolled_out: current
+                && st.updated_replicas.unwrap_or(0) >= want
+                && st.replicas.unwrap_or(0) <= want
+                && st.available_replicas.unwrap_or(0) >= want,
+        }
+    }
+
+    fn ready(&self) -> bool {
+        self.ready >= self.want && self.current
+    }
+}
+
 /// Status of a ReplicatedService whose children are applied, given its Deployment as the
-/// apply returned it (`None` if there is none to look at).
+/// apply returned it (`None` if there is none to look at) and, with `spec.frontend`, the
+/// frontend's Deployment likewise (`Some(None)` if it is not there to look at).
 pub fn observed(
     rs: &ReplicatedService,
     deployment: Option<&Deployment>,
+    frontend: Option<Option<&Deployment>>,
     now: Timestamp,
 ) -> ReplicatedServiceStatus {
     let generation = rs.metadata.generation;
-    let (replicas, ready_replicas, ready, progressing) = match deployment {
-        None => (
-            None,
-            None,
-            cond(
-                "Ready",
-                false,
-                "Pending",
-                "the Deployment has not been observed yet",
-            ),
-            cond("Progressing", true, "Creating", "creating the Deployment"),
-        ),
-        Some(d) => {
-            let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-            let st = d.status.clone().unwrap_or_default();
-            let ready_n = st.ready_replicas.unwrap_or(0);
-            let current = st.observed_generation >= d.metadata.generation;
-            let rolled_out = current
-                && st.updated_replicas.unwrap_or(0) >= want
-                && st.replicas.unwrap_or(0) <= want
-                && st.available_replicas.unwrap_or(0) >= want;
-            let ready = if ready_n >= want && current {
-                cond(
-                    "Ready",
-                    true,
-                    "ReplicasReady",
-                    &format!("{ready_n}/{want} replicas ready"),
-                )
-            } else {
-                cond(
-                    "Ready",
-                    false,
-                    "ReplicasNotReady",
-                    &format!("{ready_n}/{want} replicas ready"),
-                )
-            };
-            let progressing = if rolled_out {
-                cond(
-                    "Progressing",
-                    false,
-                    "RolloutComplete",
-                    "every replica runs the current template",
-                )
-            } else {
-                cond(
-                    "Progressing",
-                    true,
-                    "RollingOut",
-                    "the Deployment is rolling out",
-                )
-            };
-            (st.replicas.or(Some(0)), Some(ready_n), ready, progressing)
+    let app = deployment.map(Rollout::of);
+    let front = frontend.map(|d| d.map(Rollout::of));
+    let summary = |app: &Rollout| {
+        let mut summary = format!("{}/{} replicas ready", app.ready, app.want);
+        if let Some(Some(f)) = &front {
+            summary.push_str(&format!(", frontend {}/{} ready", f.ready, f.want));
         }
+        summary
+    };
+    let ready = match (&app, &front) {
+        (None, _) => cond(
+            "Ready",
+            false,
+            "Pending",
+            "the Deployment has not been observed yet",
+        ),
+        (Some(a), _) if !a.ready() => cond("Ready", false, "ReplicasNotReady", &summary(a)),
+        (Some(_), Some(None)) => cond(
+            "Ready",
+            false,
+            "Pending",
+            "the frontend's Deployment has not been observed yet",
+        ),
+        (Some(a), Some(Some(f))) if !f.ready() => {
+            cond("Ready", false, "FrontendNotReady", &summary(a))
+        }
+        (Some(a), _) => cond("Ready", true, "ReplicasReady", &summary(a)),
+    };
+    let progressing = match (&app, &front) {
+        (None, _) => cond("Progressing", true, "Creating", "creating the Deployment"),
+        (Some(a), _) if !a.rolled_out => cond(
+            "Progressing",
+            true,
+            "RollingOut",
+            "the Deployment is rolling out",
+        ),
+        (Some(_), Some(None)) => cond(
+            "Progressing",
+            true,
+            "Creating",
+            "creating the frontend's Deployment",
+        ),
+        (Some(_), Some(Some(f))) if !f.rolled_out => cond(
+            "Progressing",
+            true,
+            "RollingOut",
+            "the frontend's Deployment is rolling out",
+        ),
+        (Some(_), Some(_)) => cond(
+            "Progressing",
+            false,
+            "RolloutComplete",
+            "every replica and frontend replica runs the current template",
+        ),
+        (Some(_), None) => cond(
+            "Progressing",
+            false,
+            "RolloutComplete",
+            "every replica runs the current template",
+        ),
     };
     let degraded = cond(
         "Degraded",
@@ -77,10 +120,15 @@ pub fn observed(
         "Reconciled",
         "the spec is valid and its objects are applied",
     );
+    let frontend_status = front.map(|f| FrontendStatus {
+        replicas: f.as_ref().map(|f| f.replicas),
+        ready_replicas: f.as_ref().map(|f| f.ready),
+    });
     ReplicatedServiceStatus {
         observed_generation: generation,
-        replicas,
-        ready_replicas,
+        replicas: app.as_ref().map(|a| a.replicas),
+        ready_replicas: app.as_ref().map(|a| a.ready),
+        frontend: frontend_status,
         conditions: conditions(rs, [ready, progressing, degraded], generation, now),
     }
 }
@@ -99,6 +147,7 @@ pub fn invalid(
         observed_generation: generation,
         replicas: previous.replicas,
         ready_replicas: previous.ready_replicas,
+        frontend: previous.frontend,
         conditions: conditions(rs, conditions::invalid(&message), generation, now),
     }
 }
@@ -115,4 +164,114 @@ fn conditions(
         .map(|s| s.conditions.as_slice())
         .unwrap_or_default();
     finish(previous, conds, generation, now)
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::apps::v1::DeploymentStatus;
+
+    use super::*;
+
+    fn web(frontend: bool) -> ReplicatedService {
+        let frontend = if frontend { "\n  frontend: {}" } else { "" };
+        serde_norway::from_str(&format!(
+            "apiVersion: rigging.dev/v1alpha1\nkind: ReplicatedService\nmetadata: {{name: web, namespace: shop, generation: 4}}\nspec:\n  port: 8080\n  template: {{spec: {{containers: [{{name: app, image: app:1}}]}}}}{frontend}\n"
+        ))
+        .unwrap()
+    }
+
+    /// A Deployment of `want` replicas, `ready` of them ready, rolled out when all are.
+    fn deployment(want: i32, ready: i32) -> Deployment {
+        let mut d = Deployment::default();
+        d.metadata.generation = Some(1);
+        d.spec = Some(k8s_openapi::api::apps::v1::DeploymentSpec {
+            replicas: Some(want),
+            ..Default::default()
+        });
+        d.status = Some(DeploymentStatus {
+            observed_generation: Some(1),
+            replicas: Some(want),
+            ready_replicas: Some(ready),
+            updated_replicas: Some(want),
+            available_replicas: Some(ready),
+            ..DeploymentStatus::default()
+        });
+        d
+    }
+
+    fn condition(status: &ReplicatedServiceStatus, type_: &str) -> (String, String, String) {
+        let c = status.conditions.iter().find(|c| c.type_ == type_).unwrap();
+        (c.status.clone(), c.reason.clone(), c.message.clone())
+    }
+
+    #[test]
+    fn the_service_is_ready_only_once_its_frontend_is_too() {
+        let rs = web(true);
+        let app = deployment(1, 1);
+        let waiting = observed(
+            &rs,
+            Some(&app),
+            Some(Some(&deployment(2, 1))),
+            Timestamp::now(),
+        );
+        assert_eq!(
+            condition(&waiting, "Ready"),
+            (
+                "False".into(),
+                "FrontendNotReady".into(),
+                "1/1 replicas ready, frontend 1/2 ready".into()
+            )
+        );
+        assert_eq!(
+            condition(&waiting, "Progressing").1,
+            "RollingOut",
+            "the frontend is not rolled out"
+        );
+        assert_eq!(
+            waiting.frontend,
+            Some(FrontendStatus {
+                replicas: Some(2),
+                ready_replicas: Some(1)
+            })
+        );
+        let ready = observed(
+            &rs,
+            Some(&app),
+            Some(Some(&deployment(2, 2))),
+            Timestamp::now(),
+        );
+        assert_eq!(
+            condition(&ready, "Ready"),
+            (
+                "True".into(),
+                "ReplicasReady".into(),
+                "1/1 replicas ready, frontend 2/2 ready".into()
+            )
+        );
+        assert_eq!(condition(&ready, "Progressing").1, "RolloutComplete");
+        let unseen = observed(&rs, Some(&app), Some(None), Timestamp::now());
+        assert_eq!(condition(&unseen, "Ready").1, "Pending");
+        // The app's own readiness comes first: it is what the frontend needs.
+        let app_down = observed(
+            &rs,
+            Some(&deployment(1, 0)),
+            Some(Some(&deployment(2, 2))),
+            Timestamp::now(),
+        );
+        assert_eq!(condition(&app_down, "Ready").1, "ReplicasNotReady");
+    }
+
+    #[test]
+    fn without_a_frontend_the_status_has_none() {
+        let status = observed(&web(false), Some(&deployment(1, 1)), None, Timestamp::now());
+        assert_eq!(status.frontend, None);
+        assert_eq!(
+            condition(&status, "Ready"),
+            (
+                "True".into(),
+                "ReplicasReady".into(),
+                "1/1 replicas ready".into()
+            )
+        );
+    }
 }

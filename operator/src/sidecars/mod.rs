@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
-    HTTPGetAction, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
+    HTTPGetAction, KeyToPath, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
     SecretVolumeSource, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -18,6 +18,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use rigging_crds::sidecar::SidecarArgs;
 use rigging_crds::sidecar::health::HealthArgs;
+use rigging_crds::sidecar::http::HttpArgs;
 use rigging_crds::sidecar::logs::LogsArgs;
 use rigging_crds::sidecar::metrics::MetricsArgs;
 use rigging_crds::sidecar::ports;
@@ -49,6 +50,15 @@ pub const RING_KEY: &str = "shard.yaml";
 /// The label of pods whose ambassador uses a ShardedService (value: its name); that
 /// ShardedService's NetworkPolicy lets them reach its shards.
 pub const SHARD_CLIENT_LABEL: &str = "rigging.dev/shard-client";
+
+/// Name of the HTTP ambassador's container (in app pods, and in the pods of a
+/// ReplicatedService's frontend), and of the volume its config ConfigMap is mounted from.
+pub const HTTP: &str = "rigging-http";
+/// Where the HTTP ambassador's ConfigMap is mounted: a whole-volume mount, never
+/// `subPath`, so that the ConfigMap's updates reach the file, which the ambassador reloads.
+pub const HTTP_MOUNT_PATH: &str = "/etc/rigging/http";
+/// The key of the HTTP ambassador's ConfigMap that holds its config file (`HttpConfig`).
+pub const HTTP_CONFIG_KEY: &str = "http.yaml";
 
 /// The ring ConfigMap of the ShardedService `service`.
 pub fn ring_config_map(service: &str) -> String {
@@ -85,6 +95,39 @@ pub fn ring_volume(service: &str) -> Volume {
 /// The read-only mount of [`ring_volume`] at [`SHARD_MOUNT_PATH`].
 pub fn ring_mount() -> VolumeMount {
     mount(SHARD, SHARD_MOUNT_PATH, true)
+}
+
+/// The HTTP ambassador's flags, listening on `listen`, reading its config file from the
+/// ConfigMap mounted at [`HTTP_MOUNT_PATH`]; every other flag at its default.
+pub fn http_args(listen: SocketAddr) -> HttpArgs {
+    HttpArgs {
+        listen,
+        ..HttpArgs::new(PathBuf::from(HTTP_MOUNT_PATH).join(HTTP_CONFIG_KEY))
+    }
+}
+
+/// The volume, named [`HTTP`], of the key [`HTTP_CONFIG_KEY`] of the ConfigMap
+/// `config_map`. Listing the key makes a ConfigMap without it fail the pod's start with a
+/// message naming it, rather than start an ambassador with no file.
+pub fn http_config_volume(config_map: &str) -> Volume {
+    Volume {
+        name: HTTP.into(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: config_map.to_owned(),
+            items: Some(vec![KeyToPath {
+                key: HTTP_CONFIG_KEY.into(),
+                path: HTTP_CONFIG_KEY.into(),
+                ..KeyToPath::default()
+            }]),
+            ..ConfigMapVolumeSource::default()
+        }),
+        ..Volume::default()
+    }
+}
+
+/// The read-only mount of [`http_config_volume`] at [`HTTP_MOUNT_PATH`].
+pub fn http_config_mount() -> VolumeMount {
+    mount(HTTP, HTTP_MOUNT_PATH, true)
 }
 
 /// The TLS terminator a kind asks for in front of its app.
@@ -234,6 +277,20 @@ pub fn place(
         volumes.push(ring_volume(&shard.service));
         labels.insert(SHARD_CLIENT_LABEL.to_owned(), shard.service.clone());
     }
+    if let Some(http) = &sidecars.http {
+        // Like the sharding ambassador: the app reaches it on loopback only.
+        let listen =
+            SocketAddr::from(([127, 0, 0, 1], u16::try_from(http.port).unwrap_or_default()));
+        let mut c = container(
+            HTTP,
+            image,
+            &http_args(listen),
+            ("http-admin", ports::HTTP_ADMIN),
+        );
+        c.volume_mounts = Some(vec![http_config_mount()]);
+        containers.push(c);
+        volumes.push(http_config_volume(&http.config_map));
+    }
     if !containers.is_empty() && config.native_sidecars {
         pod.init_containers
             .get_or_insert_with(Vec::new)
@@ -317,6 +374,13 @@ fn check(template: &PodTemplateSpec, placement: &Placement) -> Result<(), FieldE
             "spec.sidecars.shard",
             "the sharding ambassador's admin port",
         ),
+        (
+            sidecars.http.is_some(),
+            HTTP,
+            ports::HTTP_ADMIN,
+            "spec.sidecars.http",
+            "the HTTP ambassador's admin port",
+        ),
     ];
     for (on, name, port, field, what) in admins {
         if on {
@@ -330,6 +394,14 @@ fn check(template: &PodTemplateSpec, placement: &Placement) -> Result<(), FieldE
             "the sharding ambassador's port",
         );
         wanted.push((SHARD, listen));
+    }
+    if let Some(http) = &sidecars.http {
+        let listen = holder(
+            http.port,
+            "spec.sidecars.http.port",
+            "the HTTP ambassador's port",
+        );
+        wanted.push((HTTP, listen));
     }
     let mut errors = Vec::new();
     // Names: what Rigging adds must not replace what the user wrote.
@@ -348,7 +420,8 @@ fn check(template: &PodTemplateSpec, placement: &Placement) -> Result<(), FieldE
         }
     }
     for v in pod.volumes.iter().flatten() {
-        if [TLS, LOGS, SHARD].contains(&v.name.as_str()) && wanted.iter().any(|(n, _)| *n == v.name)
+        if [TLS, LOGS, SHARD, HTTP].contains(&v.name.as_str())
+            && wanted.iter().any(|(n, _)| *n == v.name)
         {
             errors.push(FieldError::new(
                 "spec.template.spec.volumes",
@@ -577,6 +650,86 @@ mod tests {
         assert_eq!(volume.name, mount.name);
         assert_eq!(volume.config_map.as_ref().unwrap().name, "cache-ring");
         assert_eq!(pod.containers.len(), 1, "the app is untouched");
+    }
+
+    fn http_ambassador(port: i32) -> Sidecars {
+        serde_json::from_value(serde_json::json!({"http": {"configMap": "web-http", "port": port}}))
+            .unwrap()
+    }
+
+    #[test]
+    fn the_http_ambassador_listens_on_loopback_and_reads_the_users_config_map_as_a_directory() {
+        let t = placed(app(), &http_ambassador(9080)).unwrap();
+        let pod = t.spec.unwrap();
+        let c = &pod.init_containers.unwrap()[0];
+        assert_eq!(c.name, HTTP);
+        assert_eq!(
+            c.restart_policy.as_deref(),
+            Some("Always"),
+            "a native sidecar"
+        );
+        assert_eq!(
+            c.args.clone().unwrap().join(" "),
+            "http --admin 0.0.0.0:9124 --config /etc/rigging/http/http.yaml --drain-timeout 20s --header-timeout 30s --idle-timeout 2m --listen 127.0.0.1:9080 --max-connections 4096 --reload-interval 1s"
+        );
+        let probe = c
+            .readiness_probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap();
+        assert_eq!(probe.port, IntOrString::Int(9124));
+        let mount = &c.volume_mounts.as_ref().unwrap()[0];
+        assert_eq!(
+            (
+                mount.mount_path.as_str(),
+                mount.read_only,
+                mount.sub_path.as_ref()
+            ),
+            (HTTP_MOUNT_PATH, Some(true), None)
+        );
+        let volume = &pod.volumes.unwrap()[0];
+        assert_eq!(volume.name, mount.name);
+        let source = volume.config_map.as_ref().unwrap();
+        assert_eq!(source.name, "web-http");
+        assert_eq!(source.items.as_ref().unwrap()[0].key, HTTP_CONFIG_KEY);
+        assert_eq!(pod.containers.len(), 1, "the app is untouched");
+        // The default port, when the block names only the ConfigMap.
+        let default: Sidecars =
+            serde_json::from_value(serde_json::json!({"http": {"configMap": "web-http"}})).unwrap();
+        assert_eq!(default.http.unwrap().port, 9080);
+    }
+
+    #[test]
+    fn the_http_ambassadors_ports_and_names_are_in_the_port_plan() {
+        let err = placed(app(), &http_ambassador(8080)).unwrap_err();
+        assert!(
+            err.starts_with("spec.sidecars.http.port: port 8080 is the HTTP ambassador's port and also the app's port (spec.port)"),
+            "{err}"
+        );
+        let err = placed(app(), &http_ambassador(9124)).unwrap_err();
+        assert!(
+            err.starts_with("spec.sidecars.http.port: port 9124 is the HTTP ambassador's port and also the HTTP ambassador's admin port"),
+            "{err}"
+        );
+        let admin_taken = template(
+            "spec: {containers: [{name: app, image: a, ports: [{containerPort: 8080}, {containerPort: 9124}]}]}",
+        );
+        let err = placed(admin_taken, &http_ambassador(9080)).unwrap_err();
+        assert!(
+            err.starts_with("spec.sidecars.http: port 9124 is the HTTP ambassador's admin port and also a port of container \"app\""),
+            "{err}"
+        );
+        let taken = template(
+            "spec: {containers: [{name: app, image: a}, {name: rigging-http, image: b}], volumes: [{name: rigging-http, emptyDir: {}}]}",
+        );
+        let err = placed(taken, &http_ambassador(9080)).unwrap_err();
+        assert!(
+            err.contains("container #1 is named \"rigging-http\", a name Rigging reserves")
+                && err.contains("volume \"rigging-http\" is reserved"),
+            "{err}"
+        );
     }
 
     #[test]

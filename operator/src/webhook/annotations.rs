@@ -25,11 +25,11 @@ pub const INJECTED: &str = "rigging.dev/injected";
 const PREFIX: &str = "rigging.dev/";
 
 /// The sidecars a pod may ask for in `rigging.dev/sidecars`.
-pub const SIDECARS: [&str; 5] = ["tls", "logs", "metrics", "health", "shard"];
+pub const SIDECARS: [&str; 6] = ["tls", "logs", "metrics", "health", "shard", "http"];
 
 /// Every option annotation: (annotation, sidecar it belongs to, field path in the
 /// `sidecars` block, or "" for those outside it).
-const OPTIONS: [(&str, &str, &str); 12] = [
+const OPTIONS: [(&str, &str, &str); 14] = [
     ("rigging.dev/app-port", "", ""),
     ("rigging.dev/tls-secret", "tls", ""),
     ("rigging.dev/tls-port", "tls", ""),
@@ -45,6 +45,8 @@ const OPTIONS: [(&str, &str, &str); 12] = [
     ("rigging.dev/health-checks", "health", "health.checks"),
     ("rigging.dev/shard-service", "shard", "shard.service"),
     ("rigging.dev/shard-port", "shard", "shard.port"),
+    ("rigging.dev/http-config-map", "http", "http.configMap"),
+    ("rigging.dev/http-port", "http", "http.port"),
     ("rigging.dev/sidecars", "", ""),
 ];
 
@@ -218,15 +220,28 @@ fn sidecars_block<'a>(names: &[&str], get: &impl Fn(&str) -> Option<&'a str>) ->
             shard.insert("service".into(), json!(service));
         }
         if let Some(port) = get("rigging.dev/shard-port") {
-            // A number when it is one; otherwise the schema names the annotation.
-            let value = port
-                .parse::<i64>()
-                .map_or_else(|_| json!(port), |p| json!(p));
-            shard.insert("port".into(), value);
+            shard.insert("port".into(), number_or_text(port));
         }
         block.insert("shard".into(), Value::Object(shard));
     }
+    if names.contains(&"http") {
+        let mut http = Map::new();
+        if let Some(config_map) = get("rigging.dev/http-config-map") {
+            http.insert("configMap".into(), json!(config_map));
+        }
+        if let Some(port) = get("rigging.dev/http-port") {
+            http.insert("port".into(), number_or_text(port));
+        }
+        block.insert("http".into(), Value::Object(http));
+    }
     Value::Object(block)
+}
+
+/// A port annotation as JSON: a number when it is one; otherwise the text, for the schema
+/// to refuse naming the annotation.
+fn number_or_text(text: &str) -> Value {
+    text.parse::<i64>()
+        .map_or_else(|_| json!(text), |p| json!(p))
 }
 
 /// The `sidecars` block checked by the CRD's own schema and CEL rules (those of a

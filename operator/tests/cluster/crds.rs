@@ -76,6 +76,37 @@ fn bad_cases() -> Vec<(&'static str, Value, &'static str)> {
             json!({}),
             "metadata.name must be a DNS-1035 label",
         ),
+        (
+            // 55 characters: a Service of its own, but `<name>-frontend` is 64.
+            "a-name-of-fifty-five-characters-leaves-no-room-for-fe55",
+            json!({"spec": {"frontend": {}}}),
+            "metadata.name must be at most 54 characters with spec.frontend",
+        ),
+        (
+            "frontend-over-tls",
+            json!({"spec": {"frontend": {}, "tls": {"secretName": "web-tls"}}}),
+            "frontend and tls cannot be combined",
+        ),
+        (
+            "cache-size-in-megabytes",
+            json!({"spec": {"frontend": {"cache": {"maxSize": "64MB"}}}}),
+            "maxSize must be a size",
+        ),
+        (
+            "ttl-without-unit",
+            json!({"spec": {"frontend": {"cache": {"defaultTtl": "60"}}}}),
+            "defaultTtl must be a duration",
+        ),
+        (
+            "rate-limit-by-an-unnamed-header",
+            json!({"spec": {"frontend": {"rateLimit": {"requestsPerSecond": 10, "key": "Header"}}}}),
+            "header is required with key Header",
+        ),
+        (
+            "http-ambassador-config-map-not-a-name",
+            json!({"spec": {"sidecars": {"http": {"configMap": "Web_HTTP"}}}}),
+            "configMap must be the name of a ConfigMap",
+        ),
     ]
 }
 

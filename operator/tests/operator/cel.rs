@@ -154,6 +154,51 @@ fn render_refuses_what_the_committed_crds_rules_refuse_with_their_messages() {
             }),
         ),
         (
+            "a frontend over tls",
+            Box::new(|d| d["spec"]["frontend"] = json!({})),
+        ),
+        (
+            "a frontend on a name too long for <name>-frontend",
+            Box::new(|d| {
+                d["metadata"]["name"] = json!("n".repeat(55));
+                d["spec"].as_object_mut().unwrap().remove("tls");
+                d["spec"]["frontend"] = json!({});
+            }),
+        ),
+        (
+            "a cache size in megabytes",
+            Box::new(|d| {
+                d["spec"].as_object_mut().unwrap().remove("tls");
+                d["spec"]["frontend"] = json!({"cache": {"maxSize": "64MB"}});
+            }),
+        ),
+        (
+            "a freshness without a unit",
+            Box::new(|d| {
+                d["spec"].as_object_mut().unwrap().remove("tls");
+                d["spec"]["frontend"] = json!({"cache": {"staleIfError": "600"}});
+            }),
+        ),
+        (
+            "a rate limit by a header it does not name",
+            Box::new(|d| {
+                d["spec"].as_object_mut().unwrap().remove("tls");
+                d["spec"]["frontend"] =
+                    json!({"rateLimit": {"requestsPerSecond": 10, "key": "Header"}});
+            }),
+        ),
+        (
+            "a rate limit header that is no header name",
+            Box::new(|d| {
+                d["spec"].as_object_mut().unwrap().remove("tls");
+                d["spec"]["frontend"] = json!({"rateLimit": {"requestsPerSecond": 10, "key": "Header", "header": "X Api Key"}});
+            }),
+        ),
+        (
+            "an http ambassador whose ConfigMap is no name",
+            Box::new(|d| d["spec"]["sidecars"] = json!({"http": {"configMap": "Web_HTTP"}})),
+        ),
+        (
             "no readiness probe",
             Box::new(|d| {
                 d["spec"]["template"]["spec"]["containers"][0]

@@ -87,6 +87,17 @@ fn replicated_service_crd_has_status_printer_columns_and_cel_rules() {
         spec["properties"]["tls"]["properties"]["port"]["default"],
         8443
     );
+    let frontend = &spec["properties"]["frontend"]["properties"];
+    assert_eq!(frontend["replicas"]["default"], 2);
+    assert_eq!(frontend["port"]["default"], 80);
+    assert_eq!(
+        frontend["cache"]["properties"]["maxSize"]["default"],
+        "64Mi"
+    );
+    assert_eq!(
+        spec["properties"]["sidecars"]["properties"]["http"]["properties"]["port"]["default"],
+        9080
+    );
     // The pod template schema keeps its structure but not its (huge) descriptions.
     let template = &spec["properties"]["template"];
     assert!(template["properties"]["spec"]["properties"]["containers"].is_object());

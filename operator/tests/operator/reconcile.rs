@@ -189,7 +189,12 @@ async fn an_unchanged_object_with_a_current_status_costs_no_request() {
     let mut rs = replicated_service(json!({"disruptionBudget": {"maxUnavailable": 1}}));
     let want = children(&rs);
     let deployment = rolled_out(&want);
-    rs.status = Some(status::observed(&rs, Some(&deployment), Timestamp::now()));
+    rs.status = Some(status::observed(
+        &rs,
+        Some(&deployment),
+        None,
+        Timestamp::now(),
+    ));
     assert_eq!(
         rs.status.as_ref().unwrap().conditions[0].status,
         "True",
@@ -218,7 +223,12 @@ async fn a_child_that_drifted_in_the_cache_is_the_only_one_applied() {
     let mut rs = replicated_service(json!({}));
     let want = children(&rs);
     let mut deployment = rolled_out(&want);
-    rs.status = Some(status::observed(&rs, Some(&deployment), Timestamp::now()));
+    rs.status = Some(status::observed(
+        &rs,
+        Some(&deployment),
+        None,
+        Timestamp::now(),
+    ));
     // An edit by hand: the cached Service targets another port. Fields the operator does
     // not apply (an annotation of someone else's) are not drift.
     let mut drifted = want.clone();
@@ -323,7 +333,12 @@ async fn after_a_restart_the_reconcile_waits_for_the_caches_instead_of_reapplyin
     let mut rs = replicated_service(json!({}));
     let want = children(&rs);
     let deployment = rolled_out(&want);
-    rs.status = Some(status::observed(&rs, Some(&deployment), Timestamp::now()));
+    rs.status = Some(status::observed(
+        &rs,
+        Some(&deployment),
+        None,
+        Timestamp::now(),
+    ));
 
     // Caches whose initial list has not arrived yet, as right after a start.
     let (stores, fill) = ChildStores::unfilled();
@@ -398,4 +413,79 @@ async fn turning_autoscaling_on_hands_the_replica_count_over_before_dropping_it(
     )
     .await;
     result.unwrap();
+}
+
+#[tokio::test]
+async fn a_frontend_gets_its_config_map_before_its_pods_and_its_status_reported() {
+    let rs = replicated_service(json!({
+        "frontend": {"cache": {"maxSize": "32Mi"}, "rateLimit": {"requestsPerSecond": 5}}
+    }));
+    let want = children(&rs);
+    let frontend = want.frontend.clone().expect("a frontend");
+    let rs2 = rs.clone();
+    let (result, _) = run_scenario(rs, Cache::default(), move |mut api| async move {
+        api.apply(deployment_path(), &want.deployment).await;
+        api.apply("/api/v1/namespaces/shop/services/web", &want.service)
+            .await;
+        // The ConfigMap first: the frontend's pods do not start without it.
+        api.apply(
+            "/api/v1/namespaces/shop/configmaps/web-frontend",
+            &frontend.config_map,
+        )
+        .await;
+        api.apply(
+            "/apis/apps/v1/namespaces/shop/deployments/web-frontend",
+            &frontend.deployment,
+        )
+        .await;
+        api.apply(
+            "/api/v1/namespaces/shop/services/web-frontend",
+            &frontend.service,
+        )
+        .await;
+        let status = api.status(&rs2).await;
+        assert_eq!(
+            status["frontend"],
+            json!({"replicas": 0, "readyReplicas": 0}),
+            "{status}"
+        );
+        assert_eq!(condition(&status, "Ready")["status"], "False");
+        api
+    })
+    .await;
+    assert_eq!(result.unwrap(), Action::requeue(RESYNC));
+}
+
+#[tokio::test]
+async fn removing_the_frontend_deletes_its_deployment_service_and_config_map() {
+    let before = children(&replicated_service(json!({"frontend": {}})));
+    let frontend_deployment = before.frontend.as_ref().unwrap().deployment.clone();
+    let mut rs = replicated_service(json!({}));
+    let want = children(&rs);
+    let deployment = rolled_out(&want);
+    rs.status = Some(status::observed(
+        &rs,
+        Some(&deployment),
+        None,
+        Timestamp::now(),
+    ));
+    let (result, _) = run_scenario(
+        rs,
+        Cache {
+            deployments: vec![deployment, frontend_deployment],
+            children: Some(before),
+        },
+        |mut api| async move {
+            // The app's children are as desired: only the frontend's go, kind by kind.
+            api.delete("/apis/apps/v1/namespaces/shop/deployments/web-frontend")
+                .await;
+            api.delete("/api/v1/namespaces/shop/services/web-frontend")
+                .await;
+            api.delete("/api/v1/namespaces/shop/configmaps/web-frontend")
+                .await;
+            api
+        },
+    )
+    .await;
+    assert_eq!(result.unwrap(), Action::requeue(RESYNC));
 }

@@ -231,6 +231,84 @@ fn a_shard_client_gets_the_ambassador_on_localhost_and_the_client_label() {
     );
 }
 
+#[test]
+fn an_http_client_gets_the_ambassador_on_localhost_reading_its_config_map() {
+    let ambassador = |annotations: Value| {
+        let out = patched(&pod(annotations)).expect("a patch");
+        let typed: Pod = serde_json::from_value(out.clone()).unwrap();
+        let spec = typed.spec.unwrap();
+        let c = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .find(|c| c.name == "rigging-http")
+            .expect("the ambassador")
+            .clone();
+        let volume = spec
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == "rigging-http")
+            .expect("its config volume")
+            .clone();
+        (c, volume, out)
+    };
+    let (c, volume, out) = ambassador(json!({
+        "rigging.dev/sidecars": "http",
+        "rigging.dev/http-config-map": "web-http"
+    }));
+    let args = c.args.clone().unwrap().join(" ");
+    assert!(
+        args.contains("--listen 127.0.0.1:9080"),
+        "the default port: {args}"
+    );
+    assert!(
+        args.contains("--config /etc/rigging/http/http.yaml"),
+        "{args}"
+    );
+    assert_eq!(c.restart_policy.as_deref(), Some("Always"));
+    assert_eq!(volume.config_map.unwrap().name, "web-http");
+    assert_eq!(
+        out["metadata"]["annotations"]["rigging.dev/injected"],
+        "http"
+    );
+    let (c, _, _) = ambassador(json!({
+        "rigging.dev/sidecars": "http",
+        "rigging.dev/http-config-map": "web-http",
+        "rigging.dev/http-port": "7000"
+    }));
+    let args = c.args.unwrap().join(" ");
+    assert!(args.contains("--listen 127.0.0.1:7000"), "{args}");
+
+    let refused = [
+        (
+            json!({"rigging.dev/sidecars": "http"}),
+            "metadata.annotations[rigging.dev/http-config-map]: required",
+        ),
+        (
+            json!({"rigging.dev/sidecars": "http", "rigging.dev/http-config-map": "Web_HTTP"}),
+            "metadata.annotations[rigging.dev/http-config-map]: configMap must be the name of a ConfigMap",
+        ),
+        (
+            json!({"rigging.dev/sidecars": "http", "rigging.dev/http-config-map": "web-http", "rigging.dev/http-port": "many"}),
+            "metadata.annotations[rigging.dev/http-port]: ",
+        ),
+        (
+            json!({"rigging.dev/sidecars": "health", "rigging.dev/health-checks": "tcp://127.0.0.1:1", "rigging.dev/http-config-map": "web-http"}),
+            "metadata.annotations[rigging.dev/http-config-map]: set, but \"http\" is not in rigging.dev/sidecars",
+        ),
+        (
+            // The app container declares 8080.
+            json!({"rigging.dev/sidecars": "http", "rigging.dev/http-config-map": "web-http", "rigging.dev/http-port": "8080"}),
+            "port 8080 is the HTTP ambassador's port and also a port of container \"app\"",
+        ),
+    ];
+    for (annotations, expected) in refused {
+        let message = denial(&pod(annotations.clone()));
+        assert!(message.contains(expected), "{annotations}: {message}");
+    }
+}
+
 /// The denial message of `pod`.
 fn denial(pod: &Value) -> String {
     let response = answer(pod);
