@@ -32,8 +32,9 @@ fn main() -> ExitCode {
         Err(err) => {
             // Printed as well as logged: a person reading `kubectl logs` of a crash-looping
             // container must see why without parsing JSON.
-            tracing::error!(error = %format!("{err:#}"), "sidecar failed");
-            eprintln!("rigging-sidecar: {err:#}");
+            let text = runtime::error_chain(err.as_ref());
+            tracing::error!(error = %text, "sidecar failed");
+            eprintln!("rigging-sidecar: {text}");
             ExitCode::FAILURE
         }
     }

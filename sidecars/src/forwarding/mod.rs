@@ -8,12 +8,13 @@ pub mod idle;
 mod pool;
 mod serve;
 
+pub use crate::runtime::error_chain;
 pub use headers::{
     add_forwarded_for, host_error, set_forwarded_proto_and_host, strip_hop_by_hop, to_origin_form,
     wants_upgrade,
 };
 pub use pool::{Failed, Pool, PoolConfig, PoolStats, Pooled, SendError};
-pub use serve::{accept_loop, serve_connection, server_builder};
+pub use serve::{accept_loop, answered_by_hyper, serve_connection, server_builder};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -38,16 +39,4 @@ pub fn text(status: StatusCode, message: impl Into<Bytes>) -> Response<Full<Byte
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
-}
-
-/// An error with its causes, `outer: inner: innermost`, for one log field.
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

@@ -100,3 +100,23 @@ where
         }
     }
 }
+
+/// The answer hyper sent by itself when a client connection ended with `err`: `400` for a
+/// request it could not parse, `431` for headers over its limit. Those never reach a
+/// service, so a sidecar that counts every response counts them from here.
+pub fn answered_by_hyper(err: &BoxError) -> Option<http::StatusCode> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err.as_ref());
+    while let Some(e) = source {
+        if let Some(hyper) = e.downcast_ref::<hyper::Error>() {
+            if hyper.is_parse_too_large() {
+                return Some(http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+            }
+            if hyper.is_parse() && !hyper.is_parse_version_h2() {
+                return Some(http::StatusCode::BAD_REQUEST);
+            }
+            return None;
+        }
+        source = e.source();
+    }
+    None
+}

@@ -11,6 +11,7 @@ use hyper_util::rt::TokioExecutor;
 use regex::Regex;
 
 use super::CheckError;
+use crate::runtime::error_chain;
 
 /// Bodies are read up to this size for the `body=` match; more is an error.
 const MAX_BODY: usize = 1 << 20;
@@ -68,16 +69,4 @@ pub async fn check(
         }
     }
     Ok(())
-}
-
-/// hyper-util's errors say "client error (Connect)" and keep the cause underneath.
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

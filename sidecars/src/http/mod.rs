@@ -83,11 +83,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
     let metrics = metrics::Metrics::register(&registry)?;
 
     // Watch before the first load, so a change racing start-up is not missed.
-    let changes = reload::watch_files(
-        vec![args.config.clone()],
-        args.reload_interval,
-        life.token().clone(),
-    );
+    let changes = reload::watch_files(vec![args.config.clone()], args.reload_interval, &life);
     let first = load(&args.config, None, &metrics)?;
     first.start(None);
     let table = Arc::new(ArcSwap::from_pointee(first));

@@ -292,7 +292,8 @@ mod tests {
 
     #[test]
     fn multiline_joins_stack_traces_into_the_record_that_started_them() {
-        let pattern = r"(?s)^(?P<time>\d\d:\d\d) (?P<level>\w+) (?P<message>.*)$";
+        // Written for the first line: the continuation lines join the message.
+        let pattern = r"^(?P<time>\d\d:\d\d) (?P<level>\w+) (?P<message>.*)$";
         let parser = Parser::Regex(
             format::regex::Captures::new(regex::bytes::Regex::new(pattern).unwrap()).unwrap(),
         );

@@ -524,7 +524,7 @@ async fn reload_mapping(
     reloads: IntCounterVec,
     life: Lifecycle,
 ) {
-    let mut changes = reload::watch_files(vec![path.clone()], MAPPING_POLL, life.token().clone());
+    let mut changes = reload::watch_files(vec![path.clone()], MAPPING_POLL, &life);
     while changes.changed().await.is_ok() {
         match json::Mapping::load(&path) {
             Ok(new) => {

@@ -17,21 +17,32 @@ struct Inner {
     ready: AtomicBool,
     stop: CancellationToken,
     tracker: TaskTracker,
+    /// Bumped on every SIGHUP: "reload now".
+    hangups: tokio::sync::watch::Sender<u64>,
 }
 
 impl Lifecycle {
-    /// A new lifecycle: not ready, running, and listening for SIGTERM and SIGINT.
+    /// A new lifecycle: not ready, running, and handling signals: SIGTERM and SIGINT
+    /// start a graceful shutdown, SIGHUP asks for a reload of the config files (what
+    /// logrotate recipes for twemproxy send), and SIGUSR1, SIGUSR2, SIGTTIN and SIGTTOU
+    /// are logged and ignored: by default they would kill or stop the process.
     ///
     /// Must be called inside a tokio runtime.
     pub fn new() -> Self {
         let life = Self::default();
         let on_signal = life.clone();
-        tokio::spawn(async move {
-            wait_for_signal().await;
-            tracing::info!("shutdown signal received, draining");
-            on_signal.stop();
-        });
+        tokio::spawn(async move { handle_signals(on_signal).await });
         life
+    }
+
+    /// Changes on every SIGHUP; reloaders treat a change as "reload now".
+    pub fn hangups(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.hangups.subscribe()
+    }
+
+    /// Asks for a reload, as SIGHUP does.
+    pub fn hang_up(&self) {
+        self.inner.hangups.send_modify(|n| *n += 1);
     }
 
     /// Marks the sidecar ready (or not) for `/readyz`.
@@ -90,26 +101,64 @@ impl Lifecycle {
     }
 }
 
-async fn wait_for_signal() {
+async fn handle_signals(life: Lifecycle) {
     use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
+    let install = |kind: SignalKind| match signal(kind) {
+        Ok(stream) => Some(stream),
+        Err(err) => {
+            tracing::warn!(signal = kind.as_raw_value(), error = %err, "cannot install a signal handler");
+            None
         }
-        // Without signal handlers the default action (exit) still applies; waiting forever
-        // here just means no graceful drain, which is logged.
-        (Err(err), _) | (_, Err(err)) => {
-            tracing::warn!(error = %err, "cannot install signal handlers; no graceful shutdown");
-            std::future::pending::<()>().await
+    };
+    let (Some(mut term), Some(mut int)) = (
+        install(SignalKind::terminate()),
+        install(SignalKind::interrupt()),
+    ) else {
+        // Without handlers the default action (exit) still applies: no graceful drain.
+        return;
+    };
+    let mut hup = install(SignalKind::hangup());
+    for (name, kind) in [
+        ("SIGUSR1", SignalKind::user_defined1()),
+        ("SIGUSR2", SignalKind::user_defined2()),
+        ("SIGTTIN", SignalKind::from_raw(SIGTTIN)),
+        ("SIGTTOU", SignalKind::from_raw(SIGTTOU)),
+    ] {
+        // A handler replaces the default action (exit for USR1/USR2, stop for TTIN/TTOU).
+        if let Some(mut stream) = install(kind) {
+            tokio::spawn(async move {
+                while stream.recv().await.is_some() {
+                    tracing::info!(signal = name, "signal ignored");
+                }
+            });
         }
     }
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            Some(()) = next(&mut hup) => {
+                tracing::info!("SIGHUP received: reloading the config files");
+                life.hang_up();
+            }
+        }
+    }
+    tracing::info!("shutdown signal received, draining");
+    life.stop();
 }
+
+/// The next delivery of `signal`, or never when it has no handler.
+async fn next(signal: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+    match signal {
+        Some(signal) => signal.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// SIGTTIN and SIGTTOU, which tokio has no names for: the same numbers on every Linux
+/// architecture Rigging is built for (x86-64, arm64).
+const SIGTTIN: i32 = 21;
+const SIGTTOU: i32 = 22;
 
 #[cfg(test)]
 mod tests {

@@ -93,6 +93,24 @@ fn worker_threads(env: Option<&str>, available: usize) -> usize {
         .max(1)
 }
 
+/// An error with its causes, `outer: inner: innermost`, for one log field or the line a
+/// person reads. A cause whose text the message before it already holds is not repeated:
+/// most errors here name their cause in their own message (`cannot listen on ADDR:
+/// CAUSE`) and also return it as `source()`.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let said = cause.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 /// Binds a TCP listener, naming the address in the error.
 pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, Error> {
     tokio::net::TcpListener::bind(addr)
@@ -103,6 +121,20 @@ pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cause_the_message_already_names_is_said_once() {
+        let err = Error::Bind {
+            addr: "0.0.0.0:9901".parse().unwrap(),
+            source: std::io::Error::from(std::io::ErrorKind::AddrInUse),
+        };
+        let text = error_chain(&err);
+        assert_eq!(text.matches("address in use").count(), 1, "{text}");
+        assert!(
+            text.starts_with("cannot listen on 0.0.0.0:9901: "),
+            "{text}"
+        );
+    }
 
     #[test]
     fn worker_threads_follow_the_cpus_unless_the_env_says_otherwise() {

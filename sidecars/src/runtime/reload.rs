@@ -13,31 +13,39 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
+
+use super::Lifecycle;
 
 /// Polls `paths` every `interval` and bumps the returned receiver's value whenever any of
-/// their contents change. The watcher stops when `stop` is cancelled.
+/// their contents change, and on SIGHUP ("reload now", whether or not they changed). The
+/// watcher stops when the lifecycle stops.
 ///
 /// Consumers reload on `changed()` and must keep their previous state when the new files
 /// are unusable (a cert written before its key, say): the next change fires again.
 pub fn watch_files(
     paths: Vec<PathBuf>,
     interval: Duration,
-    stop: CancellationToken,
+    life: &Lifecycle,
 ) -> watch::Receiver<u64> {
     let (tx, rx) = watch::channel(0u64);
+    let stop = life.token().clone();
+    let mut hangups = life.hangups();
     // Taken before returning, so a change made right after this call is never missed.
     let mut last = fingerprint(&paths);
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
+            let asked = tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = ticker.tick() => {}
-            }
+                _ = ticker.tick() => false,
+                changed = hangups.changed() => changed.is_ok(),
+            };
             let now = fingerprint(&paths);
-            if now != last {
+            if asked {
+                last = now;
+                tx.send_modify(|generation| *generation += 1);
+            } else if now != last {
                 last = now;
                 tracing::info!(files = ?paths, "watched files changed");
                 tx.send_modify(|generation| *generation += 1);
@@ -86,11 +94,11 @@ mod tests {
     async fn a_kubelet_style_data_swap_is_seen() {
         let dir = tempfile::tempdir().unwrap();
         kubelet_layout(dir.path(), "..2026_01", "old");
-        let stop = CancellationToken::new();
+        let life = Lifecycle::default();
         let mut rx = watch_files(
             vec![dir.path().join("tls.crt")],
             Duration::from_millis(20),
-            stop.clone(),
+            &life,
         );
         kubelet_layout(dir.path(), "..2026_02", "new");
         tokio::time::timeout(Duration::from_secs(5), rx.changed())
@@ -98,21 +106,27 @@ mod tests {
             .expect("swap not noticed")
             .unwrap();
         assert_eq!(*rx.borrow(), 1);
-        stop.cancel();
+        life.stop();
     }
 
     #[tokio::test]
     async fn unchanged_files_never_fire() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("c.yaml"), "a: 1").unwrap();
-        let stop = CancellationToken::new();
+        let life = Lifecycle::default();
         let mut rx = watch_files(
             vec![dir.path().join("c.yaml")],
             Duration::from_millis(10),
-            stop.clone(),
+            &life,
         );
         let fired = tokio::time::timeout(Duration::from_millis(200), rx.changed()).await;
         assert!(fired.is_err(), "fired without a change");
-        stop.cancel();
+        // A hang-up (SIGHUP) is a reload, change or not.
+        life.hang_up();
+        tokio::time::timeout(Duration::from_secs(5), rx.changed())
+            .await
+            .expect("a hang-up did not ask for a reload")
+            .unwrap();
+        life.stop();
     }
 }

@@ -140,11 +140,8 @@ fn spawn_reload(
     metrics: Metrics,
     life: Lifecycle,
 ) {
-    let mut changes = runtime::reload::watch_files(
-        vec![path.clone()],
-        Duration::from_secs(1),
-        life.token().clone(),
-    );
+    let mut changes =
+        runtime::reload::watch_files(vec![path.clone()], Duration::from_secs(1), &life);
     tokio::spawn(async move {
         while changes.changed().await.is_ok() {
             let next = match config::load(&args) {
@@ -154,17 +151,25 @@ fn spawn_reload(
                     continue;
                 }
             };
-            if next.listen != current.listen || next.protocol != current.protocol {
-                tracing::warn!(file = %path.display(), "listen and protocol changes need a restart; ignored");
-            }
-            if next.redis_auth != current.redis_auth || next.shard_key != current.shard_key {
-                tracing::warn!(file = %path.display(), "redis_auth and shard_key changes need a restart; ignored");
+            // Compared with what runs, not with the previous file: a restart-only change
+            // is reported on every reload until the process restarts.
+            for (setting, changed) in [
+                ("listen", next.listen != current.listen),
+                ("protocol", next.protocol != current.protocol),
+                ("redis_auth", next.redis_auth != current.redis_auth),
+                ("shard_key", next.shard_key != current.shard_key),
+            ] {
+                if changed {
+                    tracing::warn!(file = %path.display(), setting, "this setting changed in the file but needs a restart; still running with the old value");
+                }
             }
             if next.pool != current.pool {
                 pools.store(Arc::new(Pool::new(&next.pool, &metrics)));
                 tracing::info!(servers = next.pool.servers.len(), hash = %next.pool.hash, "new ring in service");
+                current.pool = next.pool;
+            } else {
+                tracing::info!(file = %path.display(), "config reloaded; the ring is unchanged");
             }
-            current = next;
         }
     });
 }

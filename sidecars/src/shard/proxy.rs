@@ -231,6 +231,37 @@ pub trait Protocol: Send + Sync + 'static {
 const READ_CHUNK: usize = 64 * 1024;
 /// Most jobs a lane sends in one round.
 const MAX_ROUND: usize = 512;
+/// Most bytes one client may have buffered for requests not yet answered: the largest
+/// single request (a Redis bulk string, a memcached value, a long `get` line) must fit.
+pub const MAX_CLIENT_BUFFER: usize = 64 * 1024 * 1024;
+/// Most bytes all clients together may have buffered. A client that needs more while
+/// others hold it gets an error reply, not the process's memory.
+pub const MAX_TOTAL_BUFFER: usize = 256 * 1024 * 1024;
+
+/// Bytes buffered for requests by every client of this process.
+static BUFFERED: AtomicUsize = AtomicUsize::new(0);
+
+/// One client's share of [`BUFFERED`]: its input buffer's capacity, given back on drop.
+struct Held(usize);
+
+impl Held {
+    /// Counts `capacity` as this client's; returns the total of all clients.
+    fn set(&mut self, capacity: usize) -> usize {
+        let total = if capacity >= self.0 {
+            BUFFERED.fetch_add(capacity - self.0, Ordering::Relaxed) + (capacity - self.0)
+        } else {
+            BUFFERED.fetch_sub(self.0 - capacity, Ordering::Relaxed) - (self.0 - capacity)
+        };
+        self.0 = capacity;
+        total
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        BUFFERED.fetch_sub(self.0, Ordering::Relaxed);
+    }
+}
 
 /// Spreads clients over a server's lanes.
 static NEXT_CLIENT: AtomicUsize = AtomicUsize::new(0);
@@ -316,6 +347,8 @@ pub async fn serve<P: Protocol>(
     let mut plan = Plan::default();
     let slot = NEXT_CLIENT.fetch_add(1, Ordering::Relaxed);
     let mut lanes = Lanes::new(pools.load_full(), slot);
+    let mut held = Held(0);
+    held.set(input.capacity());
 
     'client: loop {
         // Plan what is buffered; read more only when nothing complete is there.
@@ -343,7 +376,29 @@ pub async fn serve<P: Protocol>(
         if plan.items.is_empty() && !plan.close {
             input.advance(consumed);
             if input.capacity() - input.len() < 4096 {
-                input.reserve(READ_CHUNK.max(input.len()));
+                let refusal = if input.len() >= MAX_CLIENT_BUFFER {
+                    Some(format!(
+                        "request too large: a client may have at most {} MiB in flight",
+                        MAX_CLIENT_BUFFER >> 20
+                    ))
+                } else {
+                    input.reserve(READ_CHUNK.max(input.len()).min(MAX_CLIENT_BUFFER));
+                    (held.set(input.capacity()) > MAX_TOTAL_BUFFER).then(|| {
+                        format!(
+                            "proxy busy: requests in flight hold its limit of {} MiB; retry",
+                            MAX_TOTAL_BUFFER >> 20
+                        )
+                    })
+                };
+                if let Some(why) = refusal {
+                    tracing::warn!(limit = %why, "request refused");
+                    output.clear();
+                    proto.error_reply(&state, &mut output, format_args!("{why}"));
+                    drop(input);
+                    drop(held);
+                    refuse(client, &output).await;
+                    return;
+                }
             }
             let read = tokio::select! {
                 read = client.read_buf(&mut input) => read,
@@ -357,10 +412,35 @@ pub async fn serve<P: Protocol>(
         output.clear();
         run_batch(&proto, &state, &mut lanes, &mut plan, &input, &mut output).await;
         input.advance(consumed);
+        if input.is_empty() && input.capacity() > 4 * READ_CHUNK {
+            // A large request is done: give its memory back rather than keep it for an
+            // idle client.
+            input = bytes::BytesMut::with_capacity(16 * 1024);
+            held.set(input.capacity());
+        }
         if client.write_all(&output).await.is_err() || plan.close {
             break;
         }
     }
+}
+
+/// Sends a refusal and closes the connection so that the client reads it: the rest of
+/// its request is read and dropped for a moment first (nginx's lingering close), since
+/// closing with unread bytes would reset the connection and lose the reply.
+async fn refuse(mut client: TcpStream, reply: &[u8]) {
+    if client.write_all(reply).await.is_err() {
+        return;
+    }
+    let _ = client.shutdown().await;
+    let mut sink = vec![0u8; READ_CHUNK];
+    let linger = async {
+        while let Ok(n) = client.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), linger).await;
 }
 
 /// Hands each server its part of the batch, waits for the replies and writes the client's
@@ -489,7 +569,7 @@ async fn lane<P: Protocol>(
     let mut wbuf: Vec<u8> = Vec::with_capacity(16 * 1024);
     let mut kinds: Vec<u8> = Vec::new();
     let mut ranges: Vec<(usize, usize)> = Vec::new();
-    while let Some(first) = rx.recv().await {
+    while let Some(first) = next_job(&mut rx, &mut conn, index, &pool).await {
         jobs.push(first);
         while jobs.len() < MAX_ROUND {
             match rx.try_recv() {
@@ -573,6 +653,41 @@ async fn lane<P: Protocol>(
                 pool.failure(index, requests, &why);
                 for job in jobs.drain(..) {
                     let _ = job.done.send(Err(why.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// The lane's next job. While it waits, its idle connection is watched: a server that
+/// closes it (Redis's `timeout`, memcached's `idle_timeout`, a restart) is seen then, as
+/// nutcracker sees it, and the next round opens a fresh connection instead of writing
+/// into a dead one. A closed idle connection is not a server failure.
+async fn next_job(
+    rx: &mut mpsc::UnboundedReceiver<Job>,
+    conn: &mut Option<Conn>,
+    index: usize,
+    pool: &Weak<Pool>,
+) -> Option<Job> {
+    loop {
+        let Some(idle) = conn.as_mut() else {
+            return rx.recv().await;
+        };
+        tokio::select! {
+            biased;
+            job = rx.recv() => return job,
+            ready = idle.stream.readable() => {
+                // Nothing is due from an idle server: end of stream means it closed the
+                // connection, and stray bytes mean the stream is out of step.
+                let mut probe = [0u8; 1];
+                match (ready, idle.stream.try_read(&mut probe)) {
+                    (Ok(()), Err(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    _ => {
+                        if let Some(pool) = pool.upgrade() {
+                            tracing::debug!(server = %pool.servers[index].address, "server closed an idle connection");
+                        }
+                        *conn = None;
+                    }
                 }
             }
         }

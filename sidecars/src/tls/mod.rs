@@ -116,7 +116,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
         client_ca: args.client_ca.clone(),
     };
     // Watch before the first load, so a change racing start-up is not missed.
-    let changes = reload::watch_files(files.watched(), args.reload_interval, life.token().clone());
+    let changes = reload::watch_files(files.watched(), args.reload_interval, &life);
     let loaded = certs::load(&files, &resumption, &provider)?;
     metrics.cert_expiry.set(loaded.not_after);
     let current: certs::Current = Arc::new(ArcSwap::new(loaded.config));
@@ -245,6 +245,10 @@ impl Terminator {
             async move { conn.handle(req).await }
         });
         if let Err(err) = forwarding::serve_connection(builder, tls, service, &stop).await {
+            if let Some(status) = forwarding::answered_by_hyper(&err) {
+                self.metrics.request(status);
+                self.metrics.client_errors.inc();
+            }
             tracing::debug!(%peer, error = %err, "client connection ended with an error");
         }
     }

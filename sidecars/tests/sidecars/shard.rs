@@ -1168,3 +1168,206 @@ fn sigterm_drains_and_exits_zero() {
     assert_eq!(proxy.proc.wait_exit(Duration::from_secs(15)), Some(0));
     assert!(c.closed(), "idle client connections are closed on shutdown");
 }
+
+// ---------------------------------------------------------------------------------------
+// Defects found with outside test suites and real failures (issue 14).
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn a_connection_redis_closed_while_idle_is_not_an_error_nor_a_failure() {
+    // Redis closes clients idle for a second; the proxy's shared connection is one.
+    let port = free_port();
+    let _redis = redis_server_on(port, &["--timeout", "1"]);
+    let server = format!("127.0.0.1:{port}:1");
+    // One failure would eject the server: a closed idle connection must not count.
+    let proxy = shard(
+        "redis",
+        std::slice::from_ref(&server),
+        &[
+            "--auto-eject-hosts",
+            "--server-failure-limit",
+            "1",
+            "--server-retry-timeout",
+            "10m",
+        ],
+    );
+    let mut c = Resp::connect(proxy.addr);
+    assert_eq!(c.cmd(&["SET", "a", "1"]), Reply::Status("OK".into()));
+    for round in 0..2 {
+        std::thread::sleep(Duration::from_millis(2500));
+        assert_eq!(
+            c.cmd(&["SET", "a", "1"]),
+            Reply::Status("OK".into()),
+            "after idle close {round}"
+        );
+        assert_eq!(c.cmd(&["GET", "a"]), Reply::bulk("1"));
+    }
+    let addr = local(port);
+    assert_eq!(
+        metric(proxy.admin, "rigging_shard_server_errors_total", addr),
+        0.0
+    );
+    assert_eq!(
+        metric(proxy.admin, "rigging_shard_server_ejections_total", addr),
+        0.0
+    );
+}
+
+#[test]
+fn a_connection_memcached_closed_while_idle_is_not_an_error() {
+    let port = free_port();
+    let _mc = Proc::spawn(
+        require_tool("memcached"),
+        &[
+            "-l",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "0",
+            "-u",
+            "nobody",
+            "-m",
+            "64",
+            "-o",
+            "idle_timeout=1",
+        ],
+    );
+    wait_port(local(port), Duration::from_secs(5));
+    let server = format!("127.0.0.1:{port}:1");
+    let proxy = shard(
+        "memcached",
+        std::slice::from_ref(&server),
+        &["--auto-eject-hosts", "--server-failure-limit", "1"],
+    );
+    let mut c = Mc::connect(proxy.addr);
+    assert_eq!(c.set("k", "v"), "STORED");
+    // memcached's idle sweeper runs about once a second: give it a few.
+    std::thread::sleep(Duration::from_millis(4000));
+    assert_eq!(c.set("k", "w"), "STORED");
+    assert_eq!(
+        c.get(&["k"]).unwrap(),
+        vec![("k".to_owned(), b"w".to_vec())]
+    );
+    assert_eq!(
+        metric(
+            proxy.admin,
+            "rigging_shard_server_errors_total",
+            local(port)
+        ),
+        0.0
+    );
+}
+
+#[test]
+fn a_memcached_get_of_many_thousand_keys_is_served_as_memcached_serves_it() {
+    let (_mc, addr) = memcached();
+    let server = format!("{addr}:1");
+    let proxy = shard("memcached", std::slice::from_ref(&server), &[]);
+    let mut c = Mc::connect(proxy.addr);
+    assert_eq!(c.set("key-7", "seven"), "STORED");
+    // 20,000 keys: a 200 KB line, three times the old 64 KiB limit.
+    let keys: Vec<String> = (0..20_000).map(|i| format!("key-{i}")).collect();
+    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let direct = {
+        let mut d = Mc::connect(addr);
+        d.get(&refs).unwrap()
+    };
+    assert_eq!(c.get(&refs).unwrap(), direct);
+    assert_eq!(direct, vec![("key-7".to_owned(), b"seven".to_vec())]);
+}
+
+#[test]
+fn hangup_and_user_signals_do_not_kill_the_process() {
+    let (_procs, _addrs, servers) = three_redis();
+    let mut proxy = shard("redis", &servers, &[]);
+    for sig in ["HUP", "USR1", "USR2", "TTIN", "TTOU"] {
+        support::signal(proxy.proc.pid(), sig);
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(
+            proxy.proc.child.try_wait().unwrap(),
+            None,
+            "SIG{sig} ended the process"
+        );
+        let mut c = Resp::connect(proxy.addr);
+        assert_eq!(
+            c.cmd(&["SET", "after", sig]),
+            Reply::Status("OK".into()),
+            "after SIG{sig}"
+        );
+    }
+    // Still stopped by SIGTERM.
+    proxy.proc.terminate();
+    assert_eq!(proxy.proc.wait_exit(Duration::from_secs(10)), Some(0));
+}
+
+/// Sends the head of a SET of a 512 MB value and `mib` MiB of it; returns the socket.
+fn partial_set(addr: SocketAddr, mib: usize) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(b"*3\r\n$3\r\nSET\r\n$3\r\nbig\r\n$536870912\r\n")
+        .unwrap();
+    let chunk = vec![b'x'; 1 << 20];
+    for _ in 0..mib {
+        if s.write_all(&chunk).is_err() {
+            break;
+        }
+    }
+    s
+}
+
+/// The error reply on `s`, if one comes within half a second.
+fn refusal(s: &mut TcpStream) -> Option<String> {
+    s.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut reply = [0u8; 256];
+    match s.read(&mut reply) {
+        Ok(n) if n > 0 => Some(String::from_utf8_lossy(&reply[..n]).into_owned()),
+        _ => None,
+    }
+}
+
+#[test]
+fn requests_in_flight_are_bounded_in_memory_and_refused_past_it() {
+    let (_redis, addr) = redis_server();
+    let server = format!("{addr}:1");
+    let proxy = shard("redis", std::slice::from_ref(&server), &[]);
+    let before = rss_kib(proxy.proc.pid());
+
+    // Five clients each hold 60 MB of a 512 MB bulk string: under the per-client bound,
+    // but together over the bound on everything in flight.
+    let mut held: Vec<TcpStream> = (0..5).map(|_| partial_set(proxy.addr, 60)).collect();
+    let peak = rss_kib(proxy.proc.pid());
+    let replies: Vec<Option<String>> = held.iter_mut().map(refusal).collect();
+    let busy = replies
+        .iter()
+        .flatten()
+        .filter(|r| r.starts_with("-ERR proxy busy"))
+        .count();
+    assert!(busy >= 1, "nobody was refused: {replies:?}");
+    assert!(
+        replies.iter().any(Option::is_none),
+        "some clients are still being served: {replies:?}"
+    );
+    assert!(
+        peak < before + 350 * 1024,
+        "RSS went from {before} KiB to {peak} KiB"
+    );
+    drop(held);
+
+    // One client alone with 100 MB: past the per-client bound.
+    let mut big = partial_set(proxy.addr, 100);
+    let reply = refusal(&mut big).expect("an error reply");
+    assert!(reply.starts_with("-ERR request too large"), "{reply}");
+
+    // The memory is given back and the proxy still serves.
+    let mut c = Resp::connect(proxy.addr);
+    assert_eq!(c.cmd(&["SET", "small", "1"]), Reply::Status("OK".into()));
+}

@@ -40,6 +40,8 @@ type AppBody = BoxBody<Bytes, std::io::Error>;
 struct App {
     addr: SocketAddr,
     slow_started: Arc<AtomicUsize>,
+    /// Connections open to the app now.
+    open: Arc<AtomicUsize>,
     _runtime: tokio::runtime::Runtime,
 }
 
@@ -55,25 +57,31 @@ impl App {
             .unwrap();
         let addr = listener.local_addr().unwrap();
         let slow_started = Arc::new(AtomicUsize::new(0));
+        let open = Arc::new(AtomicUsize::new(0));
         let counter = slow_started.clone();
+        let connections = open.clone();
         runtime.spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
                 let counter = counter.clone();
+                let connections = connections.clone();
+                connections.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
                     let service = service_fn(move |req| app(req, counter.clone()));
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
                         .with_upgrades()
                         .await;
+                    connections.fetch_sub(1, Ordering::SeqCst);
                 });
             }
         });
         App {
             addr,
             slow_started,
+            open,
             _runtime: runtime,
         }
     }
@@ -901,4 +909,117 @@ fn an_idle_connection_is_closed_but_a_slow_response_is_not() {
 
     // Then nothing moves on it: the sidecar closes it.
     busy.wait_closed();
+}
+
+// ---------------------------------------------------------------------------------------
+// Defects found with outside test suites (issue 14), each fixed on the shared HTTP core.
+
+#[test]
+fn a_clients_broken_body_is_a_400_and_a_client_error_not_an_app_outage() {
+    let (_app, _pki, sidecar) = setup(&[]);
+    // A bad chunk-size line, then a chunk size that overflows.
+    for chunk in ["zz\r\n", "fffffffffffffffffffff\r\n"] {
+        let mut c = SClient::connect(sidecar.port, &[]);
+        c.send(&format!(
+            "POST /count HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{chunk}"
+        ));
+        c.wait_for("HTTP/1.1 400", 0);
+    }
+    // An upload the client gives up on half-way.
+    let mut c = SClient::connect(sidecar.port, &[]);
+    c.send("POST /count HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n0123456789");
+    std::thread::sleep(Duration::from_millis(300));
+    drop(c);
+    let deadline = Instant::now() + WAIT;
+    while sidecar.metric("rigging_tls_client_errors_total") < 3.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the aborted upload was not counted as a client error"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(sidecar.metric("rigging_tls_upstream_errors_total"), 0.0);
+    assert_eq!(
+        sidecar.metric(r#"rigging_tls_requests_total{class="5xx"}"#),
+        0.0
+    );
+}
+
+#[test]
+fn a_connection_that_sends_nothing_after_the_handshake_gets_the_header_timeout() {
+    let (_app, _pki, sidecar) = setup(&["--header-timeout", "1s", "--idle-timeout", "10m"]);
+    let mut silent = SClient::connect(sidecar.port, &[]);
+    // Held for the idle timeout (10 minutes) this would outlast WAIT and fail.
+    silent.wait_closed();
+}
+
+#[test]
+fn no_host_two_hosts_and_connect_are_refused_not_forwarded() {
+    let (_app, _pki, sidecar) = setup(&[]);
+    let mut c = SClient::connect(sidecar.port, &[]);
+    c.send("GET /headers HTTP/1.1\r\n\r\n");
+    c.wait_for("HTTP/1.1 400", 0);
+    let mut c = SClient::connect(sidecar.port, &[]);
+    c.send("GET /headers HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\n\r\n");
+    let at = c.wait_for("HTTP/1.1 400", 0);
+    assert!(
+        !c.seen[at..].contains("host: "),
+        "the app answered: {}",
+        c.seen
+    );
+    let mut c = SClient::connect(sidecar.port, &[]);
+    c.send("CONNECT db.example:5432 HTTP/1.1\r\nHost: db.example:5432\r\n\r\n");
+    c.wait_for("HTTP/1.1 405", 0);
+    // HTTP/1.0 needs no Host: it is still forwarded.
+    let mut c = SClient::connect(sidecar.port, &[]);
+    c.send("GET / HTTP/1.0\r\n\r\n");
+    c.wait_for("hello from the app", 0);
+    assert_eq!(sidecar.metric("rigging_tls_client_errors_total"), 3.0);
+}
+
+#[test]
+fn the_400_and_431_that_hyper_sends_itself_are_counted() {
+    let (_app, _pki, sidecar) = setup(&[]);
+    let mut c = SClient::connect(sidecar.port, &[]);
+    c.send("GET / HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n");
+    c.wait_for("HTTP/1.1 400", 0);
+    let mut c = SClient::connect(sidecar.port, &[]);
+    let many: String = (0..150).map(|i| format!("x-h{i}: v\r\n")).collect();
+    c.send(&format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n"));
+    c.wait_for("HTTP/1.1 431", 0);
+    let deadline = Instant::now() + WAIT;
+    while sidecar.metric(r#"rigging_tls_requests_total{class="4xx"}"#) < 2.0 {
+        assert!(
+            Instant::now() < deadline,
+            "hyper's own answers were not counted"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn idle_connections_to_the_app_are_capped_after_a_burst() {
+    let (app, pki, sidecar) = setup(&["--max-idle-upstream", "4"]);
+    let port = sidecar.port;
+    let ca = pki.ca_file.clone();
+    let burst: Vec<_> = (0..24)
+        .map(|_| {
+            let ca = ca.clone();
+            std::thread::spawn(move || curl(port, &ca, "/slow", &[]))
+        })
+        .collect();
+    for t in burst {
+        let out = t.join().unwrap();
+        assert_eq!(stdout(&out), "slow done", "{}", stderr(&out));
+    }
+    assert!(app.slow_started.load(Ordering::SeqCst) >= 24);
+    let deadline = Instant::now() + WAIT;
+    while app.open.load(Ordering::SeqCst) > 4 {
+        assert!(
+            Instant::now() < deadline,
+            "{} connections to the app stay open after the burst",
+            app.open.load(Ordering::SeqCst)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

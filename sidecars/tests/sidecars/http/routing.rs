@@ -458,3 +458,62 @@ fn a_reload_changes_routing_without_dropping_a_kept_alive_connection() {
         1.0
     );
 }
+
+#[test]
+fn sighup_reloads_the_config_at_once() {
+    let a = TestBackend::start("a");
+    let b = TestBackend::start("b");
+    // Files are polled only hourly: only the hang-up can make this reload happen.
+    let amb = Ambassador::start_with(
+        &two_backends("  - name: all\n    backend: a\n", &a, &b),
+        &["--reload-interval", "1h"],
+    );
+    std::fs::write(
+        &amb.config,
+        two_backends("  - name: all\n    backend: b\n", &a, &b),
+    )
+    .unwrap();
+    crate::support::signal(amb.proc.pid(), "HUP");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while amb.metric("rigging_http_config_reloads_total{result=\"ok\"}") < 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SIGHUP did not reload"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        Client::new(amb.listen).get("/", &[]).unwrap().text().trim(),
+        "b"
+    );
+}
+
+#[test]
+fn a_port_in_use_is_reported_once_with_its_cause() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let a = TestBackend::start("a");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("http.yaml");
+    std::fs::write(&path, one_backend(&[a.addr], "", "")).unwrap();
+    let out = Command::new(sidecar_bin())
+        .args(["http", "--config", path.to_str().unwrap()])
+        .args(["--listen", &taken.local_addr().unwrap().to_string()])
+        .args(["--admin", &local(free_port()).to_string()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("rigging-sidecar: "))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(
+        line.contains(&format!("cannot listen on {}", taken.local_addr().unwrap())),
+        "{line}"
+    );
+    assert_eq!(
+        line.matches("in use").count(),
+        1,
+        "the cause is said once: {line}"
+    );
+}

@@ -44,9 +44,10 @@ impl Ambassador {
             listen.to_string(),
             "--admin".into(),
             admin.to_string(),
-            "--reload-interval".into(),
-            "100ms".into(),
         ];
+        if !extra.contains(&"--reload-interval") {
+            args.extend(["--reload-interval".into(), "100ms".into()]);
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let proc = Proc::sidecar(&args);
