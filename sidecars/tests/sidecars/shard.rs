@@ -1371,3 +1371,64 @@ fn requests_in_flight_are_bounded_in_memory_and_refused_past_it() {
     let mut c = Resp::connect(proxy.addr);
     assert_eq!(c.cmd(&["SET", "small", "1"]), Reply::Status("OK".into()));
 }
+
+#[test]
+fn a_reload_that_changes_listen_says_it_needs_a_restart() {
+    let (_procs, _addrs, servers) = three_redis();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("shard.yaml");
+    let listen = local(free_port());
+    let write = |listen: SocketAddr| {
+        let list: String = servers.iter().map(|s| format!("  - \"{s}\"\n")).collect();
+        std::fs::write(
+            &config,
+            format!("protocol: redis\nlisten: \"{listen}\"\nservers:\n{list}"),
+        )
+        .unwrap();
+    };
+    write(listen);
+    let log_path = dir.path().join("stderr.log");
+    let admin = local(free_port());
+    let mut child = support::Proc {
+        name: "rigging-sidecar shard".into(),
+        child: std::process::Command::new(support::sidecar_bin())
+            .args([
+                "shard",
+                "--config",
+                config.to_str().unwrap(),
+                "--admin",
+                &admin.to_string(),
+            ])
+            .stderr(std::fs::File::create(&log_path).unwrap())
+            .spawn()
+            .unwrap(),
+    };
+    wait_ready(admin, Duration::from_secs(10));
+    let moved = local(free_port());
+    write(moved);
+    // SIGHUP: reload now rather than at the next poll.
+    support::signal(child.pid(), "HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let log = loop {
+        let log = std::fs::read_to_string(&log_path).unwrap();
+        if log.contains("needs a restart") || Instant::now() > deadline {
+            break log;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let line = log
+        .lines()
+        .find(|l| l.contains("needs a restart"))
+        .unwrap_or_else(|| panic!("no warning in:\n{log}"));
+    assert!(line.contains("\"setting\":\"listen\""), "{line}");
+    // Still serving where it was.
+    assert!(
+        TcpStream::connect(listen).is_ok(),
+        "not listening on {listen} any more (exit: {:?}):\n{log}",
+        child.child.try_wait()
+    );
+    let mut c = Resp::connect(listen);
+    assert_eq!(c.cmd(&["PING"]), Reply::Status("PONG".into()));
+    child.terminate();
+    assert_eq!(child.wait_exit(Duration::from_secs(10)), Some(0));
+}
