@@ -1,5 +1,6 @@
 //! `rigging-sidecar http` as users run it: real nginx backends and test backends on
 //! 127.0.0.1, configs reloaded while traffic flows.
 
+mod balance;
 mod routing;
 mod support;
