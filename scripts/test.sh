@@ -18,7 +18,7 @@ step() { printf '\n==> %s\n' "$*"; }
 apt_packages=(
   curl openssl shellcheck
   redis-server redis-tools memcached nutcracker
-  nginx-light haproxy prometheus postgresql
+  nginx-light haproxy prometheus postgresql varnish
 )
 # Python tools that check Kubernetes artefacts, in a venv of the project's own.
 pip_packages=(pyyaml yamllint kubernetes-validate helm-python-sdk checkov)
@@ -35,7 +35,7 @@ install_apt() {
   "${sudo[@]}" apt-get update -qq
   DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   # The packages' own services would hold the default ports; the tests start their own.
-  for svc in redis-server memcached nutcracker nginx haproxy prometheus postgresql; do
+  for svc in redis-server memcached nutcracker nginx haproxy prometheus postgresql varnish; do
     "${sudo[@]}" service "$svc" stop >/dev/null 2>&1 || true
   done
 }

@@ -14,6 +14,7 @@ use http_body_util::{BodyExt, Either, Full};
 use hyper::body::{Body as _, Incoming};
 
 use super::backend::{Backend, Outcome, PickContext, Unavailable};
+use super::cache::Body;
 use super::keys;
 use super::retry::idempotent;
 use super::table::{Destination, Mirror, Route, Table};
@@ -33,7 +34,7 @@ pub async fn handle(
     peer: SocketAddr,
     peer_ip: &HeaderValue,
     req: Request<Incoming>,
-) -> Response<ResponseBody> {
+) -> Response<Body> {
     let (mut parts, body) = req.into_parts();
     if let Some(why) = forwarding::host_error(&parts) {
         let status = if parts.method == Method::CONNECT {
@@ -41,13 +42,14 @@ pub async fn handle(
         } else {
             StatusCode::BAD_REQUEST
         };
-        return own(status, why);
+        return own(status, why).map(Either::Left);
     }
     let Some(route) = table.route_for(&parts) else {
         return own(
             StatusCode::NOT_FOUND,
             format!("no route takes {} {}\n", parts.method, parts.uri.path()),
-        );
+        )
+        .map(Either::Left);
     };
     let started = Instant::now();
     forwarding::to_origin_form(&mut parts);
@@ -67,7 +69,7 @@ async fn serve(
     body: Incoming,
     peer: SocketAddr,
     peer_ip: &HeaderValue,
-) -> Response<ResponseBody> {
+) -> Response<Body> {
     let client_ip = keys::client_ip(&parts.headers, peer.ip());
     if let Some(limit) = &route.rate_limit
         && let Err(wait) = limit.check(&parts.headers, peer.ip())
@@ -84,7 +86,7 @@ async fn serve(
         response
             .headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
-        return response;
+        return response.map(Either::Left);
     }
     let (backend, set_cookie) = match &route.destination {
         Destination::Backend(backend) => (backend, None),
@@ -106,7 +108,8 @@ async fn serve(
             return own(
                 StatusCode::BAD_REQUEST,
                 "400 bad request: the request body was malformed or cut short\n",
-            );
+            )
+            .map(Either::Left);
         }
     };
     if let Some(mirror) = &route.mirror {
@@ -120,9 +123,11 @@ async fn serve(
                 let mut body = Outgoing::Buffered(Bytes::new());
                 async move { attempts(route, backend, fill, &mut body, client_ip).await }
             };
-            cache.serve(&parts, fetch).await
+            cache.serve(&backend.name, &parts, fetch).await
         }
-        _ => attempts(route, backend, parts, &mut outgoing, client_ip).await,
+        _ => attempts(route, backend, parts, &mut outgoing, client_ip)
+            .await
+            .map(Either::Left),
     };
 
     forwarding::strip_hop_by_hop(response.headers_mut(), false);
