@@ -124,6 +124,16 @@ kubectl -n "$app_ns" wait --for=condition=Ready replicatedservice/web --timeout=
 kubectl -n "$app_ns" run e2e-https --rm -i --restart=Never --image=curlimages/curl:8.10.1 -- \
   curl -fsSk --max-time 10 "https://web:8443" >/dev/null || fail "https://web:8443 does not answer"
 
+# The frontend tier: Rigging's HTTP ambassador caches the app's answers in front of it.
+echo "e2e: examples/replicated-service/frontend.yaml through the cache tier"
+kubectl -n "$app_ns" apply -f examples/replicated-service/frontend.yaml
+kubectl -n "$app_ns" wait --for=condition=Ready replicatedservice/products --timeout=180s ||
+  fail "replicatedservice/products (with its frontend) never became Ready"
+kubectl -n "$app_ns" run e2e-frontend --rm -i --restart=Never --image=curlimages/curl:8.10.1 -- \
+  sh -c 'for i in 1 2 3 4 5 6; do curl -fsS -D - -o /dev/null -H "X-Api-Key: e2e" http://products-frontend/ || exit 1; done |
+         grep -qi "^age:"' ||
+  fail "products-frontend does not answer, or none of its answers came from the cache (two replicas, six requests)"
+
 # Bad input gets a condition a person can act on, not a crash loop.
 echo "e2e: a ReplicatedService without a readiness probe is refused"
 if kubectl -n "$app_ns" apply -f - <<'YAML' 2>/tmp/rigging-e2e-refused; then
