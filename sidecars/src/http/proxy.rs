@@ -93,6 +93,7 @@ async fn serve(
         Destination::Split(split) => {
             let (arm, cookie) = split.choose(&parts.headers, peer.ip());
             arm.requests.inc();
+            split.strip_cookie(&mut parts.headers);
             (&arm.backend, cookie)
         }
     };

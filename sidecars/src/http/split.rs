@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use http::HeaderMap;
-use http::header::HeaderValue;
+use http::header::{self, HeaderValue};
 use rigging_crds::sidecar::http as config;
 
 use super::backend::Backend;
@@ -95,6 +95,32 @@ impl Split {
             cookie,
             arms,
         })
+    }
+
+    /// Removes the split's own cookie from a request on its way to the arm: it is the
+    /// ambassador's, not the app's, and a request with no other cookie can then be
+    /// served from the cache (which passes requests that carry cookies).
+    pub fn strip_cookie(&self, headers: &mut HeaderMap) {
+        if !headers.contains_key(header::COOKIE) {
+            return;
+        }
+        let mut kept = Vec::new();
+        for value in headers.get_all(header::COOKIE) {
+            let Ok(text) = value.to_str() else {
+                // Not text: leave the header exactly as it came.
+                return;
+            };
+            kept.extend(text.split(';').map(str::trim).filter(|pair| {
+                !pair.is_empty() && pair.split_once('=').map_or(*pair, |(k, _)| k) != self.cookie
+            }));
+        }
+        let joined = kept.join("; ");
+        headers.remove(header::COOKIE);
+        if let Ok(value) = HeaderValue::from_str(&joined)
+            && !joined.is_empty()
+        {
+            headers.insert(header::COOKIE, value);
+        }
     }
 
     /// The arm for a request, and the `Set-Cookie` to send when the request's cookie did

@@ -637,6 +637,14 @@ impl HttpConfig {
                     )?;
                 }
             }
+            if let Balance::Hash(HashKey::Header(name)) = &b.balance
+                && !is_header_name(name)
+            {
+                refuse(
+                    format!("{at}.balance.hash.header"),
+                    format!("{name:?} is not a header name"),
+                )?;
+            }
             if let Some(outlier) = &b.outlier
                 && outlier.max_ejected_percent > 100
             {
@@ -755,6 +763,14 @@ impl HttpConfig {
         }
         Ok(())
     }
+}
+
+/// A token (RFC 9110 §5.6.2), as header names are.
+fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 fn is_host_port(address: &str) -> bool {

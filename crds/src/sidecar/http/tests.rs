@@ -109,6 +109,8 @@ fn a_file_that_cannot_work_is_refused_naming_the_field() {
     );
     let err = invalid(|c| c.routes[1].split.as_mut().unwrap().arms[0].name = "a b".into());
     assert!(err.starts_with("routes[1].split.arms[0].name"), "{err}");
+    let err = invalid(|c| c.backends[2].balance = Balance::Hash(HashKey::Header("x user".into())));
+    assert!(err.starts_with("backends[2].balance.hash.header"), "{err}");
     let err = invalid(|c| c.cache = None);
     assert!(err.starts_with("routes[1].cache"), "{err}");
 }

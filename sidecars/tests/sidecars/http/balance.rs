@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::support::{Ambassador, Client, Nginx, TestBackend, one_backend, spread};
-use crate::support::signal;
 
 /// `servers` as a backend's YAML list, with weights.
 fn weighted(servers: &[(SocketAddr, u32)]) -> String {
@@ -57,28 +56,6 @@ fn up(ambassador: &Ambassador, server: SocketAddr) -> f64 {
     ambassador.metric(&format!(
         r#"rigging_http_server_up{{backend="pool",server="{server}"}}"#
     ))
-}
-
-/// Kills nginx and its worker at once. `Nginx::kill` kills the master only and waits for
-/// the worker to notice, but an orphaned worker may keep serving (seen under gVisor).
-fn kill_with_workers(nginx: &mut Nginx) {
-    let master = nginx.proc.pid().to_string();
-    let workers: Vec<u32> = std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|entry| {
-            let pid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            // pid (comm) state ppid …: comm may hold spaces, so split after its ')'.
-            let ppid = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?;
-            (ppid == master).then_some(pid)
-        })
-        .collect();
-    // The master first: it would start a new worker for one killed before it.
-    signal(nginx.proc.pid(), "KILL");
-    for worker in workers {
-        signal(worker, "KILL");
-    }
-    nginx.kill();
 }
 
 /// `clients` threads sending `each` GETs of `/` at once; counts replies by body (or
@@ -237,7 +214,7 @@ fn a_killed_server_is_taken_out_by_health_checks_and_back_in_with_no_client_erro
     };
     std::thread::sleep(Duration::from_millis(500));
 
-    kill_with_workers(&mut b);
+    b.kill();
     let slack = Duration::from_secs(2);
     let taken_out = wait_until(interval * unhealthy + slack, "b taken out", || {
         ambassador.server_state("pool", b_addr) == "unhealthy"

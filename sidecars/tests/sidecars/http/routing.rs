@@ -517,3 +517,37 @@ fn a_port_in_use_is_reported_once_with_its_cause() {
         "the cause is said once: {line}"
     );
 }
+
+#[test]
+fn a_split_route_with_a_cache_serves_users_in_each_arm_from_the_cache() {
+    let a = TestBackend::start("a");
+    let b = TestBackend::start("b");
+    let config = format!(
+        "{}cache: {{maxSize: 1Mi}}\n",
+        split_config(&a, &b, 50, 50)
+            .replace("  - name: shop\n", "  - name: shop\n    cache: true\n")
+    );
+    a.headers
+        .lock()
+        .unwrap()
+        .push("Cache-Control: max-age=60".into());
+    b.headers
+        .lock()
+        .unwrap()
+        .push("Cache-Control: max-age=60".into());
+    let amb = Ambassador::start(&config);
+    let mut c = Client::new(amb.listen);
+    for i in 0..40 {
+        let user = format!("cached-user-{i}");
+        let (_, cookie) = arm_of(&mut c, &user, None);
+        // With its arm cookie, the user is still served from the cache.
+        arm_of(&mut c, &user, cookie.as_deref());
+    }
+    // One fill per arm; everything else came from the cache, cookie or not.
+    assert_eq!((a.hits(), b.hits()), (1, 1));
+    let seen = a.seen.lock().unwrap()[0].clone();
+    assert!(
+        !seen.headers.contains_key("cookie"),
+        "the split's cookie is the ambassador's"
+    );
+}

@@ -177,11 +177,26 @@ impl Nginx {
         }
     }
 
-    /// Kills nginx at once (SIGKILL on the master; the worker follows it).
+    /// Kills nginx at once, master and workers: an orphaned worker may keep serving
+    /// (seen under gVisor), so waiting for it to notice its master is gone is not enough.
     pub fn kill(&mut self) {
+        let master = self.proc.pid().to_string();
+        let workers: Vec<u32> = std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|entry| {
+                let pid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+                // pid (comm) state ppid …: comm may hold spaces, so split after its ')'.
+                let ppid = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?;
+                (ppid == master).then_some(pid)
+            })
+            .collect();
+        // The master first: it would start a new worker for one killed before it.
         let _ = self.proc.child.kill();
         let _ = self.proc.child.wait();
-        // The worker exits when it sees its master gone; wait until the port is free.
+        for worker in workers {
+            crate::support::signal(worker, "KILL");
+        }
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect_timeout(&self.addr, Duration::from_millis(100)).is_ok() {
             assert!(
