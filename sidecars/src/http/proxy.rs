@@ -12,6 +12,8 @@ use http::request::Parts;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::{Body as _, Incoming};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
 
 use super::backend::{Backend, Outcome, PickContext, Unavailable};
 use super::cache::Body;
@@ -33,8 +35,9 @@ pub async fn handle(
     table: &Table,
     peer: SocketAddr,
     peer_ip: &HeaderValue,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Response<Body> {
+    let upgrade = forwarding::wants_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     if let Some(why) = forwarding::host_error(&parts) {
         let status = if parts.method == Method::CONNECT {
@@ -53,7 +56,7 @@ pub async fn handle(
     };
     let started = Instant::now();
     forwarding::to_origin_form(&mut parts);
-    let response = serve(table, route, parts, body, peer, peer_ip).await;
+    let response = serve(table, route, parts, body, peer, peer_ip, upgrade).await;
     route
         .metrics
         .duration
@@ -69,6 +72,7 @@ async fn serve(
     body: Incoming,
     peer: SocketAddr,
     peer_ip: &HeaderValue,
+    upgrade: Option<OnUpgrade>,
 ) -> Response<Body> {
     let client_ip = keys::client_ip(&parts.headers, peer.ip());
     if let Some(limit) = &route.rate_limit
@@ -98,9 +102,17 @@ async fn serve(
         }
     };
 
-    forwarding::strip_hop_by_hop(&mut parts.headers, false);
+    forwarding::strip_hop_by_hop(&mut parts.headers, upgrade.is_some());
     forwarding::add_forwarded_for(&mut parts.headers, peer_ip);
     route.request_headers.apply(&mut parts.headers);
+    if let Some(client_side) = upgrade {
+        let mut response = tunnel(route, backend, parts, body, client_ip, client_side).await;
+        route.response_headers.apply(response.headers_mut());
+        if let Some(cookie) = set_cookie {
+            response.headers_mut().append(header::SET_COOKIE, cookie);
+        }
+        return response.map(Either::Left);
+    }
 
     let mut outgoing = match Outgoing::read(body).await {
         Ok(outgoing) => outgoing,
@@ -137,6 +149,73 @@ async fn serve(
         response.headers_mut().append(header::SET_COOKIE, cookie);
     }
     response
+}
+
+/// An upgrade (WebSocket): one attempt, never cached, mirrored or retried once sent;
+/// when the server answers `101`, the two connections become a byte tunnel.
+async fn tunnel(
+    route: &Route,
+    backend: &Arc<Backend>,
+    parts: Parts,
+    body: Incoming,
+    client_ip: IpAddr,
+    client_side: OnUpgrade,
+) -> Response<ResponseBody> {
+    let _admitted = match backend.admit() {
+        Ok(admitted) => admitted,
+        Err(unavailable) => return unavailable_answer(&unavailable),
+    };
+    let ctx = PickContext {
+        client_ip,
+        headers: &parts.headers,
+    };
+    let server = match backend.pick(&ctx, &[]) {
+        Ok(server) => server,
+        Err(unavailable) => return unavailable_answer(&unavailable),
+    };
+    let running = server.begin();
+    let request = Request::from_parts(parts, Either::Left(body));
+    let mut response = match tokio::time::timeout(route.timeout, server.pool.send(request)).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(failed)) => {
+            running.finish(if failed.error.may_have_been_sent() {
+                Outcome::Failed
+            } else {
+                Outcome::ConnectError
+            });
+            return own(
+                StatusCode::BAD_GATEWAY,
+                format!("502 bad gateway: {}\n", failed.error),
+            );
+        }
+        Err(_) => {
+            running.finish(Outcome::TimedOut);
+            return own(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!(
+                    "504 gateway timeout: {} did not answer the upgrade in time\n",
+                    server.address
+                ),
+            );
+        }
+    };
+    running.finish(Outcome::Status(response.status()));
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let server_side = hyper::upgrade::on(&mut response);
+        tokio::spawn(async move {
+            match tokio::try_join!(client_side, server_side) {
+                Ok((client, server)) => {
+                    let mut client = TokioIo::new(client);
+                    let mut server = TokioIo::new(server);
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+                Err(err) => tracing::debug!(error = %err, "upgrade failed"),
+            }
+        });
+    } else {
+        forwarding::strip_hop_by_hop(response.headers_mut(), false);
+    }
+    response.map(Either::Left)
 }
 
 /// A request body as attempts need it.

@@ -551,3 +551,63 @@ fn a_split_route_with_a_cache_serves_users_in_each_arm_from_the_cache() {
         "the split's cookie is the ambassador's"
     );
 }
+
+/// A server that answers every upgrade request with `101` and then echoes bytes.
+fn echo_upgrade_server() -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if s.read(&mut byte).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                if !head.contains("upgrade: echo") || !head.contains("connection: upgrade") {
+                    let _ = s.write_all(b"HTTP/1.1 400 X\r\ncontent-length: 0\r\n\r\n");
+                    return;
+                }
+                let _ = s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n");
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 || s.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn an_upgrade_becomes_a_tunnel_to_the_server() {
+    use std::io::{Read, Write};
+    let amb = Ambassador::start(&one_backend(&[echo_upgrade_server()], "", ""));
+    let mut s = std::net::TcpStream::connect(amb.listen).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut byte).unwrap(), 1, "closed after {head:?}");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: echo"), "{head}");
+    for word in ["ping", "pong and more"] {
+        s.write_all(word.as_bytes()).unwrap();
+        let mut got = vec![0u8; word.len()];
+        s.read_exact(&mut got).unwrap();
+        assert_eq!(got, word.as_bytes());
+    }
+}
