@@ -5,13 +5,13 @@
 //! stale-if-error, the memory bound and bodies past `maxObjectSize`.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::support::{Ambassador, Client, Reply, TestBackend, one_backend};
+use super::support::{Ambassador, Client, Reply, Seen, TestBackend, one_backend, read_request};
 use crate::support::{Proc, free_port, local, require_tool, wait_port};
 
 /// What the origin answers on one path.
@@ -94,36 +94,13 @@ impl Origin {
     fn connection(&self, stream: TcpStream) {
         let mut reader = BufReader::new(stream.try_clone().unwrap());
         let mut writer = stream;
-        loop {
-            let mut line = String::new();
-            if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                return;
-            }
-            let mut words = line.split_whitespace();
-            let method = words.next().unwrap_or("").to_owned();
-            let path = words.next().unwrap_or("").to_owned();
-            let mut headers = HashMap::new();
-            loop {
-                let mut h = String::new();
-                if reader.read_line(&mut h).unwrap_or(0) == 0 {
-                    return;
-                }
-                let h = h.trim_end();
-                if h.is_empty() {
-                    break;
-                }
-                if let Some((k, v)) = h.split_once(':') {
-                    headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
-                }
-            }
-            let length: usize = headers
-                .get("content-length")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-            let mut body = vec![0u8; length];
-            if reader.read_exact(&mut body).is_err() {
-                return;
-            }
+        while let Some(Seen {
+            method,
+            path,
+            headers,
+            ..
+        }) = read_request(&mut reader)
+        {
             let resource = self.resources.lock().unwrap().get(&path).cloned();
             let resource = resource.unwrap_or(Resource {
                 status: 404,
