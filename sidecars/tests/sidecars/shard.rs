@@ -1223,26 +1223,8 @@ fn a_connection_redis_closed_while_idle_is_not_an_error_nor_a_failure() {
 
 #[test]
 fn a_connection_memcached_closed_while_idle_is_not_an_error() {
-    let port = free_port();
-    let _mc = Proc::spawn(
-        require_tool("memcached"),
-        &[
-            "-l",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-U",
-            "0",
-            "-u",
-            "nobody",
-            "-m",
-            "64",
-            "-o",
-            "idle_timeout=1",
-        ],
-    );
-    wait_port(local(port), Duration::from_secs(5));
-    let server = format!("127.0.0.1:{port}:1");
+    let (_mc, addr) = support::memcached_with(&["-o", "idle_timeout=1"]);
+    let server = format!("{addr}:1");
     let proxy = shard(
         "memcached",
         std::slice::from_ref(&server),
@@ -1258,11 +1240,7 @@ fn a_connection_memcached_closed_while_idle_is_not_an_error() {
         vec![("k".to_owned(), b"w".to_vec())]
     );
     assert_eq!(
-        metric(
-            proxy.admin,
-            "rigging_shard_server_errors_total",
-            local(port)
-        ),
+        metric(proxy.admin, "rigging_shard_server_errors_total", addr),
         0.0
     );
 }

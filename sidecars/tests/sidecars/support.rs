@@ -184,22 +184,27 @@ pub fn redis_server_on(port: u16, extra: &[&str]) -> Proc {
 
 /// A memcached on a free port (as `nobody`: memcached refuses to run as root).
 pub fn memcached() -> (Proc, SocketAddr) {
+    memcached_with(&[])
+}
+
+/// A memcached on a free port with `extra` options (`-o idle_timeout=1`).
+pub fn memcached_with(extra: &[&str]) -> (Proc, SocketAddr) {
     let port = free_port();
-    let proc = Proc::spawn(
-        require_tool("memcached"),
-        &[
-            "-l",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-U",
-            "0",
-            "-u",
-            "nobody",
-            "-m",
-            "64",
-        ],
-    );
+    let port_arg = port.to_string();
+    let mut args = vec![
+        "-l",
+        "127.0.0.1",
+        "-p",
+        &port_arg,
+        "-U",
+        "0",
+        "-u",
+        "nobody",
+        "-m",
+        "64",
+    ];
+    args.extend_from_slice(extra);
+    let proc = Proc::spawn(require_tool("memcached"), &args);
     let addr = local(port);
     wait_port(addr, Duration::from_secs(5));
     (proc, addr)

@@ -387,6 +387,16 @@ fn past_its_limits_a_backend_answers_503_at_once_and_memory_stays_bounded() {
     );
 }
 
+/// Runs the ambassador on `config` until it exits (it should: the file is bad).
+fn start_once(config: &std::path::Path) -> std::process::Output {
+    Command::new(sidecar_bin())
+        .args(["http", "--config", config.to_str().unwrap()])
+        .args(["--listen", &local(free_port()).to_string()])
+        .args(["--admin", &local(free_port()).to_string()])
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn a_bad_config_is_refused_naming_the_field_and_the_old_one_keeps_serving() {
     let a = TestBackend::start("a");
@@ -395,18 +405,7 @@ fn a_bad_config_is_refused_naming_the_field_and_the_old_one_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
     let bad_path = dir.path().join("http.yaml");
     std::fs::write(&bad_path, good.replace("backend: pool", "backend: pools")).unwrap();
-    let out = Command::new(sidecar_bin())
-        .args([
-            "http",
-            "--config",
-            bad_path.to_str().unwrap(),
-            "--listen",
-            &local(free_port()).to_string(),
-            "--admin",
-            &local(free_port()).to_string(),
-        ])
-        .output()
-        .unwrap();
+    let out = start_once(&bad_path);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -414,18 +413,7 @@ fn a_bad_config_is_refused_naming_the_field_and_the_old_one_keeps_serving() {
         "{stderr}"
     );
     std::fs::write(&bad_path, good.replace("servers:", "server:")).unwrap();
-    let out = Command::new(sidecar_bin())
-        .args([
-            "http",
-            "--config",
-            bad_path.to_str().unwrap(),
-            "--listen",
-            &local(free_port()).to_string(),
-            "--admin",
-            &local(free_port()).to_string(),
-        ])
-        .output()
-        .unwrap();
+    let out = start_once(&bad_path);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("unknown field `server`"), "{stderr}");
 
