@@ -3,7 +3,7 @@
 
 use clap::{Parser, Subcommand};
 
-use crate::{health, http, logs, metrics, shard, tls};
+use crate::{elect, health, http, logs, metrics, shard, tls};
 
 /// `rigging-sidecar`'s command line.
 #[derive(Debug, Parser)]
@@ -34,4 +34,7 @@ pub enum Command {
     /// HTTP ambassador: routing, balancing, health checks, retries, splits, cache and
     /// rate limits.
     Http(http::Args),
+    /// Leader election and item ownership on Leases or etcd, with fencing tokens, served
+    /// on localhost.
+    Elect(elect::Args),
 }

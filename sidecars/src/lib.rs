@@ -3,6 +3,7 @@
 //! [`forwarding`] the HTTP data-plane core of `tls`, `shard --protocol http` and `http`.
 
 pub mod cli;
+pub mod elect;
 pub mod forwarding;
 pub mod health;
 pub mod http;

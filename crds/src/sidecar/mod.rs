@@ -8,6 +8,7 @@
 //! `/metrics`; durations are humantime (`500ms`, `10s`, `2m`); flags are the kebab-case
 //! field names.
 
+pub mod elect;
 pub mod health;
 pub mod http;
 pub mod logs;
@@ -37,6 +38,8 @@ pub mod ports {
     pub const SHARD_ADMIN: u16 = 9122;
     /// The HTTP ambassador's admin port (`/status` as well as the usual three).
     pub const HTTP_ADMIN: u16 = 9124;
+    /// The election sidecar's port: its API (`/leader`, `/owned`) and admin endpoints.
+    pub const ELECT: u16 = 9125;
 }
 
 /// A sidecar's typed command line.
