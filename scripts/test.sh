@@ -18,7 +18,7 @@ step() { printf '\n==> %s\n' "$*"; }
 apt_packages=(
   curl openssl shellcheck
   redis-server redis-tools memcached nutcracker
-  nginx-light haproxy prometheus postgresql varnish
+  nginx-light haproxy prometheus postgresql varnish etcd-server
 )
 # Python tools that check Kubernetes artefacts, in a venv of the project's own.
 pip_packages=(pyyaml yamllint kubernetes-validate helm-python-sdk checkov)
@@ -35,7 +35,7 @@ install_apt() {
   "${sudo[@]}" apt-get update -qq
   DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   # The packages' own services would hold the default ports; the tests start their own.
-  for svc in redis-server memcached nutcracker nginx haproxy prometheus postgresql varnish; do
+  for svc in redis-server memcached nutcracker nginx haproxy prometheus postgresql varnish etcd; do
     "${sudo[@]}" service "$svc" stop >/dev/null 2>&1 || true
   done
 }
@@ -93,6 +93,10 @@ step "cluster suite: the operator against the real API server"
 # The tests mostly wait on the API server, so more run at once than there are cores.
 PATH="$controlplane/bin:$PATH" RIGGING_KUBECONFIG="$controlplane/kubeconfig" RIGGING_CLUSTER_REQUIRE=1 \
   cargo test --workspace --test cluster --locked -- --test-threads 8
+
+step "election sidecars on Leases of the real API server"
+RIGGING_KUBECONFIG="$controlplane/kubeconfig" RIGGING_CLUSTER_REQUIRE=1 \
+  cargo test -p rigging-sidecar --test sidecars --locked -- elect::leases
 
 step "shellcheck"
 mapfile -t scripts < <(git ls-files '*.sh' .ci/run)
