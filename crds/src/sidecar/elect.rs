@@ -334,17 +334,4 @@ mod tests {
         slash.etcd_endpoints = vec!["http://etcd-0.etcd:2379/".into()];
         assert_eq!(slash.check(), Ok(()));
     }
-
-    #[test]
-    fn the_admin_port_is_distinct_from_the_other_sidecars() {
-        let others = [
-            ports::TLS_ADMIN,
-            ports::HEALTH_ADMIN,
-            ports::METRICS_ADMIN,
-            ports::LOGS_ADMIN,
-            ports::SHARD_ADMIN,
-            ports::HTTP_ADMIN,
-        ];
-        assert!(!others.contains(&ports::ELECT), "{others:?}");
-    }
 }

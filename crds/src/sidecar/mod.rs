@@ -328,6 +328,7 @@ mod tests {
             ports::LOGS_ADMIN,
             ports::SHARD_ADMIN,
             ports::HTTP_ADMIN,
+            ports::ELECT,
         ];
         all.sort_unstable();
         assert!(all.windows(2).all(|w| w[0] != w[1]), "{all:?}");
