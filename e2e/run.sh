@@ -134,6 +134,32 @@ kubectl -n "$app_ns" run e2e-frontend --rm -i --restart=Never --image=curlimages
          grep -qi "^age:"' ||
   fail "products-frontend does not answer, or none of its answers came from the cache (two replicas, six requests)"
 
+# Active-passive: two pods elect a leader on a Lease (the operator grants them the Role);
+# only the leader's pod is ready, so the Service answers from it alone; when the leader
+# goes, the other pod takes over and the Service follows it.
+echo "e2e: examples/replicated-service/active-passive.yaml: one leader, and failover"
+kubectl -n "$app_ns" apply -f examples/replicated-service/active-passive.yaml
+kubectl -n "$app_ns" wait --for=condition=Ready replicatedservice/scheduler --timeout=180s ||
+  fail "replicatedservice/scheduler never had a ready leader"
+leader_pod() {
+  kubectl -n "$app_ns" get pods -l app.kubernetes.io/name=scheduler \
+    -o jsonpath='{range .items[*]}{.metadata.name} {.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' |
+    awk '$2 == "True" {print $1}'
+}
+leaders=$(leader_pod)
+[[ $(wc -w <<<"$leaders") == 1 ]] || fail "scheduler: ready pods '$leaders', expected exactly the leader's"
+kubectl -n "$app_ns" run e2e-leader --rm -i --restart=Never --image=curlimages/curl:8.10.1 -- \
+  curl -fsS --max-time 10 http://scheduler:8080/ | grep -q "^$leaders leads; its writes carry fencing token" ||
+  fail "the scheduler Service does not answer from its leader $leaders"
+kubectl -n "$app_ns" delete pod "$leaders" --wait=false
+next=
+for _ in $(seq 60); do
+  next=$(leader_pod)
+  [[ -n $next && $next != "$leaders" ]] && break
+  sleep 2
+done
+[[ -n $next && $next != "$leaders" ]] || fail "scheduler: no new leader after deleting $leaders"
+
 # Bad input gets a condition a person can act on, not a crash loop.
 echo "e2e: a ReplicatedService without a readiness probe is refused"
 if kubectl -n "$app_ns" apply -f - <<'YAML' 2>/tmp/rigging-e2e-refused; then

@@ -113,6 +113,10 @@ def chart_checks(out: Path) -> None:
         "leases" in r["resources"] for role in roles for r in role["rules"]), str(roles))
     cluster_rules = by_kind(default, "ClusterRole")[0]["rules"]
     check("the ClusterRole never grants Secrets", all("secrets" not in r["resources"] for r in cluster_rules), str(cluster_rules))
+    lease_rules = [r for r in cluster_rules if "leases" in r["resources"]]
+    check("cluster-wide, the operator holds exactly the Lease verbs its election Roles grant (RBAC escalation prevention)",
+          len(lease_rules) == 1 and sorted(lease_rules[0]["verbs"]) == ["create", "delete", "get", "list", "update"]
+          and not lease_rules[0].get("resourceNames"), str(lease_rules))
     check("a PDB protects 2 operator replicas", len(by_kind(default, "PodDisruptionBudget")) == 1, "")
 
     single = render_chart({"replicaCount": 1, "leaderElection": {"enabled": False}})

@@ -11,7 +11,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::schema::pod_template_schema;
+use crate::schema::{duration_message, duration_rule, pod_template_schema};
 use crate::sidecar::spec::Sidecars;
 
 /// Why a ReplicatedService's name must be a DNS-1035 label: its Service takes the name, and
@@ -255,9 +255,6 @@ fn frontend_name_message() -> String {
 /// A size as the frontend's cache takes it: bytes, or a number with a binary or decimal
 /// suffix.
 const SIZE_PATTERN: &str = "^[0-9]+(Ki|Mi|Gi|Ti|k|M|G|T)?$";
-/// A duration as the frontend takes it: numbers with units, `90s`, `2m`, `1h30m`, `500ms`.
-const DURATION_PATTERN: &str = "^([0-9]+(ms|s|m|h))+$";
-
 fn size_rule(field: &str) -> String {
     format!("!has(self.{field}) || self.{field}.matches('{SIZE_PATTERN}')")
 }
@@ -266,14 +263,6 @@ fn size_message(field: &str) -> String {
     format!(
         "{field} must be a size: a number of bytes, or one with Ki, Mi, Gi, Ti, k, M, G or T (64Mi)"
     )
-}
-
-fn duration_rule(field: &str) -> String {
-    format!("!has(self.{field}) || self.{field}.matches('{DURATION_PATTERN}')")
-}
-
-fn duration_message(field: &str) -> String {
-    format!("{field} must be a duration: numbers with units ms, s, m or h (90s, 2m, 1h30m)")
 }
 
 /// A replicated cache and rate-limit tier of Rigging's HTTP ambassador in front of the

@@ -21,6 +21,20 @@ pub(crate) fn volume_claims_schema(generator: &mut SchemaGenerator) -> Schema {
     undescribed::<Vec<PersistentVolumeClaim>>(generator)
 }
 
+/// A duration as the CRDs take it: numbers with units, `90s`, `2m`, `1h30m`, `500ms` (text
+/// that humantime, which the sidecars parse durations with, reads the same way).
+const DURATION_PATTERN: &str = "^([0-9]+(ms|s|m|h))+$";
+
+/// The CEL rule that the optional string field `field` is a duration, if set.
+pub(crate) fn duration_rule(field: &str) -> String {
+    format!("!has(self.{field}) || self.{field}.matches('{DURATION_PATTERN}')")
+}
+
+/// The message of [`duration_rule`].
+pub(crate) fn duration_message(field: &str) -> String {
+    format!("{field} must be a duration: numbers with units ms, s, m or h (90s, 2m, 1h30m)")
+}
+
 fn undescribed<T: JsonSchema>(generator: &mut SchemaGenerator) -> Schema {
     let mut schema = generator.subschema_for::<T>();
     if let Some(map) = schema.as_object_mut() {

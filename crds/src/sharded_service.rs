@@ -86,7 +86,10 @@ fn name_message() -> String {
         .field_path(".shardKey"),
     validation = Rule::new("(has(self.sidecars) && has(self.sidecars.health)) || (has(self.template.spec) && size(self.template.spec.containers) > 0 && has(self.template.spec.containers[0].readinessProbe))")
         .message(Message::Expression("has(self.template.spec) && size(self.template.spec.containers) > 0 ? 'container \"' + self.template.spec.containers[0].name + '\" (the app container, template.spec.containers[0]) has no readinessProbe: a shard is only addressed once it is ready, so the app container must declare one, or sidecars.health must check it' : 'template.spec.containers must hold the app container'".into()))
-        .field_path(".template")
+        .field_path(".template"),
+    validation = Rule::new("!has(self.sidecars) || !has(self.sidecars.elect) || !has(self.sidecars.elect.activePassive) || !self.sidecars.elect.activePassive")
+        .message("sidecars.elect.activePassive would leave every shard but the leader's unready, and a shard that is not ready drops out of the ring: every shard serves its own keys, so a ShardedService elects without it")
+        .field_path(".sidecars.elect.activePassive")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ShardedServiceSpec {

@@ -43,7 +43,10 @@ const NAME_MESSAGE: &str = "metadata.name must be a DNS-1035 label of at most 30
 )]
 #[x_kube(
     validation = Rule::new("has(self.items) != has(self.source)")
-        .message("set exactly one of items (a static list) or source (a container that lists them)")
+        .message("set exactly one of items (a static list) or source (a container that lists them)"),
+    validation = Rule::new("!has(self.sidecars) || !has(self.sidecars.elect) || !has(self.sidecars.elect.activePassive) || !self.sidecars.elect.activePassive")
+        .message("sidecars.elect.activePassive makes only the leader's pod ready, which routes traffic to it; no traffic reaches a worker, so a WorkQueue elects without it")
+        .field_path(".sidecars.elect.activePassive")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct WorkQueueSpec {

@@ -5,7 +5,8 @@
 //! The test is containment, not equality: the live object may carry more than the
 //! operator applies (defaults the API server fills in, fields and annotations other
 //! managers own), and none of that is drift. Only a field the operator applies, holding
-//! another value or missing, is.
+//! another value or missing, is; and a field it applied before and no longer does
+//! ([`drops_owned`]), which server-side apply removes only when applied without it.
 
 use serde_json::Value;
 
@@ -35,6 +36,57 @@ pub fn holds(live: &Value, desired: &Value) -> bool {
         (Value::Null, want) => is_empty(want),
         (have, want) => have == want,
     }
+}
+
+/// Whether `desired` leaves out a field that `owned` — the `fieldsV1` set of the
+/// operator's last apply, from the live object's `managedFields` — says the operator
+/// applied. Under server-side apply such a field is only removed by applying without it,
+/// so its absence is drift too, though the live object still holds everything desired
+/// (a sidecar, a volume, a `serviceAccountName` the spec no longer asks for).
+///
+/// `f:NAME` is a field, `k:{…}` an item of a keyed list (matched by its key fields; one
+/// the desired item leaves out is taken as the server's default, such as a port's
+/// `protocol`), `v:…` an item of a set, `i:N` a list position; `.` is the field itself.
+pub fn drops_owned(owned: &Value, desired: &Value) -> bool {
+    let Value::Object(fields) = owned else {
+        return false;
+    };
+    fields.iter().any(|(key, below)| {
+        let found = if key == "." {
+            return false;
+        } else if let Some(name) = key.strip_prefix("f:") {
+            desired.get(name).filter(|v| !v.is_null())
+        } else if let Some(item) = key.strip_prefix("k:") {
+            let Ok(Value::Object(wanted)) = serde_json::from_str::<Value>(item) else {
+                return false;
+            };
+            desired.as_array().and_then(|items| {
+                items.iter().find(|i| {
+                    wanted
+                        .iter()
+                        .all(|(k, v)| i.get(k).is_none_or(|have| have == v))
+                })
+            })
+        } else if let Some(value) = key.strip_prefix("v:") {
+            let Ok(value) = serde_json::from_str::<Value>(value) else {
+                return false;
+            };
+            let items = desired.as_array();
+            return !items.is_some_and(|items| items.contains(&value));
+        } else if let Some(index) = key.strip_prefix("i:") {
+            index
+                .parse::<usize>()
+                .ok()
+                .and_then(|i| desired.as_array()?.get(i))
+        } else {
+            // A kind of entry this does not know: never a reason to apply.
+            return false;
+        };
+        match found {
+            Some(value) => drops_owned(below, value),
+            None => true,
+        }
+    })
 }
 
 fn is_empty(value: &Value) -> bool {
@@ -82,5 +134,65 @@ mod tests {
         let desired = json!({"spec": {"volumes": [], "nodeSelector": {}, "hostname": null}});
         assert!(holds(&json!({"spec": {}}), &desired));
         assert!(holds(&json!({}), &desired));
+    }
+
+    #[test]
+    fn a_field_the_operator_applied_and_no_longer_does_is_drift() {
+        use super::drops_owned;
+        // What the last apply owned: a container with a volume mount and a port (keyed,
+        // with the protocol the server filled in), an init container, the account.
+        let owned = json!({
+            "f:spec": {"f:template": {"f:spec": {
+                "f:serviceAccountName": {},
+                "f:containers": {"k:{\"name\":\"app\"}": {
+                    ".": {}, "f:name": {},
+                    "f:ports": {"k:{\"containerPort\":8080,\"protocol\":\"TCP\"}": {".": {}, "f:containerPort": {}}},
+                    "f:volumeMounts": {"k:{\"mountPath\":\"/var/run/elect\"}": {"f:name": {}}}
+                }},
+                "f:initContainers": {"k:{\"name\":\"rigging-elect\"}": {"f:name": {}}}
+            }}},
+            "f:metadata": {"f:finalizers": {"v:\"a\"": {}}}
+        });
+        let all = json!({
+            "metadata": {"finalizers": ["a"]},
+            "spec": {"template": {"spec": {
+                "serviceAccountName": "web-elect",
+                "containers": [{"name": "app", "ports": [{"containerPort": 8080}],
+                                "volumeMounts": [{"name": "rigging-elect", "mountPath": "/var/run/elect"}]}],
+                "initContainers": [{"name": "rigging-elect"}]
+            }}}
+        });
+        assert!(
+            !drops_owned(&owned, &all),
+            "the same apply again drops nothing"
+        );
+        let without = |edit: &dyn Fn(&mut serde_json::Value)| {
+            let mut desired = all.clone();
+            edit(&mut desired);
+            drops_owned(&owned, &desired)
+        };
+        let pod = "/spec/template/spec";
+        assert!(without(&|d| {
+            d.pointer_mut(pod)
+                .unwrap()
+                .as_object_mut()
+                .unwrap()
+                .remove("initContainers");
+        }));
+        assert!(without(&|d| {
+            d.pointer_mut(pod)
+                .unwrap()
+                .as_object_mut()
+                .unwrap()
+                .remove("serviceAccountName");
+        }));
+        assert!(without(&|d| {
+            d.pointer_mut(&format!("{pod}/containers/0")).unwrap()["volumeMounts"] = json!([]);
+        }));
+        assert!(without(&|d| {
+            d.pointer_mut(&format!("{pod}/containers/0")).unwrap()["ports"] =
+                json!([{"containerPort": 9090}]);
+        }));
+        assert!(without(&|d| d["metadata"]["finalizers"] = json!(["b"])));
     }
 }

@@ -6,6 +6,7 @@
 #
 # Usage: scripts/bench/shard.sh [ROUNDS]   (default 2 rounds; 5–9 minutes)
 #        ONLY=redis|memcached|http scripts/bench/shard.sh …   (one workload)
+#        RIGGING_BIN=/path/to/rigging-sidecar scripts/bench/shard.sh …   (no build)
 set -Eeuo pipefail
 cd "$(dirname "$0")/../.."
 # shellcheck source=scripts/bench/lib.sh
@@ -13,8 +14,14 @@ source scripts/bench/lib.sh
 
 ROUNDS=${1:-2}
 bench_apt redis-server redis-tools memcached libmemcached-tools nutcracker nginx-light wrk
-cargo build --release -q -p rigging-sidecar
-BIN=$PWD/target/release/rigging-sidecar
+# RIGGING_BIN: a binary built elsewhere (e.g. from `git archive` of a commit); by default
+# the working tree's release build.
+if [[ -n ${RIGGING_BIN:-} ]]; then
+  BIN=$RIGGING_BIN
+else
+  cargo build --release -q -p rigging-sidecar
+  BIN=$PWD/target/release/rigging-sidecar
+fi
 
 WORK=$(mktemp -d)
 PIDS=()

@@ -11,7 +11,8 @@
 #      off on every side) and resumed handshakes/s (on), with CPU µs per handshake;
 #   3. idle RSS, RSS after load, and start-to-ready time.
 # Knobs (environment): DURATION (keep-alive seconds, 10), HS_DURATION (handshake seconds,
-# 5), ROUNDS (2), CONNS (50). Defaults keep the whole run under four minutes.
+# 5), ROUNDS (2), CONNS (50), RIGGING_BIN (see below). Defaults keep the whole run under
+# four minutes.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 # shellcheck disable=SC1091 # lib.sh is checked on its own
@@ -23,8 +24,14 @@ ROUNDS=${ROUNDS:-2}
 CONNS=${CONNS:-50}
 
 bench_apt nginx-light haproxy wrk openssl curl python3
-cargo build --release -p rigging-sidecar >&2
-BIN=$PWD/target/release/rigging-sidecar
+# RIGGING_BIN: a binary built elsewhere (e.g. from `git archive` of a commit); by default
+# the working tree's release build.
+if [[ -n ${RIGGING_BIN:-} ]]; then
+  BIN=$RIGGING_BIN
+else
+  cargo build --release -p rigging-sidecar >&2
+  BIN=$PWD/target/release/rigging-sidecar
+fi
 
 work=$(mktemp -d)
 pids=()

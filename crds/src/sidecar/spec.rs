@@ -6,7 +6,9 @@ use kube::KubeSchema;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::elect::MAX_ELECTION_NAME;
 use super::logs::Format;
+use crate::schema::{duration_message, duration_rule};
 
 /// Rigging's sidecars to place in the pods, beside the app.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -34,6 +36,12 @@ pub struct Sidecars {
     /// `http.yaml` of a ConfigMap says, reloading it when the ConfigMap changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<HttpSidecar>,
+    /// The election sidecar: leader election (and ownership of items) among the pods, on
+    /// Kubernetes Leases or etcd, with fencing tokens. The app asks it who leads at
+    /// `http://127.0.0.1:9125/leader`. With the Lease backend the operator gives the pods'
+    /// ServiceAccount a Role for the Leases of the namespace, `<name>-elect`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub elect: Option<ElectSidecar>,
 }
 
 /// The log adapter's settings.
@@ -133,4 +141,82 @@ pub struct HttpSidecar {
 
 fn default_http_port() -> i32 {
     super::http::DEFAULT_LISTEN.port().into()
+}
+
+/// Where the election sidecar keeps the election.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ElectBackend {
+    /// `coordination.k8s.io/v1` Leases in the pods' namespace; the operator grants the
+    /// pods' ServiceAccount access to them.
+    #[default]
+    Lease,
+    /// An etcd cluster (`etcdEndpoints`), through its v3 JSON gateway.
+    Etcd,
+}
+
+/// The election sidecar's settings. Timings default to client-go's (15s, 10s, 2s).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[x_kube(
+    validation = Rule::new("!has(self.election) || self.election.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')")
+        .message("election must be a DNS label: lowercase letters, digits and '-', starting and ending with a letter or digit")
+        .field_path(".election"),
+    validation = Rule::new("(has(self.backend) && self.backend == 'Etcd') == (has(self.etcdEndpoints) && size(self.etcdEndpoints) > 0)")
+        .message("etcdEndpoints is required with backend Etcd (the members' client URLs, http://HOST:PORT), and only used with it")
+        .field_path(".etcdEndpoints"),
+    validation = Rule::new("!has(self.etcdEndpoints) || self.etcdEndpoints.all(e, e.matches('^http://[^/]+:[0-9]+/?$'))")
+        .message("etcdEndpoints must be http://HOST:PORT URLs (TLS to etcd is not supported yet)")
+        .field_path(".etcdEndpoints"),
+    validation = Rule::new(duration_rule("leaseDuration")).message(Message::Message(duration_message("leaseDuration"))).field_path(".leaseDuration"),
+    validation = Rule::new(duration_rule("renewDeadline")).message(Message::Message(duration_message("renewDeadline"))).field_path(".renewDeadline"),
+    validation = Rule::new(duration_rule("retryPeriod")).message(Message::Message(duration_message("retryPeriod"))).field_path(".retryPeriod"),
+    validation = Rule::new("!has(self.leaderFile) || self.leaderFile.matches('^/[^/].*/[^/]+$')")
+        .message("leaderFile must be an absolute path to a file inside a directory: that directory becomes a volume the app and the election sidecar share")
+        .field_path(".leaderFile")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ElectSidecar {
+    /// The election's name: the Lease (or etcd key) the pods compete for. Pods that give
+    /// the same name, in one namespace, elect one leader among them. Defaults to the
+    /// name of the object that owns the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = MAX_ELECTION_NAME))]
+    pub election: Option<String>,
+    /// Where the election is kept.
+    #[serde(default)]
+    pub backend: ElectBackend,
+    /// With backend `Etcd`: each member's client URL, `http://HOST:PORT`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(max = 256)))]
+    pub etcd_endpoints: Vec<String>,
+    /// How long a term lasts without renewal before another pod may take it (whole
+    /// seconds; default `15s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 32))]
+    pub lease_duration: Option<String>,
+    /// The leader stops claiming leadership when it has not renewed for this long; shorter
+    /// than `leaseDuration` (default `10s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 32))]
+    pub renew_deadline: Option<String>,
+    /// Time between renewals and between attempts to acquire; shorter than
+    /// `renewDeadline` (default `2s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 32))]
+    pub retry_period: Option<String>,
+    /// Also share out this many items (`0 … items-1`) among the pods, each holding at
+    /// most its fair share: the book's sharded ownership (`GET /owned`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub items: Option<i32>,
+    /// A file in the app container that holds the `/leader` answer, rewritten atomically
+    /// when the leader changes: an absolute path, whose directory becomes a volume shared
+    /// with the sidecar (read-only for the app).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub leader_file: Option<String>,
+    /// Only the leader's pod is ready: the sidecar's readiness probe asks
+    /// `/readyz?leader=true`, so a Service in front of the pods sends traffic to the
+    /// leader alone (active-passive). ReplicatedService only.
+    #[serde(default)]
+    pub active_passive: bool,
 }

@@ -8,7 +8,6 @@ use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
-use serde::Serialize;
 
 use super::children::{ChildKind, controlled_by};
 use super::{Child, Context, HANDOVER_MANAGER, Kind, MANAGER};
@@ -58,11 +57,26 @@ fn counted<K: Kind, C: ChildKind>(ctx: &Context, outcome: &str, child: C) -> C {
     child
 }
 
-fn holds<C: Serialize>(live: &C, desired: &C) -> bool {
-    match (serde_json::to_value(live), serde_json::to_value(desired)) {
-        (Ok(live), Ok(desired)) => drift::holds(&live, &desired),
-        _ => false,
-    }
+/// Whether `live` holds `desired` and nothing the operator applied before and `desired`
+/// leaves out (which only an apply removes).
+fn holds<C: ChildKind>(live: &C, desired: &C) -> bool {
+    let (Ok(live_value), Ok(desired)) = (serde_json::to_value(live), serde_json::to_value(desired))
+    else {
+        return false;
+    };
+    let dropped = live
+        .meta()
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|m| {
+            m.manager.as_deref() == Some(MANAGER)
+                && m.operation.as_deref() == Some("Apply")
+                && m.subresource.is_none()
+        })
+        .filter_map(|m| m.fields_v1.as_ref())
+        .any(|owned| drift::drops_owned(&owned.0, &desired));
+    !dropped && drift::holds(&live_value, &desired)
 }
 
 /// Applies every child in order; returns them as applied.
@@ -85,6 +99,9 @@ pub async fn apply_all<K: Kind>(
             Child::NetworkPolicy(c) => apply(ctx, owner, c, false).await?.into_child(),
             Child::PodDisruptionBudget(c) => apply(ctx, owner, c, false).await?.into_child(),
             Child::HorizontalPodAutoscaler(c) => apply(ctx, owner, c, false).await?.into_child(),
+            Child::ServiceAccount(c) => apply(ctx, owner, c, false).await?.into_child(),
+            Child::Role(c) => apply(ctx, owner, c, false).await?.into_child(),
+            Child::RoleBinding(c) => apply(ctx, owner, c, false).await?.into_child(),
         });
     }
     Ok(applied)

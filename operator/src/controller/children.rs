@@ -12,9 +12,10 @@ use futures::FutureExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::runtime::reflector::{self, Store, store::Writer};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -197,6 +198,12 @@ child_kinds! {
     /// Runs work to completion. Created once, never updated: a Job's template is
     /// immutable, and re-creating one would run its work twice.
     Job(Job) => jobs,
+    /// The identity of pods that need API access of their own (the election sidecar's).
+    ServiceAccount(ServiceAccount) => serviceaccounts,
+    /// What such pods may do, in their namespace: the election sidecar's Leases.
+    Role(Role) => roles,
+    /// Grants a Role to the pods' ServiceAccount.
+    RoleBinding(RoleBinding) => rolebindings,
 }
 
 /// A Kubernetes kind that can be a [`Child`]: how to wrap and unwrap it, and where its

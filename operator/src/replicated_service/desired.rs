@@ -3,7 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
 use k8s_openapi::api::autoscaling::v2::{
     CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec, MetricSpec,
     MetricTarget, ResourceMetricSource,
@@ -18,10 +20,14 @@ use rigging_crds::{FieldErrors, ReplicatedService};
 use super::frontend;
 use crate::controller::{Child, MANAGER, RenderConfig};
 use crate::sidecars;
+use crate::sidecars::elect::ElectAccess;
 
 /// The children of one ReplicatedService, in the order they are applied and rendered.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Children {
+    /// With `sidecars.elect` on Leases: the pods' ServiceAccount (when the template names
+    /// none), Role and RoleBinding `<name>-elect`, applied before the pods exist.
+    pub elect: Option<ElectAccess>,
     /// Runs the pods.
     pub deployment: Deployment,
     /// Load-balances over the ready pods.
@@ -37,10 +43,14 @@ pub struct Children {
 impl Children {
     /// Every child, in apply order.
     pub fn into_vec(self) -> Vec<Child> {
-        let mut out = vec![
+        let mut out = self
+            .elect
+            .map(ElectAccess::into_children)
+            .unwrap_or_default();
+        out.extend([
             Child::Deployment(self.deployment),
             Child::Service(self.service),
-        ];
+        ]);
         out.extend(self.pdb.map(Child::PodDisruptionBudget));
         out.extend(self.hpa.map(Child::HorizontalPodAutoscaler));
         if let Some(f) = self.frontend {
@@ -55,22 +65,11 @@ impl Children {
 
     /// Every child as JSON, in apply order.
     pub fn to_values(&self) -> Result<Vec<serde_json::Value>, serde_json::Error> {
-        let mut out = vec![
-            serde_json::to_value(&self.deployment)?,
-            serde_json::to_value(&self.service)?,
-        ];
-        if let Some(pdb) = &self.pdb {
-            out.push(serde_json::to_value(pdb)?);
-        }
-        if let Some(hpa) = &self.hpa {
-            out.push(serde_json::to_value(hpa)?);
-        }
-        if let Some(f) = &self.frontend {
-            out.push(serde_json::to_value(&f.config_map)?);
-            out.push(serde_json::to_value(&f.deployment)?);
-            out.push(serde_json::to_value(&f.service)?);
-        }
-        Ok(out)
+        self.clone()
+            .into_vec()
+            .iter()
+            .map(Child::to_value)
+            .collect()
     }
 }
 
@@ -96,7 +95,13 @@ pub fn desired(rs: &ReplicatedService, config: &RenderConfig) -> Result<Children
     // The CRD's schema and CEL rules are checked before this (by the API server, and by
     // `render` with the same rules); what is left is what they cannot express: the
     // sidecars' names and ports, checked as they are placed, and the frontend's sizes.
-    let deployment = deployment(rs, config);
+    let elect = ElectAccess::for_pods(
+        rs.spec.sidecars.as_ref(),
+        &rs.spec.template,
+        &rs.name_any(),
+        child_meta(rs),
+    );
+    let deployment = deployment(rs, config, elect.as_ref());
     let frontend = frontend::children(rs, config);
     let (deployment, frontend) = match (deployment, frontend) {
         (Ok(d), Ok(f)) => (d, f),
@@ -106,6 +111,7 @@ pub fn desired(rs: &ReplicatedService, config: &RenderConfig) -> Result<Children
         }
     };
     Ok(Children {
+        elect,
         deployment,
         service: service(rs),
         pdb: pdb(rs),
@@ -131,8 +137,32 @@ fn selector(rs: &ReplicatedService) -> LabelSelector {
     }
 }
 
-fn deployment(rs: &ReplicatedService, config: &RenderConfig) -> Result<Deployment, FieldErrors> {
+/// Whether only the elected leader's pod is ready (`sidecars.elect.activePassive`).
+pub fn active_passive(rs: &ReplicatedService) -> bool {
+    rs.spec
+        .sidecars
+        .as_ref()
+        .and_then(|s| s.elect.as_ref())
+        .is_some_and(|e| e.active_passive)
+}
+
+fn deployment(
+    rs: &ReplicatedService,
+    config: &RenderConfig,
+    elect: Option<&ElectAccess>,
+) -> Result<Deployment, FieldErrors> {
     let spec = &rs.spec;
+    // Active-passive, only the leader's pod is ever available, and a rolling update that
+    // must keep one pod available could never replace it: no new pod is ready while the
+    // old leader leads. Every old pod may go at once instead; the leader hands over as it
+    // stops (the sidecar releases its Lease on SIGTERM), and new pods start meanwhile.
+    let strategy = active_passive(rs).then(|| DeploymentStrategy {
+        type_: Some("RollingUpdate".into()),
+        rolling_update: Some(RollingUpdateDeployment {
+            max_unavailable: Some(IntOrString::String("100%".into())),
+            max_surge: None,
+        }),
+    });
     Ok(Deployment {
         metadata: child_meta(rs),
         spec: Some(DeploymentSpec {
@@ -140,7 +170,8 @@ fn deployment(rs: &ReplicatedService, config: &RenderConfig) -> Result<Deploymen
             // every apply leaves the HPA's choice alone.
             replicas: spec.autoscaling.is_none().then_some(spec.replicas),
             selector: selector(rs),
-            template: pod_template(rs, config)?,
+            template: pod_template(rs, config, elect)?,
+            strategy,
             ..DeploymentSpec::default()
         }),
         status: None,
@@ -150,8 +181,12 @@ fn deployment(rs: &ReplicatedService, config: &RenderConfig) -> Result<Deploymen
 fn pod_template(
     rs: &ReplicatedService,
     config: &RenderConfig,
+    elect: Option<&ElectAccess>,
 ) -> Result<PodTemplateSpec, FieldErrors> {
     let mut template = rs.spec.template.clone();
+    if let Some(access) = elect {
+        access.assign(&mut template);
+    }
     let meta = template.metadata.get_or_insert_with(ObjectMeta::default);
     meta.labels
         .get_or_insert_with(BTreeMap::new)
@@ -161,10 +196,12 @@ fn pod_template(
         secret_name: tls.secret_name.clone(),
         app_port: rs.spec.port,
     });
+    let name = rs.name_any();
     let placement = sidecars::Placement {
         app_port: Some(rs.spec.port),
         tls: tls.as_ref(),
         sidecars: rs.spec.sidecars.as_ref(),
+        election: Some(&name),
     };
     sidecars::place(&mut template, &placement, config)?;
     Ok(template)
@@ -497,5 +534,65 @@ spec:
             )),
             "{errors:?}"
         );
+    }
+
+    #[test]
+    fn an_active_passive_service_gets_its_election_access_first_and_a_rollout_that_can_replace_the_leader()
+     {
+        let mut rs = minimal();
+        rs.spec.replicas = 2;
+        rs.spec.sidecars = Some(
+            serde_json::from_value(serde_json::json!({"elect": {"activePassive": true}})).unwrap(),
+        );
+        let c = render(&rs);
+        let kinds: Vec<&str> = c
+            .clone()
+            .into_vec()
+            .iter()
+            .map(|c| match c {
+                Child::ServiceAccount(_) => "ServiceAccount",
+                Child::Role(_) => "Role",
+                Child::RoleBinding(_) => "RoleBinding",
+                Child::Deployment(_) => "Deployment",
+                Child::Service(_) => "Service",
+                _ => "other",
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "ServiceAccount",
+                "Role",
+                "RoleBinding",
+                "Deployment",
+                "Service"
+            ],
+            "the pods' access exists before the pods"
+        );
+        let spec = c.deployment.spec.as_ref().unwrap();
+        let pod = spec.template.spec.as_ref().unwrap();
+        assert_eq!(pod.service_account_name.as_deref(), Some("hello-elect"));
+        let rolling = spec
+            .strategy
+            .as_ref()
+            .unwrap()
+            .rolling_update
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            rolling.max_unavailable,
+            Some(IntOrString::String("100%".into()))
+        );
+        let access = c.elect.as_ref().unwrap();
+        assert_eq!(access.role.metadata.name.as_deref(), Some("hello-elect"));
+        assert_eq!(
+            access.role.metadata.owner_references, c.deployment.metadata.owner_references,
+            "owned like every other child"
+        );
+        // Without activePassive, the Deployment keeps Kubernetes' own rollout.
+        rs.spec.sidecars = Some(serde_json::from_value(serde_json::json!({"elect": {}})).unwrap());
+        let c = render(&rs);
+        assert!(c.deployment.spec.unwrap().strategy.is_none());
+        assert!(c.elect.is_some());
     }
 }

@@ -6,6 +6,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
 use rigging_crds::{FieldErrors, FrontendStatus, ReplicatedService, ReplicatedServiceStatus};
 
+use super::desired;
 use crate::controller::conditions;
 use crate::controller::conditions::{Cond, cond, finish};
 
@@ -14,6 +15,9 @@ use crate::controller::conditions::{Cond, cond, finish};
 struct Rollout {
     replicas: i32,
     want: i32,
+    /// Ready pods that make it ready: every pod, or active-passive the leader's alone
+    /// (the others are never ready).
+    want_ready: i32,
     ready: i32,
     /// The Deployment controller has seen the current generation.
     current: bool,
@@ -21,25 +25,27 @@ struct Rollout {
 }
 
 impl Rollout {
-    fn of(d: &Deployment) -> Self {
+    fn of(d: &Deployment, active_passive: bool) -> Self {
         let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+        let want_ready = if active_passive { want.min(1) } else { want };
         let st = d.status.clone().unwrap_or_default();
         let ready = st.ready_replicas.unwrap_or(0);
         let current = st.observed_generation >= d.metadata.generation;
         Rollout {
             replicas: st.replicas.unwrap_or(0),
             want,
+            want_ready,
             ready,
             current,
             rolled_out: current
                 && st.updated_replicas.unwrap_or(0) >= want
                 && st.replicas.unwrap_or(0) <= want
-                && st.available_replicas.unwrap_or(0) >= want,
+                && st.available_replicas.unwrap_or(0) >= want_ready,
         }
     }
 
     fn ready(&self) -> bool {
-        self.ready >= self.want && self.current
+        self.ready >= self.want_ready && self.current
     }
 }
 
@@ -53,10 +59,13 @@ pub fn observed(
     now: Timestamp,
 ) -> ReplicatedServiceStatus {
     let generation = rs.metadata.generation;
-    let app = deployment.map(Rollout::of);
-    let front = frontend.map(|d| d.map(Rollout::of));
+    let app = deployment.map(|d| Rollout::of(d, desired::active_passive(rs)));
+    let front = frontend.map(|d| d.map(|d| Rollout::of(d, false)));
     let summary = |app: &Rollout| {
         let mut summary = format!("{}/{} replicas ready", app.ready, app.want);
+        if app.want_ready < app.want {
+            summary.push_str(" (active-passive: the leader's)");
+        }
         if let Some(Some(f)) = &front {
             summary.push_str(&format!(", frontend {}/{} ready", f.ready, f.want));
         }
@@ -273,5 +282,28 @@ mod tests {
                 "1/1 replicas ready".into()
             )
         );
+    }
+
+    #[test]
+    fn an_active_passive_service_is_ready_and_rolled_out_with_its_leader_alone_ready() {
+        let mut rs = web(false);
+        rs.spec.sidecars = Some(
+            serde_json::from_value(serde_json::json!({"elect": {"activePassive": true}})).unwrap(),
+        );
+        let leader = observed(&rs, Some(&deployment(2, 1)), None, Timestamp::now());
+        assert_eq!(
+            condition(&leader, "Ready"),
+            (
+                "True".into(),
+                "ReplicasReady".into(),
+                "1/2 replicas ready (active-passive: the leader's)".into()
+            )
+        );
+        assert_eq!(condition(&leader, "Progressing").1, "RolloutComplete");
+        let nobody = observed(&rs, Some(&deployment(2, 0)), None, Timestamp::now());
+        assert_eq!(condition(&nobody, "Ready").1, "ReplicasNotReady");
+        // Without it, one ready pod of two is not enough.
+        let half = observed(&web(false), Some(&deployment(2, 1)), None, Timestamp::now());
+        assert_eq!(condition(&half, "Ready").1, "ReplicasNotReady");
     }
 }

@@ -28,6 +28,7 @@ use rigging_crds::{FieldError, FieldErrors, ShardedService};
 
 use crate::controller::{Child, MANAGER, RenderConfig};
 use crate::sidecars;
+use crate::sidecars::elect::ElectAccess;
 
 /// The label that tells one shard's pods from another's (`replicasPerShard > 1`), and
 /// selects them for the shard's own Service.
@@ -62,6 +63,9 @@ impl Component {
 /// The children of one ShardedService, in the order they are applied and rendered.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Children {
+    /// With `sidecars.elect` on Leases: the shard pods' ServiceAccount (when the template
+    /// names none), Role and RoleBinding `<name>-elect`, applied before the pods exist.
+    pub elect: Option<ElectAccess>,
     /// Lets only the routers (or the ambassadors' pods) reach the shards' port: applied
     /// first, so that no shard pod is ever reachable without it.
     pub network_policy: NetworkPolicy,
@@ -85,11 +89,15 @@ pub struct Children {
 impl Children {
     /// Every child, in apply order.
     pub fn into_vec(self) -> Vec<Child> {
-        let mut out = vec![
+        let mut out = self
+            .elect
+            .map(ElectAccess::into_children)
+            .unwrap_or_default();
+        out.extend([
             Child::NetworkPolicy(self.network_policy),
             Child::ConfigMap(self.ring),
             Child::Service(self.headless),
-        ];
+        ]);
         out.extend(self.shard_services.into_iter().map(Child::Service));
         out.extend(self.statefulsets.into_iter().map(Child::StatefulSet));
         out.extend(self.router.map(Child::Deployment));
@@ -249,11 +257,17 @@ pub fn desired(ss: &ShardedService, config: &RenderConfig) -> Result<Children, F
             format!("the ring file cannot be written: {e}"),
         )])
     })?;
+    let elect = ElectAccess::for_pods(
+        spec.sidecars.as_ref(),
+        &spec.template,
+        &ss.name_any(),
+        child_meta(ss, ss.name_any(), labels(ss, Component::Shard)),
+    );
     let statefulsets = if spec.replicas_per_shard == 1 {
-        vec![statefulset(ss, config, None)?]
+        vec![statefulset(ss, config, elect.as_ref(), None)?]
     } else {
         (0..spec.shards)
-            .map(|i| statefulset(ss, config, Some(i)))
+            .map(|i| statefulset(ss, config, elect.as_ref(), Some(i)))
             .collect::<Result<_, _>>()?
     };
     let shard_services = if spec.replicas_per_shard == 1 {
@@ -262,6 +276,7 @@ pub fn desired(ss: &ShardedService, config: &RenderConfig) -> Result<Children, F
         (0..spec.shards).map(|i| shard_service(ss, i)).collect()
     };
     Ok(Children {
+        elect,
         network_policy: network_policy(ss),
         ring: ring(ss, ring_file),
         headless: headless(ss),
@@ -352,6 +367,7 @@ fn shard_service(ss: &ShardedService, shard: i32) -> Service {
 fn statefulset(
     ss: &ShardedService,
     config: &RenderConfig,
+    elect: Option<&ElectAccess>,
     shard: Option<i32>,
 ) -> Result<StatefulSet, FieldErrors> {
     let spec = &ss.spec;
@@ -376,7 +392,7 @@ fn statefulset(
             service_name: Some(headless_name(ss)),
             // Shards are independent: none waits for another to start or stop.
             pod_management_policy: Some("Parallel".into()),
-            template: shard_template(ss, config, with_managed(selector))?,
+            template: shard_template(ss, config, elect, with_managed(selector))?,
             volume_claim_templates: (!spec.volume_claim_templates.is_empty())
                 .then(|| spec.volume_claim_templates.clone()),
             ..StatefulSetSpec::default()
@@ -388,15 +404,21 @@ fn statefulset(
 fn shard_template(
     ss: &ShardedService,
     config: &RenderConfig,
+    elect: Option<&ElectAccess>,
     labels: BTreeMap<String, String>,
 ) -> Result<PodTemplateSpec, FieldErrors> {
     let mut template = ss.spec.template.clone();
+    if let Some(access) = elect {
+        access.assign(&mut template);
+    }
     let meta = template.metadata.get_or_insert_with(ObjectMeta::default);
     meta.labels.get_or_insert_with(BTreeMap::new).extend(labels);
+    let name = ss.name_any();
     let placement = sidecars::Placement {
         app_port: Some(ss.spec.port),
         tls: None,
         sidecars: ss.spec.sidecars.as_ref(),
+        election: Some(&name),
     };
     sidecars::place(&mut template, &placement, config)?;
     Ok(template)

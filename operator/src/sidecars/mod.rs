@@ -2,7 +2,11 @@
 //! contract types of `rigging_crds::sidecar` become native sidecars (init containers that
 //! keep running), hardened and with probes on their admin ports, together with the
 //! volumes, mounts and annotations they need. The port plan and the names Rigging
-//! reserves in a pod are checked here, once.
+//! reserves in a pod are checked here, once. [`elect`] holds what the election sidecar
+//! needs besides its container: its flags, checked by the sidecar's own rules, and the
+//! Kubernetes access of the pods.
+
+pub mod elect;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -17,6 +21,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use rigging_crds::sidecar::SidecarArgs;
+use rigging_crds::sidecar::elect::{Backend, ElectArgs};
 use rigging_crds::sidecar::health::HealthArgs;
 use rigging_crds::sidecar::http::HttpArgs;
 use rigging_crds::sidecar::logs::LogsArgs;
@@ -59,6 +64,13 @@ pub const HTTP: &str = "rigging-http";
 pub const HTTP_MOUNT_PATH: &str = "/etc/rigging/http";
 /// The key of the HTTP ambassador's ConfigMap that holds its config file (`HttpConfig`).
 pub const HTTP_CONFIG_KEY: &str = "http.yaml";
+
+/// Name of the election sidecar's container, and of the volume its leader file is
+/// written to (shared with the app, which reads it).
+pub const ELECT: &str = "rigging-elect";
+/// Name of the volume of the ServiceAccount token the election sidecar reaches the API
+/// server with (Lease backend).
+pub const ELECT_TOKEN: &str = "rigging-elect-token";
 
 /// The ring ConfigMap of the ShardedService `service`.
 pub fn ring_config_map(service: &str) -> String {
@@ -150,6 +162,10 @@ pub struct Placement<'a> {
     pub tls: Option<&'a TlsTermination>,
     /// `spec.sidecars`.
     pub sidecars: Option<&'a Sidecars>,
+    /// The name of the object whose pods these are: the election's name unless
+    /// `sidecars.elect.election` gives one. `None` where there is no such object (a pod
+    /// the webhook injects), and the election must be named.
+    pub election: Option<&'a str>,
 }
 
 /// One port in the pod and who holds it, for the port plan.
@@ -168,7 +184,18 @@ pub fn place(
     placement: &Placement,
     config: &crate::controller::RenderConfig,
 ) -> Result<(), FieldErrors> {
-    check(template, placement)?;
+    let elect_args = placement
+        .sidecars
+        .and_then(|s| s.elect.as_ref())
+        .map(|e| elect::args(e, placement.election))
+        .transpose();
+    let elect_args: Option<ElectArgs> = match (check(template, placement), elect_args) {
+        (Ok(()), Ok(args)) => args,
+        (checked, args) => {
+            let errors = [checked.err(), args.err()].into_iter().flatten();
+            return Err(FieldErrors(errors.flat_map(|e| e.0).collect()));
+        }
+    };
     let image = config.sidecar_image.as_str();
     let Some(pod) = template.spec.as_mut() else {
         return Ok(());
@@ -202,7 +229,7 @@ pub fn place(
     }
     let sidecars = placement.sidecars.cloned().unwrap_or_default();
     if let Some(logs) = &sidecars.logs {
-        let dir = log_dir(&logs.file);
+        let dir = parent_dir(&logs.file);
         let args = LogsArgs {
             format: logs.format,
             pattern: logs.pattern.clone(),
@@ -290,6 +317,39 @@ pub fn place(
         c.volume_mounts = Some(vec![http_config_mount()]);
         containers.push(c);
         volumes.push(http_config_volume(&http.config_map));
+    }
+    if let (Some(block), Some(args)) = (&sidecars.elect, elect_args) {
+        // Its port listens on every address: the kubelet probes it on the pod's. The
+        // identity and namespace come from the downward API, per pod.
+        let mut c = container(ELECT, image, &args, ("elect", ports::ELECT));
+        c.env = Some(elect::downward_env());
+        if block.active_passive {
+            // A native sidecar's readiness counts for the pod's (and a plain container's
+            // always does): only the leader's pod is Ready, so only it gets traffic.
+            c.readiness_probe = Some(elect::leader_probe());
+        }
+        let mut mounts = Vec::new();
+        if args.backend == Backend::Lease {
+            mounts.push(mount(ELECT_TOKEN, elect::TOKEN_MOUNT_PATH, true));
+            volumes.push(elect::token_volume(ELECT_TOKEN));
+        }
+        if let Some(file) = &block.leader_file {
+            // The sidecar writes the file (a new one renamed over it); the app reads it.
+            let dir = parent_dir(file);
+            mounts.push(mount(ELECT, &dir, false));
+            volumes.push(Volume {
+                name: ELECT.into(),
+                empty_dir: Some(EmptyDirVolumeSource::default()),
+                ..Volume::default()
+            });
+            if let Some(app) = pod.containers.first_mut() {
+                app.volume_mounts
+                    .get_or_insert_with(Vec::new)
+                    .push(mount(ELECT, &dir, true));
+            }
+        }
+        c.volume_mounts = (!mounts.is_empty()).then_some(mounts);
+        containers.push(c);
     }
     if !containers.is_empty() && config.native_sidecars {
         pod.init_containers
@@ -381,6 +441,13 @@ fn check(template: &PodTemplateSpec, placement: &Placement) -> Result<(), FieldE
             "spec.sidecars.http",
             "the HTTP ambassador's admin port",
         ),
+        (
+            sidecars.elect.is_some(),
+            ELECT,
+            ports::ELECT,
+            "spec.sidecars.elect",
+            "the election sidecar's port",
+        ),
     ];
     for (on, name, port, field, what) in admins {
         if on {
@@ -419,15 +486,58 @@ fn check(template: &PodTemplateSpec, placement: &Placement) -> Result<(), FieldE
             ));
         }
     }
+    // Each volume Rigging adds, and the sidecar that adds it.
+    let reserved = [
+        (TLS, TLS),
+        (LOGS, LOGS),
+        (SHARD, SHARD),
+        (HTTP, HTTP),
+        (ELECT, ELECT),
+        (ELECT_TOKEN, ELECT),
+    ];
     for v in pod.volumes.iter().flatten() {
-        if [TLS, LOGS, SHARD, HTTP].contains(&v.name.as_str())
-            && wanted.iter().any(|(n, _)| *n == v.name)
-        {
+        let adds = |(volume, sidecar): &(&str, &str)| {
+            *volume == v.name && wanted.iter().any(|(n, _)| n == sidecar)
+        };
+        if reserved.iter().any(adds) {
             errors.push(FieldError::new(
                 "spec.template.spec.volumes",
                 format!(
                     "volume \"{}\" is reserved for Rigging's sidecar of that name",
                     v.name
+                ),
+            ));
+        }
+    }
+    // The leader file's directory becomes a volume in the app container: nothing else may
+    // be mounted there.
+    if let Some(file) = sidecars.elect.as_ref().and_then(|e| e.leader_file.as_ref()) {
+        let dir = parent_dir(file);
+        let field = "spec.sidecars.elect.leaderFile";
+        if sidecars
+            .logs
+            .as_ref()
+            .is_some_and(|l| parent_dir(&l.file) == dir)
+        {
+            errors.push(FieldError::new(
+                field,
+                format!("its directory {dir} is also the log file's (spec.sidecars.logs.file): each becomes a volume of its own, so give the leader file another directory"),
+            ));
+        }
+        let app = pod.containers.first();
+        let taken = app
+            .and_then(|c| c.volume_mounts.as_ref())
+            .is_some_and(|mounts| {
+                mounts
+                    .iter()
+                    .any(|m| m.mount_path.trim_end_matches('/') == dir)
+            });
+        if taken {
+            errors.push(FieldError::new(
+                field,
+                format!(
+                    "its directory {dir} becomes a volume the app shares with the election sidecar, but container \"{}\" already mounts a volume there",
+                    app.map(|c| c.name.as_str()).unwrap_or_default()
                 ),
             ));
         }
@@ -474,8 +584,9 @@ fn holder(port: i32, field: &str, what: &str) -> Holder {
     }
 }
 
-/// The directory of the app's log file: the volume the app and the adapter share.
-fn log_dir(file: &str) -> String {
+/// The directory of a file the app shares with a sidecar (its log file, the leader file):
+/// the volume they both mount.
+fn parent_dir(file: &str) -> String {
     Path::new(file)
         .parent()
         .map_or_else(|| "/".to_owned(), |d| d.display().to_string())
@@ -503,7 +614,10 @@ fn mount(volume: &str, path: &str, read_only: bool) -> VolumeMount {
     VolumeMount {
         name: volume.into(),
         mount_path: path.into(),
-        read_only: Some(read_only),
+        // A writable mount leaves the field out: the API server drops `readOnly: false`,
+        // and a field applied that the live object never shows would count as drift at
+        // every reconcile.
+        read_only: read_only.then_some(true),
         ..VolumeMount::default()
     }
 }
@@ -610,6 +724,7 @@ mod tests {
             app_port: Some(8080),
             tls: None,
             sidecars: Some(sidecars),
+            election: Some("web"),
         };
         let config = crate::controller::RenderConfig {
             sidecar_image: "sidecar:test".into(),
@@ -753,5 +868,183 @@ mod tests {
                 && err.contains("volume \"rigging-shard\" is reserved"),
             "{err}"
         );
+    }
+
+    fn elect(block: serde_json::Value) -> Sidecars {
+        serde_json::from_value(serde_json::json!({ "elect": block })).unwrap()
+    }
+
+    #[test]
+    fn the_election_sidecar_reads_its_identity_from_the_downward_api_and_mounts_its_token() {
+        let t = placed(app(), &elect(serde_json::json!({}))).unwrap();
+        let pod = t.spec.unwrap();
+        let c = &pod.init_containers.unwrap()[0];
+        assert_eq!(c.name, ELECT);
+        assert_eq!(
+            c.restart_policy.as_deref(),
+            Some("Always"),
+            "a native sidecar"
+        );
+        assert_eq!(
+            c.args.clone().unwrap().join(" "),
+            "elect --admin 0.0.0.0:9125 --backend lease --election web --etcd-prefix /rigging/elect/ --lease-duration 15s --renew-deadline 10s --retry-period 2s",
+            "the owner's name and client-go's timings; no --identity: POD_NAME says it"
+        );
+        let env: Vec<_> = c.env.iter().flatten().map(|e| e.name.as_str()).collect();
+        assert_eq!(env, ["POD_NAME", "POD_NAMESPACE"]);
+        let path = |p: &Option<Probe>| p.as_ref().unwrap().http_get.as_ref().unwrap().path.clone();
+        assert_eq!(path(&c.readiness_probe).as_deref(), Some("/readyz"));
+        assert_eq!(path(&c.liveness_probe).as_deref(), Some("/healthz"));
+        let mounts = c.volume_mounts.as_ref().unwrap();
+        assert_eq!(mounts.len(), 1);
+        assert_eq!(
+            (
+                mounts[0].name.as_str(),
+                mounts[0].mount_path.as_str(),
+                mounts[0].read_only
+            ),
+            (ELECT_TOKEN, elect::TOKEN_MOUNT_PATH, Some(true))
+        );
+        let volume = &pod.volumes.unwrap()[0];
+        let sources = volume.projected.as_ref().unwrap().sources.as_ref().unwrap();
+        assert!(sources[0].service_account_token.is_some());
+        assert_eq!(
+            sources[1].config_map.as_ref().unwrap().name,
+            "kube-root-ca.crt"
+        );
+        assert_eq!(pod.containers.len(), 1, "the app is untouched");
+        assert!(pod.containers[0].volume_mounts.is_none());
+    }
+
+    #[test]
+    fn an_active_passive_pod_is_ready_only_while_it_leads_and_the_app_reads_the_leader_file() {
+        let block = serde_json::json!({
+            "activePassive": true,
+            "backend": "Etcd",
+            "etcdEndpoints": ["http://etcd-0:2379"],
+            "leaderFile": "/var/run/elect/leader.json",
+            "election": "jobs"
+        });
+        let t = placed(app(), &elect(block)).unwrap();
+        let pod = t.spec.unwrap();
+        let c = &pod.init_containers.unwrap()[0];
+        let probe = c.readiness_probe.as_ref().unwrap();
+        assert_eq!(
+            probe.http_get.as_ref().unwrap().path.as_deref(),
+            Some("/readyz?leader=true")
+        );
+        assert_eq!(
+            (probe.period_seconds, probe.failure_threshold),
+            (Some(1), Some(1))
+        );
+        let args = c.args.clone().unwrap().join(" ");
+        assert!(
+            args.contains("--backend etcd --election jobs --etcd-endpoint http://etcd-0:2379"),
+            "{args}"
+        );
+        // No token on etcd; the leader file's directory, written by the sidecar alone.
+        let mounts = c.volume_mounts.as_ref().unwrap();
+        assert_eq!(mounts.len(), 1);
+        assert_eq!(
+            (
+                mounts[0].name.as_str(),
+                mounts[0].mount_path.as_str(),
+                mounts[0].read_only
+            ),
+            (ELECT, "/var/run/elect", None)
+        );
+        let app_mount = &pod.containers[0].volume_mounts.as_ref().unwrap()[0];
+        assert_eq!(
+            (
+                app_mount.name.as_str(),
+                app_mount.mount_path.as_str(),
+                app_mount.read_only
+            ),
+            (ELECT, "/var/run/elect", Some(true))
+        );
+        let volumes = pod.volumes.unwrap();
+        assert_eq!(volumes.len(), 1);
+        assert!(volumes[0].empty_dir.is_some());
+    }
+
+    #[test]
+    fn without_native_sidecars_the_election_sidecar_is_a_plain_container_whose_readiness_counts_too()
+     {
+        let mut t = app();
+        let placement = Placement {
+            app_port: Some(8080),
+            tls: None,
+            sidecars: Some(&elect(serde_json::json!({"activePassive": true}))),
+            election: Some("web"),
+        };
+        let config = crate::controller::RenderConfig {
+            native_sidecars: false,
+            ..crate::controller::RenderConfig::default()
+        };
+        place(&mut t, &placement, &config).unwrap();
+        let pod = t.spec.unwrap();
+        assert!(pod.init_containers.is_none());
+        let c = &pod.containers[1];
+        assert_eq!((c.name.as_str(), c.restart_policy.as_ref()), (ELECT, None));
+        assert!(c.readiness_probe.is_some());
+    }
+
+    #[test]
+    fn the_election_sidecars_port_names_and_leader_directory_are_checked() {
+        let port_taken = template(
+            "spec: {containers: [{name: app, image: a, ports: [{containerPort: 8080}, {containerPort: 9125}]}]}",
+        );
+        let err = placed(port_taken, &elect(serde_json::json!({}))).unwrap_err();
+        assert!(
+            err.starts_with("spec.sidecars.elect: port 9125 is the election sidecar's port and also a port of container \"app\""),
+            "{err}"
+        );
+        let names_taken = template(
+            "spec: {containers: [{name: app, image: a}, {name: rigging-elect, image: b}], volumes: [{name: rigging-elect-token, emptyDir: {}}]}",
+        );
+        let err = placed(names_taken, &elect(serde_json::json!({}))).unwrap_err();
+        assert!(
+            err.contains("container #1 is named \"rigging-elect\", a name Rigging reserves")
+                && err.contains("volume \"rigging-elect-token\" is reserved"),
+            "{err}"
+        );
+        let mounted = template(
+            "spec: {containers: [{name: app, image: a, volumeMounts: [{name: run, mountPath: /var/run/elect/}]}], volumes: [{name: run, emptyDir: {}}]}",
+        );
+        let err = placed(
+            mounted,
+            &elect(serde_json::json!({"leaderFile": "/var/run/elect/leader.json"})),
+        )
+        .unwrap_err();
+        assert!(
+            err.starts_with("spec.sidecars.elect.leaderFile: its directory /var/run/elect becomes a volume the app shares with the election sidecar, but container \"app\" already mounts a volume there"),
+            "{err}"
+        );
+        let both: Sidecars = serde_json::from_value(serde_json::json!({
+            "logs": {"format": "json", "file": "/var/run/app/log.json"},
+            "elect": {"leaderFile": "/var/run/app/leader.json"}
+        }))
+        .unwrap();
+        let err = placed(app(), &both).unwrap_err();
+        assert!(
+            err.contains(
+                "spec.sidecars.elect.leaderFile: its directory /var/run/app is also the log file's"
+            ),
+            "{err}"
+        );
+        // The sidecar's own rules, with the ports checked at the same time.
+        let err = placed(
+            port_taken_too(),
+            &elect(serde_json::json!({"leaseDuration": "5s", "renewDeadline": "6s"})),
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("spec.sidecars.elect: port 9125") && err.contains("spec.sidecars.elect.renewDeadline: renewDeadline 6s must be shorter than leaseDuration 5s"),
+            "{err}"
+        );
+    }
+
+    fn port_taken_too() -> PodTemplateSpec {
+        template("spec: {containers: [{name: app, image: a, ports: [{containerPort: 9125}]}]}")
     }
 }

@@ -25,11 +25,11 @@ pub const INJECTED: &str = "rigging.dev/injected";
 const PREFIX: &str = "rigging.dev/";
 
 /// The sidecars a pod may ask for in `rigging.dev/sidecars`.
-pub const SIDECARS: [&str; 6] = ["tls", "logs", "metrics", "health", "shard", "http"];
+pub const SIDECARS: [&str; 7] = ["tls", "logs", "metrics", "health", "shard", "http", "elect"];
 
 /// Every option annotation: (annotation, sidecar it belongs to, field path in the
 /// `sidecars` block, or "" for those outside it).
-const OPTIONS: [(&str, &str, &str); 14] = [
+const OPTIONS: [(&str, &str, &str); 23] = [
     ("rigging.dev/app-port", "", ""),
     ("rigging.dev/tls-secret", "tls", ""),
     ("rigging.dev/tls-port", "tls", ""),
@@ -47,6 +47,35 @@ const OPTIONS: [(&str, &str, &str); 14] = [
     ("rigging.dev/shard-port", "shard", "shard.port"),
     ("rigging.dev/http-config-map", "http", "http.configMap"),
     ("rigging.dev/http-port", "http", "http.port"),
+    ("rigging.dev/elect-election", "elect", "elect.election"),
+    ("rigging.dev/elect-backend", "elect", "elect.backend"),
+    (
+        "rigging.dev/elect-etcd-endpoints",
+        "elect",
+        "elect.etcdEndpoints",
+    ),
+    (
+        "rigging.dev/elect-lease-duration",
+        "elect",
+        "elect.leaseDuration",
+    ),
+    (
+        "rigging.dev/elect-renew-deadline",
+        "elect",
+        "elect.renewDeadline",
+    ),
+    (
+        "rigging.dev/elect-retry-period",
+        "elect",
+        "elect.retryPeriod",
+    ),
+    ("rigging.dev/elect-items", "elect", "elect.items"),
+    ("rigging.dev/elect-leader-file", "elect", "elect.leaderFile"),
+    (
+        "rigging.dev/elect-active-passive",
+        "elect",
+        "elect.activePassive",
+    ),
     ("rigging.dev/sidecars", "", ""),
 ];
 
@@ -171,6 +200,15 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<Request, Vec<Fiel
             None
         }
     };
+    // The election sidecar's own rules (timings, endpoints), and its election, which a
+    // pod must name: the injector knows no object whose name it could default to.
+    let elect = sidecars.as_ref().and_then(|s| s.elect.as_ref());
+    if let Some(Err(found)) = elect.map(|e| crate::sidecars::elect::args(e, None)) {
+        errors.extend(found.0.into_iter().map(|mut e| {
+            e.field = e.field.trim_start_matches("spec.sidecars").to_owned();
+            name_annotation(e)
+        }));
+    }
     match sidecars {
         Some(sidecars) if errors.is_empty() => Ok(Request {
             names,
@@ -233,6 +271,32 @@ fn sidecars_block<'a>(names: &[&str], get: &impl Fn(&str) -> Option<&'a str>) ->
             http.insert("port".into(), number_or_text(port));
         }
         block.insert("http".into(), Value::Object(http));
+    }
+    if names.contains(&"elect") {
+        let mut elect = Map::new();
+        for (annotation, _, path) in OPTIONS.iter().filter(|(_, s, _)| *s == "elect") {
+            let (Some(value), Some(field)) = (get(annotation), path.strip_prefix("elect.")) else {
+                continue;
+            };
+            let value = match field {
+                // A list: URLs separated by commas or whitespace.
+                "etcdEndpoints" => json!(
+                    value
+                        .split(|c: char| c == ',' || c.is_whitespace())
+                        .filter(|e| !e.is_empty())
+                        .collect::<Vec<_>>()
+                ),
+                "items" => number_or_text(value),
+                "activePassive" => match value {
+                    "true" => json!(true),
+                    "false" => json!(false),
+                    other => json!(other),
+                },
+                _ => json!(value),
+            };
+            elect.insert(field.to_owned(), value);
+        }
+        block.insert("elect".into(), Value::Object(elect));
     }
     Value::Object(block)
 }

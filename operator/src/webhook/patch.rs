@@ -61,6 +61,8 @@ pub fn inject(pod: &Value, config: &RenderConfig) -> Outcome {
         app_port: request.app_port,
         tls: request.tls.as_ref(),
         sidecars: Some(&request.sidecars),
+        // A pod has no owner Rigging knows: it names its election.
+        election: None,
     };
     if let Err(errors) = sidecars::place(&mut after, &placement, config) {
         return Outcome::Deny(message(&errors.0));

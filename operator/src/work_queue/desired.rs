@@ -35,6 +35,7 @@ use super::naming;
 use super::status;
 use crate::controller::{Child, MANAGER, Observed, RenderConfig};
 use crate::sidecars;
+use crate::sidecars::elect::ElectAccess;
 
 /// Label of every child of a WorkQueue: the WorkQueue's name.
 pub const QUEUE_LABEL: &str = "rigging.dev/work-queue";
@@ -73,6 +74,9 @@ pub struct Item {
 /// The children of one WorkQueue, in the order they are applied and rendered.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Children {
+    /// With `sidecars.elect` on Leases: the workers' ServiceAccount (when the template
+    /// names none), Role and RoleBinding `<queue>-elect`, applied before any Job.
+    pub elect: Option<ElectAccess>,
     /// The items, mounted into the worker pods.
     pub items: ConfigMap,
     /// Source mode: runs the source container.
@@ -86,7 +90,11 @@ pub struct Children {
 impl Children {
     /// Every child, in apply order: the ConfigMap before any Job whose pods mount it.
     pub fn into_vec(self) -> Vec<Child> {
-        let mut out = vec![Child::ConfigMap(self.items)];
+        let mut out = self
+            .elect
+            .map(ElectAccess::into_children)
+            .unwrap_or_default();
+        out.push(Child::ConfigMap(self.items));
         out.extend(self.source_deployment.map(Child::Deployment));
         out.extend(self.source_service.map(Child::Service));
         out.extend(self.jobs.into_iter().map(Child::Job));
@@ -135,7 +143,13 @@ pub fn desired(
         .iter()
         .find(|c| c.name_any() == naming::items_config_map(&wq.name_any()));
     let (items, mut errors) = items(wq, live_items.map(|c| &**c));
-    let template = match worker_template(wq, config) {
+    let elect = ElectAccess::for_pods(
+        wq.spec.sidecars.as_ref(),
+        &wq.spec.worker.template,
+        &wq.name_any(),
+        meta(wq, wq.name_any(), "worker"),
+    );
+    let template = match worker_template(wq, config, elect.as_ref()) {
         Ok(template) => Some(template),
         Err(e) => {
             errors.extend(e.0);
@@ -225,6 +239,7 @@ pub fn desired(
     jobs.extend(kept);
 
     Ok(Children {
+        elect,
         items: items_config_map(wq, &items),
         source_deployment: source_deployment(wq),
         source_service: source_service(wq),
@@ -347,8 +362,15 @@ fn check_source(wq: &WorkQueue) -> Vec<FieldError> {
 
 /// The worker pod template every item's pod starts from: the user's template with the
 /// Job's restart policy, Rigging's labels and its sidecars.
-fn worker_template(wq: &WorkQueue, config: &RenderConfig) -> Result<PodTemplateSpec, FieldErrors> {
+fn worker_template(
+    wq: &WorkQueue,
+    config: &RenderConfig,
+    elect: Option<&ElectAccess>,
+) -> Result<PodTemplateSpec, FieldErrors> {
     let mut template = wq.spec.worker.template.clone();
+    if let Some(access) = elect {
+        access.assign(&mut template);
+    }
     let mut errors = Vec::new();
     let pod = template.spec.get_or_insert_with(PodSpec::default);
     match pod.restart_policy.as_deref() {
@@ -396,10 +418,12 @@ fn worker_template(wq: &WorkQueue, config: &RenderConfig) -> Result<PodTemplateS
             "this cluster has no native sidecars (Kubernetes 1.29 or later): as plain containers, sidecars would keep every worker's Job from completing",
         ));
     }
+    let name = wq.name_any();
     let placement = sidecars::Placement {
         app_port: None,
         tls: None,
         sidecars: wq.spec.sidecars.as_ref(),
+        election: Some(&name),
     };
     if let Err(e) = sidecars::place(&mut template, &placement, config) {
         // The sidecars renderer names fields of a ReplicatedService's `spec.template`.

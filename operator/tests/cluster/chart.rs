@@ -1,32 +1,7 @@
 //! `helm install` of `charts/rigging` with the real helm, and the operator's
 //! ServiceAccount holding exactly the rights its job needs (`kubectl auth can-i --as`).
 
-use crate::support::{Cluster, cluster};
-
-/// An installed release; uninstalled on drop, so that its cluster-wide RBAC objects do
-/// not outlive a failed test (the namespace's deletion takes only what is namespaced).
-struct Release<'a> {
-    cluster: &'a Cluster,
-    name: String,
-    namespace: String,
-    installed: bool,
-}
-
-impl Release<'_> {
-    fn uninstall(&mut self) -> std::process::Output {
-        self.installed = false;
-        self.cluster
-            .helm(&["uninstall", &self.name, "--namespace", &self.namespace])
-    }
-}
-
-impl Drop for Release<'_> {
-    fn drop(&mut self) {
-        if self.installed {
-            let _ = self.uninstall();
-        }
-    }
-}
+use crate::support::{Release, cluster};
 
 #[tokio::test]
 async fn helm_install_gives_the_operator_its_rights_and_no_more() {
@@ -102,6 +77,14 @@ async fn helm_install_gives_the_operator_its_rights_and_no_more() {
         ("delete", "poddisruptionbudgets.policy", apps),
         ("delete", "horizontalpodautoscalers.autoscaling", apps),
         ("create", "events.events.k8s.io", apps),
+        // The election sidecar's access: the pods' ServiceAccount, Role and RoleBinding,
+        // and (RBAC's escalation prevention) the Lease verbs those Roles grant.
+        ("patch", "serviceaccounts", apps),
+        ("watch", "serviceaccounts", apps),
+        ("patch", "roles.rbac.authorization.k8s.io", apps),
+        ("delete", "rolebindings.rbac.authorization.k8s.io", apps),
+        ("update", "leases.coordination.k8s.io", apps),
+        ("list", "leases.coordination.k8s.io", apps),
         ("patch", "leases.coordination.k8s.io", home),
         ("watch", "leases.coordination.k8s.io", home),
     ];
@@ -149,6 +132,10 @@ async fn helm_install_gives_the_operator_its_rights_and_no_more() {
         ("patch", "jobs.batch", apps),
         ("delete", "replicatedservices.rigging.dev", apps),
         ("patch", "leases.coordination.k8s.io", apps),
+        ("watch", "leases.coordination.k8s.io", apps),
+        ("escalate", "roles.rbac.authorization.k8s.io", apps),
+        ("bind", "roles.rbac.authorization.k8s.io", apps),
+        ("create", "clusterroles.rbac.authorization.k8s.io", apps),
         (
             "create",
             "clusterrolebindings.rbac.authorization.k8s.io",

@@ -11,6 +11,7 @@
 mod apply;
 mod chart;
 mod crds;
+mod elect;
 mod frontend;
 mod leader_election;
 mod reconcile;

@@ -151,6 +151,54 @@ impl Cluster {
         Api::namespaced_with(self.client.clone(), namespace, &resource)
     }
 
+    /// A kubeconfig that authenticates as the ServiceAccount `account` of `namespace`, with
+    /// a bound token from the TokenRequest API (`kubectl create token`, an hour long): for
+    /// a process that must hold exactly that account's rights and no more.
+    pub fn kubeconfig_as(&self, namespace: &str, account: &str) -> PathBuf {
+        let token = self.kubectl_ok(&[
+            "create",
+            "token",
+            account,
+            "-n",
+            namespace,
+            "--duration",
+            "1h",
+        ]);
+        let admin: Value = serde_json::from_str(&self.kubectl_ok(&[
+            "config",
+            "view",
+            "--raw",
+            "--minify",
+            "--flatten",
+            "-o",
+            "json",
+        ]))
+        .expect("kubectl config view prints JSON");
+        let config = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": admin["clusters"],
+            "users": [{"name": account, "user": {"token": token.trim()}}],
+            "contexts": [{"name": account, "context": {
+                "cluster": admin["clusters"][0]["name"], "user": account, "namespace": namespace,
+            }}],
+            "current-context": account,
+        });
+        let path = std::env::temp_dir().join(format!("rigging-kubeconfig-{namespace}-{account}"));
+        std::fs::write(&path, config.to_string()).expect("write the kubeconfig");
+        path
+    }
+
+    /// Whether `user` may `verb` the `resource` (`leases`, `leases/NAME`, or
+    /// `deployments.apps`) in `namespace`, as the API server's authorizer answers
+    /// `kubectl auth can-i --as`.
+    pub fn can_i(&self, user: &str, verb: &str, resource: &str, namespace: &str) -> bool {
+        let out = self.kubectl(&[
+            "auth", "can-i", "--as", user, "-n", namespace, verb, resource,
+        ]);
+        String::from_utf8_lossy(&out.stdout).trim() == "yes"
+    }
+
     /// Starts `rigging-operator run` for the resources of `namespace`, with leader election
     /// off. See [`Operator::start_with`] for the general form.
     pub fn operator(&self, namespace: &str) -> Operator {
@@ -205,6 +253,36 @@ impl Drop for TestNamespace {
     }
 }
 
+/// An installed Helm release; uninstalled on drop, so that its cluster-wide RBAC objects
+/// do not outlive a failed test (the namespace's deletion takes only what is namespaced).
+pub struct Release<'a> {
+    /// The cluster it is installed on.
+    pub cluster: &'a Cluster,
+    /// The release's name.
+    pub name: String,
+    /// The release's namespace.
+    pub namespace: String,
+    /// Whether it is still installed.
+    pub installed: bool,
+}
+
+impl Release<'_> {
+    /// `helm uninstall`.
+    pub fn uninstall(&mut self) -> Output {
+        self.installed = false;
+        self.cluster
+            .helm(&["uninstall", &self.name, "--namespace", &self.namespace])
+    }
+}
+
+impl Drop for Release<'_> {
+    fn drop(&mut self) {
+        if self.installed {
+            let _ = self.uninstall();
+        }
+    }
+}
+
 /// A `rigging-operator run` process; killed on drop.
 pub struct Operator {
     child: Option<Child>,
@@ -218,13 +296,19 @@ impl Operator {
     /// Starts `rigging-operator run --namespace NAMESPACE ARGS…` with identity `identity`
     /// (the `POD_NAME` a pod would give it) and a free admin port.
     pub fn start_with(cluster: &Cluster, namespace: &str, identity: &str, args: &[&str]) -> Self {
+        Self::start_as(cluster.kubeconfig(), namespace, identity, args)
+    }
+
+    /// [`Operator::start_with`], with the credentials of `kubeconfig` (see
+    /// [`Cluster::kubeconfig_as`]) instead of the cluster admin's.
+    pub fn start_as(kubeconfig: &Path, namespace: &str, identity: &str, args: &[&str]) -> Self {
         let admin = format!("127.0.0.1:{}", free_port());
         let log = std::env::temp_dir().join(format!("rigging-operator-{namespace}-{identity}.log"));
         let log_file = std::fs::File::create(&log).expect("operator log file");
         let child = Command::new(env!("CARGO_BIN_EXE_rigging-operator"))
             .args(["run", "--namespace", namespace, "--metrics-addr", &admin])
             .args(args)
-            .env("KUBECONFIG", cluster.kubeconfig())
+            .env("KUBECONFIG", kubeconfig)
             .env("POD_NAME", identity)
             .env("RUST_LOG", "info,rigging_operator=debug")
             .stdout(Stdio::null())
@@ -289,7 +373,7 @@ impl Drop for Operator {
 }
 
 /// `GET path` over plain HTTP/1.1 on `addr`; the body, or `None` if nothing answers.
-async fn http_get(addr: &str, path: &str) -> Option<String> {
+pub async fn http_get(addr: &str, path: &str) -> Option<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
     let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");

@@ -199,6 +199,35 @@ fn render_refuses_what_the_committed_crds_rules_refuse_with_their_messages() {
             Box::new(|d| d["spec"]["sidecars"] = json!({"http": {"configMap": "Web_HTTP"}})),
         ),
         (
+            "an etcd election without endpoints",
+            Box::new(|d| d["spec"]["sidecars"] = json!({"elect": {"backend": "Etcd"}})),
+        ),
+        (
+            "etcd endpoints for a Lease election",
+            Box::new(|d| {
+                d["spec"]["sidecars"] = json!({"elect": {"etcdEndpoints": ["http://etcd:2379"]}})
+            }),
+        ),
+        (
+            "an etcd endpoint over TLS",
+            Box::new(|d| {
+                d["spec"]["sidecars"] =
+                    json!({"elect": {"backend": "Etcd", "etcdEndpoints": ["https://etcd:2379"]}})
+            }),
+        ),
+        (
+            "a lease duration without a unit",
+            Box::new(|d| d["spec"]["sidecars"] = json!({"elect": {"leaseDuration": "15"}})),
+        ),
+        (
+            "a leader file in no directory",
+            Box::new(|d| d["spec"]["sidecars"] = json!({"elect": {"leaderFile": "leader.json"}})),
+        ),
+        (
+            "an election that is no DNS label",
+            Box::new(|d| d["spec"]["sidecars"] = json!({"elect": {"election": "Jobs_1"}})),
+        ),
+        (
             "no readiness probe",
             Box::new(|d| {
                 d["spec"]["template"]["spec"]["containers"][0]
@@ -215,4 +244,32 @@ fn render_refuses_what_the_committed_crds_rules_refuse_with_their_messages() {
         assert!(!cel.is_empty(), "{name}: the CRD's rules accept it");
         assert_eq!(cel, render_messages(&doc), "{name}");
     }
+}
+
+#[test]
+fn only_a_replicated_service_is_active_passive() {
+    for (example, message) in [
+        (
+            "examples/sharded-redis/router.yaml",
+            "a shard that is not ready drops out of the ring",
+        ),
+        (
+            "examples/work-queue/minimal.yaml",
+            "no traffic reaches a worker",
+        ),
+    ] {
+        let text = std::fs::read_to_string(root().join(example)).unwrap();
+        let mut doc = documents(&text).remove(0);
+        doc["spec"]["sidecars"] = json!({"elect": {"activePassive": true}});
+        let cel = cel_messages(&doc);
+        assert_eq!(cel.len(), 1, "{example}: {cel:?}");
+        assert!(cel[0].contains(message), "{example}: {cel:?}");
+        assert_eq!(cel, render_messages(&doc), "{example}");
+        doc["spec"]["sidecars"] = json!({"elect": {"activePassive": false}});
+        assert_eq!(cel_messages(&doc), Vec::<String>::new(), "{example}");
+    }
+    let mut doc = full_example();
+    doc["spec"]["sidecars"] = json!({"elect": {"activePassive": true, "leaseDuration": "4s", "renewDeadline": "3s", "retryPeriod": "500ms", "items": 4}});
+    assert_eq!(cel_messages(&doc), Vec::<String>::new());
+    assert_eq!(render_messages(&doc), Vec::<String>::new());
 }

@@ -489,3 +489,85 @@ async fn removing_the_frontend_deletes_its_deployment_service_and_config_map() {
     .await;
     assert_eq!(result.unwrap(), Action::requeue(RESYNC));
 }
+
+#[tokio::test]
+async fn an_election_on_leases_gets_its_service_account_role_and_binding_before_its_pods() {
+    let rs = replicated_service(json!({"sidecars": {"elect": {"items": 4}}}));
+    let want = children(&rs);
+    let access = want.elect.clone().expect("Lease access");
+    let rs2 = rs.clone();
+    let (result, _) = run_scenario(rs, Cache::default(), move |mut api| async move {
+        api.apply(
+            "/api/v1/namespaces/shop/serviceaccounts/web-elect",
+            access.service_account.as_ref().unwrap(),
+        )
+        .await;
+        api.apply(
+            "/apis/rbac.authorization.k8s.io/v1/namespaces/shop/roles/web-elect",
+            &access.role,
+        )
+        .await;
+        let binding = serde_json::to_value(&access.role_binding).unwrap();
+        assert_eq!(
+            binding["subjects"],
+            json!([{"kind": "ServiceAccount", "name": "web-elect", "namespace": "shop"}])
+        );
+        api.apply(
+            "/apis/rbac.authorization.k8s.io/v1/namespaces/shop/rolebindings/web-elect",
+            &access.role_binding,
+        )
+        .await;
+        let role = serde_json::to_value(&access.role).unwrap();
+        assert_eq!(
+            role["rules"],
+            json!([{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                    "verbs": ["get", "create", "update", "list", "delete"]}])
+        );
+        // The pods run as that ServiceAccount.
+        let pod = &want.deployment.spec.as_ref().unwrap().template.spec;
+        assert_eq!(
+            pod.as_ref().unwrap().service_account_name.as_deref(),
+            Some("web-elect")
+        );
+        api.apply(deployment_path(), &want.deployment).await;
+        api.apply("/api/v1/namespaces/shop/services/web", &want.service)
+            .await;
+        api.status(&rs2).await;
+        api
+    })
+    .await;
+    assert_eq!(result.unwrap(), Action::requeue(RESYNC));
+}
+
+#[tokio::test]
+async fn removing_the_election_deletes_its_service_account_role_and_binding() {
+    let before = children(&replicated_service(json!({"sidecars": {"elect": {}}})));
+    assert!(before.elect.is_some());
+    let mut rs = replicated_service(json!({}));
+    let want = children(&rs);
+    let deployment = rolled_out(&want);
+    rs.status = Some(status::observed(
+        &rs,
+        Some(&deployment),
+        None,
+        Timestamp::now(),
+    ));
+    let (result, _) = run_scenario(
+        rs,
+        Cache {
+            deployments: vec![deployment],
+            children: Some(before),
+        },
+        |mut api| async move {
+            api.delete("/api/v1/namespaces/shop/serviceaccounts/web-elect")
+                .await;
+            api.delete("/apis/rbac.authorization.k8s.io/v1/namespaces/shop/roles/web-elect")
+                .await;
+            api.delete("/apis/rbac.authorization.k8s.io/v1/namespaces/shop/rolebindings/web-elect")
+                .await;
+            api
+        },
+    )
+    .await;
+    assert_eq!(result.unwrap(), Action::requeue(RESYNC));
+}

@@ -4,6 +4,7 @@
 
 use clap::Parser;
 use rigging_crds::sidecar::SidecarArgs;
+use rigging_crds::sidecar::elect::ElectArgs;
 use rigging_crds::sidecar::http::HttpConfig;
 use rigging_operator::controller::RenderConfig;
 use rigging_operator::render;
@@ -49,6 +50,18 @@ fn reparsed(args: &[String]) -> (&'static str, Vec<String>) {
         Command::Shard(a) => ("rigging-shard", a.to_args()),
         // The ambassador in app pods and a ReplicatedService's frontend alike.
         Command::Http(a) => ("rigging-http", a.flags.to_args()),
+        // Identity and namespace are never rendered: the sidecar reads them from
+        // POD_NAME and POD_NAMESPACE, which the test process may have too. Cleared, what
+        // is left must be exactly what was rendered.
+        Command::Elect(a) => (
+            "rigging-elect",
+            ElectArgs {
+                identity: None,
+                namespace: None,
+                ..a
+            }
+            .to_args(),
+        ),
     }
 }
 
@@ -80,6 +93,7 @@ fn every_rendered_sidecar_parses_with_the_sidecars_own_parser_into_what_was_rend
     assert_eq!(
         seen,
         [
+            ("rigging-elect".to_owned(), "initContainers"),
             ("rigging-health".to_owned(), "initContainers"),
             // A ReplicatedService's frontend, and the ambassador in an app's pods.
             ("rigging-http".to_owned(), "containers"),
@@ -230,4 +244,107 @@ fn every_rendered_http_ambassador_reads_a_file_in_its_config_map_and_generated_f
         }
     }
     assert!(generated > 0, "an example renders a frontend's config file");
+}
+
+#[test]
+fn every_rendered_election_sidecar_knows_who_it_is_and_its_pods_may_keep_their_leases() {
+    let config = RenderConfig {
+        sidecar_image: IMAGE.into(),
+        ..RenderConfig::default()
+    };
+    let mut seen = 0;
+    for file in example_files() {
+        let text = std::fs::read_to_string(root().join(&file)).unwrap();
+        let objects = render::render_values(&file.display().to_string(), &text, &config)
+            .unwrap_or_else(|e| panic!("{e}"));
+        for object in &objects {
+            let Some(pod) = object.pointer("/spec/template/spec") else {
+                continue;
+            };
+            let containers = ["initContainers", "containers"]
+                .iter()
+                .flat_map(|list| pod[list].as_array().into_iter().flatten());
+            for c in containers.filter(|c| c["name"] == "rigging-elect") {
+                seen += 1;
+                let at = format!("{}: {}", file.display(), object["metadata"]["name"]);
+                // The identity and namespace the sidecar reads when no flag gives them.
+                let env: Vec<(&str, &str)> = c["env"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|e| {
+                        let path = &e["valueFrom"]["fieldRef"]["fieldPath"];
+                        (e["name"].as_str().unwrap(), path.as_str().unwrap())
+                    })
+                    .collect();
+                assert_eq!(
+                    env,
+                    [
+                        ("POD_NAME", "metadata.name"),
+                        ("POD_NAMESPACE", "metadata.namespace")
+                    ],
+                    "{at}"
+                );
+                let args: Vec<String> = serde_json::from_value(c["args"].clone()).unwrap();
+                assert!(
+                    !args.iter().any(|a| a == "--identity" || a == "--namespace"),
+                    "{at}: {args:?}"
+                );
+                if !args
+                    .windows(2)
+                    .any(|w| w[0] == "--backend" && w[1] == "lease")
+                {
+                    continue;
+                }
+                // On Leases: a token where in-cluster clients look, and a Role bound to the
+                // pods' ServiceAccount granting the election's Lease.
+                let mounted = c["volumeMounts"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|m| m["mountPath"] == "/var/run/secrets/kubernetes.io/serviceaccount");
+                assert!(mounted, "{at}: no token mounted");
+                let account = pod["serviceAccountName"]
+                    .as_str()
+                    .expect("a ServiceAccount");
+                let binding = objects
+                    .iter()
+                    .find(|o| o["kind"] == "RoleBinding")
+                    .unwrap_or_else(|| panic!("{at}: no RoleBinding"));
+                assert_eq!(binding["subjects"][0]["name"], account, "{at}");
+                let role = objects
+                    .iter()
+                    .find(|o| {
+                        o["kind"] == "Role" && o["metadata"]["name"] == binding["roleRef"]["name"]
+                    })
+                    .unwrap_or_else(|| panic!("{at}: the RoleBinding's Role is not rendered"));
+                let election = &args[args.iter().position(|a| a == "--election").unwrap() + 1];
+                let grants = |verb: &str| {
+                    role["rules"].as_array().unwrap().iter().any(|r| {
+                        r["resources"][0] == "leases"
+                            && r["verbs"].as_array().unwrap().iter().any(|v| v == verb)
+                            && r.get("resourceNames").is_none_or(|names| {
+                                names
+                                    .as_array()
+                                    .unwrap()
+                                    .iter()
+                                    .any(|n| n == election.as_str())
+                            })
+                    })
+                };
+                for verb in ["get", "create", "update"] {
+                    assert!(grants(verb), "{at}: the Role does not grant {verb}");
+                }
+                let accounts: Vec<&Value> = objects
+                    .iter()
+                    .filter(|o| o["kind"] == "ServiceAccount")
+                    .collect();
+                assert!(
+                    accounts.iter().all(|a| a["metadata"]["name"] == account),
+                    "{at}: a ServiceAccount is made only for pods that name none"
+                );
+            }
+        }
+    }
+    assert!(seen > 0, "an example renders the election sidecar");
 }

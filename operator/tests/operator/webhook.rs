@@ -309,6 +309,143 @@ fn an_http_client_gets_the_ambassador_on_localhost_reading_its_config_map() {
     }
 }
 
+#[test]
+fn an_elected_pod_gets_the_election_sidecar_with_its_identity_from_the_downward_api() {
+    let annotations = json!({
+        "rigging.dev/sidecars": "elect",
+        "rigging.dev/elect-election": "scheduler",
+        "rigging.dev/elect-lease-duration": "4s",
+        "rigging.dev/elect-renew-deadline": "3s",
+        "rigging.dev/elect-retry-period": "500ms",
+        "rigging.dev/elect-items": "8",
+        "rigging.dev/elect-leader-file": "/var/run/elect/leader.json",
+        "rigging.dev/elect-active-passive": "true"
+    });
+    let out = patched(&pod(annotations)).expect("a patch");
+    let typed: Pod = serde_json::from_value(out.clone()).unwrap();
+    let spec = typed.spec.unwrap();
+    let c = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .find(|c| c.name == "rigging-elect")
+        .expect("the election sidecar")
+        .clone();
+    assert_eq!(c.restart_policy.as_deref(), Some("Always"));
+    assert_eq!(
+        c.args.clone().unwrap().join(" "),
+        "elect --admin 0.0.0.0:9125 --backend lease --election scheduler --etcd-prefix /rigging/elect/ --items 8 --leader-file /var/run/elect/leader.json --lease-duration 4s --renew-deadline 3s --retry-period 500ms"
+    );
+    let env: Vec<(String, String)> = c
+        .env
+        .iter()
+        .flatten()
+        .map(|e| {
+            let field = e.value_from.as_ref().unwrap().field_ref.as_ref().unwrap();
+            (e.name.clone(), field.field_path.clone())
+        })
+        .collect();
+    assert_eq!(
+        env,
+        [
+            ("POD_NAME".to_owned(), "metadata.name".to_owned()),
+            ("POD_NAMESPACE".to_owned(), "metadata.namespace".to_owned())
+        ]
+    );
+    let ready = c.readiness_probe.unwrap().http_get.unwrap();
+    assert_eq!(ready.path.as_deref(), Some("/readyz?leader=true"));
+    let mounts: Vec<&str> = c
+        .volume_mounts
+        .iter()
+        .flatten()
+        .map(|m| m.mount_path.as_str())
+        .collect();
+    assert_eq!(
+        mounts,
+        [
+            "/var/run/secrets/kubernetes.io/serviceaccount",
+            "/var/run/elect"
+        ]
+    );
+    let app_mount = spec.containers[0]
+        .volume_mounts
+        .as_ref()
+        .unwrap()
+        .last()
+        .unwrap();
+    assert_eq!(
+        (app_mount.mount_path.as_str(), app_mount.read_only),
+        ("/var/run/elect", Some(true))
+    );
+    // The injector makes no RBAC: the pod's own ServiceAccount must hold the Leases.
+    assert!(spec.service_account_name.is_none());
+    assert_eq!(
+        out["metadata"]["annotations"]["rigging.dev/injected"],
+        "elect"
+    );
+
+    let refused = [
+        (
+            json!({"rigging.dev/sidecars": "elect"}),
+            "metadata.annotations[rigging.dev/elect-election]: required here",
+        ),
+        (
+            json!({"rigging.dev/sidecars": "elect", "rigging.dev/elect-election": "Jobs"}),
+            "metadata.annotations[rigging.dev/elect-election]: election must be a DNS label",
+        ),
+        (
+            json!({"rigging.dev/sidecars": "elect", "rigging.dev/elect-election": "jobs", "rigging.dev/elect-backend": "Etcd"}),
+            "metadata.annotations[rigging.dev/elect-etcd-endpoints]: etcdEndpoints is required with backend Etcd",
+        ),
+        (
+            json!({"rigging.dev/sidecars": "elect", "rigging.dev/elect-election": "jobs", "rigging.dev/elect-backend": "etcd"}),
+            "metadata.annotations[rigging.dev/elect-backend]: must be one of",
+        ),
+        (
+            json!({"rigging.dev/sidecars": "elect", "rigging.dev/elect-election": "jobs", "rigging.dev/elect-lease-duration": "4s", "rigging.dev/elect-renew-deadline": "5s"}),
+            "metadata.annotations[rigging.dev/elect-renew-deadline]: renewDeadline 5s must be shorter than leaseDuration 4s",
+        ),
+        (
+            json!({"rigging.dev/sidecars": "elect", "rigging.dev/elect-election": "jobs", "rigging.dev/elect-items": "lots"}),
+            "metadata.annotations[rigging.dev/elect-items]: ",
+        ),
+        (
+            json!({"rigging.dev/sidecars": "elect", "rigging.dev/elect-election": "jobs", "rigging.dev/elect-active-passive": "yes"}),
+            "metadata.annotations[rigging.dev/elect-active-passive]: ",
+        ),
+        (
+            json!({"rigging.dev/sidecars": "health", "rigging.dev/health-checks": "tcp://127.0.0.1:1", "rigging.dev/elect-election": "jobs"}),
+            "metadata.annotations[rigging.dev/elect-election]: set, but \"elect\" is not in rigging.dev/sidecars",
+        ),
+    ];
+    for (annotations, expected) in refused {
+        let message = denial(&pod(annotations.clone()));
+        assert!(message.contains(expected), "{annotations}: {message}");
+    }
+    // On etcd, the endpoints come comma- or space-separated, and no token is mounted.
+    let out = patched(&pod(json!({
+        "rigging.dev/sidecars": "elect",
+        "rigging.dev/elect-election": "jobs",
+        "rigging.dev/elect-backend": "Etcd",
+        "rigging.dev/elect-etcd-endpoints": "http://etcd-0.etcd:2379, http://etcd-1.etcd:2379 http://etcd-2.etcd:2379"
+    })))
+    .expect("a patch");
+    let c = &out["spec"]["initContainers"][1];
+    assert_eq!(c["name"], "rigging-elect");
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        args.iter().filter(|a| **a == "--etcd-endpoint").count(),
+        3,
+        "{args:?}"
+    );
+    assert!(c.get("volumeMounts").is_none(), "{c}");
+}
+
 /// The denial message of `pod`.
 fn denial(pod: &Value) -> String {
     let response = answer(pod);
