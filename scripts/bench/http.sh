@@ -455,9 +455,10 @@ if ((PROFILE)) && want rr; then
       by[k] += pct
     } END { for (k in by) printf "%6.2f%%  %s\n", by[k], k }' "$PROFILE_OUT/self.txt" | sort -rn >"$PROFILE_OUT/by-crate.txt"
   log "top of the profile (self time):"
-  grep -E '^ +[0-9.]+%' "$PROFILE_OUT/self.txt" | head -25 | cut -c1-160 >&2
+  # (head closes the pipe early: not a failure)
+  grep -E '^ +[0-9.]+%' "$PROFILE_OUT/self.txt" | head -25 | cut -c1-160 >&2 || true
   log "by crate:"
-  head -15 "$PROFILE_OUT/by-crate.txt" >&2
+  head -15 "$PROFILE_OUT/by-crate.txt" >&2 || true
   log "profile written to $PROFILE_OUT (perf.data, self.txt, children.txt, callgraph.txt, by-crate.txt)"
 fi
 
