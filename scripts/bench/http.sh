@@ -105,6 +105,14 @@ tree_ticks() {
   for kid in "${kids[@]}"; do total=$((total + $(cpu_ticks "$kid"))); done
   echo "$total"
 }
+# User-mode CPU ticks (field 14 alone) of a process and its children.
+tree_user_ticks() {
+  local total kid kids
+  total=$(awk '{print $14}' "/proc/$1/stat")
+  read -ra kids <<<"$(cat /proc/"$1"/task/*/children 2>/dev/null)"
+  for kid in "${kids[@]}"; do total=$((total + $(awk '{print $14}' "/proc/$kid/stat"))); done
+  echo "$total"
+}
 
 user_line=""
 ((EUID == 0)) && user_line="user root;"
@@ -328,7 +336,7 @@ our_ticks() {
 }
 
 # One wrk run: target $1, case $2, path $3, extra wrk args after. Appends
-# "rps p50 p99 cpu_us errors backend_requests_per_request disturbed others" to
+# "rps p50 p99 cpu_us errors backend_requests_per_request disturbed others user_cpu_us" to
 # $work/result.$2.$1 (others: the share of the machine's CPU that other processes used
 # during the run; disturbed: 1 when that is over $DISTURBED or a compiler ran).
 run_wrk() {
@@ -336,13 +344,13 @@ run_wrk() {
   shift 3
   local p=${pid[$target]} before after out stub0=0 stub1=0 t0 t1 disturbed
   [[ $case == cache ]] && stub0=$(stub_requests)
-  local busy0 busy1 ours0 ours1 others
+  local busy0 busy1 ours0 ours1 others user0 user1 user
   t0=$(date +%s)
   busy0=$(machine_busy) ours0=$(our_ticks "$p")
-  before=$(tree_ticks "$p")
+  before=$(tree_ticks "$p") user0=$(tree_user_ticks "$p")
   # `times` in the same subshell: the CPU time wrk used (its last line: children's).
   out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "$@" "http://127.0.0.1:${port[$target]}$path" 2>&1 || true; times)
-  after=$(tree_ticks "$p")
+  after=$(tree_ticks "$p") user1=$(tree_user_ticks "$p")
   busy1=$(machine_busy) ours1=$(our_ticks "$p")
   t1=$(date +%s)
   # What the rest of the machine used meanwhile, as a share of both CPUs: all busy time
@@ -368,10 +376,11 @@ run_wrk() {
   p99=$(to_ms "$(awk '$1 == "99%" {print $2}' <<<"$out")")
   errors=$(awk '/Non-2xx/ {e += $NF} /Socket errors/ {gsub(",", ""); e += $4 + $6 + $8 + $10} END {print e + 0}' <<<"$out")
   cpu=$(awk -v t=$((after - before)) -v hz="$CLK_TCK" -v n="$n" 'BEGIN {printf "%.1f", t * 1e6 / hz / n}')
+  user=$(awk -v t=$((user1 - user0)) -v hz="$CLK_TCK" -v n="$n" 'BEGIN {printf "%.1f", t * 1e6 / hz / n}')
   through=$(awk -v a="$stub0" -v b="$stub1" -v n="$n" 'BEGIN {printf "%.4f", (b - a - 1) / n}')
   [[ $case == cache ]] || through=-
-  echo "$rps $p50 $p99 $cpu $errors $through $disturbed $others" >>"$work/result.$case.$target"
-  log "  $case $target: $rps req/s p50 ${p50}ms p99 ${p99}ms cpu ${cpu}us/req errors $errors backend/req $through others $others$( ((disturbed)) && echo ' DISTURBED')"
+  echo "$rps $p50 $p99 $cpu $errors $through $disturbed $others $user" >>"$work/result.$case.$target"
+  log "  $case $target: $rps req/s p50 ${p50}ms p99 ${p99}ms cpu ${cpu}us/req (user $user) errors $errors backend/req $through others $others$( ((disturbed)) && echo ' DISTURBED')"
 }
 
 declare -A targets=(
@@ -521,11 +530,11 @@ for c in rr shard cache; do
   esac
   echo
   if [[ $c == cache ]]; then
-    echo "| target | req/s | p50 ms | p99 ms | CPU µs/req | RSS MiB | req/s ÷ $(name "$ref") | CPU ÷ | p99 ÷ | backend req/req | errors | empty runs | quiet runs |"
-    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    echo "| target | req/s | p50 ms | p99 ms | CPU µs/req | of it user | RSS MiB | req/s ÷ $(name "$ref") | CPU ÷ | p99 ÷ | backend req/req | errors | empty runs | quiet runs |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
   else
-    echo "| target | req/s | p50 ms | p99 ms | CPU µs/req | RSS MiB | req/s ÷ $(name "$ref") | CPU ÷ | p99 ÷ | errors | empty runs | quiet runs |"
-    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    echo "| target | req/s | p50 ms | p99 ms | CPU µs/req | of it user | RSS MiB | req/s ÷ $(name "$ref") | CPU ÷ | p99 ÷ | errors | empty runs | quiet runs |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
   fi
   for t in ${targets[$c]}; do
     f=$work/result.$c.$t
@@ -536,8 +545,8 @@ for c in rr shard cache; do
       cpu_ratio=$(ratio "$(median "$f" 4)" "$(median "$work/result.$c.$ref" 4)")
       p99_ratio=$(ratio "$(median "$f" 3)" "$(median "$work/result.$c.$ref" 3)")
     fi
-    printf '| %s | %.0f | %.2f | %.2f | %.1f | %.1f | %s | %s | %s |%s %d | %d | %s |\n' "$(name "$t")" \
-      "$(median "$f" 1)" "$(median "$f" 2)" "$(median "$f" 3)" "$(median "$f" 4)" \
+    printf '| %s | %.0f | %.2f | %.2f | %.1f | %.1f | %.1f | %s | %s | %s |%s %d | %d | %s |\n' "$(name "$t")" \
+      "$(median "$f" 1)" "$(median "$f" 2)" "$(median "$f" 3)" "$(median "$f" 4)" "$(median "$f" 9)" \
       "$(awk -v k="${rss[$t]:-0}" 'BEGIN {print k / 1024}')" "$(ratio "$(median "$f" 1)" "$rps_ref")" \
       "$cpu_ratio" "$p99_ratio" "$extra" "$(sum "$f" 5)" "$(failed_runs "$work/failed.$c.$t")" "$(runs "$f")"
   done
@@ -553,4 +562,4 @@ for c in rr shard cache; do
   echo
 done
 echo
-echo "Medians over the quiet runs (no compiler running, other processes under $DISTURBED of the CPUs; over all runs when none was quiet). CPU µs/req: the process tree's user+system time ÷ requests; RSS: VmRSS after the runs of nginx's worker, Varnish's child, haproxy, Rigging."
+echo "Medians over the quiet runs (no compiler running, other processes under $DISTURBED of the CPUs; over all runs when none was quiet). CPU µs/req: the process tree's user+system time ÷ requests ('of it user': the user-mode part); RSS: VmRSS after the runs of nginx's worker, Varnish's child, haproxy, Rigging."
