@@ -8,8 +8,6 @@ use http::{Method, Version};
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 static UPGRADE: HeaderValue = HeaderValue::from_static("upgrade");
 
 /// An HTTP/1.1 `Connection: upgrade` request with an `Upgrade` header (WebSocket).
@@ -76,32 +74,72 @@ pub fn to_origin_form(parts: &mut Parts) {
 /// `Connection: close` must not close the pooled connection to the upstream, and
 /// `Transfer-Encoding` is each hop's own framing. On an upgrade, `Connection: upgrade`
 /// and `Upgrade` are exactly what must pass.
+///
+/// It runs twice on every proxied request, so it looks at the header names once and
+/// removes only those present: a removal hashes and probes even for a name not there.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
-    if headers.contains_key(header::CONNECTION) {
-        // Headers the sender named in `Connection` are hop-by-hop too. Rare: only then
-        // is anything collected.
+    let mut present = [false; HOP_BY_HOP.len()];
+    for name in headers.keys() {
+        if let Some(i) = hop_by_hop(name.as_str()) {
+            present[i] = true;
+        }
+    }
+    if present[CONNECTION] {
+        // Headers the sender named in `Connection` are hop-by-hop too. Rare beyond the
+        // fixed ones (`Connection: keep-alive`): only then is anything collected.
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .filter(|name| !(upgrading && name == header::UPGRADE))
+            .map(str::trim)
+            .filter(|t| {
+                !t.eq_ignore_ascii_case("close")
+                    && !HOP_BY_HOP
+                        .iter()
+                        .any(|h| t.eq_ignore_ascii_case(h.as_str()))
+            })
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             .collect();
         for name in named {
             headers.remove(name);
         }
-        headers.remove(header::CONNECTION);
     }
-    headers.remove(&KEEP_ALIVE);
-    headers.remove(&PROXY_CONNECTION);
-    headers.remove(header::TE);
-    headers.remove(header::TRAILER);
-    headers.remove(header::TRANSFER_ENCODING);
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        let kept = upgrading && (i == CONNECTION || i == UPGRADE_HEADER);
+        if present[i] && !kept {
+            headers.remove(name);
+        }
+    }
     if upgrading {
         headers.insert(header::CONNECTION, UPGRADE.clone());
-    } else {
-        headers.remove(header::UPGRADE);
+    }
+}
+
+/// The hop-by-hop headers every message loses (RFC 9110 §7.6.1), `Connection` first.
+static HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+const CONNECTION: usize = 0;
+const UPGRADE_HEADER: usize = 6;
+
+/// The index in [`HOP_BY_HOP`] of a lower-case header name.
+fn hop_by_hop(name: &str) -> Option<usize> {
+    match name {
+        "connection" => Some(0),
+        "keep-alive" => Some(1),
+        "proxy-connection" => Some(2),
+        "te" => Some(3),
+        "trailer" => Some(4),
+        "transfer-encoding" => Some(5),
+        "upgrade" => Some(6),
+        _ => None,
     }
 }
 

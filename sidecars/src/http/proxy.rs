@@ -106,7 +106,10 @@ async fn serve(
     forwarding::add_forwarded_for(&mut parts.headers, peer_ip);
     route.request_headers.apply(&mut parts.headers);
     if let Some(client_side) = upgrade {
-        let mut response = tunnel(route, backend, parts, body, client_ip, client_side).await;
+        // Boxed, as the cache below: a rare branch's state must not make every request's
+        // future larger, which hyper moves into place for each request.
+        let mut response =
+            Box::pin(tunnel(route, backend, parts, body, client_ip, client_side)).await;
         route.response_headers.apply(response.headers_mut());
         if let Some(cookie) = set_cookie {
             response.headers_mut().append(header::SET_COOKIE, cookie);
@@ -136,7 +139,7 @@ async fn serve(
                 let mut body = Outgoing::Buffered(Bytes::new());
                 async move { attempts(route, backend, fill, &mut body, client_ip).await }
             };
-            cache.serve(&backend.name, &parts, fetch).await
+            Box::pin(cache.serve(&backend.name, &parts, fetch)).await
         }
         _ => attempts(route, backend, parts, &mut outgoing, client_ip)
             .await
@@ -305,13 +308,13 @@ async fn attempt_loop(
     }
     let retries = route.retries.as_ref().map_or(0, |p| p.attempts);
     let resend_ok = idempotent(&parts.method) && body.replayable();
-    let ctx = PickContext {
-        client_ip,
-        headers: &parts.headers,
-    };
+    let per_try_timeout = route.retries.as_ref().and_then(|p| p.per_try_timeout);
+    // The last attempt takes the parts; earlier ones send copies.
+    let mut parts = Some(parts);
     let mut tried = Vec::new();
     let mut last_error: Option<Response<ResponseBody>> = None;
     for attempt in 0..=retries {
+        let last = attempt == retries;
         if attempt > 0 {
             let policy = route
                 .retries
@@ -323,23 +326,36 @@ async fn attempt_loop(
             }
             route.metrics.retries.inc();
         }
+        let Some(current) = parts.as_ref() else { break };
+        let ctx = PickContext {
+            client_ip,
+            headers: &current.headers,
+        };
         let server = match backend.pick(&ctx, &tried) {
             Ok(server) => server,
             Err(unavailable) => return unavailable_answer(&unavailable),
         };
-        tried.push(server.clone());
         let Some(request_body) = body.take() else {
             break;
         };
-        let request = Request::from_parts(parts.clone(), request_body);
-        let per_try = route
-            .retries
-            .as_ref()
-            .and_then(|p| p.per_try_timeout)
-            .map_or(deadline, |d| deadline.min(tokio::time::Instant::now() + d));
-        let last = attempt == retries;
+        let request_parts = if last {
+            parts.take().expect("checked above")
+        } else {
+            tried.push(server.clone());
+            current.clone()
+        };
+        let request = Request::from_parts(request_parts, request_body);
         let running = server.begin();
-        match tokio::time::timeout_at(per_try, server.pool.send(request)).await {
+        // Without a per-try timeout the route's deadline, enforced around this loop, is
+        // the only one: no second timer per request.
+        let sent = match per_try_timeout {
+            Some(per_try) => {
+                let per_try = deadline.min(tokio::time::Instant::now() + per_try);
+                tokio::time::timeout_at(per_try, server.pool.send(request)).await
+            }
+            None => Ok(server.pool.send(request).await),
+        };
+        match sent {
             Ok(Ok(response)) => {
                 let status = response.status();
                 running.finish(Outcome::Status(status));

@@ -174,7 +174,7 @@ enum Failure {
 /// and body leave in one write instead of two.
 const WHOLE_BODY: u64 = 64 * 1024;
 
-async fn small_body_whole(resp: Response<Pooled>, limit: std::time::Duration) -> Response<Body> {
+async fn small_body_whole(resp: Response<Pooled>) -> Response<Body> {
     use http_body_util::BodyExt;
     let small = resp
         .headers()
@@ -185,18 +185,14 @@ async fn small_body_whole(resp: Response<Pooled>, limit: std::time::Duration) ->
         return resp.map(Either::Left);
     }
     let (parts, body) = resp.into_parts();
-    match tokio::time::timeout(limit, body.collect()).await {
-        Ok(Ok(collected)) => {
+    match body.collect().await {
+        Ok(collected) => {
             Response::from_parts(parts, Either::Right(Full::new(collected.to_bytes())))
         }
-        Ok(Err(err)) => {
+        Err(err) => {
             let msg = format!("server response body failed: {err}\n");
             error(StatusCode::BAD_GATEWAY, msg)
         }
-        Err(_) => error(
-            StatusCode::GATEWAY_TIMEOUT,
-            "server response body timed out\n".into(),
-        ),
     }
 }
 
@@ -226,21 +222,21 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
     let backend = &pool.servers[index];
     backend.metrics.requests.inc();
     let started = Instant::now();
-    let result = tokio::time::timeout(
-        pool.timeouts.request,
-        send(shared, &backend.address, pool.timeouts.connect, req),
-    )
+    // One timer for the whole exchange: the response head and a small body that is read
+    // whole fall under the same request timeout.
+    let result = tokio::time::timeout(pool.timeouts.request, async {
+        let mut resp = send(shared, &backend.address, pool.timeouts.connect, req).await?;
+        pool.success(index);
+        forwarding::strip_hop_by_hop(resp.headers_mut(), false);
+        Ok(small_body_whole(resp).await)
+    })
     .await;
     backend
         .metrics
         .latency
         .observe(started.elapsed().as_secs_f64());
     match result {
-        Ok(Ok(mut resp)) => {
-            pool.success(index);
-            forwarding::strip_hop_by_hop(resp.headers_mut(), false);
-            small_body_whole(resp, pool.timeouts.request).await
-        }
+        Ok(Ok(resp)) => resp,
         Ok(Err(Failure::Client)) => error(
             StatusCode::BAD_REQUEST,
             "the request body was malformed or cut short\n".into(),

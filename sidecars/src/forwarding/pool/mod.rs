@@ -242,7 +242,9 @@ impl Pool {
                     }
                 }
                 Connection::New(permit) => {
-                    let mut sender = match self.connect(permit).await {
+                    // Boxed: connecting is rare next to reusing, and its state would
+                    // otherwise be part of every request's future.
+                    let mut sender = match Box::pin(self.connect(permit)).await {
                         Ok(sender) => sender,
                         Err(error) => return Err(Failed::unsent(error, req)),
                     };
