@@ -80,11 +80,12 @@ pub fn to_origin_form(parts: &mut Parts) {
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
     let mut present = [false; HOP_BY_HOP.len()];
     for name in headers.keys() {
-        if let Some(i) = hop_by_hop(name.as_str()) {
+        if let Some(i) = HOP_BY_HOP.iter().position(|hop| hop == name) {
             present[i] = true;
         }
     }
-    if present[CONNECTION] {
+    // `HOP_BY_HOP[0]` is `Connection`.
+    if present[0] {
         // Headers the sender named in `Connection` are hop-by-hop too. Rare beyond the
         // fixed ones (`Connection: keep-alive`): only then is anything collected.
         let named: Vec<HeaderName> = headers
@@ -105,9 +106,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
             headers.remove(name);
         }
     }
-    for (i, name) in HOP_BY_HOP.iter().enumerate() {
-        let kept = upgrading && (i == CONNECTION || i == UPGRADE_HEADER);
-        if present[i] && !kept {
+    for (name, present) in HOP_BY_HOP.iter().zip(present) {
+        let kept = upgrading && (name == header::CONNECTION || name == header::UPGRADE);
+        if present && !kept {
             headers.remove(name);
         }
     }
@@ -126,23 +127,6 @@ static HOP_BY_HOP: [HeaderName; 7] = [
     header::TRANSFER_ENCODING,
     header::UPGRADE,
 ];
-const CONNECTION: usize = 0;
-const UPGRADE_HEADER: usize = 6;
-
-/// The index in [`HOP_BY_HOP`] of a lower-case header name.
-fn hop_by_hop(name: &str) -> Option<usize> {
-    match name {
-        "connection" => Some(0),
-        "keep-alive" => Some(1),
-        "proxy-connection" => Some(2),
-        "te" => Some(3),
-        "trailer" => Some(4),
-        "transfer-encoding" => Some(5),
-        "upgrade" => Some(6),
-        _ => None,
-    }
-}
-
 /// Appends the client's address to `X-Forwarded-For`, as nginx's
 /// `$proxy_add_x_forwarded_for` does.
 pub fn add_forwarded_for(headers: &mut HeaderMap, peer_ip: &HeaderValue) {

@@ -326,7 +326,9 @@ async fn attempt_loop(
             }
             route.metrics.retries.inc();
         }
-        let Some(current) = parts.as_ref() else { break };
+        let current = parts
+            .as_ref()
+            .expect("only the last attempt takes the parts");
         let ctx = PickContext {
             client_ip,
             headers: &current.headers,
@@ -339,7 +341,7 @@ async fn attempt_loop(
             break;
         };
         let request_parts = if last {
-            parts.take().expect("checked above")
+            parts.take().expect("only the last attempt takes the parts")
         } else {
             tried.push(server.clone());
             current.clone()

@@ -226,9 +226,11 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
     // whole fall under the same request timeout.
     let result = tokio::time::timeout(pool.timeouts.request, async {
         let mut resp = send(shared, &backend.address, pool.timeouts.connect, req).await?;
-        pool.success(index);
         forwarding::strip_hop_by_hop(resp.headers_mut(), false);
-        Ok(small_body_whole(resp).await)
+        let resp = small_body_whole(resp).await;
+        // Only now: a server that stalls mid-body and times out is a failure, not both.
+        pool.success(index);
+        Ok(resp)
     })
     .await;
     backend

@@ -979,6 +979,36 @@ fn http1_keepalive(addr: SocketAddr, requests: &[(&str, Option<&str>)]) -> Vec<(
         .collect()
 }
 
+/// A server that sends a response head and part of its body, then goes quiet, must not
+/// hold the client: the request timeout covers the small body read whole too.
+#[test]
+fn an_http_server_that_stalls_mid_body_gets_a_504_within_the_timeout() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming() {
+            let mut stream = stream.unwrap();
+            let mut head = [0; 1024];
+            let _ = stream.read(&mut head);
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nten bytes.");
+            held.push(stream);
+        }
+    });
+    let proxy = shard(
+        "http",
+        &[format!("127.0.0.1:{port}:1")],
+        &["--shard-key", "header:X-Key", "--timeout", "300ms"],
+    );
+    let started = Instant::now();
+    // The client's read timeout (10 s) would fail this if the proxy hung.
+    let replies = http1_keepalive(proxy.addr, &[("/", Some("k"))]);
+    let (status, body) = &replies[0];
+    assert_eq!(*status, 504, "{body}");
+    assert!(body.contains("no response within 300 ms"), "{body}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
 #[test]
 fn http_requests_go_to_their_keys_server_over_http1_and_h2c() {
     let dir = tempfile::tempdir().unwrap();
