@@ -5,6 +5,7 @@
 #   scripts/bench/http.sh                 # every case, 3 rounds (about 6 minutes)
 #   CASES="rr cache" ROUNDS=2 scripts/bench/http.sh
 #   PROFILE=1 CASES=rr scripts/bench/http.sh   # and a perf profile of Rigging's rr case
+#   INSTRUCTIONS=1 CASES="rr shard" scripts/bench/http.sh   # and instructions per request
 #
 # Cases (CASES, in this order by default):
 #   rr     round robin over three nginx backends (one process with one worker each,
@@ -29,7 +30,10 @@
 # Knobs (environment): DURATION (10), ROUNDS (3), CONNS (50), CASES, PROFILE (0),
 # DISTURBED (0.08: a run during which other processes used more than this share of the
 # machine's CPU, or a compiler ran, is left out of the medians when quiet runs exist),
-# PROFILE_SECONDS (8), PROFILE_OUT (target/bench-http-profile), RIGGING_BIN (a binary to
+# PROFILE_SECONDS (8), PROFILE_OUT (target/bench-http-profile), INSTRUCTIONS (0: 1 runs
+# Rigging's rr and shard cases under callgrind and reports its user-space instructions per
+# request: a count that, unlike req/s, does not move with the machine's noise, for
+# comparing builds), INSTRUCTION_REQUESTS (5000), RIGGING_BIN (a binary to
 # use instead of building the working tree) with RIGGING_COMMIT (what it was built from,
 # for the report).
 set -euo pipefail
@@ -43,6 +47,8 @@ CONNS=${CONNS:-50}
 CASES=${CASES:-rr shard cache}
 PROFILE=${PROFILE:-0}
 PROFILE_SECONDS=${PROFILE_SECONDS:-8}
+INSTRUCTIONS=${INSTRUCTIONS:-0}
+INSTRUCTION_REQUESTS=${INSTRUCTION_REQUESTS:-5000}
 DISTURBED=${DISTURBED:-0.08}
 
 log() { printf '%s\n' "$*" >&2; }
@@ -51,6 +57,7 @@ want() { [[ " $CASES " == *" $1 "* ]]; }
 packages=(nginx-light haproxy wrk curl python3)
 want cache && packages+=(varnish)
 ((PROFILE)) && packages+=(linux-perf)
+((INSTRUCTIONS)) && packages+=(valgrind)
 bench_apt "${packages[@]}"
 # RIGGING_BIN: a binary built elsewhere (e.g. from `git archive` of a commit while the
 # working tree is mid-edit); by default the working tree's release build.
@@ -471,6 +478,48 @@ if ((PROFILE)) && want rr; then
   log "profile written to $PROFILE_OUT (perf.data, self.txt, children.txt, callgraph.txt, by-crate.txt)"
 fi
 
+# ---- instructions per request ------------------------------------------------------------
+# Rigging under callgrind: a warm-up, counters zeroed, then exactly $INSTRUCTION_REQUESTS
+# requests (wrk stops itself), and the count dumped. Startup is left out.
+declare -A instructions
+if ((INSTRUCTIONS)); then
+  cat >"$work/count.lua" <<'LUA'
+local n, limit = 0, tonumber(os.getenv("REQUESTS"))
+request = function()
+  return wrk.format(nil, "/", { ["X-Key"] = "user" .. math.random(100000) })
+end
+response = function()
+  n = n + 1
+  if n >= limit then wrk.thread:stop() end
+end
+LUA
+  count_instructions() { # $1 label, then the sidecar's arguments
+    local label=$1 cg_port cg_pid out
+    shift
+    cg_port=$(free_port)
+    RIGGING_WORKER_THREADS=1 valgrind --tool=callgrind --callgrind-out-file="$work/cg.$label.%p" \
+      "$BIN" "$@" --listen "127.0.0.1:$cg_port" --admin "127.0.0.1:$(free_port)" >"$work/cg.$label.log" 2>&1 &
+    cg_pid=$!
+    pids+=("$cg_pid")
+    wait_port 127.0.0.1 "$cg_port"
+    REQUESTS=500 wrk -t1 -c"$CONNS" -d5s -s "$work/count.lua" "http://127.0.0.1:$cg_port/" >/dev/null 2>&1 || true
+    callgrind_control -z "$cg_pid" >/dev/null 2>&1
+    out=$(REQUESTS=$INSTRUCTION_REQUESTS wrk -t1 -c"$CONNS" -d20s -s "$work/count.lua" "http://127.0.0.1:$cg_port/" 2>&1 || true)
+    callgrind_control -d "$cg_pid" >/dev/null 2>&1
+    kill "$cg_pid" 2>/dev/null || true
+    wait "$cg_pid" 2>/dev/null || true
+    local served total
+    served=$(awk '/requests in/ {print $1}' <<<"$out")
+    total=$(awk '/^summary:/ {print $2}' "$work"/cg."$label".*.1)
+    instructions[$label]=$(awk -v t="$total" -v n="$served" 'BEGIN {printf "%.0f", t / n}')
+    log "  instructions $label: $total over $served requests: ${instructions[$label]} per request"
+  }
+  want rr && count_instructions rigging http --config "$work/rigging.yaml"
+  if want shard; then
+    count_instructions rigging-shard shard --protocol http --shard-key header:X-Key "${shard_flags[@]}"
+  fi
+fi
+
 # ---- tables --------------------------------------------------------------------------------
 # Median of column $2 of result file $1 over the runs no compiler disturbed, or over all
 # runs when every one was disturbed.
@@ -561,5 +610,9 @@ for c in rr shard cache; do
   done
   echo
 done
+if ((INSTRUCTIONS)); then
+  echo "User-space instructions per request under callgrind ($INSTRUCTION_REQUESTS keep-alive requests after a warm-up, \`wrk -t1 -c$CONNS\`, a random X-Key each): $(for k in "${!instructions[@]}"; do printf '%s %s; ' "$k" "${instructions[$k]}"; done)"
+  echo
+fi
 echo
 echo "Medians over the quiet runs (no compiler running, other processes under $DISTURBED of the CPUs; over all runs when none was quiet). CPU µs/req: the process tree's user+system time ÷ requests ('of it user': the user-mode part); RSS: VmRSS after the runs of nginx's worker, Varnish's child, haproxy, Rigging."

@@ -25,6 +25,12 @@ rss_kib() {
   awk '/^VmRSS:/ {print $2}' "/proc/$1/status"
 }
 
+# The anonymous part of that (heap, stacks): what the process allocated, as opposed to
+# pages of its binary and libraries.
+anon_kib() {
+  awk '/^RssAnon:/ {print $2}' "/proc/$1/status"
+}
+
 # Clock ticks per second, for cpu_ticks.
 CLK_TCK=$(getconf CLK_TCK)
 

@@ -201,8 +201,11 @@ for t in nginx-on haproxy-on rigging-on rigging-mt nginx-off haproxy-off rigging
   curl -skf "https://127.0.0.1:${port[$t]}/" | grep -q xxxx || { log "$t does not proxy"; exit 1; }
 done
 sleep 1
-declare -A idle_rss
-for t in nginx-on haproxy-on rigging-on; do idle_rss[$t]=$(rss_kib "${pid[$t]}"); done
+declare -A idle_rss idle_anon
+for t in nginx-on haproxy-on rigging-on; do
+  idle_rss[$t]=$(rss_kib "${pid[$t]}")
+  idle_anon[$t]=$(anon_kib "${pid[$t]}")
+done
 
 # ---- load ----------------------------------------------------------------------------
 to_ms() { # wrk latency like 812.00us / 1.20ms / 1.01s -> milliseconds
@@ -348,11 +351,12 @@ echo
 echo "Rigging resumed $(awk -v a="$resumed_before" -v b="$resumed_after" 'BEGIN {print b - a}') handshakes in the 'resumed' runs (its own counter)."
 
 echo
-echo "| terminator | idle RSS MiB | RSS after load MiB | start → ready ms (median of 5) |"
-echo "|---|---:|---:|---:|"
+echo "| terminator | idle RSS MiB | of it anonymous MiB | RSS after load MiB | start → ready ms (median of 5) |"
+echo "|---|---:|---:|---:|---:|"
 for t in rigging nginx haproxy; do
-  printf '| %s | %.1f | %.1f | %s |\n' "$(name $t)" "$(awk -v k="${idle_rss[$t-on]}" 'BEGIN {print k / 1024}')" \
+  printf '| %s | %.1f | %.1f | %.1f | %s |\n' "$(name $t)" "$(awk -v k="${idle_rss[$t-on]}" 'BEGIN {print k / 1024}')" \
+    "$(awk -v k="${idle_anon[$t-on]}" 'BEGIN {print k / 1024}')" \
     "$(awk -v k="${load_rss[$t-on]}" 'BEGIN {print k / 1024}')" "${ready[$t]}"
 done
 echo
-echo "RSS: nginx = its one worker process; start → ready: Rigging = /readyz answers 200, nginx and haproxy = the TLS port accepts."
+echo "RSS: nginx = its one worker process; anonymous = RssAnon (heap and stacks, not the binary's pages); start → ready: Rigging = /readyz answers 200, nginx and haproxy = the TLS port accepts."
