@@ -3,9 +3,17 @@
 # repository, and prints the directory holding the binaries:
 #
 #   kube-apiserver kube-controller-manager kubectl   from k8s.io/kubernetes
+#   kube-scheduler kubelet kube-proxy                 (the node; kubelet and kube-proxy
+#                                                    need cgo off, which they take)
 #   etcd                                             go.etcd.io/etcd/server/v3, at the version
 #                                                    k8s.io/kubernetes requires
 #   helm                                             helm.sh/helm/v3
+#   coredns                                          github.com/coredns/coredns as a library,
+#                                                    with the plugins of dns/main.go only
+#   pause, pause.ref                                 the pod sandbox's pause binary, compiled
+#                                                    from the module's build/pause/linux/pause.c
+#                                                    (gcc -static), and the image reference its
+#                                                    Makefile gives it
 #
 # k8s.io/kubernetes requires its staging modules at v0.0.0 and replaces them with
 # ./staging paths, which a module consumer does not have. The kit's go.mod is generated
@@ -20,14 +28,14 @@ here=$(cd "$(dirname "$0")" && pwd)
 source "$here/versions.env"
 
 cache=${RIGGING_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/rigging}
-key=$(cat "$here/versions.env" "$here/build.sh" | sha256sum | cut -c1-12)
+key=$(cat "$here/versions.env" "$here/build.sh" "$here/dns/main.go" | sha256sum | cut -c1-12)
 out=$cache/controlplane/$KUBERNETES_VERSION-$key
 bin=$out/bin
-tools=(kube-apiserver kube-controller-manager kubectl etcd helm)
+tools=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy etcd helm coredns pause pause.ref)
 
 complete() {
   local t
-  for t in "${tools[@]}"; do [[ -x $bin/$t ]] || return 1; done
+  for t in "${tools[@]}"; do [[ -s $bin/$t ]] || return 1; done
 }
 if complete; then
   echo "$bin"
@@ -61,7 +69,10 @@ go_directive=$(sed -n 's/^go \(.*\)$/\1/p' "$upstream_mod")
   echo "	go.etcd.io/etcd/server/v3"
   echo "	k8s.io/kubernetes/cmd/kube-apiserver"
   echo "	k8s.io/kubernetes/cmd/kube-controller-manager"
+  echo "	k8s.io/kubernetes/cmd/kube-proxy"
+  echo "	k8s.io/kubernetes/cmd/kube-scheduler"
   echo "	k8s.io/kubernetes/cmd/kubectl"
+  echo "	k8s.io/kubernetes/cmd/kubelet"
   echo ")"
   echo
   echo "replace ("
@@ -81,12 +92,34 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
   ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
 done
 
-log "building kube-apiserver, kube-controller-manager, kubectl, etcd (several minutes on a new machine)"
+log "building the Kubernetes binaries and etcd (several minutes on a new machine)"
 (cd "$src" && go build -trimpath -ldflags "-s -w $ldflags" -o "$bin.partial/" \
   k8s.io/kubernetes/cmd/kube-apiserver \
   k8s.io/kubernetes/cmd/kube-controller-manager \
-  k8s.io/kubernetes/cmd/kubectl)
+  k8s.io/kubernetes/cmd/kube-scheduler \
+  k8s.io/kubernetes/cmd/kubectl \
+  k8s.io/kubernetes/cmd/kubelet \
+  k8s.io/kubernetes/cmd/kube-proxy)
 (cd "$src" && go build -trimpath -ldflags "-s -w" -o "$bin.partial/etcd" go.etcd.io/etcd/server/v3)
+
+# The pause binary every pod sandbox runs: C, static, from the same module as the kubelet.
+pause_dir=$(cd "$src" && go list -m -f '{{.Dir}}' k8s.io/kubernetes)/build/pause
+pause_tag=$(sed -n 's/^TAG ?= *//p' "$pause_dir/Makefile")
+[[ -n $pause_tag ]] || { log "no TAG in $pause_dir/Makefile"; exit 1; }
+log "building pause $pause_tag"
+gcc -Os -Wall -Werror -static -DVERSION="v$pause_tag" -o "$bin.partial/pause" "$pause_dir/linux/pause.c"
+echo "registry.k8s.io/pause:$pause_tag" >"$bin.partial/pause.ref"
+
+# CoreDNS in a module of its own: its dependency graph must not move the Kubernetes one.
+log "building coredns $COREDNS_VERSION"
+dns_src=$out/dns-src
+rm -rf "$dns_src"
+mkdir -p "$dns_src"
+cp "$here/dns/main.go" "$dns_src/"
+printf 'module rigging.dev/e2e/controlplane/dns\n\ngo %s\n\nrequire github.com/coredns/coredns %s\n' \
+  "$go_directive" "$COREDNS_VERSION" >"$dns_src/go.mod"
+(cd "$dns_src" && go mod tidy && go vet . &&
+  go build -trimpath -ldflags "-s -w" -o "$bin.partial/coredns" .)
 
 log "building helm $HELM_VERSION"
 GOFLAGS="" GOBIN=$bin.partial go install -trimpath \

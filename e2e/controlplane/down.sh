@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
-# Stops the control plane that up.sh started in DIR, newest process first, and waits for
-# each to exit. Safe to call twice, or on a DIR whose start failed half-way.
+# Stops the cluster that up.sh started in DIR: the node first (node.sh down, which puts
+# back what it changed on the host), then the control plane, newest process first,
+# waiting for each to exit. Safe to call twice, or on a DIR whose start failed half-way.
+# Exits non-zero if the node left mounts under DIR, which must then not be removed.
 #
 #   e2e/controlplane/down.sh DIR
 set -uo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
 dir=${1:?usage: down.sh DIR}
-[[ -f $dir/pids ]] || exit 0
+status=0
+"$here/node.sh" down "$dir" || status=1
+[[ -f $dir/pids ]] || exit "$status"
 mapfile -t entries < <(tac "$dir/pids")
 for entry in "${entries[@]}"; do
   pid=${entry##* }
@@ -18,3 +23,4 @@ for entry in "${entries[@]}"; do
 done
 rm -f "$dir/pids"
 echo "controlplane: stopped ($dir)" >&2
+exit "$status"

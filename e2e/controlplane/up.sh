@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
-# Starts a real Kubernetes control plane on 127.0.0.1, in the background, and returns once
-# the API server is ready:
+# Starts a real Kubernetes cluster in the background, and returns once it is ready:
 #
-#   e2e/controlplane/up.sh DIR
+#   e2e/controlplane/up.sh DIR              the control plane and one node
+#   e2e/controlplane/up.sh --no-node DIR    the control plane alone, on 127.0.0.1
 #
 # DIR/kubeconfig   cluster-admin credentials for the API server
 # DIR/bin/         kubectl and helm built from the same versions as the server
-# DIR/logs/        etcd, kube-apiserver and kube-controller-manager output
+# DIR/logs/        one log file per process
 #
-# etcd, kube-apiserver and kube-controller-manager run; there is no scheduler and no
-# kubelet, so pods are created (and garbage-collected) but stay Pending. Stop everything
-# with e2e/controlplane/down.sh DIR. Binaries come from build.sh (built once, cached).
+# etcd, kube-apiserver and kube-controller-manager run, and by default kube-scheduler and
+# a node (node.sh: containerd + runc, a CNI bridge, kubelet, kube-proxy and CoreDNS in a
+# network namespace of its own), on which pods really run. With --no-node there is no
+# scheduler and no kubelet: pods are created (and garbage-collected) but stay Pending.
+# Stop everything with e2e/controlplane/down.sh DIR. Binaries come from build.sh (built
+# once, cached).
 #
 # CONTROLPLANE_AUDIT_LOG=1 (off by default) also turns on the API server's audit log:
 # every request at level Metadata (who, user agent, verb, object; no bodies), stage
@@ -18,7 +21,12 @@
 # DIR/audit-policy.yaml. scripts/bench/operator.sh counts the operator's requests with it.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-dir=${1:?usage: up.sh DIR}
+with_node=1
+if [[ ${1:-} == --no-node ]]; then
+  with_node=0
+  shift
+fi
+dir=${1:?usage: up.sh [--no-node] DIR}
 mkdir -p "$dir"
 dir=$(cd "$dir" && pwd)
 
@@ -34,6 +42,28 @@ command -v openssl >/dev/null || { log "openssl is needed to generate certificat
 
 mkdir -p "$dir/bin" "$dir/logs" "$dir/pki" "$dir/etcd"
 ln -sf "$bin/kubectl" "$bin/helm" "$dir/bin/"
+: >"$dir/pids"
+
+# If anything below fails, stop what was started so nothing is left running.
+trap '"$here/down.sh" "$dir" >/dev/null 2>&1 || true' ERR
+
+# Where the API server listens. With a node it is the host's end of the node's veth, so
+# that pods reach it through the `kubernetes` Service like on any cluster, and the host's
+# tools reach it as well; without one, loopback.
+api_ip=127.0.0.1
+service_cidr=10.0.0.0/24
+kubernetes_service_ip=10.0.0.1
+if ((with_node)); then
+  "$here/node.sh" net "$dir"
+  # shellcheck source=/dev/null
+  source "$dir/node.env"
+  # shellcheck disable=SC2153 # node.env sets them
+  {
+    api_ip=$HOST_IP
+    service_cidr=$SERVICE_CIDR
+    kubernetes_service_ip=$KUBERNETES_SERVICE_IP
+  }
+fi
 
 # Free loopback ports, chosen by the kernel, so several control planes can run at once.
 free_port() {
@@ -56,9 +86,12 @@ gen_pki() {
       -days 3650 -extfile <(printf '%s\n' "$3") -out "$pki/$1.crt" 2>/dev/null
   }
   sign apiserver /CN=kube-apiserver \
-    "subjectAltName=IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local
+    "subjectAltName=IP:127.0.0.1,IP:$api_ip,IP:$kubernetes_service_ip,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local
 extendedKeyUsage=serverAuth"
   sign admin "/O=system:masters/CN=rigging-admin" "extendedKeyUsage=clientAuth"
+  # The API server's identity towards kubelets (logs, exec, port-forward).
+  sign apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" \
+    "extendedKeyUsage=clientAuth"
   openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$pki/sa.key" 2>/dev/null
   openssl pkey -in "$pki/sa.key" -pubout -out "$pki/sa.pub"
 }
@@ -70,7 +103,7 @@ kind: Config
 clusters:
   - name: rigging-controlplane
     cluster:
-      server: https://127.0.0.1:$api_port
+      server: https://$api_ip:$api_port
       certificate-authority: $pki/ca.crt
 users:
   - name: admin
@@ -91,9 +124,6 @@ start() { # name args...
   echo "$name $!" >>"$dir/pids"
 }
 
-# If anything below fails, stop what was started so nothing is left running.
-trap '"$here/down.sh" "$dir" >/dev/null 2>&1 || true' ERR
-
 start etcd "$bin/etcd" --name controlplane --data-dir "$dir/etcd" \
   --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
   --listen-peer-urls "http://127.0.0.1:$peer_port" --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
@@ -112,16 +142,25 @@ YAML
   audit=(--audit-policy-file "$dir/audit-policy.yaml" --audit-log-path "$dir/logs/audit.log")
 fi
 
-start kube-apiserver "$bin/kube-apiserver" "${audit[@]}" \
+node_flags=(--endpoint-reconciler-type none --authorization-mode RBAC)
+if ((with_node)); then
+  # The node's InternalIP, never its name: looking the name up would ask the host's DNS.
+  node_flags=(
+    --authorization-mode "Node,RBAC" --enable-admission-plugins NodeRestriction
+    --kubelet-preferred-address-types InternalIP
+    --kubelet-client-certificate "$pki/apiserver-kubelet-client.crt"
+    --kubelet-client-key "$pki/apiserver-kubelet-client.key"
+  )
+fi
+
+start kube-apiserver "$bin/kube-apiserver" "${audit[@]}" "${node_flags[@]}" \
   --etcd-servers "http://127.0.0.1:$etcd_port" \
-  --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
+  --bind-address "$api_ip" --advertise-address "$api_ip" --secure-port "$api_port" \
   --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
   --client-ca-file "$pki/ca.crt" \
   --service-account-issuer https://kubernetes.default.svc.cluster.local \
   --service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
-  --service-cluster-ip-range 10.0.0.0/24 \
-  --endpoint-reconciler-type none \
-  --authorization-mode RBAC \
+  --service-cluster-ip-range "$service_cidr" \
   --allow-privileged \
   --profiling=false
 
@@ -153,5 +192,9 @@ start kube-controller-manager "$bin/kube-controller-manager" \
 # The controller-manager is working once its service-account controller has given the
 # default namespace its ServiceAccount.
 wait_ready kube-controller-manager "${kubectl[@]}" -n default get serviceaccount default
+
+if ((with_node)); then
+  "$here/node.sh" up "$dir"
+fi
 trap - ERR
 log "ready: KUBECONFIG=$dir/kubeconfig (kubectl and helm in $dir/bin)"

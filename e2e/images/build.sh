@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# The images the kit's node runs, built with no registry and no Docker engine, each set
+# cached by content under ${RIGGING_CACHE:-~/.cache/rigging}/images:
+#
+#   rigging    rigging-operator:VERSION and rigging-sidecar:VERSION, as the Dockerfile
+#              ships them: static musl binaries, user 65532, nothing else but CA
+#              certificates and passwd/group files. VERSION is the workspace's, which is
+#              the chart's appVersion, so `helm install` with no values finds them.
+#   standins   local stand-ins for the public images examples/ and the docs name, built
+#              from Debian packages (README.md here lists them and how they differ).
+#
+#   e2e/images/build.sh                 build what is missing; print the archives' paths
+#   e2e/images/build.sh --import DIR    and import them into the node of the kit in DIR
+#
+# RIGGING_IMAGE_PROFILE (default `e2e`, see Cargo.toml) is the Cargo profile of the
+# binaries; `release` builds exactly what the Dockerfile does.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+cache=${RIGGING_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/rigging}/images
+mkdir -p "$cache"
+
+log() { printf 'images: %s\n' "$*" >&2; }
+
+import_dir=""
+if [[ ${1:-} == --import ]]; then
+  import_dir=${2:?usage: build.sh [--import DIR]}
+fi
+
+target=x86_64-unknown-linux-musl
+profile=${RIGGING_IMAGE_PROFILE:-e2e}
+version=$(sed -n '/^\[workspace.package\]/,/^\[/s/^version = "\(.*\)"$/\1/p' "$root/Cargo.toml")
+
+# --- Rigging's own images ---------------------------------------------------------------
+
+rigging_images() {
+  log "cargo build --profile $profile --target $target (rigging-operator, rigging-sidecar)"
+  (cd "$root" && cargo build --locked --profile "$profile" --target "$target" \
+    -p rigging-operator -p rigging-sidecar)
+  local out=$root/target/$target/$profile key archive
+  key=$(cat "$out/rigging-operator" "$out/rigging-sidecar" "$here/build.sh" "$here/oci.sh" |
+    sha256sum | cut -c1-16)
+  archive=$cache/rigging-$version-$key.tar
+  if [[ ! -f $archive ]]; then
+    log "rigging-operator:$version and rigging-sidecar:$version"
+    local work
+    work=$(mktemp -d "${TMPDIR:-/tmp}/rigging-images.XXXXXX")
+    mkdir -p "$work/base/etc/ssl/certs" "$work/base/tmp" "$work/base/home/nonroot"
+    printf 'root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n' \
+      >"$work/base/etc/passwd"
+    printf 'root:x:0:\nnonroot:x:65532:\n' >"$work/base/etc/group"
+    cp /etc/ssl/certs/ca-certificates.crt "$work/base/etc/ssl/certs/"
+    chmod 1777 "$work/base/tmp"
+    tar -C "$work/base" --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner \
+      -cf "$work/base.tar" .
+    # The home directory is the user's, as distroless's nonroot variant has it.
+    tar -C "$work/base" --sort=name --mtime=@0 --owner=65532 --group=65532 --numeric-owner \
+      -rf "$work/base.tar" ./home/nonroot
+    local image args=()
+    for image in operator sidecar; do
+      args+=(--ref "rigging-$image:$version" --layer "$work/base.tar"
+        --file "$out/rigging-$image:/rigging-$image" --entrypoint "/rigging-$image"
+        --user 65532:65532 --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+        --env SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
+        --label "org.opencontainers.image.title=rigging-$image"
+        --label "org.opencontainers.image.version=$version")
+    done
+    "$here/oci.sh" build "$archive" "${args[@]}"
+    rm -rf "$work"
+  fi
+  echo "$archive"
+}
+
+# --- stand-ins for public images --------------------------------------------------------
+
+# Debian packages of the shared root filesystem.
+standin_packages="busybox-static,nginx-light,redis-server,redis-tools,curl,ca-certificates"
+
+standin_images() {
+  local key archive
+  key=$( (
+    echo "$standin_packages"
+    cd "$here" && find build.sh oci.sh standins -type f | sort | xargs cat
+  ) | sha256sum | cut -c1-16)
+  archive=$cache/standins-$key.tar
+  if [[ ! -f $archive ]]; then
+    command -v mmdebstrap >/dev/null || { log "mmdebstrap is needed (scripts/test.sh installs it)"; return 1; }
+    log "stand-in images from Debian packages (mmdebstrap, about a minute)"
+    local work
+    work=$(mktemp -d "${TMPDIR:-/tmp}/rigging-standins.XXXXXX")
+    # shellcheck disable=SC2016 # mmdebstrap expands "$1" (the new root) itself
+    mmdebstrap --quiet --variant=essential --include="$standin_packages" \
+      --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/doc/*' \
+      --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-exclude=/usr/share/info/*' \
+      --customize-hook="$here/standins/customize.sh \"\$1\"" \
+      bookworm "$work/rootfs.tar"
+    # One layer for all of them, compressed once: every image starts from the base.
+    local s=$here/standins base=rigging.local/standins/base:$key
+    local path=PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+    local nginx=(--from "$base" --env "$path" --entrypoint /docker-entrypoint.sh
+      --cmd nginx --cmd -g --cmd "daemon off;" --user 101 --port 8080/tcp)
+    local redis=(--from "$base" --env "$path" --entrypoint docker-entrypoint.sh --cmd redis-server
+      --workdir /data --port 6379/tcp)
+    local busybox_path=PATH=/usr/local/busybox:${path#PATH=}
+    local busybox=(--from "$base" --env "$busybox_path" --cmd sh)
+    local curl=(--from "$base" --env "$path" --entrypoint /entrypoint.sh --cmd curl --user 100:100)
+    "$here/oci.sh" build "$archive" \
+      --ref "$base" --layer "$work/rootfs.tar" \
+      --ref nginxinc/nginx-unprivileged:1.27-alpine "${nginx[@]}" \
+      --ref nginxinc/nginx-unprivileged:1.27 "${nginx[@]}" \
+      --ref redis:7-alpine "${redis[@]}" \
+      --ref redis:7 "${redis[@]}" \
+      --ref busybox:1.36 "${busybox[@]}" \
+      --ref curlimages/curl:8.10.1 "${curl[@]}" \
+      --ref curlimages/curl:latest "${curl[@]}" \
+      --ref ghcr.io/example/report-source:2.0 "${nginx[@]}" \
+      --file "$s/report-source/default.conf:/etc/nginx/conf.d/default.conf" \
+      --ref ghcr.io/example/report-worker:2.0 "${busybox[@]}" \
+      --ref ghcr.io/example/resize:1.4 --from "$base" --env "$busybox_path" \
+      --entrypoint /usr/local/bin/resize
+    rm -rf "$work"
+  fi
+  echo "$archive"
+}
+
+archives=("$(rigging_images)" "$(standin_images)")
+printf '%s\n' "${archives[@]}"
+if [[ -n $import_dir ]]; then
+  log "importing into the node of $import_dir"
+  "$here/oci.sh" import "$import_dir" "${archives[@]}"
+fi
