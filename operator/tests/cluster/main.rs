@@ -6,7 +6,10 @@
 //! `RIGGING_CLUSTER_REQUIRE=1`, when it fails. `kubectl` and `helm` must be on `PATH`.
 //!
 //! Each test works in a namespace of its own and starts its own operator scoped to it
-//! (`run --namespace`), so the tests run in parallel and leave nothing behind.
+//! (`run --namespace`), so the tests run in parallel and leave nothing behind. The tests
+//! under `node::` need a Ready node and use the operator the chart installs, which
+//! reconciles every namespace: they run after the others (`-- --skip node::`, then
+//! `-- node::`), as `e2e/run.sh` runs them.
 
 mod apply;
 mod chart;
@@ -14,6 +17,7 @@ mod crds;
 mod elect;
 mod frontend;
 mod leader_election;
+mod node;
 mod reconcile;
 mod render;
 mod sharded_service;
