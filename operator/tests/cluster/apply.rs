@@ -14,7 +14,7 @@ use rigging_crds::ReplicatedService;
 use rigging_operator::controller::MANAGER;
 use serde_json::{Value, json};
 
-use crate::support::{SETTLE, cluster, eventually, replicated_service};
+use crate::support::{APP_IMAGE, SETTLE, cluster, eventually, replicated_service};
 
 async fn create(api: &Api<ReplicatedService>, object: Value) -> ReplicatedService {
     api.create(
@@ -201,7 +201,7 @@ async fn a_child_edited_by_hand_is_set_back_and_fields_of_other_managers_stay() 
             .clone()
     };
     let restored = deployment_where(&deployments, "web", "the edits set back", |d| {
-        image(d).as_deref() == Some("nginx:1.27")
+        image(d).as_deref() == Some(APP_IMAGE)
             && replicas(d) == Some(2)
             && d.labels()
                 .get("app.kubernetes.io/part-of")

@@ -1,7 +1,7 @@
 //! `helm install` of `charts/rigging` with the real helm, and the operator's
 //! ServiceAccount holding exactly the rights its job needs (`kubectl auth can-i --as`).
 
-use crate::support::{Release, cluster};
+use crate::support::{Release, SETTLE, cluster, eventually};
 
 #[tokio::test]
 async fn helm_install_gives_the_operator_its_rights_and_no_more() {
@@ -13,8 +13,8 @@ async fn helm_install_gives_the_operator_its_rights_and_no_more() {
     let other = cluster.namespace("chart-apps").await;
     // A release name holding the chart's name is the chart's full name: the Deployment's.
     let release = format!("rigging-{}", ns.name);
-    // The release's webhook may call pods only in the namespace of this test: other tests'
-    // labelled pods must never meet it (no kubelet runs its operator here).
+    // The release's operator runs on the node: it reconciles and injects only in the
+    // namespace of this test, so that other tests' resources and pods never meet it.
     let only_apps = r#"{"matchLabels":{"rigging.dev/test":"chart-apps"}}"#;
     let out = cluster.helm(&[
         "install",
@@ -24,6 +24,11 @@ async fn helm_install_gives_the_operator_its_rights_and_no_more() {
         &ns.name,
         "--set-json",
         &format!("webhook.namespaceSelector={only_apps}"),
+        "--set",
+        &format!("watchNamespace={}", other.name),
+        "--wait",
+        "--timeout",
+        "180s",
     ]);
     let mut installed = Release {
         cluster: &cluster,
@@ -149,21 +154,23 @@ async fn helm_install_gives_the_operator_its_rights_and_no_more() {
         );
     }
 
-    // The caBundle the operator writes survives `helm upgrade`: helm leaves alone a field
-    // that neither the old nor the new manifest has. (No kubelet runs the operator here,
-    // so the test writes the bundle as the operator would.)
-    let bundle = "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCg==";
-    let patch = format!(
-        r#"[{{"op":"add","path":"/webhooks/0/clientConfig/caBundle","value":"{bundle}"}}]"#
-    );
-    cluster.kubectl_ok(&[
-        "patch",
-        "mutatingwebhookconfiguration",
-        &release,
-        "--type=json",
-        "-p",
-        &patch,
-    ]);
+    // The operator's pods, with the chart's probes, securityContext and RBAC, ran (helm
+    // --wait saw them ready) and published their webhook CA. The caBundle survives
+    // `helm upgrade`: helm leaves alone a field that neither the old nor the new manifest
+    // has.
+    let ca_bundle = || {
+        cluster.kubectl_ok(&[
+            "get",
+            "mutatingwebhookconfiguration",
+            &release,
+            "-o",
+            "jsonpath={.webhooks[0].clientConfig.caBundle}",
+        ])
+    };
+    let bundle = eventually("the operator publishes its CA", SETTLE, || async {
+        Some(ca_bundle()).filter(|b| !b.is_empty())
+    })
+    .await;
     let out = cluster.helm(&[
         "upgrade",
         &release,
@@ -179,14 +186,7 @@ async fn helm_install_gives_the_operator_its_rights_and_no_more() {
         "helm upgrade: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let kept = cluster.kubectl_ok(&[
-        "get",
-        "mutatingwebhookconfiguration",
-        &release,
-        "-o",
-        "jsonpath={.webhooks[0].clientConfig.caBundle}",
-    ]);
-    assert_eq!(kept, bundle, "helm upgrade kept the caBundle");
+    assert_eq!(ca_bundle(), bundle, "helm upgrade kept the caBundle");
     let args = cluster.kubectl_ok(&[
         "get",
         "deployment",

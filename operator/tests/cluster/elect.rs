@@ -2,90 +2,21 @@
 //! nothing more (it runs with its ServiceAccount's token): RBAC's escalation checks accept
 //! the ServiceAccount, Role and RoleBinding it makes; the pods' ServiceAccount can then do
 //! exactly the Lease verbs of its election, in its own namespace (`kubectl auth can-i
-//! --as`); an election sidecar holding only that token elects; the pods the
-//! controller-manager creates run as that account with the sidecar's own token mount; and
-//! removing the block removes all three.
-
-use std::process::{Child, Command, Stdio};
+//! --as`); the pods' election sidecars, holding only that token, elect on the node; the
+//! pods run as that account with the sidecar's own token mount; and removing the block
+//! removes all three.
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, ListParams};
-use serde_json::{Value, json};
+use serde_json::json;
 
+use crate::node::POD_SETTLE;
 use crate::support::{
-    Cluster, Operator, Release, SETTLE, cluster, eventually, free_port, http_get,
-    replicated_service, root,
+    Cluster, Operator, Release, SETTLE, cluster, eventually, http_get, replicated_service,
 };
-
-/// A `rigging-sidecar elect` process; killed on drop.
-struct Sidecar {
-    child: Child,
-    admin: String,
-}
-
-impl Sidecar {
-    /// Starts the election sidecar with the credentials of `kubeconfig` and `args`.
-    fn start(kubeconfig: &std::path::Path, args: &[&str]) -> Self {
-        let admin = format!("127.0.0.1:{}", free_port());
-        let child = Command::new(sidecar_binary())
-            .arg("elect")
-            .args(args)
-            .args(["--admin", &admin])
-            .env("KUBECONFIG", kubeconfig)
-            .env_remove("POD_NAME")
-            .env_remove("POD_NAMESPACE")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start rigging-sidecar elect");
-        Self { child, admin }
-    }
-
-    /// `GET path` as JSON, once the API answers.
-    async fn get(&self, path: &str) -> Option<Value> {
-        let body = http_get(&self.admin, path).await?;
-        serde_json::from_str(&body).ok()
-    }
-
-    /// Sends SIGTERM and returns the exit code.
-    fn stop(&mut self) -> Option<i32> {
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        self.child.wait().ok()?.code()
-    }
-}
-
-impl Drop for Sidecar {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `rigging-sidecar`, built for this test when it is not (the operator's tests only link
-/// its library).
-fn sidecar_binary() -> std::path::PathBuf {
-    let operator = std::path::PathBuf::from(env!("CARGO_BIN_EXE_rigging-operator"));
-    let binary = operator.with_file_name("rigging-sidecar");
-    let built = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "rigging-sidecar",
-            "--bin",
-            "rigging-sidecar",
-        ])
-        .current_dir(root())
-        .status()
-        .expect("cargo runs");
-    assert!(built.success(), "cargo build -p rigging-sidecar");
-    assert!(binary.exists(), "{} is built", binary.display());
-    binary
-}
 
 /// The name of the ServiceAccount the chart made in `namespace`.
 fn chart_account(cluster: &Cluster, namespace: &str) -> String {
@@ -118,6 +49,10 @@ async fn an_election_on_leases_is_granted_its_leases_and_nothing_more_by_the_ope
         &home.name,
         "--set",
         "webhook.enabled=false",
+        // Its own pods run on the node and reconcile only their (empty) namespace: the
+        // operator under test is the one below, with the chart's ServiceAccount token.
+        "--set",
+        &format!("watchNamespace={}", home.name),
     ]);
     let _installed = Release {
         cluster: &cluster,
@@ -233,84 +168,56 @@ async fn an_election_on_leases_is_granted_its_leases_and_nothing_more_by_the_ope
         "the namespace's default account gains nothing"
     );
 
-    // A sidecar holding only the pods' token elects, and hands over on SIGTERM.
-    let as_pods = cluster.kubeconfig_as(&apps.name, "sched-elect");
-    let timing = [
-        "--lease-duration",
-        "4s",
-        "--renew-deadline",
-        "3s",
-        "--retry-period",
-        "500ms",
-    ];
-    let mut leader = Sidecar::start(
-        &as_pods,
-        &[
-            &[
-                "--election",
-                "sched",
-                "--identity",
-                "sched-a",
-                "--namespace",
-                ns,
-            ],
-            &timing[..],
-        ]
-        .concat(),
-    );
-    let view = eventually("the sidecar leads as sched-elect", SETTLE, || async {
-        let view = leader.get("/leader").await?;
-        (view["isLeader"] == true).then_some(view)
-    })
-    .await;
-    assert_eq!(view["leader"], "sched-a");
+    // The pods' own election sidecars, holding only that account's token, elect: one of
+    // sched's pods holds its Lease, and jobs' pod holds every item of `work`. (Handing the
+    // Lease over on SIGTERM is the active-passive example's test, node::examples.)
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), ns);
+    let pod_names = |app: &'static str| {
+        let pods = pods.clone();
+        async move {
+            let selector = format!("app.kubernetes.io/name={app}");
+            let list = pods
+                .list(&ListParams::default().labels(&selector))
+                .await
+                .ok()?;
+            Some(
+                list.items
+                    .into_iter()
+                    .filter_map(|p| p.metadata.name)
+                    .collect::<Vec<_>>(),
+            )
+        }
+    };
     let leases: Api<Lease> = Api::namespaced(cluster.client.clone(), ns);
-    let lease = leases.get("sched").await.expect("the election's Lease");
-    assert_eq!(
-        lease.spec.unwrap().holder_identity.as_deref(),
-        Some("sched-a")
-    );
-    assert_eq!(leader.stop(), Some(0), "SIGTERM: released, exit 0");
-    let released = leases.get("sched").await.unwrap().spec.unwrap();
-    assert_eq!(released.holder_identity.as_deref().unwrap_or_default(), "");
-    // With items, as the account the pods of `jobs` name: members and items, listed and
-    // cleaned up.
-    let as_workers = cluster.kubeconfig_as(ns, "worker");
-    let mut owner = Sidecar::start(
-        &as_workers,
-        &[
-            &[
-                "--election",
-                "work",
-                "--identity",
-                "jobs-0",
-                "--namespace",
-                ns,
-                "--items",
-                "4",
-            ],
-            &timing[..],
-        ]
-        .concat(),
-    );
-    eventually("the worker owns all 4 items", SETTLE, || async {
-        let owned = owner.get("/owned").await?;
-        (owned["items"].as_array()?.len() == 4).then_some(())
+    eventually("one of sched's pods leads", POD_SETTLE, || async {
+        let holder = leases.get("sched").await.ok()?.spec?.holder_identity?;
+        pod_names("sched").await?.contains(&holder).then_some(())
     })
     .await;
-    assert_eq!(owner.stop(), Some(0));
-    let members = leases
-        .list(&ListParams::default().labels("rigging.dev/elect-role=member"))
-        .await
-        .unwrap();
-    assert!(
-        members.items.is_empty(),
-        "its membership Lease is deleted on SIGTERM"
-    );
+    eventually(
+        "jobs' pod holds the 4 items of work",
+        POD_SETTLE,
+        || async {
+            let items = leases
+                .list(
+                    &ListParams::default()
+                        .labels("rigging.dev/election=work,rigging.dev/elect-role=item"),
+                )
+                .await
+                .ok()?
+                .items;
+            let holders: Vec<String> = items
+                .into_iter()
+                .filter_map(|l| l.spec?.holder_identity)
+                .collect();
+            let jobs = pod_names("jobs").await?;
+            (holders.len() == 4 && holders.iter().all(|h| jobs.contains(h))).then_some(())
+        },
+    )
+    .await;
 
     // The pods the ReplicaSet controller creates run as that account, and the sidecar
     // keeps its own token mount (the ServiceAccount admission plugin adds none over it).
-    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), ns);
     let pod = eventually("a pod of sched", SETTLE, || async {
         let list = pods
             .list(&ListParams::default().labels("app.kubernetes.io/name=sched"))

@@ -11,6 +11,7 @@ use rigging_crds::ReplicatedService;
 use rigging_crds::sidecar::http::{ByteSize, HttpConfig, StickyKey};
 use serde_json::json;
 
+use crate::node::POD_SETTLE;
 use crate::support::{SETTLE, cluster, eventually, replicated_service};
 
 fn controlled_by<K: Resource>(child: &K, owner: &ReplicatedService) -> bool {
@@ -117,8 +118,8 @@ async fn a_frontend_tier_is_applied_in_front_of_the_service_and_removed_with_the
         )
     );
 
-    // The ReplicaSet controller creates the frontend's pods (no kubelet runs them), and
-    // the app's selector does not take them for its own.
+    // The ReplicaSet controller creates the frontend's pods, and the app's selector does
+    // not take them for its own.
     let frontend_pods = eventually("the frontend's pods", SETTLE, || async {
         let list = pods
             .list(&ListParams::default().labels("app.kubernetes.io/name=shop-frontend"))
@@ -144,19 +145,23 @@ async fn a_frontend_tier_is_applied_in_front_of_the_service_and_removed_with_the
         );
     }
 
-    let status = eventually("a status with the frontend", SETTLE, || async {
-        let rs = services.get("shop").await.ok()?;
-        let status = rs.status?;
-        let current = status.observed_generation == rs.metadata.generation;
-        (current && status.frontend.is_some()).then_some(status)
-    })
+    // On the node the app's pods and the frontend's run: the status counts both ready.
+    eventually(
+        "Ready, with both frontend pods ready",
+        POD_SETTLE,
+        || async {
+            let rs = services.get("shop").await.ok()?;
+            let status = rs.status?;
+            let current = status.observed_generation == rs.metadata.generation;
+            let ready = status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            let frontend = status.frontend?.ready_replicas == Some(2);
+            (current && ready && frontend).then_some(())
+        },
+    )
     .await;
-    let ready = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")
-        .unwrap();
-    assert_eq!(ready.status, "False", "no kubelet: no pod is ready");
 
     // A new rate limit reaches the file; the pods are left alone (the sidecar reloads).
     let generation = deployment.metadata.generation;

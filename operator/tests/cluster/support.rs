@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, DynamicObject, ObjectMeta, PostParams};
+use kube::ResourceExt;
+use kube::api::{Api, DynamicObject, ListParams, ObjectMeta, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::core::GroupVersionKind;
 use kube::{Client, Config, discovery};
@@ -38,8 +39,41 @@ pub struct Cluster {
 }
 
 /// The cluster of `RIGGING_KUBECONFIG`, with Rigging's CRDs applied (`kubectl apply -f
-/// crds/`, once per run), or `None` (after saying so) when no cluster is given.
+/// crds/`, once per run), or `None` (after saying so) when no cluster is given. For the
+/// tests that start their own operators: it refuses a cluster where the chart's operator
+/// already reconciles every namespace (`node::` tests install it; they run afterwards).
 pub async fn cluster(test: &str) -> Option<Cluster> {
+    let cluster = connect(test).await?;
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> = Api::all(cluster.client.clone());
+    let chart = ListParams::default().labels("app.kubernetes.io/name=rigging");
+    let cluster_wide: Vec<String> = deployments
+        .list(&chart)
+        .await
+        .expect("list Deployments")
+        .items
+        .into_iter()
+        .filter(|d| {
+            let env = d
+                .spec
+                .as_ref()
+                .and_then(|s| s.template.spec.as_ref())
+                .and_then(|p| p.containers.first())
+                .and_then(|c| c.env.as_ref());
+            !env.is_some_and(|env| env.iter().any(|e| e.name == "RIGGING_WATCH_NAMESPACE"))
+        })
+        .map(|d| format!("{}/{}", d.namespace().unwrap_or_default(), d.name_any()))
+        .collect();
+    assert!(
+        cluster_wide.is_empty(),
+        "{test}: the chart's operator {cluster_wide:?} reconciles every namespace and would \
+         fight this test's own; run these tests before the node:: ones (-- --skip node::), or \
+         helm uninstall it"
+    );
+    Some(cluster)
+}
+
+/// [`cluster`], whatever operator the cluster already runs.
+pub async fn connect(test: &str) -> Option<Cluster> {
     let Some(kubeconfig) = std::env::var_os("RIGGING_KUBECONFIG").map(PathBuf::from) else {
         if std::env::var("RIGGING_CLUSTER_REQUIRE").as_deref() == Ok("1") {
             panic!("{test}: RIGGING_KUBECONFIG is not set and RIGGING_CLUSTER_REQUIRE=1");
@@ -429,6 +463,10 @@ pub fn examples(folder: &str) -> Vec<(String, String)> {
     out
 }
 
+/// The app image of [`replicated_service`]: an HTTP server on 8080 that the kit's node has
+/// (a stand-in, `e2e/images/`) and that kind pulls, so that the pods really run.
+pub const APP_IMAGE: &str = "nginxinc/nginx-unprivileged:1.27-alpine";
+
 /// A ReplicatedService named `name` in `namespace` whose spec is `spec` (JSON) laid over
 /// the smallest valid one.
 pub fn replicated_service(name: &str, namespace: &str, spec: Value) -> Value {
@@ -440,7 +478,7 @@ pub fn replicated_service(name: &str, namespace: &str, spec: Value) -> Value {
             "port": 8080,
             "template": {"spec": {"containers": [{
                 "name": "app",
-                "image": "nginx:1.27",
+                "image": APP_IMAGE,
                 "readinessProbe": {"tcpSocket": {"port": 8080}}
             }]}}
         }

@@ -18,7 +18,7 @@ use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, ListParams};
 use serde_json::json;
 
-use crate::support::{Cluster, cluster, eventually};
+use crate::support::{Cluster, connect, eventually};
 
 mod examples;
 
@@ -35,7 +35,7 @@ pub const POD_SETTLE: Duration = Duration::from_secs(180);
 /// (and its operator Deployment rolled out); `None` when the suite is skipped. A cluster
 /// with no Ready node fails the test when `RIGGING_CLUSTER_REQUIRE=1`.
 pub async fn node_cluster(test: &str) -> Option<Cluster> {
-    let cluster = cluster(test).await?;
+    let cluster = connect(test).await?;
     let nodes: Api<Node> = Api::all(cluster.client.clone());
     let ready = nodes
         .list(&ListParams::default())
