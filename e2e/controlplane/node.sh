@@ -75,9 +75,11 @@ ENV
   in_node ip link set lo up
   in_node ip addr add "$NODE_IP/30" dev eth0
   in_node ip link set eth0 up
-  # No default route: nothing in the node reaches past the host. The service range is
-  # routed so that the node's own connections to ClusterIPs get kube-proxy's DNAT.
-  in_node ip route add "$SERVICE_CIDR" via "$HOST_IP"
+  # No default route: nothing in the node reaches past the host. Nor a route for the
+  # service range: a ClusterIP kube-proxy has no rule for yet is unreachable at once,
+  # where a route back to the host would bounce the packet between the two until its TTL
+  # runs out. So pods reach Services, and the host does (through the node), but the node's
+  # own network namespace (hostNetwork pods) does not.
   in_node sysctl -qw net.ipv4.ip_forward=1
   # The host reaches Services (the API server's webhook calls) and pods through the node.
   ip route add "$SERVICE_CIDR" via "$NODE_IP" dev "$HOST_LINK"
