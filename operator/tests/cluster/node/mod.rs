@@ -136,9 +136,14 @@ impl<'a> ClientPod<'a> {
 
     /// Runs `command` in the pod.
     pub fn exec(&self, command: &[&str]) -> Output {
-        let mut args = vec!["exec", "-n", &self.namespace, &self.name, "--"];
+        self.exec_with_input(command, None)
+    }
+
+    /// Runs `command` in the pod with `input` on its stdin.
+    pub fn exec_with_input(&self, command: &[&str], input: Option<&str>) -> Output {
+        let mut args = vec!["exec", "-i", "-n", &self.namespace, &self.name, "--"];
         args.extend(command);
-        self.cluster.kubectl(&args)
+        self.cluster.kubectl_with_input(&args, input)
     }
 
     /// Runs `command` in the pod and returns its stdout; panics with its stderr if it fails.
@@ -214,4 +219,27 @@ pub async fn all_pods_ready(
         },
     )
     .await
+}
+
+/// Creates (or replaces) the TLS Secret `name` in `namespace` with a fresh self-signed
+/// certificate for `dns_names`, as `kubectl create secret tls` makes it, and returns the
+/// certificate (PEM), which clients then trust as their CA.
+pub fn tls_secret(cluster: &Cluster, namespace: &str, name: &str, dns_names: &[String]) -> String {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("a key");
+    let params = rcgen::CertificateParams::new(dns_names.to_vec()).expect("names");
+    let cert = params.self_signed(&key).expect("a certificate");
+    let secret = json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "kubernetes.io/tls",
+        "metadata": {"name": name, "namespace": namespace},
+        "stringData": {"tls.crt": cert.pem(), "tls.key": key.serialize_pem()},
+    });
+    let out = cluster.kubectl_with_input(&["apply", "-f", "-"], Some(&secret.to_string()));
+    assert!(
+        out.status.success(),
+        "apply the Secret {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    cert.pem()
 }
