@@ -293,11 +293,28 @@ async fn a_worker_that_cannot_be_pulled_or_scheduled_degrades_the_queue_until_it
     };
     let ns = cluster.namespace("wqn-stuck").await;
     let queues: Api<WorkQueue> = Api::namespaced(cluster.client.clone(), &ns.name);
+    // A node pods can go to: Ready, and no taint that keeps them off (kind's control plane
+    // has one).
     let node = Api::<Node>::all(cluster.client.clone())
         .list(&ListParams::default())
         .await
         .unwrap()
-        .items[0]
+        .items
+        .into_iter()
+        .find(|n| {
+            let ready = n
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            let tainted = n
+                .spec
+                .as_ref()
+                .and_then(|s| s.taints.as_ref())
+                .is_some_and(|t| t.iter().any(|t| t.effect != "PreferNoSchedule"));
+            ready && !tainted
+        })
+        .expect("a Ready node without taints")
         .name_any();
     // A label no node has yet, of this test's own.
     let label = NodeLabel {
