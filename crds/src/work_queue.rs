@@ -172,6 +172,11 @@ pub struct WorkQueueStatus {
     /// The items that failed every try, and why, sorted by Job name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failed_items: Vec<FailedItem>,
+    /// The items whose pod cannot start now (its image cannot be pulled, or it cannot be
+    /// scheduled), and why, sorted by Job name: the queue is `Degraded` while any is listed.
+    /// An item leaves the list once its pod starts, or its Job finishes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stuck_items: Vec<StuckItem>,
     /// Finished Jobs whose `ttlSecondsAfterFinished` has passed, their result recorded
     /// above: the next reconcile deletes them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -183,6 +188,25 @@ pub struct WorkQueueStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+}
+
+/// An item whose pod cannot start, as its pod says.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StuckItem {
+    /// Its Job's name.
+    pub job: String,
+    /// The item (its first 256 bytes when longer).
+    pub item: String,
+    /// The pod that cannot start.
+    pub pod: String,
+    /// Why: `Unschedulable` (the scheduler's reason), or the waiting reason of one of its
+    /// containers (`ErrImagePull`, `ImagePullBackOff`, `InvalidImageName`,
+    /// `CreateContainerConfigError`, …).
+    pub reason: String,
+    /// The scheduler's or the kubelet's message, naming the container.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
 }
 
 /// An item that failed every try.

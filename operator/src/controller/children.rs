@@ -1,5 +1,6 @@
 //! The child kinds Rigging's controllers own, their watch caches, and the watches that fill
-//! them: one reflector per child kind, shared by every controller.
+//! them: one reflector per child kind, shared by every controller; and one more of the pods
+//! those children's Jobs run, for what only a pod shows (that it cannot start).
 
 use std::fmt::Debug;
 use std::future::Future;
@@ -12,17 +13,27 @@ use futures::FutureExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use kube::runtime::reflector::{self, Store, store::Writer};
+use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
 /// Label selector of every child the operator manages: its watches see nothing else.
 pub const MANAGED_SELECTOR: &str = "app.kubernetes.io/managed-by=rigging-operator";
+
+/// Label selector of the pods of the Jobs the operator owns: the Job controller labels each
+/// pod with its Job's name, and the pod template carries the operator's `managed-by` label.
+pub const JOB_POD_SELECTOR: &str =
+    "app.kubernetes.io/managed-by=rigging-operator,batch.kubernetes.io/job-name";
+
+/// Field selector of the same watch: only pods that have not finished. A pod that finishes
+/// leaves the cache (the watch reports it deleted), so the cache holds at most the pods of
+/// the Jobs that run now, however many finished Jobs are kept.
+pub const UNFINISHED_POD_FIELDS: &str = "status.phase!=Succeeded,status.phase!=Failed";
 
 /// How many changes a shared watch buffers for each controller that subscribed to it.
 const SUBSCRIBER_BUFFER: usize = 256;
@@ -74,6 +85,10 @@ macro_rules! child_kinds {
         #[derive(Clone)]
         pub struct ChildStores {
             $(#[doc = concat!("The cached ", stringify!($variant), "s.")] pub $field: Store<$type>,)+
+            /// The unfinished pods of the Jobs above ([`JOB_POD_SELECTOR`],
+            /// [`UNFINISHED_POD_FIELDS`]): not children, but what a status reads to tell a
+            /// pod that cannot start.
+            pub job_pods: Store<Pod>,
         }
 
         impl ChildStores {
@@ -83,22 +98,36 @@ macro_rules! child_kinds {
             /// controller is stopping).
             pub async fn wait_until_ready(&self) {
                 $(let _ = self.$field.wait_until_ready().await;)+
+                let _ = self.job_pods.wait_until_ready().await;
             }
         }
 
         struct Writers {
             $($field: Writer<$type>,)+
+            job_pods: Writer<Pod>,
         }
 
         /// The writers of caches made by [`ChildStores::unfilled`].
         pub struct CacheFill {
             $($field: Writer<$type>,)+
+            job_pods: Writer<Pod>,
         }
 
         impl CacheFill {
-            /// Gives every cache its initial list: `children`, each in the cache of its kind.
-            pub fn fill(mut self, children: impl IntoIterator<Item = Child>) {
+            /// Gives every cache its initial list: `children`, each in the cache of its kind,
+            /// and no pods.
+            pub fn fill(self, children: impl IntoIterator<Item = Child>) {
+                self.fill_with_pods(children, []);
+            }
+
+            /// [`CacheFill::fill`], with `pods` as the pods of the Jobs.
+            pub fn fill_with_pods(
+                mut self,
+                children: impl IntoIterator<Item = Child>,
+                pods: impl IntoIterator<Item = Pod>,
+            ) {
                 $(self.$field.apply_watcher_event(&watcher::Event::Init);)+
+                self.job_pods.apply_watcher_event(&watcher::Event::Init);
                 for child in children {
                     match child {
                         $(Child::$variant(c) => {
@@ -106,7 +135,11 @@ macro_rules! child_kinds {
                         })+
                     }
                 }
+                for pod in pods {
+                    self.job_pods.apply_watcher_event(&watcher::Event::InitApply(pod));
+                }
                 $(self.$field.apply_watcher_event(&watcher::Event::InitDone);)+
+                self.job_pods.apply_watcher_event(&watcher::Event::InitDone);
             }
         }
 
@@ -115,16 +148,26 @@ macro_rules! child_kinds {
             /// controller as it starts, for tests.
             pub fn unfilled() -> (Self, CacheFill) {
                 $(let $field = reflector::store();)+
+                let job_pods = reflector::store();
                 (
-                    Self { $($field: $field.0,)+ },
-                    CacheFill { $($field: $field.1,)+ },
+                    Self { $($field: $field.0,)+ job_pods: job_pods.0 },
+                    CacheFill { $($field: $field.1,)+ job_pods: job_pods.1 },
                 )
             }
 
             /// Caches that hold `children` as their initial list, for tests.
             pub fn prefilled(children: impl IntoIterator<Item = Child>) -> Self {
+                Self::prefilled_with_pods(children, [])
+            }
+
+            /// Caches that hold `children` and the Jobs' `pods` as their initial lists, for
+            /// tests.
+            pub fn prefilled_with_pods(
+                children: impl IntoIterator<Item = Child>,
+                pods: impl IntoIterator<Item = Pod>,
+            ) -> Self {
                 let (stores, fill) = Self::unfilled();
-                fill.fill(children);
+                fill.fill_with_pods(children, pods);
                 stores
             }
         }
@@ -134,11 +177,12 @@ macro_rules! child_kinds {
             /// `None`). Nothing is watched until [`run`](ChildWatches::run).
             pub fn new(client: Client, namespace: Option<&str>) -> Self {
                 $(let $field = reflector::store_shared(SUBSCRIBER_BUFFER);)+
+                let job_pods = reflector::store_shared(SUBSCRIBER_BUFFER);
                 Self {
                     client,
                     namespace: namespace.map(str::to_owned),
-                    stores: ChildStores { $($field: $field.0,)+ },
-                    writers: Writers { $($field: $field.1,)+ },
+                    stores: ChildStores { $($field: $field.0,)+ job_pods: job_pods.0 },
+                    writers: Writers { $($field: $field.1,)+ job_pods: job_pods.1 },
                 }
             }
 
@@ -152,6 +196,13 @@ macro_rules! child_kinds {
                 $(if let Some(s) = self.writers.$field.subscribe() {
                     controller = controller.owns_shared_stream(s);
                 })+
+                // A pod's owner is its Job, whose owner is the object: a pod that cannot
+                // start changes nothing in its Job, so only the pod's own change tells.
+                let jobs = self.stores.jobs.clone();
+                if let Some(s) = self.writers.job_pods.subscribe() {
+                    controller = controller
+                        .watches_shared_stream(s, move |pod| owner_of_job_of::<K>(&jobs, &pod));
+                }
                 controller
             }
 
@@ -161,6 +212,7 @@ macro_rules! child_kinds {
                 let ns = namespace.as_deref();
                 let watches = vec![
                     $(watch(api::<$type>(&client, ns), writers.$field).boxed(),)+
+                    watch_job_pods(api::<Pod>(&client, ns), writers.job_pods).boxed(),
                 ];
                 async move {
                     futures::future::join_all(watches).await;
@@ -220,14 +272,38 @@ pub trait ChildKind: super::Object {
 }
 
 /// The children of one object as the API server returned them from the apply (or as the
-/// watch cache holds them, when nothing had to change): what its status is computed from.
+/// watch cache holds them, when nothing had to change), and the unfinished pods of its Jobs
+/// as cached: what its status is computed from.
 #[derive(Debug, Clone, Default)]
-pub struct Applied(pub Vec<Child>);
+pub struct Applied {
+    children: Vec<Child>,
+    pods: Vec<Arc<Pod>>,
+}
 
 impl Applied {
+    /// The applied `children`, with no pods.
+    pub fn new(children: Vec<Child>) -> Self {
+        Self {
+            children,
+            pods: Vec::new(),
+        }
+    }
+
+    /// The same, with `pods` as the unfinished pods of its Jobs.
+    #[must_use]
+    pub fn with_pods(mut self, pods: Vec<Arc<Pod>>) -> Self {
+        self.pods = pods;
+        self
+    }
+
+    /// The applied children, in apply order.
+    pub fn into_children(self) -> Vec<Child> {
+        self.children
+    }
+
     /// The applied child of kind `K` named `name`.
     pub fn get<K: ChildKind>(&self, name: &str) -> Option<&K> {
-        self.0
+        self.children
             .iter()
             .filter_map(K::from_child)
             .find(|c| c.name_any() == name)
@@ -235,7 +311,20 @@ impl Applied {
 
     /// Every applied child of kind `K`, in apply order.
     pub fn all<K: ChildKind>(&self) -> impl Iterator<Item = &K> {
-        self.0.iter().filter_map(K::from_child)
+        self.children.iter().filter_map(K::from_child)
+    }
+
+    /// The unfinished pods `job` controls (by its uid: a pod of an earlier Job of the same
+    /// name is not its own).
+    pub fn pods_of<'a>(&'a self, job: &'a Job) -> impl Iterator<Item = &'a Pod> {
+        let uid = job.metadata.uid.as_deref();
+        self.pods.iter().map(|p| &**p).filter(move |p| {
+            uid.is_some_and(|uid| {
+                p.owner_references()
+                    .iter()
+                    .any(|o| o.controller == Some(true) && o.uid == uid)
+            })
+        })
     }
 }
 
@@ -258,6 +347,32 @@ impl<'a> Observed<'a> {
         Self {
             owner: Some((stores, namespace, uid)),
         }
+    }
+
+    /// The cached unfinished pods of the Jobs the object controls.
+    pub fn job_pods(&self) -> Vec<Arc<Pod>> {
+        let Some((stores, namespace, _)) = self.owner else {
+            return Vec::new();
+        };
+        let jobs: std::collections::HashSet<String> = self
+            .owned::<Job>()
+            .iter()
+            .filter_map(|j| j.metadata.uid.clone())
+            .collect();
+        if jobs.is_empty() {
+            return Vec::new();
+        }
+        stores
+            .job_pods
+            .state()
+            .into_iter()
+            .filter(|p| {
+                p.metadata.namespace.as_deref() == Some(namespace)
+                    && p.owner_references()
+                        .iter()
+                        .any(|o| o.controller == Some(true) && jobs.contains(&o.uid))
+            })
+            .collect()
     }
 
     /// The children of kind `C` the object controls.
@@ -310,6 +425,43 @@ fn watch<K: ChildKind>(api: Api<K>, writer: Writer<K>) -> impl Future<Output = (
                 tracing::warn!(kind = K::KIND, %error, "child watch failed; retrying");
             }
         })
+}
+
+/// The watch of the unfinished pods of the operator's Jobs.
+fn watch_job_pods(api: Api<Pod>, writer: Writer<Pod>) -> impl Future<Output = ()> + Send {
+    let config = watcher::Config::default()
+        .labels(JOB_POD_SELECTOR)
+        .fields(UNFINISHED_POD_FIELDS);
+    watcher(api, config)
+        .default_backoff()
+        // Nothing reads who wrote which field of a pod (the operator never writes one), and
+        // that is most of a cached pod.
+        .modify(|pod| pod.metadata.managed_fields = None)
+        .reflect_shared(writer)
+        .for_each(|event| async move {
+            if let Err(error) = event {
+                tracing::warn!(kind = "Pod", %error, "pod watch failed; retrying");
+            }
+        })
+}
+
+/// The object of kind `K` that controls the Job that controls `pod`, if the Job is cached.
+fn owner_of_job_of<K: Resource<DynamicType = ()>>(
+    jobs: &Store<Job>,
+    pod: &Pod,
+) -> Option<ObjectRef<K>> {
+    let namespace = pod.namespace()?;
+    let job = pod
+        .owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true) && o.kind == "Job")?;
+    let job = jobs.get(&ObjectRef::new(&job.name).within(&namespace))?;
+    let owner = job
+        .owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true))?;
+    (owner.kind == K::kind(&()) && owner.api_version == K::api_version(&()))
+        .then(|| ObjectRef::new(&owner.name).within(&namespace))
 }
 
 /// The API of `K` in one namespace, or in all of them.

@@ -102,7 +102,8 @@ async fn reconcile_object<K: Kind>(obj: &K, ctx: &Context) -> Result<Action> {
         }
     };
 
-    let applied = Applied(apply_all(ctx, obj, &children).await?);
+    let applied =
+        Applied::new(apply_all(ctx, obj, &children).await?).with_pods(observed.job_pods());
     remove_all_orphans(ctx, obj, &children).await?;
 
     let status = obj.observed_status(&applied, now);

@@ -316,7 +316,7 @@ spec:
                 ..DeploymentStatus::default()
             });
         }
-        Applied(c.into_vec())
+        Applied::new(c.into_vec())
     }
 
     fn condition<'a>(status: &'a ShardedServiceStatus, type_: &str) -> &'a Condition {
@@ -351,7 +351,7 @@ spec:
     #[test]
     fn a_replicated_shard_is_ready_when_all_its_pods_are() {
         let ss = sharded(3, 2);
-        let mut children = applied(&ss, 2).0;
+        let mut children = applied(&ss, 2).into_children();
         // Shard 1 has one of its two pods ready.
         for child in &mut children {
             if let Child::StatefulSet(sts) = child
@@ -360,7 +360,7 @@ spec:
                 sts.status.as_mut().unwrap().ready_replicas = Some(1);
             }
         }
-        let status = observed(&ss, &Applied(children), Timestamp::now());
+        let status = observed(&ss, &Applied::new(children), Timestamp::now());
         assert_eq!(status.ready_shards, Some(2));
         assert_eq!(
             condition(&status, "Ready").message,

@@ -2,7 +2,10 @@
 //! the Job controller write them.
 
 use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::api::core::v1::{
+    ContainerState, ContainerStateWaiting, ContainerStatus, Pod, PodCondition, PodStatus,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 use k8s_openapi::jiff::Timestamp;
 use rigging_crds::WorkQueue;
 
@@ -91,17 +94,106 @@ pub fn job_names(children: &Children) -> Vec<String> {
         .collect()
 }
 
-/// `wq`'s Job for `item`, as the first reconcile renders it (no status yet).
+/// `wq`'s Job for `item`, as the first reconcile renders it (no status yet), with the uid
+/// the API server gives it ([`job_uid`]).
 pub fn job_of(wq: &WorkQueue, item: &str) -> Job {
     let name = super::naming::job_name("thumbs", item);
     let mut all = wq.clone();
     all.spec.parallelism = 1000;
     all.status = None;
-    first(&all)
+    let mut job = first(&all)
         .jobs
         .into_iter()
         .find(|j| j.metadata.name.as_deref() == Some(name.as_str()))
-        .unwrap_or_else(|| panic!("{item} is an item of the fixture"))
+        .unwrap_or_else(|| panic!("{item} is an item of the fixture"));
+    job.metadata.uid = Some(job_uid(&name));
+    job
+}
+
+/// The uid of the Job `name` in these fixtures.
+pub fn job_uid(name: &str) -> String {
+    format!("uid-{name}")
+}
+
+/// A pod of the Job with `job_uid`, `Pending` as the Job controller created it.
+fn pod_of(name: &str, job_uid: &str, status: PodStatus) -> Pod {
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("media".into()),
+            owner_references: Some(vec![OwnerReference {
+                api_version: "batch/v1".into(),
+                kind: "Job".into(),
+                name: "its-job".into(),
+                uid: job_uid.into(),
+                controller: Some(true),
+                ..OwnerReference::default()
+            }]),
+            ..ObjectMeta::default()
+        },
+        spec: None,
+        status: Some(PodStatus {
+            phase: Some("Pending".into()),
+            ..status
+        }),
+    }
+}
+
+/// A pod of the Job with `job_uid` whose `container` waits with `reason` and `message`, as
+/// the kubelet reports it.
+pub fn pod_waiting(name: &str, job_uid: &str, container: &str, reason: &str, message: &str) -> Pod {
+    pod_of(
+        name,
+        job_uid,
+        PodStatus {
+            conditions: Some(vec![pod_condition("PodScheduled", "True", None, None)]),
+            container_statuses: Some(vec![ContainerStatus {
+                name: container.into(),
+                image: "busybox:1.36".into(),
+                state: Some(ContainerState {
+                    waiting: Some(ContainerStateWaiting {
+                        reason: Some(reason.into()),
+                        message: (!message.is_empty()).then(|| message.into()),
+                    }),
+                    ..ContainerState::default()
+                }),
+                ..ContainerStatus::default()
+            }]),
+            ..PodStatus::default()
+        },
+    )
+}
+
+/// A pod of the Job with `job_uid` that the scheduler could not place, with its `message`.
+pub fn pod_unschedulable(name: &str, job_uid: &str, message: &str) -> Pod {
+    pod_of(
+        name,
+        job_uid,
+        PodStatus {
+            conditions: Some(vec![pod_condition(
+                "PodScheduled",
+                "False",
+                Some("Unschedulable"),
+                Some(message),
+            )]),
+            ..PodStatus::default()
+        },
+    )
+}
+
+fn pod_condition(
+    type_: &str,
+    status: &str,
+    reason: Option<&str>,
+    message: Option<&str>,
+) -> PodCondition {
+    PodCondition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.map(Into::into),
+        message: message.map(Into::into),
+        ..PodCondition::default()
+    }
 }
 
 /// `job` once it completed at `at`.

@@ -4,7 +4,8 @@
 //!
 //! Only what is this kind's own lives here: [`naming`] (the deterministic names),
 //! [`desired`] (the children, and validation), [`status`] (the counts, the recorded results,
-//! conditions and Events), all pure, and [`source`] (the poller of source mode, which does
+//! conditions and Events) with [`pods`] (what a worker pod shows that its Job does not: that
+//! it cannot start), all pure, and [`source`] (the poller of source mode, which does
 //! IO of its own). The shared controller layer does the rest.
 //!
 //! How the pieces keep an item from running twice or being forgotten, across restarts:
@@ -16,6 +17,7 @@
 
 pub mod desired;
 pub mod naming;
+pub mod pods;
 pub mod source;
 pub mod status;
 

@@ -13,11 +13,11 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
-use rigging_crds::work_queue::FailedItem;
+use rigging_crds::work_queue::{FailedItem, StuckItem};
 use rigging_crds::{FieldErrors, WorkQueue, WorkQueueStatus};
 
 use super::desired::{self, ITEM_ANNOTATION, Item};
-use super::naming;
+use super::{naming, pods};
 use crate::controller::conditions;
 use crate::controller::conditions::{Cond, cond, finish};
 use crate::controller::{Applied, Note};
@@ -86,6 +86,10 @@ const MAX_RECORDED_ITEM: usize = 256;
 /// Failed items named in a condition message, at most.
 const NAMED_IN_MESSAGE: usize = 5;
 
+/// Most bytes of a pod's message kept in `stuckItems`: an image pull error quotes the
+/// registry's answer, which can be long, and five of them go into one condition.
+const MAX_STUCK_MESSAGE: usize = 512;
+
 /// Status of a WorkQueue whose children are applied.
 pub fn observed(wq: &WorkQueue, applied: &Applied, now: Timestamp) -> WorkQueueStatus {
     let config_map = applied.get::<ConfigMap>(&naming::items_config_map(&wq.name_any()));
@@ -99,6 +103,8 @@ pub fn observed(wq: &WorkQueue, applied: &Applied, now: Timestamp) -> WorkQueueS
     let mut succeeded: BTreeSet<String> = BTreeSet::new();
     let mut failed: BTreeMap<String, FailedItem> = BTreeMap::new();
     let (mut pending, mut running) = (0, 0);
+    // The Jobs that run, and their items: their pods may be stuck.
+    let mut running_jobs: Vec<(String, String)> = Vec::new();
     let mut finished_jobs: Vec<(String, Timestamp)> = Vec::new();
     let recorded_ok: BTreeSet<&str> = previous.succeeded_jobs.iter().map(String::as_str).collect();
     let recorded_failed: BTreeMap<&str, &FailedItem> = previous
@@ -150,7 +156,10 @@ pub fn observed(wq: &WorkQueue, applied: &Applied, now: Timestamp) -> WorkQueueS
     for Item { item, job, .. } in &items {
         match record(job, item, applied.get::<Job>(job)) {
             Some(true) => {}
-            Some(false) => running += 1,
+            Some(false) => {
+                running += 1;
+                running_jobs.push((job.clone(), item.clone()));
+            }
             None => pending += 1,
         }
     }
@@ -168,6 +177,7 @@ pub fn observed(wq: &WorkQueue, applied: &Applied, now: Timestamp) -> WorkQueueS
                 .unwrap_or_default();
             if record(&job.name_any(), &item, Some(job)) == Some(false) {
                 running += 1;
+                running_jobs.push((job.name_any(), item));
             }
         }
         for job in &previous.succeeded_jobs {
@@ -197,9 +207,33 @@ pub fn observed(wq: &WorkQueue, applied: &Applied, now: Timestamp) -> WorkQueueS
     expired.sort();
     expired.dedup();
 
+    let mut stuck: Vec<StuckItem> = running_jobs
+        .iter()
+        .filter_map(|(name, item)| {
+            let job = applied.get::<Job>(name)?;
+            applied.pods_of(job).find_map(|pod| {
+                let why = pods::stuck(pod)?;
+                Some(StuckItem {
+                    job: name.clone(),
+                    item: truncate(item, MAX_RECORDED_ITEM),
+                    pod: pod.name_any(),
+                    reason: why.reason,
+                    message: truncate(&why.message, MAX_STUCK_MESSAGE),
+                })
+            })
+        })
+        .collect();
+    stuck.sort_by(|a, b| a.job.cmp(&b.job));
+
     let failed: Vec<FailedItem> = failed.into_values().collect();
     let generation = wq.metadata.generation;
-    let conds = conditions_for(wq, items.len(), pending, running, succeeded.len(), &failed);
+    let counts = Counts {
+        total: items.len(),
+        pending,
+        running,
+        succeeded: succeeded.len(),
+    };
+    let conds = conditions_for(wq, &counts, &failed, &stuck);
     WorkQueueStatus {
         observed_generation: generation,
         pending,
@@ -208,6 +242,7 @@ pub fn observed(wq: &WorkQueue, applied: &Applied, now: Timestamp) -> WorkQueueS
         failed: count(failed.len()),
         succeeded_jobs: succeeded.into_iter().collect(),
         failed_items: failed,
+        stuck_items: stuck,
         expired_jobs: expired,
         next_cleanup_time: next_cleanup.map(Time),
         conditions: finish(previous_conditions(wq), conds, generation, now),
@@ -218,14 +253,26 @@ fn count(n: usize) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
 }
 
-fn conditions_for(
-    wq: &WorkQueue,
+/// How many items there are, and how far they got.
+struct Counts {
     total: usize,
     pending: i32,
     running: i32,
     succeeded: usize,
+}
+
+fn conditions_for(
+    wq: &WorkQueue,
+    counts: &Counts,
     failed: &[FailedItem],
+    stuck: &[StuckItem],
 ) -> [Cond; 3] {
+    let &Counts {
+        total,
+        pending,
+        running,
+        succeeded,
+    } = counts;
     let source_mode = wq.spec.source.is_some();
     let progressing = if pending + running > 0 {
         cond(
@@ -256,15 +303,23 @@ fn conditions_for(
             ),
         )
     };
-    let degraded = if failed.is_empty() {
+    // An item that cannot start comes first: it is what holds the queue up now, and what
+    // someone can still fix; the failures follow in the same message.
+    let degraded = if !stuck.is_empty() {
+        let mut message = stuck_message(stuck);
+        if !failed.is_empty() {
+            message = format!("{message}; {}", failures_message(failed));
+        }
+        cond("Degraded", true, "ItemsStuck", &message)
+    } else if !failed.is_empty() {
+        cond("Degraded", true, "ItemsFailed", &failures_message(failed))
+    } else {
         cond(
             "Degraded",
             false,
             "Reconciled",
             "the spec is valid and its objects are applied",
         )
-    } else {
-        cond("Degraded", true, "ItemsFailed", &failures_message(failed))
     };
     let ready = if pending + running > 0 {
         cond(
@@ -310,6 +365,36 @@ fn failures_message(failed: &[FailedItem]) -> String {
     format!("{} {noun} failed: {}{tail}", failed.len(), named.join(", "))
 }
 
+/// `1 item cannot start: "a" (pod q-a-…-x7k2p: ImagePullBackOff: container "worker": …)`.
+fn stuck_message(stuck: &[StuckItem]) -> String {
+    let named: Vec<String> = stuck
+        .iter()
+        .take(NAMED_IN_MESSAGE)
+        .map(|s| format!("{:?} ({})", s.item, why_stuck(s)))
+        .collect();
+    let more = stuck.len().saturating_sub(NAMED_IN_MESSAGE);
+    let tail = if more > 0 {
+        format!(" and {more} more (status.stuckItems)")
+    } else {
+        String::new()
+    };
+    let noun = if stuck.len() == 1 {
+        "item cannot"
+    } else {
+        "items cannot"
+    };
+    format!("{} {noun} start: {}{tail}", stuck.len(), named.join(", "))
+}
+
+/// `pod P: REASON: MESSAGE`.
+fn why_stuck(s: &StuckItem) -> String {
+    if s.message.is_empty() {
+        format!("pod {}: {}", s.pod, s.reason)
+    } else {
+        format!("pod {}: {}: {}", s.pod, s.reason, s.message)
+    }
+}
+
 fn reason_or_failed(f: &FailedItem) -> &str {
     if f.reason.is_empty() {
         "Failed"
@@ -344,8 +429,35 @@ fn previous_conditions(wq: &WorkQueue) -> &[Condition] {
 }
 
 /// A Warning Event for every item that `next` records as failed and the current status
-/// did not: each failure is told once, also across operator restarts.
+/// did not: each failure is told once, also across operator restarts. And one for every
+/// item that `next` lists as unable to start and the current status did not: told again
+/// only if it got stuck again after it started (a new pod, say).
 pub fn events(wq: &WorkQueue, next: &WorkQueueStatus) -> Vec<Note> {
+    let mut notes = failure_events(wq, next);
+    let before: BTreeSet<&str> = wq
+        .status
+        .iter()
+        .flat_map(|s| s.stuck_items.iter().map(|s| s.job.as_str()))
+        .collect();
+    notes.extend(
+        next.stuck_items
+            .iter()
+            .filter(|s| !before.contains(s.job.as_str()))
+            .map(|s| Note {
+                warning: true,
+                reason: "ItemStuck",
+                message: format!(
+                    "item {:?} cannot start: {}; its Job is {}",
+                    s.item,
+                    why_stuck(s),
+                    s.job
+                ),
+            }),
+    );
+    notes
+}
+
+fn failure_events(wq: &WorkQueue, next: &WorkQueueStatus) -> Vec<Note> {
     let before: BTreeSet<&str> = wq
         .status
         .iter()
@@ -401,13 +513,191 @@ mod tests {
     use super::*;
     use crate::controller::Child;
     use crate::work_queue::fixtures::*;
+    use k8s_openapi::api::core::v1::Pod;
 
     const ITEMS: [&str; 4] = ["a", "b", "c", "d"];
 
     fn applied(wq: &WorkQueue, jobs: Vec<Job>) -> Applied {
         let mut children = vec![Child::ConfigMap(first(wq).items)];
         children.extend(jobs.into_iter().map(Child::Job));
-        Applied(children)
+        Applied::new(children)
+    }
+
+    fn with_pods(wq: &WorkQueue, jobs: Vec<Job>, pods: Vec<Pod>) -> Applied {
+        applied(wq, jobs).with_pods(pods.into_iter().map(std::sync::Arc::new).collect())
+    }
+
+    fn pull_error(item: &str) -> Pod {
+        pod_waiting(
+            &format!("{}-x7k2p", name(item)),
+            &job_uid(&name(item)),
+            "worker",
+            "ImagePullBackOff",
+            "Back-off pulling image \"nope:1\"",
+        )
+    }
+
+    #[test]
+    fn a_pod_that_cannot_start_degrades_the_queue_naming_the_item_and_the_pods_reason() {
+        let wq = static_queue(&ITEMS, 2);
+        let jobs = vec![active(job_of(&wq, "a")), active(job_of(&wq, "b"))];
+        let unschedulable = pod_unschedulable(
+            "b-pod",
+            &job_uid(&name("b")),
+            "0/1 nodes are available: 1 Insufficient cpu.",
+        );
+        let status = observed(
+            &wq,
+            &with_pods(&wq, jobs, vec![pull_error("a"), unschedulable]),
+            at(1),
+        );
+        assert_eq!(
+            status.stuck_items,
+            [
+                StuckItem {
+                    job: name("a"),
+                    item: "a".into(),
+                    pod: format!("{}-x7k2p", name("a")),
+                    reason: "ImagePullBackOff".into(),
+                    message: "container \"worker\": Back-off pulling image \"nope:1\"".into(),
+                },
+                StuckItem {
+                    job: name("b"),
+                    item: "b".into(),
+                    pod: "b-pod".into(),
+                    reason: "Unschedulable".into(),
+                    message: "0/1 nodes are available: 1 Insufficient cpu.".into(),
+                },
+            ]
+        );
+        assert_eq!((status.running, status.pending), (2, 2), "still running");
+        let degraded = condition(&status, "Degraded");
+        assert_eq!(
+            (degraded.status.as_str(), degraded.reason.as_str()),
+            ("True", "ItemsStuck")
+        );
+        assert_eq!(
+            degraded.message,
+            format!(
+                "2 items cannot start: \"a\" (pod {}-x7k2p: ImagePullBackOff: container \"worker\": Back-off pulling image \"nope:1\"), \"b\" (pod b-pod: Unschedulable: 0/1 nodes are available: 1 Insufficient cpu.)",
+                name("a")
+            )
+        );
+        assert_eq!(condition(&status, "Progressing").reason, "Processing");
+    }
+
+    #[test]
+    fn the_report_clears_once_the_pod_starts() {
+        let mut wq = static_queue(&ITEMS, 1);
+        let a = active(job_of(&wq, "a"));
+        let jobs = || vec![a.clone()];
+        wq.status = Some(observed(
+            &wq,
+            &with_pods(&wq, jobs(), vec![pull_error("a")]),
+            at(1),
+        ));
+        let mut running = pull_error("a");
+        running.status.as_mut().unwrap().phase = Some("Running".into());
+        running
+            .status
+            .as_mut()
+            .unwrap()
+            .container_statuses
+            .as_mut()
+            .unwrap()[0]
+            .state = Some(k8s_openapi::api::core::v1::ContainerState {
+            running: Some(Default::default()),
+            ..Default::default()
+        });
+        let status = observed(&wq, &with_pods(&wq, jobs(), vec![running]), at(2));
+        assert!(status.stuck_items.is_empty());
+        let degraded = condition(&status, "Degraded");
+        assert_eq!(
+            (degraded.status.as_str(), degraded.reason.as_str()),
+            ("False", "Reconciled")
+        );
+        // Its pod gone (the watch holds only unfinished pods): nothing stuck either.
+        let status = observed(&wq, &with_pods(&wq, jobs(), vec![]), at(3));
+        assert!(status.stuck_items.is_empty());
+    }
+
+    #[test]
+    fn only_the_pods_of_running_jobs_of_this_queue_count() {
+        let wq = static_queue(&ITEMS, 2);
+        // a's Job finished: a pod of it that the cache still holds says nothing now.
+        // b's pod belongs to another Job of the same name (an earlier one): not its own.
+        let jobs = vec![succeeded(job_of(&wq, "a"), at(0)), active(job_of(&wq, "b"))];
+        let mut other = pull_error("b");
+        other.metadata.owner_references.as_mut().unwrap()[0].uid = "an-earlier-job".into();
+        let status = observed(
+            &wq,
+            &with_pods(&wq, jobs, vec![pull_error("a"), other]),
+            at(1),
+        );
+        assert!(status.stuck_items.is_empty(), "{:?}", status.stuck_items);
+        assert_eq!(condition(&status, "Degraded").status, "False");
+    }
+
+    #[test]
+    fn a_stuck_item_is_named_before_the_failed_ones() {
+        let wq = static_queue(&ITEMS, 2);
+        let jobs = vec![failed(job_of(&wq, "a"), at(0)), active(job_of(&wq, "b"))];
+        let status = observed(&wq, &with_pods(&wq, jobs, vec![pull_error("b")]), at(1));
+        let degraded = condition(&status, "Degraded");
+        assert_eq!(degraded.reason, "ItemsStuck");
+        assert!(
+            degraded
+                .message
+                .starts_with("1 item cannot start: \"b\" (pod "),
+            "{}",
+            degraded.message
+        );
+        assert!(
+            degraded
+                .message
+                .ends_with("; 1 item failed: \"a\" (BackoffLimitExceeded)"),
+            "{}",
+            degraded.message
+        );
+    }
+
+    #[test]
+    fn an_item_that_cannot_start_is_told_once_in_a_warning() {
+        let mut wq = static_queue(&ITEMS, 1);
+        let a = active(job_of(&wq, "a"));
+        let jobs = || vec![a.clone()];
+        let next = observed(&wq, &with_pods(&wq, jobs(), vec![pull_error("a")]), at(1));
+        let notes = events(&wq, &next);
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(notes[0].warning);
+        assert_eq!(notes[0].reason, "ItemStuck");
+        assert_eq!(
+            notes[0].message,
+            format!(
+                "item \"a\" cannot start: pod {0}-x7k2p: ImagePullBackOff: container \"worker\": Back-off pulling image \"nope:1\"; its Job is {0}",
+                name("a")
+            )
+        );
+        wq.status = Some(next);
+        // Still stuck, now with the other pull reason: not told again.
+        let mut again = pull_error("a");
+        let waiting = again
+            .status
+            .as_mut()
+            .unwrap()
+            .container_statuses
+            .as_mut()
+            .unwrap()[0]
+            .state
+            .as_mut()
+            .unwrap()
+            .waiting
+            .as_mut()
+            .unwrap();
+        waiting.reason = Some("ErrImagePull".into());
+        let next = observed(&wq, &with_pods(&wq, jobs(), vec![again]), at(2));
+        assert_eq!(next.stuck_items[0].reason, "ErrImagePull");
+        assert_eq!(events(&wq, &next), []);
     }
 
     fn condition<'a>(status: &'a WorkQueueStatus, type_: &str) -> &'a Condition {

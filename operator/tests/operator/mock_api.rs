@@ -251,8 +251,22 @@ where
     F: FnOnce(Verifier) -> Fut,
     Fut: Future<Output = Verifier> + Send + 'static,
 {
+    run_scenario_with(obj, ChildStores::prefilled(cached), scenario).await
+}
+
+/// [`run_scenario`] with the watch caches `stores` (which may hold the Jobs' pods too).
+pub async fn run_scenario_with<K, F, Fut>(
+    obj: K,
+    stores: ChildStores,
+    scenario: F,
+) -> (rigging_operator::Result<Action>, Arc<Context>)
+where
+    K: Kind,
+    F: FnOnce(Verifier) -> Fut,
+    Fut: Future<Output = Verifier> + Send + 'static,
+{
     let (client, api) = pair(&obj.namespace().expect("a namespaced object"));
-    let ctx = context(client, ChildStores::prefilled(cached));
+    let ctx = context(client, stores);
     let scenario = tokio::spawn(scenario(api));
     // An unexpected request is never answered, so the reconcile stalls and this fails.
     let result = tokio::time::timeout(STALL, reconcile(Arc::new(obj), ctx.clone()))

@@ -55,7 +55,7 @@ fn sharded_service(extra_spec: Value) -> ShardedService {
 
 /// `ss` after a reconcile of `before` applied its children and wrote its status.
 fn reconciled(before: &ShardedService, mut ss: ShardedService) -> ShardedService {
-    let applied = Applied(children(before).into_vec());
+    let applied = Applied::new(children(before).into_vec());
     ss.status = Some(status::observed(before, &applied, Timestamp::now()));
     ss
 }

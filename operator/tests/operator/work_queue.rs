@@ -17,7 +17,7 @@ use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus};
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::Api;
@@ -31,7 +31,9 @@ use rigging_operator::work_queue::source::{self, SourceClient, SourceError};
 use rigging_operator::work_queue::status;
 use serde_json::{Value, json};
 
-use crate::mock_api::{self, condition, config, context, json_response, run_scenario, served};
+use crate::mock_api::{
+    self, condition, config, context, json_response, run_scenario, run_scenario_with, served,
+};
 
 const JOBS: &str = "/apis/batch/v1/namespaces/media/jobs";
 const ITEMS: [&str; 5] = ["a.png", "b.png", "c.png", "d.png", "e.png"];
@@ -77,6 +79,38 @@ fn job(wq: &WorkQueue, item: &str) -> Job {
         .into_iter()
         .find(|j| j.metadata.name.as_deref() == Some(name.as_str()))
         .unwrap()
+}
+
+/// `job` as the API server holds it: with a uid, which its pods name as their owner.
+fn created(mut job: Job) -> Job {
+    job.metadata.uid = Some(format!("uid-{}", job.metadata.name.as_deref().unwrap()));
+    job
+}
+
+/// The pod of `job`, `Pending` with its worker waiting for `reason`, or `Running`.
+fn pod_of(job: &Job, waiting: Option<&str>) -> Pod {
+    let state = match waiting {
+        Some(reason) => {
+            json!({"waiting": {"reason": reason, "message": "Back-off pulling image \"nope:1\""}})
+        }
+        None => json!({"running": {}}),
+    };
+    serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": format!("{}-x7k2p", job.metadata.name.as_deref().unwrap()),
+            "namespace": "media",
+            "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "controller": true,
+                "name": job.metadata.name, "uid": job.metadata.uid}],
+        },
+        "status": {
+            "phase": if waiting.is_some() { "Pending" } else { "Running" },
+            "containerStatuses": [{"name": "worker", "image": "busybox:1.36", "imageID": "",
+                "ready": false, "restartCount": 0, "state": state}],
+        },
+    }))
+    .unwrap()
 }
 
 fn finished(mut job: Job, type_: &str, reason: &str, at: Timestamp) -> Job {
@@ -224,7 +258,7 @@ async fn a_fresh_controller_after_a_restart_creates_nothing_twice() {
     let a = succeeded(created[0].clone());
     let b = running(created[1].clone());
     let c = running(created[2].clone());
-    let applied = Applied(vec![
+    let applied = Applied::new(vec![
         Child::ConfigMap(first(&wq).items),
         Child::Job(a),
         Child::Job(b.clone()),
@@ -348,6 +382,69 @@ async fn a_job_deleted_while_its_result_is_recorded_is_not_created_again() {
             api
         },
     )
+    .await;
+    result.unwrap();
+}
+
+#[tokio::test]
+async fn a_pod_that_cannot_start_is_reported_once_and_cleared_when_it_runs() {
+    let wq = work_queue(1, json!({}));
+    let a = running(created(job(&wq, "a.png")));
+    let stuck = pod_of(&a, Some("ImagePullBackOff"));
+    let cached = || vec![Child::ConfigMap(first(&wq).items), Child::Job(a.clone())];
+    // The pod's own state is all that changed: the status names the item, then the Event.
+    let wq2 = wq.clone();
+    let pod_name = stuck.metadata.name.clone().unwrap();
+    let stores = ChildStores::prefilled_with_pods(cached(), [stuck.clone()]);
+    let (result, _) = run_scenario_with(wq.clone(), stores, move |mut api| async move {
+        let status = api.status(&wq2).await;
+        assert_eq!(counts(&status), (4, 1, 0, 0));
+        assert_eq!(
+            status["stuckItems"],
+            json!([{"job": job_name("thumbs", "a.png"), "item": "a.png", "pod": pod_name,
+                    "reason": "ImagePullBackOff",
+                    "message": "container \"worker\": Back-off pulling image \"nope:1\""}])
+        );
+        let degraded = condition(&status, "Degraded");
+        assert_eq!((degraded["status"].as_str(), degraded["reason"].as_str()), (Some("True"), Some("ItemsStuck")));
+        let event = api.event().await;
+        assert_eq!((event["type"].as_str(), event["reason"].as_str()), (Some("Warning"), Some("ItemStuck")));
+        assert_eq!(
+            event["note"],
+            format!(
+                "item \"a.png\" cannot start: pod {pod_name}: ImagePullBackOff: container \"worker\": Back-off pulling image \"nope:1\"; its Job is {}",
+                job_name("thumbs", "a.png")
+            )
+        );
+        api
+    })
+    .await;
+    assert_eq!(result.unwrap(), Action::requeue(RESYNC));
+
+    // Reported: a reconcile that sees the same costs no request.
+    let mut reported = wq.clone();
+    reported.status = Some(status::observed(
+        &wq,
+        &Applied::new(cached()).with_pods(vec![Arc::new(stuck.clone())]),
+        Timestamp::now(),
+    ));
+    let stores = ChildStores::prefilled_with_pods(cached(), [stuck.clone()]);
+    let (result, _) = run_scenario_with(reported.clone(), stores, |api| async move { api }).await;
+    result.unwrap();
+
+    // The pod runs: the report clears, with no Event.
+    let wq3 = reported.clone();
+    let stores = ChildStores::prefilled_with_pods(cached(), [pod_of(&a, None)]);
+    let (result, _) = run_scenario_with(reported, stores, move |mut api| async move {
+        let status = api.status(&wq3).await;
+        assert!(status.get("stuckItems").is_none(), "{status}");
+        let degraded = condition(&status, "Degraded");
+        assert_eq!(
+            (degraded["status"].as_str(), degraded["reason"].as_str()),
+            (Some("False"), Some("Reconciled"))
+        );
+        api
+    })
     .await;
     result.unwrap();
 }
