@@ -21,6 +21,7 @@ use serde_json::json;
 use crate::support::{Cluster, cluster, eventually};
 
 mod examples;
+mod sharding;
 
 /// The chart's release, as the README installs it.
 pub const RELEASE: &str = "rigging";
