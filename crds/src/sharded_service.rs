@@ -94,7 +94,9 @@ fn name_message() -> String {
 #[serde(rename_all = "camelCase")]
 pub struct ShardedServiceSpec {
     /// Number of shards. Changing it updates the ring in place and moves only the keys of
-    /// the shards added or removed (about 1/n of them per shard).
+    /// the shards added or removed (about 1/n of them per shard). A new shard joins the
+    /// ring once it is ready; a removed one leaves the ring first, and its pods go once
+    /// every router serves the ring without it. Keys are not copied between shards.
     #[schemars(range(min = 1, max = MAX_SHARDS))]
     pub shards: i32,
 
@@ -305,6 +307,12 @@ pub struct ShardedServiceStatus {
     /// The ring's members, by the stable name each is hashed as (`<name>-<shard>`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub members: Vec<String>,
+
+    /// Shards taken off the ring whose pods still run: they are removed once every router
+    /// (or, in mode `Ambassador`, every client pod's ambassador) serves the ring without
+    /// them, so that no request goes to a shard once it is gone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub leaving_shards: Vec<String>,
 
     /// A short digest of the ring's configuration (the ConfigMap's `shard.yaml`): it
     /// changes whenever the routers and ambassadors get a new configuration.

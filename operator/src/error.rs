@@ -37,6 +37,17 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    /// Listing the pods a kind asks before its desired state failed.
+    #[error("listing pods {selector} in {namespace}: {source}")]
+    ListPods {
+        /// The namespace.
+        namespace: String,
+        /// The label selector.
+        selector: String,
+        /// What the API server said.
+        #[source]
+        source: kube::Error,
+    },
 }
 
 /// Result of the operator's fallible operations.
@@ -49,6 +60,7 @@ impl Error {
             Error::MissingNamespace { .. } => "missing_namespace",
             Error::Apply { .. } => "apply",
             Error::StatusPatch { .. } => "status_patch",
+            Error::ListPods { .. } => "list_pods",
         }
     }
 }

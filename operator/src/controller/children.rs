@@ -329,23 +329,28 @@ impl Applied {
 }
 
 /// What a kind's desired state may depend on besides its own object: the children it
-/// already has, as the watch caches hold them. `render` and unit tests pass
-/// [`Observed::nothing`], which is an empty namespace.
+/// already has, as the watch caches hold them, and what pods answered its inquiry.
+/// `render` and unit tests pass [`Observed::nothing`], which is an empty namespace.
 #[derive(Clone, Copy)]
 pub struct Observed<'a> {
     owner: Option<(&'a ChildStores, &'a str, &'a str)>,
+    answers: Option<&'a super::Answers>,
 }
 
 impl<'a> Observed<'a> {
     /// Nothing exists yet: what the first reconcile in an empty namespace sees.
     pub fn nothing() -> Self {
-        Self { owner: None }
+        Self {
+            owner: None,
+            answers: None,
+        }
     }
 
     /// The cached children of the object with `uid` in `namespace`.
     pub fn cached(stores: &'a ChildStores, namespace: &'a str, uid: &'a str) -> Self {
         Self {
             owner: Some((stores, namespace, uid)),
+            answers: None,
         }
     }
 
@@ -373,6 +378,19 @@ impl<'a> Observed<'a> {
                         .any(|o| o.controller == Some(true) && jobs.contains(&o.uid))
             })
             .collect()
+    }
+
+    /// The same, with what the pods answered the kind's inquiry.
+    pub fn answered(self, answers: &'a super::Answers) -> Self {
+        Self {
+            answers: Some(answers),
+            ..self
+        }
+    }
+
+    /// What the pods answered the kind's inquiry; `None` when they were not asked.
+    pub fn answers(&self) -> Option<&'a super::Answers> {
+        self.answers
     }
 
     /// The children of kind `C` the object controls.

@@ -11,6 +11,7 @@ pub mod apply;
 pub mod children;
 pub mod conditions;
 pub mod context;
+pub mod inquiry;
 pub mod reconcile;
 
 use std::fmt::Debug;
@@ -30,6 +31,7 @@ use serde::de::DeserializeOwned;
 
 pub use children::{Applied, Child, ChildStores, ChildWatches, Observed};
 pub use context::{Config, Context};
+pub use inquiry::{Answers, Inquiry, PodAnswer};
 pub use reconcile::{RESYNC, error_policy, reconcile};
 
 /// The field manager of every server-side apply, and the `managed-by` label value.
@@ -97,8 +99,17 @@ pub trait Kind: Object {
     /// The `kind` label of metrics, and the kind named in logs.
     const KIND: &'static str;
 
-    /// The children this object stands for, computed without IO from the object and the
-    /// children it already has, or every reason the object is invalid (named by field).
+    /// Pods to ask, over HTTP, before the desired state is computed, when what they answer
+    /// decides it (whether every router serves a new ring). Computed without IO from the
+    /// object and its children; the answers reach [`desired`](Kind::desired) through
+    /// [`Observed::answers`]. None by default.
+    fn inquiry(&self, _observed: &Observed) -> Option<Inquiry> {
+        None
+    }
+
+    /// The children this object stands for, computed without IO from the object, the
+    /// children it already has and the answers to its [`inquiry`](Kind::inquiry), or every
+    /// reason the object is invalid (named by field).
     fn desired(
         &self,
         config: &RenderConfig,
@@ -108,6 +119,18 @@ pub trait Kind: Object {
     /// The status once every child is applied, from the children as the API server
     /// returned them (or as the watch cache holds them, when nothing had to change).
     fn observed_status(&self, applied: &Applied, now: Timestamp) -> Self::Status;
+
+    /// [`observed_status`](Kind::observed_status) after the pods answered the kind's
+    /// [`inquiry`](Kind::inquiry), for a status that says what they answered. By default
+    /// the answers add nothing.
+    fn observed_status_answered(
+        &self,
+        applied: &Applied,
+        _answers: &Answers,
+        now: Timestamp,
+    ) -> Self::Status {
+        self.observed_status(applied, now)
+    }
 
     /// The status of an object whose spec is invalid.
     fn invalid_status(&self, errors: &FieldErrors, now: Timestamp) -> Self::Status;

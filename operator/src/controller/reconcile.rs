@@ -1,6 +1,7 @@
-//! The reconcile every kind shares: validate and compute the children (the kind's pure
-//! half), apply them, remove what the spec dropped, write the status, and on failure back
-//! off per object. Nothing here decides what the objects look like.
+//! The reconcile every kind shares: ask the pods the kind wants asked, validate and compute
+//! the children (the kind's pure half), apply them, remove what the spec dropped, write
+//! the status, and on failure back off per object. Nothing here decides what the objects
+//! look like.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,6 +16,7 @@ use tracing::Instrument;
 use super::apply::{apply_all, publish};
 use super::children::{Observed, remove_all_orphans};
 use super::conditions::is_current;
+use super::inquiry::ask;
 use super::{Applied, Context, Kind, MANAGER};
 use crate::error::{Error, Result};
 
@@ -78,6 +80,14 @@ async fn reconcile_object<K: Kind>(obj: &K, ctx: &Context) -> Result<Action> {
     ctx.stores.wait_until_ready().await;
     let uid = obj.meta().uid.clone().unwrap_or_default();
     let observed = Observed::cached(&ctx.stores, &namespace, &uid);
+    let answers = match obj.inquiry(&observed) {
+        Some(inquiry) => Some(ask(ctx, &namespace, &inquiry).await?),
+        None => None,
+    };
+    let observed = match &answers {
+        Some(answers) => observed.answered(answers),
+        None => observed,
+    };
     let children = match obj.desired(&ctx.config.render, &observed) {
         Ok(children) => children,
         Err(errors) => {
@@ -106,7 +116,10 @@ async fn reconcile_object<K: Kind>(obj: &K, ctx: &Context) -> Result<Action> {
         Applied::new(apply_all(ctx, obj, &children).await?).with_pods(observed.job_pods());
     remove_all_orphans(ctx, obj, &children).await?;
 
-    let status = obj.observed_status(&applied, now);
+    let status = match &answers {
+        Some(answers) => obj.observed_status_answered(&applied, answers, now),
+        None => obj.observed_status(&applied, now),
+    };
     if !is_current(obj.status(), &status) {
         patch_status(ctx, obj, &namespace, &status).await?;
         let regarding = obj.object_ref(&());

@@ -5,6 +5,10 @@
 //! alone (twemproxy's `HOST:PORT:WEIGHT NAME`: only NAME is hashed). Where a shard's
 //! address points may change — a restarted pod, a shard that gains replicas — and no key
 //! moves.
+//!
+//! While the shard count changes, the ring and the shards' pods are sized apart, as
+//! [`reshard`](super::reshard) plans them from what the cluster shows; [`desired`] is the
+//! settled state, which `render` prints.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -22,11 +26,11 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 use rigging_crds::sharded_service::RouterMode;
 use rigging_crds::sidecar::ports;
-use rigging_crds::sidecar::shard::hash::md5;
 use rigging_crds::sidecar::shard::{Protocol, ShardArgs, ShardConfig};
 use rigging_crds::{FieldError, FieldErrors, ShardedService};
 
-use crate::controller::{Child, MANAGER, RenderConfig};
+use super::reshard::{self, Plan};
+use crate::controller::{Child, MANAGER, Observed, RenderConfig};
 use crate::sidecars;
 use crate::sidecars::elect::ElectAccess;
 
@@ -131,20 +135,25 @@ pub fn statefulset_names(ss: &ShardedService) -> Vec<String> {
     }
 }
 
-/// The ring's members, in shard order.
+/// The ring's members, in shard order, once the spec's shard count is in service.
 pub fn members(ss: &ShardedService) -> Vec<String> {
     (0..ss.spec.shards).map(|i| shard_name(ss, i)).collect()
 }
 
-/// The ring's servers in twemproxy's syntax, `HOST:PORT:1 NAME`: each shard's stable DNS
-/// name (its pod's through the headless Service, or its own Service's), weight 1, and its
-/// stable name, which alone is hashed.
+/// The servers of the ring of the spec's shard count, in twemproxy's syntax.
 pub fn servers(ss: &ShardedService) -> Vec<String> {
+    ring_servers(ss, ss.spec.shards)
+}
+
+/// The servers of a ring of the first `size` shards in twemproxy's syntax, `HOST:PORT:1
+/// NAME`: each shard's stable DNS name (its pod's through the headless Service, or its own
+/// Service's), weight 1, and its stable name, which alone is hashed.
+fn ring_servers(ss: &ShardedService, size: i32) -> Vec<String> {
     let namespace = ss
         .namespace()
         .unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned());
     let headless = headless_name(ss);
-    (0..ss.spec.shards)
+    (0..size)
         .map(|i| {
             let name = shard_name(ss, i);
             let host = if ss.spec.replicas_per_shard == 1 {
@@ -161,10 +170,15 @@ pub fn servers(ss: &ShardedService) -> Vec<String> {
 /// an ambassador in a client pod cannot know from its own flags (protocol, shard key) and
 /// what is reloaded (servers, hashing, ejection); never a password.
 pub fn ring_config(ss: &ShardedService) -> ShardConfig {
+    sized_ring_config(ss, ss.spec.shards)
+}
+
+/// [`ring_config`] with a ring of the first `size` shards.
+fn sized_ring_config(ss: &ShardedService, size: i32) -> ShardConfig {
     let spec = &ss.spec;
     ShardConfig {
         protocol: Some(spec.protocol),
-        servers: Some(servers(ss)),
+        servers: Some(ring_servers(ss, size)),
         hash: Some(spec.hashing.function.as_str().to_owned()),
         hash_tag: spec.hashing.hash_tag.clone(),
         shard_key: shard_key(ss),
@@ -194,12 +208,17 @@ fn shard_key(ss: &ShardedService) -> Option<String> {
 }
 
 /// The ring version: a short digest of the ring file's text, which is exactly what every
-/// router and ambassador loads.
-pub fn ring_version(ring_file: &str) -> String {
-    md5(ring_file.as_bytes())[..6]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+/// router and ambassador loads, and what each reports it serves.
+pub use rigging_crds::sidecar::shard::ring_version;
+
+/// The ring file of a ring of the first `size` shards, as the ConfigMap holds it.
+fn ring_file(ss: &ShardedService, size: i32) -> Result<String, FieldErrors> {
+    serde_norway::to_string(&sized_ring_config(ss, size)).map_err(|e| {
+        FieldErrors(vec![FieldError::new(
+            "spec",
+            format!("the ring file cannot be written: {e}"),
+        )])
+    })
 }
 
 /// The labels that select one component's pods. StatefulSet and Deployment selectors are
@@ -230,8 +249,33 @@ fn with_managed(mut labels: BTreeMap<String, String>) -> BTreeMap<String, String
     labels
 }
 
-/// Computes the children, or every reason the spec is invalid.
+/// Computes the children once the spec's shard count is in service, or every reason the
+/// spec is invalid: what `render` prints.
 pub fn desired(ss: &ShardedService, config: &RenderConfig) -> Result<Children, FieldErrors> {
+    planned(ss, config, Plan::settled(ss))
+}
+
+/// Computes the children at this step of a change of the shard count, from the children
+/// the cluster has and what the routers answered (see [`reshard`]), or every reason the
+/// spec is invalid.
+pub fn observed(
+    ss: &ShardedService,
+    config: &RenderConfig,
+    observed: &Observed,
+) -> Result<Children, FieldErrors> {
+    let seen = reshard::observe(ss, observed);
+    let ring = reshard::ring_size(ss, &seen);
+    let version = ring_version(&ring_file(ss, ring)?);
+    let shards = reshard::shard_count(ss, &seen, observed.answers(), &version);
+    planned(ss, config, Plan { ring, shards })
+}
+
+/// Computes the children of a ring of `plan.ring` shards and pods for `plan.shards`.
+fn planned(
+    ss: &ShardedService,
+    config: &RenderConfig,
+    plan: Plan,
+) -> Result<Children, FieldErrors> {
     // The CRD's schema and CEL rules are checked before this (by the API server, and by
     // `render` with the same rules); what is left is what they cannot express: the ports
     // of the pods Rigging fills, checked as the pods are built.
@@ -251,12 +295,7 @@ pub fn desired(ss: &ShardedService, config: &RenderConfig) -> Result<Children, F
             ),
         )]));
     }
-    let ring_file = serde_norway::to_string(&ring_config(ss)).map_err(|e| {
-        FieldErrors(vec![FieldError::new(
-            "spec",
-            format!("the ring file cannot be written: {e}"),
-        )])
-    })?;
+    let ring_file = ring_file(ss, plan.ring)?;
     let elect = ElectAccess::for_pods(
         spec.sidecars.as_ref(),
         &spec.template,
@@ -264,16 +303,16 @@ pub fn desired(ss: &ShardedService, config: &RenderConfig) -> Result<Children, F
         child_meta(ss, ss.name_any(), labels(ss, Component::Shard)),
     );
     let statefulsets = if spec.replicas_per_shard == 1 {
-        vec![statefulset(ss, config, elect.as_ref(), None)?]
+        vec![statefulset(ss, config, elect.as_ref(), None, plan.shards)?]
     } else {
-        (0..spec.shards)
-            .map(|i| statefulset(ss, config, elect.as_ref(), Some(i)))
+        (0..plan.shards)
+            .map(|i| statefulset(ss, config, elect.as_ref(), Some(i), spec.replicas_per_shard))
             .collect::<Result<_, _>>()?
     };
     let shard_services = if spec.replicas_per_shard == 1 {
         Vec::new()
     } else {
-        (0..spec.shards).map(|i| shard_service(ss, i)).collect()
+        (0..plan.shards).map(|i| shard_service(ss, i)).collect()
     };
     Ok(Children {
         elect,
@@ -363,25 +402,18 @@ fn shard_service(ss: &ShardedService, shard: i32) -> Service {
 }
 
 /// The StatefulSet of every shard (`shard: None`, one pod per shard) or of one shard (its
-/// replicas).
+/// replicas), with `replicas` pods.
 fn statefulset(
     ss: &ShardedService,
     config: &RenderConfig,
     elect: Option<&ElectAccess>,
     shard: Option<i32>,
+    replicas: i32,
 ) -> Result<StatefulSet, FieldErrors> {
     let spec = &ss.spec;
-    let (name, selector, replicas) = match shard {
-        None => (
-            ss.name_any(),
-            selector_labels(ss, Component::Shard),
-            spec.shards,
-        ),
-        Some(i) => (
-            shard_name(ss, i),
-            shard_selector_labels(ss, i),
-            spec.replicas_per_shard,
-        ),
+    let (name, selector) = match shard {
+        None => (ss.name_any(), selector_labels(ss, Component::Shard)),
+        Some(i) => (shard_name(ss, i), shard_selector_labels(ss, i)),
     };
     let meta = child_meta(ss, name, with_managed(selector.clone()));
     Ok(StatefulSet {
@@ -514,12 +546,7 @@ fn network_policy(ss: &ShardedService) -> NetworkPolicy {
         pod_selector: Some(match_labels(labels)),
         ..NetworkPolicyPeer::default()
     };
-    let clients = match ss.spec.router.mode {
-        RouterMode::Router => selector_labels(ss, Component::Router),
-        RouterMode::Ambassador => {
-            BTreeMap::from([(sidecars::SHARD_CLIENT_LABEL.to_owned(), ss.name_any())])
-        }
-    };
+    let clients = reshard::clients(ss);
     let mut other_ports = Vec::new();
     if port > 1 {
         other_ports.push(tcp(1, port - 1));

@@ -4,30 +4,48 @@
 //! NetworkPolicy keeps clients from going around them.
 //!
 //! Only what is this kind's own lives here, all of it pure: [`desired`] (the children, and
-//! validation) and [`status`]. The shared controller layer does the rest.
+//! validation), [`reshard`] (the steps of a change of the shard count: whom to ask, and
+//! how far the ring and the pods go) and [`status`]. The shared controller layer does the
+//! rest, the asking included.
 
 pub mod desired;
+pub mod reshard;
 pub mod status;
+
+use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
 use rigging_crds::{FieldErrors, ShardedService, ShardedServiceStatus};
 
-use crate::controller::{Applied, Child, Kind, Note, Observed, RenderConfig};
+use crate::controller::{Answers, Applied, Child, Inquiry, Kind, Note, Observed, RenderConfig};
 
 impl Kind for ShardedService {
     type Status = ShardedServiceStatus;
     const KIND: &'static str = "ShardedService";
 
+    fn inquiry(&self, observed: &Observed) -> Option<Inquiry> {
+        reshard::inquiry(self, observed)
+    }
+
     fn desired(
         &self,
         config: &RenderConfig,
-        _observed: &Observed,
+        observed: &Observed,
     ) -> Result<Vec<Child>, FieldErrors> {
-        desired::desired(self, config).map(desired::Children::into_vec)
+        desired::observed(self, config, observed).map(desired::Children::into_vec)
     }
 
     fn observed_status(&self, applied: &Applied, now: Timestamp) -> ShardedServiceStatus {
-        status::observed(self, applied, now)
+        status::observed(self, applied, None, now)
+    }
+
+    fn observed_status_answered(
+        &self,
+        applied: &Applied,
+        answers: &Answers,
+        now: Timestamp,
+    ) -> ShardedServiceStatus {
+        status::observed(self, applied, Some(answers), now)
     }
 
     fn invalid_status(&self, errors: &FieldErrors, now: Timestamp) -> ShardedServiceStatus {
@@ -40,5 +58,9 @@ impl Kind for ShardedService {
 
     fn events(&self, next: &ShardedServiceStatus) -> Vec<Note> {
         status::events(self, next)
+    }
+
+    fn requeue_after(&self, status: &ShardedServiceStatus, _now: Timestamp) -> Option<Duration> {
+        status::requeue_after(status)
     }
 }

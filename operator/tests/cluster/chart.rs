@@ -82,6 +82,9 @@ async fn helm_install_gives_the_operator_its_rights_and_no_more() {
         ("delete", "poddisruptionbudgets.policy", apps),
         ("delete", "horizontalpodautoscalers.autoscaling", apps),
         ("create", "events.events.k8s.io", apps),
+        // The routers a ShardedService asks before it removes a shard.
+        ("list", "pods", apps),
+        ("watch", "pods", apps),
         // The election sidecar's access: the pods' ServiceAccount, Role and RoleBinding,
         // and (RBAC's escalation prevention) the Lease verbs those Roles grant.
         ("patch", "serviceaccounts", apps),
@@ -133,6 +136,9 @@ async fn helm_install_gives_the_operator_its_rights_and_no_more() {
         ("get", "secrets", apps),
         ("get", "secrets", home),
         ("create", "pods", apps),
+        ("get", "pods", apps),
+        ("get", "pods/proxy", apps),
+        ("create", "pods/exec", apps),
         ("patch", "replicatedservices.rigging.dev", apps),
         ("patch", "jobs.batch", apps),
         ("delete", "replicatedservices.rigging.dev", apps),

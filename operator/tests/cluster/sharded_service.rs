@@ -1,11 +1,14 @@
 //! The ShardedService on a real API server: the examples are accepted and reconciled into
 //! StatefulSets, Services, the ring ConfigMap, the NetworkPolicy and the router
-//! Deployment; a new shard count changes the ring in place without rolling the routers
+//! Deployment; a smaller shard count changes the ring in place without rolling the routers
 //! out; what `render` prints passes a server-side dry run; the CEL rules refuse what they
 //! must, with the longest name they allow accepted down to the pods Kubernetes makes.
 //!
-//! No kubelet runs here: the StatefulSet and ReplicaSet controllers create pods, which stay
-//! Pending, so the shards never become ready, and the status says so.
+//! The operator here runs on the host. Pods may run on a node (the kit has one, kind has
+//! some) or stay Pending (a control plane alone, or a claim no volume binds): nothing here
+//! depends on which. What only pods show — keys on the shards, resharding under load, a
+//! shard's pod removed once every router serves the ring without it (which needs the
+//! operator to reach the routers, as it does in the cluster) — is `node::sharding`'s.
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
@@ -136,9 +139,16 @@ async fn the_examples_are_reconciled_into_shards_a_ring_and_routers_and_reshard_
     .await;
     let status = sessions.status.clone().unwrap();
     assert_eq!(status.members, ["sessions-0", "sessions-1", "sessions-2"]);
-    assert_eq!(status.ready_shards, Some(0));
     assert_eq!(status.moved_key_share, None);
-    assert_eq!(condition(&sessions, "Ready"), ("False", "ShardsNotReady"));
+    let ready_shards = status.ready_shards.expect("readyShards");
+    let ready = condition(&sessions, "Ready");
+    assert!(
+        matches!(
+            ready,
+            ("False", "ShardsNotReady" | "RouterNotReady") | ("True", "ShardsReady")
+        ) && (ready.0 == "True") == (ready_shards == 3 && ready.1 == "ShardsReady"),
+        "{ready:?} with {ready_shards} ready shards"
+    );
     assert_eq!(condition(&sessions, "Degraded"), ("False", "Reconciled"));
     let sts = statefulsets.get("sessions").await.expect("the StatefulSet");
     assert!(controlled_by(&sts, &sessions));
@@ -243,30 +253,31 @@ async fn the_examples_are_reconciled_into_shards_a_ring_and_routers_and_reshard_
         [("rigging-shard".to_owned(), Some("Always".to_owned()))]
     );
 
-    // Four shards: the ring changes in place, the routers are not rolled out.
+    // Two shards: the ring changes in place at once, the routers are not rolled out.
+    // (Whether sessions-2's pod goes too depends on the routers answering this operator,
+    // which a host cannot always reach: not asserted here.)
     let router_generation = router.metadata.generation;
     services
         .patch(
             "sessions",
             &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"shards": 4}})),
+            &Patch::Merge(json!({"spec": {"shards": 2}})),
         )
         .await
-        .expect("scale to four shards");
-    let resharded = status_where(&services, "sessions", "four members", |ss| {
-        ss.status.as_ref().unwrap().members.len() == 4
+        .expect("scale to two shards");
+    let resharded = status_where(&services, "sessions", "two members", |ss| {
+        ss.status.as_ref().unwrap().members.len() == 2
     })
     .await;
     let status = resharded.status.clone().unwrap();
     let share = status
         .moved_key_share
         .expect("the share of keys that moved");
-    assert!((0.15..0.35).contains(&share), "{share}");
+    assert!((0.2..0.45).contains(&share), "sessions-2's third: {share}");
     assert_ne!(status.ring_version, sessions.status.unwrap().ring_version);
-    let sts = statefulsets.get("sessions").await.unwrap();
-    assert_eq!(sts.spec.unwrap().replicas, Some(4));
     let file = configmaps.get("sessions-ring").await.unwrap().data.unwrap()["shard.yaml"].clone();
-    assert!(file.contains(" sessions-3\n"), "{file}");
+    assert!(!file.contains(" sessions-2\n"), "{file}");
+    assert!(file.contains(" sessions-1\n"), "{file}");
     let router = deployments.get("sessions-router").await.unwrap();
     assert_eq!(
         router.metadata.generation, router_generation,
@@ -283,7 +294,7 @@ async fn the_examples_are_reconciled_into_shards_a_ring_and_routers_and_reshard_
     .await;
     assert_eq!(event.type_.as_deref(), Some("Normal"));
     let note = event.note.unwrap_or_default();
-    assert!(note.contains("3 → 4 members"), "{note}");
+    assert!(note.contains("3 → 2 members"), "{note}");
 
     // The printer columns, as `kubectl get` shows them.
     let table = cluster.kubectl_ok(&["get", "shsvc", "-n", &ns.name]);
@@ -301,9 +312,11 @@ async fn the_examples_are_reconciled_into_shards_a_ring_and_routers_and_reshard_
         .unwrap()
         .split_whitespace()
         .collect();
+    assert!(["True", "False"].contains(&row[1]), "{table}");
+    assert!(row[3].parse::<i32>().is_ok(), "{table}");
     assert_eq!(
-        row[..6],
-        ["sessions", "False", "4", "0", "redis", "Router"],
+        [row[0], row[2], row[4], row[5]],
+        ["sessions", "2", "redis", "Router"],
         "{table}"
     );
 

@@ -16,19 +16,22 @@ use std::process::{Child as Process, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use http::{Method, StatusCode};
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetStatus};
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::controller::Action;
 use rigging_crds::ShardedService;
 use rigging_crds::sidecar::shard::hash::{HashKind, md5};
 use rigging_crds::sidecar::shard::ring::{HashTag, Ring, ServerSpec, moved_share};
-use rigging_crds::sidecar::shard::{ShardArgs, ShardConfig};
+use rigging_crds::sidecar::shard::{RingReport, ShardArgs, ShardConfig};
 use rigging_operator::Context;
-use rigging_operator::controller::{Applied, RESYNC, RenderConfig};
+use rigging_operator::controller::{Applied, Child, RESYNC, RenderConfig};
 use rigging_operator::render;
 use rigging_operator::sharded_service::desired::{self, Children};
 use rigging_operator::sharded_service::status;
 use rigging_sidecar::cli::{Cli, Command as SidecarCommand};
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::fixtures::root;
 use crate::mock_api::{condition, config, run_scenario, served};
@@ -56,7 +59,7 @@ fn sharded_service(extra_spec: Value) -> ShardedService {
 /// `ss` after a reconcile of `before` applied its children and wrote its status.
 fn reconciled(before: &ShardedService, mut ss: ShardedService) -> ShardedService {
     let applied = Applied::new(children(before).into_vec());
-    ss.status = Some(status::observed(before, &applied, Timestamp::now()));
+    ss.status = Some(status::observed(before, &applied, None, Timestamp::now()));
     ss
 }
 
@@ -157,26 +160,139 @@ async fn a_new_sharded_service_gets_every_child_applied_in_order_and_a_status() 
     assert_eq!(result.unwrap(), Action::requeue(RESYNC));
 }
 
+/// `sts` as its controller reports it: `pods` pods of its current spec, `ready` of them
+/// ready.
+fn reported(mut sts: StatefulSet, pods: i32, ready: i32) -> StatefulSet {
+    sts.metadata.generation = Some(1);
+    sts.status = Some(StatefulSetStatus {
+        observed_generation: Some(1),
+        replicas: pods,
+        ready_replicas: Some(ready),
+        updated_replicas: Some(pods),
+        ..StatefulSetStatus::default()
+    });
+    sts
+}
+
+/// The cache of a ShardedService whose ring is `ring`'s and whose StatefulSet is
+/// `pods_of`'s, with `ready` of its pods ready.
+fn cached(ring: &ShardedService, pods_of: &ShardedService, ready: i32) -> Vec<Child> {
+    let mut all = children(ring);
+    let pods = children(pods_of);
+    let want = pods.statefulsets[0]
+        .spec
+        .as_ref()
+        .unwrap()
+        .replicas
+        .unwrap();
+    all.statefulsets = vec![reported(pods.statefulsets[0].clone(), want, ready)];
+    all.into_vec()
+}
+
+const PODS: &str = "/api/v1/namespaces/shop/pods?&labelSelector=app.kubernetes.io%2Fcomponent%3Drouter%2Capp.kubernetes.io%2Finstance%3Dcache%2Capp.kubernetes.io%2Fname%3Dcache";
+
+/// A router's admin port on 127.0.0.1 answering `GET /ring` with `report`; its port.
+async fn router_serving(report: RingReport) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let body = serde_json::to_string(&report).unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let body = body.clone();
+            tokio::spawn(async move {
+                let mut head = vec![0; 4096];
+                let n = stream.read(&mut head).await.unwrap_or(0);
+                let head = String::from_utf8_lossy(&head[..n]);
+                let answer = if head.starts_with("GET /ring HTTP/1.1\r\n") {
+                    format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    )
+                } else {
+                    "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n".to_owned()
+                };
+                let _ = stream.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    port
+}
+
+/// A router pod as the API server lists it: running on 127.0.0.1 with its admin port on
+/// `port`.
+fn router_pod(name: &str, port: u16) -> Value {
+    json!({
+        "metadata": {"name": name, "namespace": "shop", "labels": {"app.kubernetes.io/component": "router"}},
+        "spec": {"nodeName": "node-1", "containers": [{
+            "name": "rigging-shard",
+            "ports": [{"name": "redis", "containerPort": 6379}, {"name": "shard-admin", "containerPort": port}]
+        }]},
+        "status": {"phase": "Running", "podIP": "127.0.0.1"}
+    })
+}
+
+fn pod_list(pods: Vec<Value>) -> Value {
+    json!({"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "9"}, "items": pods})
+}
+
+/// What a router serving `ss`'s ring reports.
+fn serving(ss: &ShardedService) -> RingReport {
+    let c = children(ss);
+    RingReport {
+        version: Some(desired::ring_version(&ring_file(&c))),
+        members: desired::members(ss),
+    }
+}
+
 #[tokio::test]
-async fn a_change_of_shard_count_reapplies_the_ring_and_the_statefulset_but_not_the_routers() {
+async fn a_new_shard_gets_its_pod_at_once_and_joins_the_ring_once_every_pod_is_ready() {
     let three = sharded_service(json!({}));
     let four = reconciled(&three, sharded_service(json!({"shards": 4})));
-    let before = four.status.clone().unwrap();
     let want = children(&four);
-    let expected_share = moved_share(&named(&before.members), &named(&desired::members(&four)));
     let four2 = four.clone();
+    let four_pods = want.statefulsets[0].clone();
+    // The pods of three shards are ready; the spec asks for four.
     let (result, ctx) = run_scenario(
-        four,
-        children(&three).into_vec(),
+        four.clone(),
+        cached(&three, &three, 3),
         move |mut api| async move {
-            api.apply("/api/v1/namespaces/shop/configmaps/cache-ring", &want.ring)
-                .await;
             api.apply(
                 "/apis/apps/v1/namespaces/shop/statefulsets/cache",
-                &want.statefulsets[0],
+                &four_pods,
             )
             .await;
             let status = api.status(&four2).await;
+            assert_eq!(
+                status["members"],
+                json!(["cache-0", "cache-1", "cache-2"]),
+                "the ring waits for the new shard"
+            );
+            let progressing = condition(&status, "Progressing");
+            assert_eq!(progressing["reason"], "ShardsJoining");
+            assert_eq!(
+                progressing["message"],
+                "the ring names cache-3 once every shard pod is ready (0/4 shards ready)"
+            );
+            api
+        },
+    )
+    .await;
+    assert_eq!(result.unwrap(), Action::requeue(RESYNC));
+    assert_eq!(unchanged(&ctx, "ConfigMap"), 1, "the ring stays as it is");
+
+    // Four pods, all ready: the ring names the new shard; the routers reload it from the
+    // ConfigMap, so their Deployment is not touched and no client connection drops.
+    let joining = reconciled(&three, sharded_service(json!({"shards": 4})));
+    let before = joining.status.clone().unwrap();
+    let expected_share = moved_share(&named(&before.members), &named(&desired::members(&joining)));
+    let joining2 = joining.clone();
+    let (result, ctx) = run_scenario(
+        joining,
+        cached(&three, &four, 4),
+        move |mut api| async move {
+            api.apply("/api/v1/namespaces/shop/configmaps/cache-ring", &want.ring)
+                .await;
+            let status = api.status(&joining2).await;
             assert_eq!(
                 status["members"],
                 json!(["cache-0", "cache-1", "cache-2", "cache-3"])
@@ -185,6 +301,7 @@ async fn a_change_of_shard_count_reapplies_the_ring_and_the_statefulset_but_not_
             assert_eq!(status["ringVersion"], version);
             assert_ne!(Some(version.as_str()), before.ring_version.as_deref());
             assert_eq!(status["movedKeyShare"], expected_share);
+            assert_ne!(condition(&status, "Progressing")["reason"], "ShardsJoining");
             let event = api.event().await;
             assert_eq!(event["type"], "Normal");
             assert_eq!(event["reason"], "RingChanged");
@@ -204,25 +321,178 @@ async fn a_change_of_shard_count_reapplies_the_ring_and_the_statefulset_but_not_
     assert_eq!(result.unwrap(), Action::requeue(RESYNC));
     // Consistent hashing: about one shard's worth of keys moved, not a reshuffle.
     assert!((0.15..0.35).contains(&expected_share), "{expected_share}");
-    // The routers reload the ring from the ConfigMap: their Deployment is not touched, so
-    // no router restarts and no client connection drops.
+    assert_eq!(unchanged(&ctx, "StatefulSet"), 1);
     assert_eq!(unchanged(&ctx, "Deployment"), 1);
     assert_eq!(unchanged(&ctx, "NetworkPolicy"), 1);
 }
 
 #[tokio::test]
-async fn removing_a_replicated_shard_takes_it_off_the_ring_then_deletes_its_objects() {
+async fn a_removed_shard_leaves_the_ring_first_and_its_pod_waits_for_every_router() {
+    let four = sharded_service(json!({"shards": 4}));
+    let three = reconciled(&four, sharded_service(json!({})));
+    let want = children(&three);
+    let new_ring = serving(&three);
+    let version = new_ring.version.clone().unwrap();
+    let loaded = router_serving(new_ring.clone()).await;
+    let lagging = router_serving(serving(&four)).await;
+    let old_version = serving(&four).version.unwrap();
+    let three2 = three.clone();
+    let version2 = version.clone();
+    let (result, ctx) = run_scenario(three, cached(&four, &four, 4), move |mut api| async move {
+        let version = version2;
+        api.answer(
+            Method::GET,
+            PODS,
+            StatusCode::OK,
+            pod_list(vec![router_pod("cache-router-a", loaded), router_pod("cache-router-b", lagging)]),
+        )
+        .await;
+        api.apply("/api/v1/namespaces/shop/configmaps/cache-ring", &want.ring)
+            .await;
+        // The StatefulSet keeps its fourth pod: no apply.
+        let status = api.status(&three2).await;
+        assert_eq!(status["members"], json!(["cache-0", "cache-1", "cache-2"]));
+        assert_eq!(status["leavingShards"], json!(["cache-3"]));
+        assert_eq!(status["ringVersion"], version);
+        let progressing = condition(&status, "Progressing");
+        assert_eq!(progressing["reason"], "ShardsLeaving");
+        assert_eq!(
+            progressing["message"],
+            format!(
+                "the ring no longer names cache-3 (version {version}); its pods are removed once every router serves that version: cache-router-b serves ring version {old_version} (cache-0, cache-1, cache-2, cache-3)"
+            )
+        );
+        let changed = api.event().await;
+        assert_eq!(changed["reason"], "RingChanged");
+        assert!(changed["note"].as_str().unwrap().contains("4 → 3 members"));
+        let leaving = api.event().await;
+        assert_eq!(leaving["reason"], "ShardsLeaving");
+        assert_eq!(
+            leaving["note"],
+            format!(
+                "the ring no longer names cache-3 (version {version}); its pods are removed once every router serves that version"
+            )
+        );
+        api
+    })
+    .await;
+    assert_eq!(
+        result.unwrap(),
+        Action::requeue(status::LEAVING_RECHECK),
+        "no watch event tells when a router loads the ring: asked again soon"
+    );
+    assert_eq!(unchanged(&ctx, "StatefulSet"), 1);
+
+    // Both routers serve the new ring: the fourth pod goes.
+    let waiting = leaving_three();
+    let caught_up = router_serving(new_ring).await;
+    let waiting2 = waiting.clone();
+    let want = children(&waiting);
+    let (result, _) = run_scenario(waiting, cached(&waiting2, &four, 4), move |mut api| async move {
+        api.answer(
+            Method::GET,
+            PODS,
+            StatusCode::OK,
+            pod_list(vec![router_pod("cache-router-a", loaded), router_pod("cache-router-b", caught_up)]),
+        )
+        .await;
+        api.apply(
+            "/apis/apps/v1/namespaces/shop/statefulsets/cache",
+            &want.statefulsets[0],
+        )
+        .await;
+        let status = api.status(&waiting2).await;
+        assert!(status.get("leavingShards").is_none(), "{status}");
+        let removed = api.event().await;
+        assert_eq!(removed["reason"], "ShardsRemoved");
+        assert_eq!(
+            removed["note"],
+            format!(
+                "cache-3 removed: every router serves ring version {version}, which does not name it; its keys were not copied to another shard"
+            )
+        );
+        api
+    })
+    .await;
+    assert_eq!(result.unwrap(), Action::requeue(RESYNC));
+}
+
+/// Three shards, after a reconcile took the fourth off the ring and left its pod waiting
+/// for the routers.
+fn leaving_three() -> ShardedService {
+    let three = sharded_service(json!({}));
+    let mut ss = reconciled(&three, three.clone());
+    ss.status.as_mut().unwrap().leaving_shards = vec!["cache-3".into()];
+    ss
+}
+
+#[tokio::test]
+async fn a_router_that_cannot_be_asked_holds_the_removal_and_a_failed_list_is_retried() {
+    let four = sharded_service(json!({"shards": 4}));
+    let three = leaving_three();
+    let three2 = three.clone();
+    let mut no_ip = router_pod("cache-router-new", 1);
+    no_ip["status"] = json!({"phase": "Pending"});
+    let (result, _) = run_scenario(
+        three.clone(),
+        cached(&three, &four, 4),
+        move |mut api| async move {
+            api.answer(Method::GET, PODS, StatusCode::OK, pod_list(vec![no_ip]))
+                .await;
+            let status = api.status(&three2).await;
+            let message = condition(&status, "Progressing")["message"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            assert!(
+                message.ends_with(": cache-router-new did not answer (no pod IP yet)"),
+                "{message}"
+            );
+            api
+        },
+    )
+    .await;
+    assert_eq!(result.unwrap(), Action::requeue(status::LEAVING_RECHECK));
+
+    let (result, _) = run_scenario(three.clone(), cached(&three, &four, 4), move |mut api| async move {
+        let refused = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 500, "message": "etcd is down"});
+        api.answer(Method::GET, PODS, StatusCode::INTERNAL_SERVER_ERROR, refused)
+            .await;
+        api
+    })
+    .await;
+    let error = result.unwrap_err();
+    assert_eq!(error.metric_label(), "list_pods");
+    assert!(
+        error
+            .to_string()
+            .starts_with("listing pods app.kubernetes.io/component=router,"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn a_removed_replicated_shard_keeps_its_objects_until_the_routers_serve_the_ring_without_it()
+{
     let spec = json!({"replicasPerShard": 2});
     let three = sharded_service(spec.clone());
     let mut two_spec = spec;
     two_spec["shards"] = json!(2);
     let two = reconciled(&three, sharded_service(two_spec));
     let want = children(&two);
+    let new_ring = router_serving(serving(&two)).await;
     let two2 = two.clone();
     let (result, _) = run_scenario(
         two,
         children(&three).into_vec(),
         move |mut api| async move {
+            api.answer(
+                Method::GET,
+                PODS,
+                StatusCode::OK,
+                pod_list(vec![router_pod("cache-router-a", new_ring)]),
+            )
+            .await;
             // The ring without shard 2 first, then what served shard 2 goes.
             api.apply("/api/v1/namespaces/shop/configmaps/cache-ring", &want.ring)
                 .await;

@@ -303,13 +303,4 @@ impl Pool {
             self.rebuild();
         }
     }
-
-    /// Any server that is on the ring (for requests without a key).
-    pub fn any_live(&self, hint: usize) -> Option<usize> {
-        let now = self.now_ms();
-        let n = self.servers.len();
-        (0..n)
-            .map(|k| (hint + k) % n)
-            .find(|&i| self.servers[i].ejected_until.load(Ordering::Relaxed) <= now)
-    }
 }

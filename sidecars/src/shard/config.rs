@@ -12,7 +12,8 @@ use super::backend::{Eject, PoolSettings, Timeouts};
 use super::hash::HashKind;
 use super::http::ShardKey;
 use super::ring::{HashTag, ServerSpec};
-use super::{Args, Error, Protocol, ShardConfig};
+use super::{Args, Error, Protocol, ShardConfig, ring_version};
+use crate::runtime;
 
 /// Everything the sidecar runs with.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,6 +28,9 @@ pub struct Settings {
     pub shard_key: Option<ShardKey>,
     /// Redis only: the password.
     pub redis_auth: Option<String>,
+    /// The [`ring_version`] of the config file these settings
+    /// came from; `None` when there is no file.
+    pub version: Option<String>,
 }
 
 /// Resolves flags and file into settings; `origin` names the source in errors.
@@ -119,15 +123,24 @@ pub fn resolve(args: &Args, file: ShardConfig, origin: &Path) -> Result<Settings
         },
         shard_key,
         redis_auth: file.redis_auth.or_else(|| args.redis_auth.clone()),
+        version: None,
     })
 }
 
-/// Reads the config file (if any) and resolves it with the flags.
+/// Reads the config file (if any) and resolves it with the flags, noting the file's
+/// version (the digest of the very text read, so that it names what runs).
 pub fn load(args: &Args) -> Result<Settings, Error> {
     match &args.config {
         Some(path) => {
-            let file: ShardConfig = crate::runtime::config::load_yaml(path)?;
-            resolve(args, file, path)
+            let text = std::fs::read_to_string(path).map_err(|source| runtime::Error::Read {
+                path: path.clone(),
+                source,
+            })?;
+            let file: ShardConfig = runtime::config::parse_yaml(path, &text)?;
+            Ok(Settings {
+                version: Some(ring_version(&text)),
+                ..resolve(args, file, path)?
+            })
         }
         None => resolve(args, ShardConfig::default(), Path::new("command line")),
     }

@@ -1,13 +1,13 @@
 //! The HTTP front end: the key comes from a header, a path segment or a query parameter;
 //! requests go to the key's server on the same ketama ring as Redis and memcached keys
-//! (so adding or removing a server moves only that server's keys). Requests without a key
-//! go to any live server, round robin. Clients may speak HTTP/1.1 (keep-alive) or HTTP/2
+//! (so adding or removing a server moves only that server's keys). A request without a key
+//! gets `400`: no shard owns it, and sending it to any one would answer for another's data.
+//! Clients may speak HTTP/1.1 (keep-alive) or HTTP/2
 //! (cleartext, prior knowledge); servers are spoken to in HTTP/1.1 over the shared core's
 //! pooled keep-alive connections ([`crate::forwarding`]).
 
 use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
@@ -56,6 +56,15 @@ impl FromStr for ShardKey {
 }
 
 impl ShardKey {
+    /// Where the key was looked for, as a client is told when it is missing.
+    pub fn missing(&self) -> String {
+        match self {
+            ShardKey::Header(name) => format!("no header {name}"),
+            ShardKey::Path(n) => format!("no path segment {n}"),
+            ShardKey::Query(name) => format!("no query parameter {name}"),
+        }
+    }
+
     /// The key of `req`, if it has one.
     pub fn extract<'r, B>(&self, req: &'r Request<B>) -> Option<&'r [u8]> {
         match self {
@@ -82,7 +91,6 @@ struct Shared {
     key: ShardKey,
     /// Keep-alive HTTP/1.1 connections per server address, kept across ring reloads.
     connections: std::sync::Mutex<std::collections::HashMap<String, forwarding::Pool>>,
-    next: AtomicUsize,
 }
 
 impl Shared {
@@ -120,7 +128,6 @@ pub async fn serve(
         pools,
         key,
         connections: Default::default(),
-        next: AtomicUsize::new(0),
     });
     let builder = Arc::new(forwarding::server_builder(HEADER_TIMEOUT));
     forwarding::accept_loop(&listener, MAX_CONNECTIONS, life, |stream, _, slot| {
@@ -208,12 +215,14 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
     forwarding::to_origin_form(&mut parts);
     forwarding::strip_hop_by_hop(&mut parts.headers, false);
     let req = Request::from_parts(parts, body);
-    let pool = shared.pools.load_full();
-    let server = match shared.key.extract(&req) {
-        Some(key) => pool.ring().server_for(key),
-        None => pool.any_live(shared.next.fetch_add(1, Ordering::Relaxed)),
+    let Some(key) = shared.key.extract(&req) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("the request has no shard key: {}\n", shared.key.missing()),
+        );
     };
-    let Some(index) = server else {
+    let pool = shared.pools.load_full();
+    let Some(index) = pool.ring().server_for(key) else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             "no live servers on the ring\n".into(),

@@ -8,6 +8,9 @@
 //! - [`http`]: the HTTP front end.
 //! - [`config`]: flags and the reloadable YAML file ([`Args`], [`ShardConfig`]: the
 //!   contract types of `rigging_crds::sidecar::shard`) resolved into settings.
+//!
+//! The admin port also answers [`RING_PATH`] with the ring in service ([`RingReport`]):
+//! what the operator waits on before it removes a shard.
 
 pub mod backend;
 pub mod config;
@@ -22,7 +25,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ::http::{Response, header};
 use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http_body_util::Full;
 use prometheus::Registry;
 use tokio::net::TcpListener;
 
@@ -35,6 +41,8 @@ use config::Settings;
 pub use rigging_crds::sidecar::shard::ShardArgs as Args;
 /// The wire protocol, and the YAML config file (`--config`, what the operator is to write).
 pub use rigging_crds::sidecar::shard::{Protocol, ShardConfig};
+/// The ring in service as the admin port reports it, where, and the file version it names.
+pub use rigging_crds::sidecar::shard::{RING_PATH, RingReport, ring_version};
 
 /// Why the shard sidecar could not start.
 #[derive(Debug, thiserror::Error)]
@@ -63,7 +71,8 @@ pub async fn run(args: Args) -> Result<(), Error> {
     let life = Lifecycle::new();
     let registry = Registry::new();
     let metrics = Metrics::register(&registry)?;
-    admin::spawn(args.admin, registry, life.clone()).await?;
+    let report = Arc::new(RingPage(ArcSwap::from_pointee(report_of(&settings))));
+    admin::spawn_with_routes(args.admin, registry, life.clone(), report.clone()).await?;
     let listener = runtime::bind(settings.listen).await?;
     let pools = Arc::new(ArcSwap::from_pointee(Pool::new(&settings.pool, &metrics)));
     tracing::info!(
@@ -79,6 +88,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
             path,
             settings.clone(),
             pools.clone(),
+            report,
             metrics,
             life.clone(),
         );
@@ -130,13 +140,46 @@ async fn accept_loop<P: proxy::Protocol>(
     }
 }
 
+/// The ring in service, answered on [`RING_PATH`].
+struct RingPage(ArcSwap<RingReport>);
+
+impl admin::Routes for RingPage {
+    fn route(self: Arc<Self>, path: &str) -> Option<admin::RouteFuture> {
+        (path == RING_PATH).then(|| {
+            let body = serde_json::to_vec(&**self.0.load()).expect("the report serializes");
+            Box::pin(async move {
+                Response::builder()
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .body(Full::new(Bytes::from(body)))
+                    .expect("static response parts are valid")
+            }) as admin::RouteFuture
+        })
+    }
+}
+
+/// What [`RING_PATH`] says of `settings` once they are in service.
+fn report_of(settings: &Settings) -> RingReport {
+    RingReport {
+        version: settings.version.clone(),
+        members: settings
+            .pool
+            .servers
+            .iter()
+            .map(ring::ServerSpec::ring_name)
+            .collect(),
+    }
+}
+
 /// Watches the config file; a changed server list, hash or health setting builds a new
-/// pool and ring. Batches in flight finish on the old pool.
+/// pool and ring. Batches in flight finish on the old pool, and the new ring is reported
+/// once they have: after the old pool's connect and request timeouts, the longest a batch
+/// planned on it can still reach one of its servers.
 fn spawn_reload(
     args: Args,
     path: PathBuf,
     mut current: Settings,
     pools: Arc<ArcSwap<Pool>>,
+    report: Arc<RingPage>,
     metrics: Metrics,
     life: Lifecycle,
 ) {
@@ -165,11 +208,18 @@ fn spawn_reload(
             }
             if next.pool != current.pool {
                 pools.store(Arc::new(Pool::new(&next.pool, &metrics)));
-                tracing::info!(servers = next.pool.servers.len(), hash = %next.pool.hash, "new ring in service");
+                tracing::info!(servers = next.pool.servers.len(), hash = %next.pool.hash, version = next.version.as_deref().unwrap_or_default(), "new ring in service");
+                let drain = current.pool.timeouts.connect + current.pool.timeouts.request;
                 current.pool = next.pool;
+                tokio::select! {
+                    _ = life.stopping() => return,
+                    _ = tokio::time::sleep(drain) => {}
+                }
             } else {
                 tracing::info!(file = %path.display(), "config reloaded; the ring is unchanged");
             }
+            current.version = next.version;
+            report.0.store(Arc::new(report_of(&current)));
         }
     });
 }

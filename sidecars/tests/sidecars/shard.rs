@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use rigging_sidecar::shard::hash::HashKind;
 use rigging_sidecar::shard::ring::{HashTag, Ring, ServerSpec};
+use rigging_sidecar::shard::{RING_PATH, RingReport, ring_version};
 
 use crate::support::{
     self, Proc, free_port, local, memcached, redis_server, redis_server_on, require_tool,
@@ -1036,12 +1037,11 @@ fn http_requests_go_to_their_keys_server_over_http1_and_h2c() {
         seen.iter().all(|&n| n > 0),
         "keys spread over every server: {seen:?}"
     );
-    // No key: some server answers.
+    // No key: no shard owns the request, and none gets it.
     let (status, body) = http1_keepalive(proxy.addr, &[("/free", None)]).remove(0);
-    assert_eq!(status, 200);
-    assert!(
-        body.starts_with("backend-") && body.ends_with(" /free"),
-        "{body}"
+    assert_eq!(
+        (status, body.as_str()),
+        (400, "the request has no shard key: no header x-key\n")
     );
 
     // HTTP/2 with prior knowledge (h2c), same placement.
@@ -1078,21 +1078,32 @@ fn a_changed_config_file_brings_in_a_new_ring() {
     let (_procs, addrs, servers) = three_redis();
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("shard.yaml");
+    // Writes the file in one rename, as the kubelet swaps a ConfigMap's files; returns
+    // the version of the text written.
     let write_config = |servers: &[String]| {
         let list: String = servers.iter().map(|s| format!("  - \"{s}\"\n")).collect();
+        let text = format!(
+            "protocol: redis\nhash: murmur\ntimeout: 2s\nconnect_timeout: 500ms\n\
+             servers:\n{list}"
+        );
         let tmp = dir.path().join("shard.yaml.tmp");
-        std::fs::write(
-            &tmp,
-            format!(
-                "protocol: redis\nhash: murmur\ntimeout: 2s\nconnect_timeout: 500ms\n\
-                 servers:\n{list}"
-            ),
-        )
-        .unwrap();
+        std::fs::write(&tmp, &text).unwrap();
         std::fs::rename(&tmp, &config).unwrap();
+        ring_version(&text)
     };
-    write_config(&servers[..2]);
+    let first = write_config(&servers[..2]);
     let proxy = shard("redis", &[], &["--config", config.to_str().unwrap()]);
+    let names = |servers: &[String]| -> Vec<String> {
+        specs(servers).iter().map(ServerSpec::ring_name).collect()
+    };
+    assert_eq!(
+        ring_report(proxy.admin),
+        RingReport {
+            version: Some(first.clone()),
+            members: names(&servers[..2]),
+        },
+        "the admin port reports the ring in service and the file it came from"
+    );
     let two = Ring::new(&specs(&servers[..2]), &[], HashKind::Murmur, None);
     let three = Ring::new(&specs(&servers), &[], HashKind::Murmur, None);
     let mut c = Resp::connect(proxy.addr);
@@ -1111,7 +1122,7 @@ fn a_changed_config_file_brings_in_a_new_ring() {
         Reply::bulk("old")
     );
 
-    write_config(&servers);
+    let second = write_config(&servers);
     // The same client connection switches to the new ring once the file is re-read.
     let deadline = Instant::now() + Duration::from_secs(20);
     while c.cmd(&["GET", &moving]) != Reply::Bulk(None) {
@@ -1121,15 +1132,39 @@ fn a_changed_config_file_brings_in_a_new_ring() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    // The new ring is in service; it is reported once no batch can still be on its way
+    // on the old one: never before, and then for good.
+    let reported = Instant::now();
+    loop {
+        let report = ring_report(proxy.admin);
+        if report.version.as_ref() == Some(&second) {
+            assert_eq!(report.members, names(&servers));
+            break;
+        }
+        assert_eq!(report.version.as_ref(), Some(&first), "{report:?}");
+        assert!(
+            reported.elapsed() < Duration::from_secs(20),
+            "the new ring was never reported"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert_eq!(c.cmd(&["SET", &moving, "new"]), Reply::Status("OK".into()));
     assert_eq!(get_direct(addrs[2], &moving), Reply::bulk("new"));
     assert_eq!(c.cmd(&["GET", &staying]), Reply::bulk("kept"));
 
-    // A broken file keeps the running ring.
+    // A broken file keeps the running ring, and the report says so.
     std::fs::write(&config, "protocol: redis\nservers: [\"nope\"]\n").unwrap();
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(c.cmd(&["GET", &moving]), Reply::bulk("new"));
     assert_eq!(support::http_get(proxy.admin, "/readyz").unwrap().0, 200);
+    assert_eq!(ring_report(proxy.admin).version, Some(second));
+}
+
+/// What the admin port answers on `/ring`.
+fn ring_report(admin: SocketAddr) -> RingReport {
+    let (status, body) = support::http_get(admin, RING_PATH).unwrap();
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
 }
 
 #[test]

@@ -197,6 +197,40 @@ pub struct ShardConfig {
     pub server_connections: Option<usize>,
 }
 
+/// The path on the sharding ambassador's admin port that answers with the ring it has in
+/// service, as a [`RingReport`] in JSON.
+pub const RING_PATH: &str = "/ring";
+
+/// The version of a ring file: the first 6 bytes of the MD5 digest of its text, in hex. The
+/// operator shows the version of the file it wrote as `status.ringVersion`, and every
+/// ambassador reports the version of the file its ring in service came from
+/// ([`RingReport`]): equal versions are the same file, byte for byte.
+pub fn ring_version(file: &str) -> String {
+    hash::md5(file.as_bytes())[..6]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// What the sharding ambassador answers on [`RING_PATH`]: the ring it routes every new
+/// request with. The operator asks every router (or client pod, in mode `Ambassador`) for
+/// it before it removes a shard's pods, so that no request goes to a shard once it is gone.
+///
+/// A new ring is reported only once no request can still be on its way to a server of the
+/// previous one: a batch started before the reload ends, with a reply or an error, within
+/// the connect and request timeouts, and the report waits that long.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RingReport {
+    /// The [`ring_version`] of the config file the ring was loaded from; absent when the
+    /// servers come from flags alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// The ring's servers in configuration order, each by the name it is hashed as
+    /// ([`ring::ServerSpec::ring_name`]).
+    pub members: Vec<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,6 +301,39 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("`hash_tags`"), "{err}");
+    }
+
+    #[test]
+    fn a_ring_version_is_twelve_hex_digits_of_the_files_digest() {
+        let version = ring_version("servers:\n- a:1:1 a\n");
+        assert_eq!(version.len(), 12);
+        assert!(version.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_eq!(version, ring_version("servers:\n- a:1:1 a\n"), "stable");
+        assert_ne!(version, ring_version("servers:\n- a:1:1 b\n"));
+        // The digest of the text as written: md5("") starts d41d8cd98f00.
+        assert_eq!(ring_version(""), "d41d8cd98f00");
+    }
+
+    #[test]
+    fn a_ring_report_is_camel_case_json_without_an_absent_version() {
+        let report = RingReport {
+            version: Some("0123456789ab".into()),
+            members: vec!["cache-0".into(), "cache-1".into()],
+        };
+        let json = serde_json::to_string(&report).unwrap();
+        assert_eq!(
+            json,
+            r#"{"version":"0123456789ab","members":["cache-0","cache-1"]}"#
+        );
+        assert_eq!(serde_json::from_str::<RingReport>(&json).unwrap(), report);
+        let flags_only = RingReport {
+            version: None,
+            members: vec!["10.0.0.1:6379".into()],
+        };
+        assert_eq!(
+            serde_json::to_string(&flags_only).unwrap(),
+            r#"{"members":["10.0.0.1:6379"]}"#
+        );
     }
 
     #[test]

@@ -21,6 +21,7 @@ use serde_json::json;
 use crate::support::{Cluster, connect, eventually};
 
 mod examples;
+mod sharding;
 mod work_queue;
 
 /// The chart's release, as the README installs it.
