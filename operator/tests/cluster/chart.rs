@@ -82,7 +82,8 @@ async fn helm_install_gives_the_operator_its_rights_and_no_more() {
         ("delete", "poddisruptionbudgets.policy", apps),
         ("delete", "horizontalpodautoscalers.autoscaling", apps),
         ("create", "events.events.k8s.io", apps),
-        // The routers a ShardedService asks before it removes a shard.
+        // The pods of its Jobs (watched), and the routers a ShardedService asks before it
+        // removes a shard (listed).
         ("list", "pods", apps),
         ("watch", "pods", apps),
         // The election sidecar's access: the pods' ServiceAccount, Role and RoleBinding,
