@@ -105,7 +105,7 @@ up() {
   : >"$node/host-state"
   local t
   for t in "${kernel_tunables[@]}"; do echo "sysctl $t $(sysctl -n "$t")" >>"$node/host-state"; done
-  for path in /var/log/containers /var/lib/kubelet /run/containerd; do
+  for path in /var/log/containers /var/lib/kubelet /run/containerd /tmp/hostpath_pv; do
     [[ -e $path ]] || echo "created $path" >>"$node/host-state"
   done
 
@@ -282,6 +282,19 @@ YAML
   wait_for "node $node_name Ready" 120 kubectl wait --for=condition=Ready "node/$node_name" --timeout=1s
   restore_kernel_tunables
 
+  # The default StorageClass, as kind has one: claims get hostPath directories that the
+  # controller-manager makes under /tmp/hostpath_pv when a pod first uses them.
+  kubectl apply -f - >/dev/null <<YAML
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata:
+  name: standard
+  annotations: {storageclass.kubernetes.io/is-default-class: "true"}
+provisioner: kubernetes.io/host-path
+reclaimPolicy: Delete
+volumeBindingMode: WaitForFirstConsumer
+YAML
+
   # Cluster DNS: CoreDNS as the Deployment and Service kube-dns, as clusters run it.
   sed -e "s|@DNS_IP@|$DNS_IP|g" -e "s|@COREDNS_IMAGE@|$coredns_ref|g" "$here/dns/coredns.yaml" |
     kubectl apply -f - >/dev/null
@@ -389,6 +402,14 @@ down() {
   # shellcheck source=/dev/null
   source "$dir/node.env"
 
+  # The provisioned volumes' directories, while the API server can still list them.
+  local volumes=()
+  if [[ -x $bin/kubectl ]]; then
+    mapfile -t volumes < <(kubectl get persistentvolumes --request-timeout=10s \
+      -o jsonpath='{range .items[*]}{.spec.hostPath.path}{"\n"}{end}' 2>/dev/null |
+      grep '^/tmp/hostpath_pv/[^/]\+$' || true)
+  fi
+
   # The node's processes, by PID, newest first; up.sh's own come after.
   stop_named kube-scheduler kube-proxy kubelet
   # Every container of the kit's pods, by its cgroup, then containerd and its shims.
@@ -414,6 +435,9 @@ down() {
   ip link del "$HOST_LINK" 2>/dev/null || true
   rm -f "$dir/netns/node"
 
+  local volume
+  for volume in "${volumes[@]}"; do rm -rf --one-file-system "$volume"; done
+
   if [[ -f $node/host-state ]]; then
     restore_kernel_tunables
     # The kubelet's links in /var/log/containers point into DIR.
@@ -429,6 +453,8 @@ down() {
         # Another kit's kubelet may hold its socket there now.
         pgrep -x kubelet >/dev/null || rm -rf --one-file-system /var/lib/kubelet
         ;;
+      # Another kit's volumes may be there.
+      /tmp/hostpath_pv) rmdir "$path" 2>/dev/null || true ;;
       *) rmdir "$path"/* "$path" 2>/dev/null || true ;;
       esac
     done <"$node/host-state"

@@ -180,7 +180,13 @@ wait_ready kube-apiserver "${kubectl[@]}" get --raw /readyz
 
 # The controllers run with the admin's credentials: one identity keeps the kit small, and
 # what the tests check of RBAC is the operator's own ServiceAccount, not these.
-start kube-controller-manager "$bin/kube-controller-manager" \
+# With a node, volume claims are provisioned as hostPath directories under /tmp/hostpath_pv
+# (the controller-manager's own provisioner for one-node clusters; node.sh makes it the
+# default StorageClass and removes its directories on the way down).
+storage=()
+((with_node)) && storage=(--enable-hostpath-provisioner)
+
+start kube-controller-manager "$bin/kube-controller-manager" "${storage[@]}" \
   --kubeconfig "$dir/kubeconfig" \
   --authentication-kubeconfig "$dir/kubeconfig" --authorization-kubeconfig "$dir/kubeconfig" \
   --bind-address 127.0.0.1 --secure-port 0 \

@@ -15,7 +15,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::api::storage::v1::StorageClass;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use rigging_crds::ShardedService;
@@ -67,95 +66,6 @@ impl RingFile {
     fn owner(&self, key: &str) -> &str {
         let i = self.ring.server_for(key.as_bytes()).expect("a live server");
         &self.names[i]
-    }
-}
-
-/// Where hand-made volumes live on the node (one directory per test namespace; the last
-/// test out removes it).
-const VOLUMES: &str = "/tmp/rigging-volumes";
-
-/// Where the cluster has no default StorageClass (the kit has no provisioner), a
-/// PersistentVolume on the node's disk bound ahead to each of `claims`, as an administrator
-/// provides volumes by hand; removed when dropped. On a cluster with a default
-/// StorageClass (kind's), nothing: its provisioner makes the volumes.
-struct HandMadeVolumes<'a> {
-    cluster: &'a Cluster,
-    namespace: String,
-    names: Vec<String>,
-}
-
-impl<'a> HandMadeVolumes<'a> {
-    /// The directory the volumes of `namespace` live under, on the node.
-    fn root(namespace: &str) -> String {
-        format!("{VOLUMES}/{namespace}")
-    }
-
-    async fn for_claims(cluster: &'a Cluster, namespace: &str, claims: &[&str]) -> Self {
-        let classes: Api<StorageClass> = Api::all(cluster.client.clone());
-        let has_default = classes
-            .list(&ListParams::default())
-            .await
-            .expect("list StorageClasses")
-            .items
-            .iter()
-            .any(|c| {
-                c.annotations()
-                    .get("storageclass.kubernetes.io/is-default-class")
-                    .is_some_and(|v| v == "true")
-            });
-        let mut names = Vec::new();
-        if !has_default {
-            for claim in claims {
-                let name = format!("{namespace}-{claim}");
-                let volume = json!({
-                    "apiVersion": "v1",
-                    "kind": "PersistentVolume",
-                    "metadata": {"name": name, "labels": {"rigging.dev/test": "sharding"}},
-                    "spec": {
-                        "capacity": {"storage": "1Gi"},
-                        "accessModes": ["ReadWriteOnce"],
-                        "persistentVolumeReclaimPolicy": "Retain",
-                        "storageClassName": "",
-                        "claimRef": {"namespace": namespace, "name": claim},
-                        "hostPath": {
-                            "path": format!("{}/{claim}", Self::root(namespace)),
-                            "type": "DirectoryOrCreate",
-                        },
-                    },
-                });
-                cluster.kubectl_with_input(&["apply", "-f", "-"], Some(&volume.to_string()));
-                names.push(name);
-            }
-        }
-        HandMadeVolumes {
-            cluster,
-            namespace: namespace.to_owned(),
-            names,
-        }
-    }
-}
-
-impl Drop for HandMadeVolumes<'_> {
-    fn drop(&mut self) {
-        if self.names.is_empty() || std::env::var("RIGGING_CLUSTER_KEEP").as_deref() == Ok("1") {
-            return;
-        }
-        // The pods first (with the namespace, which goes anyway), so that no Redis writes
-        // its last snapshot after its directory is removed; then the volumes.
-        let _ = self.cluster.kubectl(&[
-            "delete",
-            "namespace",
-            &self.namespace,
-            "--wait=true",
-            "--timeout=180s",
-        ]);
-        let mut args = vec!["delete", "pv", "--wait=false", "--ignore-not-found"];
-        args.extend(self.names.iter().map(String::as_str));
-        let _ = self.cluster.kubectl(&args);
-        // The kit's node shares this machine's disk: its directories go too. (Elsewhere
-        // there is nothing to remove here.)
-        let _ = std::fs::remove_dir_all(Self::root(&self.namespace));
-        let _ = std::fs::remove_dir(VOLUMES);
     }
 }
 
@@ -224,16 +134,9 @@ fn assert_placed(
     }
 }
 
-/// Applies `examples/sharded-redis/router.yaml` in `ns` (with volumes for `shards` claims)
-/// and waits for every pod.
-async fn sessions<'a>(
-    cluster: &'a Cluster,
-    ns: &TestNamespace,
-    claims: usize,
-) -> HandMadeVolumes<'a> {
-    let names: Vec<String> = (0..claims).map(|i| format!("data-sessions-{i}")).collect();
-    let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    let volumes = HandMadeVolumes::for_claims(cluster, &ns.name, &names).await;
+/// Applies `examples/sharded-redis/router.yaml` in `ns` and waits for every pod (the
+/// cluster's default StorageClass provisions the shards' volumes).
+async fn sessions(cluster: &Cluster, ns: &TestNamespace) {
     cluster.kubectl_ok(&[
         "apply",
         "-n",
@@ -256,7 +159,6 @@ async fn sessions<'a>(
         2,
     )
     .await;
-    volumes
 }
 
 #[tokio::test]
@@ -269,7 +171,7 @@ async fn keys_through_the_sharded_redis_router_land_on_the_shard_the_ring_names(
     };
     let _one = ONE_AT_A_TIME.lock().await;
     let ns = cluster.namespace("shard-router").await;
-    let _volumes = sessions(&cluster, &ns, 3).await;
+    sessions(&cluster, &ns).await;
     let client = ClientPod::start(&cluster, &ns.name, "client", "redis:7-alpine").await;
     // Hash tags as the README uses them: one user's keys share a shard.
     let users = spread_ids("user", 40);
@@ -683,7 +585,7 @@ async fn resharding_under_load_through_the_router_loses_no_request_and_removes_a
     };
     let _one = ONE_AT_A_TIME.lock().await;
     let ns = cluster.namespace("reshard").await;
-    let _volumes = sessions(&cluster, &ns, 4).await;
+    sessions(&cluster, &ns).await;
     let services: Api<ShardedService> = Api::namespaced(cluster.client.clone(), &ns.name);
     let statefulsets: Api<StatefulSet> = Api::namespaced(cluster.client.clone(), &ns.name);
     let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &ns.name);
