@@ -204,6 +204,9 @@ fn pod_template(
         election: Some(&name),
     };
     sidecars::place(&mut template, &placement, config)?;
+    // Clients reach the pods through the Service: a rollout or a scale-down must not
+    // refuse the requests sent to a pod before its endpoints are updated.
+    sidecars::delay_shutdown(&mut template);
     Ok(template)
 }
 
