@@ -21,6 +21,13 @@ use serde_json::json;
 use crate::support::{Cluster, cluster, eventually};
 
 mod examples;
+mod operator_pods;
+mod rollouts;
+
+/// Held by the tests that stop or restart the chart's operator pods, so that one's
+/// disruption never lands in another's measurement. Other tests run on through them: the
+/// operator is meant to be disrupted without anyone noticing.
+pub static OPERATOR_DISRUPTION: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The chart's release, as the README installs it.
 pub const RELEASE: &str = "rigging";
@@ -139,6 +146,33 @@ impl<'a> ClientPod<'a> {
         let mut args = vec!["exec", "-n", &self.namespace, &self.name, "--"];
         args.extend(command);
         self.cluster.kubectl(&args)
+    }
+
+    /// Starts `command` in the pod and returns at once: its stdout and stderr are piped
+    /// to the returned process (`kubectl exec`), for a client that runs while the test
+    /// does something else.
+    pub fn spawn(&self, command: &[&str]) -> std::process::Child {
+        std::process::Command::new("kubectl")
+            .args(["exec", "-n", &self.namespace, &self.name, "--"])
+            .args(command)
+            .env("KUBECONFIG", self.cluster.kubeconfig())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("kubectl must be on PATH")
+    }
+
+    /// Writes `content` to `path` in the pod (through `sh`, which every client image has).
+    pub fn write_file(&self, path: &str, content: &str) {
+        self.exec_ok(&[
+            "sh",
+            "-c",
+            "printf '%s' \"$1\" > \"$2\"",
+            "sh",
+            content,
+            path,
+        ]);
     }
 
     /// Runs `command` in the pod and returns its stdout; panics with its stderr if it fails.
