@@ -96,6 +96,13 @@ def chart_checks(out: Path) -> None:
     env = {e["name"]: e.get("value") for e in container["env"]}
     check("operator runs with leader election by default", "--leader-election" in container["args"], str(container["args"]))
     check("sidecar image defaults to the app version", env.get("RIGGING_SIDECAR_IMAGE") == "rigging-sidecar:0.1.0", str(env))
+    rolling = deploy["spec"]["strategy"]["rollingUpdate"]
+    check(
+        "a rollout starts a new replica before it stops an old one, and the grace period covers the webhook's shutdown delay and drain",
+        rolling == {"maxUnavailable": 0, "maxSurge": 1} and "--shutdown-delay=10s" in container["args"]
+        and pod["spec"]["terminationGracePeriodSeconds"] == 30,
+        f"{rolling} {container['args']} {pod['spec'].get('terminationGracePeriodSeconds')}",
+    )
     check(
         "deployment selector matches its pod labels",
         all(pod["metadata"]["labels"].get(k) == v for k, v in deploy["spec"]["selector"]["matchLabels"].items()),

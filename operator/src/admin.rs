@@ -1,4 +1,5 @@
-//! The operator's admin endpoints: `/healthz` (alive), `/readyz` (started), `/metrics`.
+//! The operator's admin endpoints: `/healthz` (alive), `/readyz` (started and not
+//! shutting down), `/metrics`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -15,19 +16,29 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use crate::metrics::Metrics;
 
 /// Whether `/readyz` answers 200: set once the operator has connected to the API server
-/// and is either leading or standing by.
+/// and is either leading or standing by, and until it starts shutting down.
 #[derive(Clone, Default)]
-pub struct Readiness(Arc<AtomicBool>);
+pub struct Readiness(Arc<(AtomicBool, AtomicBool)>);
 
 impl Readiness {
     /// Marks the process ready.
     pub fn set_ready(&self) {
-        self.0.store(true, Ordering::Release);
+        self.0.0.store(true, Ordering::Release);
     }
 
-    /// Whether the process is ready.
+    /// Marks the process as shutting down: never ready again.
+    pub fn set_stopping(&self) {
+        self.0.1.store(true, Ordering::Release);
+    }
+
+    /// Whether the process is ready (and not shutting down).
     pub fn is_ready(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+        self.0.0.load(Ordering::Acquire) && !self.is_stopping()
+    }
+
+    /// Whether the process is shutting down.
+    pub fn is_stopping(&self) -> bool {
+        self.0.1.load(Ordering::Acquire)
     }
 }
 
@@ -85,6 +96,11 @@ fn respond(
         "/readyz" if readiness.is_ready() => {
             text(StatusCode::OK, "ready\n", "text/plain; charset=utf-8")
         }
+        "/readyz" if readiness.is_stopping() => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting down\n",
+            "text/plain; charset=utf-8",
+        ),
         "/readyz" => text(
             StatusCode::SERVICE_UNAVAILABLE,
             "not ready\n",

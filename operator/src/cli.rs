@@ -56,6 +56,11 @@ pub struct WebhookArgs {
     /// have no native sidecars).
     #[arg(long)]
     pub plain_sidecars: bool,
+    /// After SIGTERM, how long the webhook keeps serving (with `/readyz` answering 503)
+    /// before it stops: long enough for its pod to leave the Service's endpoints, and for
+    /// the API server to see that.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub shutdown_delay: std::time::Duration,
 }
 
 /// Flags of `run`.
@@ -108,6 +113,11 @@ pub struct RunArgs {
     /// (cert-manager's cainjector).
     #[arg(long)]
     pub webhook_cert_dir: Option<PathBuf>,
+    /// After SIGTERM, how long the webhook (with `--webhook-listen`) keeps serving (with `/readyz` answering 503)
+    /// before it stops: long enough for its pod to leave the Service's endpoints, and for
+    /// the API server to see that.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub shutdown_delay: std::time::Duration,
 }
 
 /// Flags of `render`.
@@ -215,6 +225,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             hosts.extend(args.webhook_hosts.iter().cloned());
             WebhookOptions {
                 listen,
+                shutdown_delay: args.shutdown_delay,
                 cert_dir: args.webhook_cert_dir.clone(),
                 certs: crate::webhook::certs::Settings {
                     namespace: namespace.clone(),
@@ -239,12 +250,15 @@ async fn webhook(args: WebhookArgs) -> anyhow::Result<()> {
         native_sidecars: !args.plain_sidecars,
     };
     let readiness = crate::admin::Readiness::default();
+    let signal = crate::manager::ServingAfterSignal::watch(readiness.clone());
     crate::admin::spawn(args.metrics_addr, metrics.clone(), readiness.clone())
         .await
         .with_context(|| format!("binding {}", args.metrics_addr))?;
-    crate::webhook::server::spawn(args.listen, certificate, config, metrics).await?;
+    let serving = crate::webhook::server::spawn(args.listen, certificate, config, metrics).await?;
     readiness.set_ready();
     stop.await;
+    signal.serve_out(args.shutdown_delay).await;
+    serving.stop(crate::manager::WEBHOOK_DRAIN).await;
     Ok(())
 }
 

@@ -2,6 +2,7 @@
 //! election over a Lease, then every controller.
 
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -42,6 +43,10 @@ pub struct WebhookOptions {
     /// A directory with `tls.crt` and `tls.key` someone else issues and renews
     /// (cert-manager): served as they change, and the caBundle left to that issuer.
     pub cert_dir: Option<std::path::PathBuf>,
+    /// How long the webhook keeps serving after a shutdown signal (`/readyz` answering
+    /// 503 meanwhile), so that it stops only once its pod is out of the Service's
+    /// endpoints; see [`ServingAfterSignal`].
+    pub shutdown_delay: Duration,
 }
 
 /// The Lease replicas compete for.
@@ -122,10 +127,14 @@ fn native_sidecars_in(major: &str, minor: &str) -> bool {
     }
 }
 
+/// How long a stopping webhook waits for the reviews in flight on its connections.
+pub const WEBHOOK_DRAIN: Duration = Duration::from_secs(10);
+
 /// Runs the controller manager until a shutdown signal or the loss of leadership.
 pub async fn run(mut options: RunOptions) -> Result<(), RunError> {
     let metrics = Metrics::new();
     let readiness = Readiness::default();
+    let signal = ServingAfterSignal::watch(readiness.clone());
     admin::spawn(options.metrics_addr, metrics.clone(), readiness.clone())
         .await
         .map_err(|source| RunError::Bind {
@@ -141,17 +150,75 @@ pub async fn run(mut options: RunOptions) -> Result<(), RunError> {
     }
     // The webhook serves on every replica, leader or not, and whether or not the CRDs are
     // installed: pod creation must never wait on an election.
-    if let Some(webhook) = &options.webhook {
-        let certificate = match &webhook.cert_dir {
+    let mut webhook = None;
+    if let Some(settings) = &options.webhook {
+        let certificate = match &settings.cert_dir {
             Some(dir) => crate::webhook::server::Certificate::load(
                 &dir.join("tls.crt"),
                 &dir.join("tls.key"),
             )?,
-            None => crate::webhook::certs::managed(client.clone(), webhook.certs.clone()).await?,
+            None => crate::webhook::certs::managed(client.clone(), settings.certs.clone()).await?,
         };
         let render = options.config.render.clone();
-        crate::webhook::server::spawn(webhook.listen, certificate, render, metrics.clone()).await?;
+        let serving =
+            crate::webhook::server::spawn(settings.listen, certificate, render, metrics.clone())
+                .await?;
+        webhook = Some((serving, settings.shutdown_delay));
     }
+    // The controllers stop at once on a signal, and a leader releases its Lease, so that
+    // another replica takes over; the webhook outlives them by its delay.
+    let outcome = manage(client, options, readiness, metrics).await;
+    if let Some((serving, delay)) = webhook {
+        signal.serve_out(delay).await;
+        serving.stop(WEBHOOK_DRAIN).await;
+    }
+    outcome
+}
+
+/// A stopping replica's webhook serving on: the endpoints controller, and then the API
+/// server, stop sending a terminating pod reviews only some time after its deletion
+/// (kubernetes/kubernetes#127335 is the API server reusing connections to such pods), so
+/// a webhook that stopped on SIGTERM would fail the reviews still sent to it — and with
+/// `failurePolicy: Fail`, refuse those pods. Kubernetes' own API server waits the same
+/// way (`--shutdown-delay-duration`).
+pub struct ServingAfterSignal(tokio::sync::watch::Receiver<Option<Instant>>);
+
+impl ServingAfterSignal {
+    /// Notes when the first SIGTERM or SIGINT arrives, and turns `/readyz` to 503 then.
+    pub fn watch(readiness: Readiness) -> Self {
+        let (seen, at) = tokio::sync::watch::channel(None);
+        let signal = shutdown_signal();
+        tokio::spawn(async move {
+            signal.await;
+            readiness.set_stopping();
+            let _ = seen.send(Some(Instant::now()));
+        });
+        Self(at)
+    }
+
+    /// Waits until `delay` has passed since the signal; returns at once when the process
+    /// stops for another reason (it lost its Lease, say), with no signal seen.
+    pub async fn serve_out(&self, delay: Duration) {
+        let at = *self.0.borrow();
+        if let Some(at) = at {
+            let left = delay.saturating_sub(at.elapsed());
+            tracing::info!(
+                delay_s = delay.as_secs_f64(),
+                left_s = left.as_secs_f64(),
+                "shutting down: the webhook serves on until its endpoint is gone"
+            );
+            tokio::time::sleep(left).await;
+        }
+    }
+}
+
+/// Waits for the CRDs, then runs the controllers: at once, or while holding the Lease.
+async fn manage(
+    client: Client,
+    options: RunOptions,
+    readiness: Readiness,
+    metrics: Metrics,
+) -> Result<(), RunError> {
     // Until the CRDs are served, `/readyz` stays red and nothing starts: a controller on a
     // missing kind would only log watch errors.
     tokio::select! {

@@ -31,7 +31,12 @@ pub async fn apply<K: Kind, C: ChildKind>(
     let api: Api<C> = Api::namespaced(ctx.client.clone(), &namespace);
     let params = PatchParams::apply(MANAGER).force();
     match api.patch(&name, &params, &Patch::Apply(desired)).await {
-        Ok(applied) => Ok(counted::<K, C>(ctx, "applied", applied)),
+        Ok(applied) => {
+            // Writes are rare once children settle: each one is worth a line, and the
+            // reconcile's span names the owner.
+            tracing::info!(child = C::KIND, %name, %namespace, "applied");
+            Ok(counted::<K, C>(ctx, "applied", applied))
+        }
         Err(source) => Err(failed(ctx, owner, C::KIND, namespace, name, "Apply", source).await),
     }
 }

@@ -204,6 +204,14 @@ fn pod_template(
         election: Some(&name),
     };
     sidecars::place(&mut template, &placement, config)?;
+    // Clients reach the pods through the Service: a rollout or a scale-down must not
+    // refuse the requests sent to a pod before its endpoints are updated. Not so
+    // active-passive: the leader's pod is the only one serving, its deletion takes it out
+    // of the endpoints at once whatever it does, and every second it then waits is a
+    // second before its election sidecar hands the leadership (and the traffic) over.
+    if !active_passive(rs) {
+        sidecars::delay_shutdown(&mut template);
+    }
     Ok(template)
 }
 
@@ -589,10 +597,17 @@ spec:
             access.role.metadata.owner_references, c.deployment.metadata.owner_references,
             "owned like every other child"
         );
-        // Without activePassive, the Deployment keeps Kubernetes' own rollout.
+        // Nor does the leader wait out a shutdown delay before it hands over.
+        assert!(pod.containers[0].lifecycle.is_none());
+        assert!(pod.termination_grace_period_seconds.is_none());
+        // Without activePassive, the Deployment keeps Kubernetes' own rollout, and its
+        // pods stop only after their endpoints are gone.
         rs.spec.sidecars = Some(serde_json::from_value(serde_json::json!({"elect": {}})).unwrap());
         let c = render(&rs);
-        assert!(c.deployment.spec.unwrap().strategy.is_none());
+        let spec = c.deployment.spec.unwrap();
+        assert!(spec.strategy.is_none());
+        let pod = spec.template.spec.unwrap();
+        assert!(pod.containers[0].lifecycle.is_some());
         assert!(c.elect.is_some());
     }
 }

@@ -285,6 +285,21 @@ fn deployment(
                 .insert("memory".into(), Quantity(format!("{}Mi", base + cache_mi)));
         }
     }
+    let mut template = PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels(rs)),
+            ..ObjectMeta::default()
+        }),
+        spec: Some(PodSpec {
+            containers: vec![container],
+            volumes: Some(vec![sidecars::http_config_volume(&name(rs))]),
+            // The frontend talks to the app's Service, never to the API server.
+            automount_service_account_token: Some(false),
+            ..PodSpec::default()
+        }),
+    };
+    // Clients reach it through its Service, like the app's pods.
+    sidecars::delay_shutdown(&mut template);
     Deployment {
         metadata: meta(rs),
         spec: Some(DeploymentSpec {
@@ -293,19 +308,7 @@ fn deployment(
                 match_labels: Some(selector_labels(rs)),
                 ..LabelSelector::default()
             },
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels(rs)),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(PodSpec {
-                    containers: vec![container],
-                    volumes: Some(vec![sidecars::http_config_volume(&name(rs))]),
-                    // The frontend talks to the app's Service, never to the API server.
-                    automount_service_account_token: Some(false),
-                    ..PodSpec::default()
-                }),
-            },
+            template,
             ..DeploymentSpec::default()
         }),
         status: None,

@@ -14,8 +14,9 @@ use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
-    HTTPGetAction, KeyToPath, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
-    SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+    HTTPGetAction, KeyToPath, Lifecycle, LifecycleHandler, PodTemplateSpec, Probe,
+    ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, SleepAction,
+    TCPSocketAction, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -274,12 +275,11 @@ pub fn place(
     }
     if let Some(health) = &sidecars.health {
         let args = HealthArgs::new(health.checks.clone());
-        containers.push(container(
-            HEALTH,
-            image,
-            &args,
-            ("health-admin", ports::HEALTH_ADMIN),
-        ));
+        let mut c = container(HEALTH, image, &args, ("health-admin", ports::HEALTH_ADMIN));
+        // The monitor's /readyz is the app's readiness, and the app starts only after this
+        // probe passes: waiting on it would wait forever. Its port being open is enough.
+        c.startup_probe = Some(port_probe(ports::HEALTH_ADMIN));
+        containers.push(c);
         // The app is ready when the monitor says so, unless it says so itself.
         if let Some(app) = pod.containers.first_mut() {
             app.readiness_probe
@@ -357,10 +357,14 @@ pub fn place(
             .extend(containers);
     } else if !containers.is_empty() {
         // Before Kubernetes 1.29: plain containers beside the app, which start with it
-        // rather than before it, and stop with the pod.
+        // rather than before it (a startup probe orders nothing there), and stop with the
+        // pod: each waits out the shutdown delay like the app, so that none stops before
+        // the app has been taken out of its Services' endpoints.
         pod.containers
             .extend(containers.into_iter().map(|c| Container {
                 restart_policy: None,
+                startup_probe: None,
+                lifecycle: Some(pre_stop_sleep()),
                 ..c
             }));
     }
@@ -634,9 +638,78 @@ fn admin_probe(path: &str, admin: u16) -> Probe {
     }
 }
 
+/// A probe that passes once `port` accepts connections.
+fn port_probe(port: u16) -> Probe {
+    Probe {
+        tcp_socket: Some(TCPSocketAction {
+            port: IntOrString::Int(port.into()),
+            ..TCPSocketAction::default()
+        }),
+        ..startup_timing()
+    }
+}
+
+/// How a native sidecar's startup probe runs: often, since the app's start waits on it,
+/// and for up to a minute before the kubelet restarts the sidecar.
+fn startup_timing() -> Probe {
+    Probe {
+        period_seconds: Some(1),
+        failure_threshold: Some(60),
+        ..Probe::default()
+    }
+}
+
+/// How long a container that serves behind a Service keeps serving after its pod is told
+/// to stop: the endpoints controller, then every kube-proxy (and the API server, for a
+/// webhook), take the pod out of rotation only after the pod's deletion is seen, and a
+/// container that stops at once refuses the connections still sent its way meanwhile.
+pub const SHUTDOWN_DELAY_SECONDS: i64 = 10;
+
+/// What the pod gives its containers to stop after [`SHUTDOWN_DELAY_SECONDS`]: the
+/// Kubernetes default of 30 s, on top of the delay.
+pub const TERMINATION_GRACE_SECONDS: i64 = SHUTDOWN_DELAY_SECONDS + 30;
+
+/// A `preStop` hook that sleeps out [`SHUTDOWN_DELAY_SECONDS`]; the kubelet sleeps itself
+/// (no `sleep` binary in the image needed) and sends SIGTERM after it.
+fn pre_stop_sleep() -> Lifecycle {
+    Lifecycle {
+        pre_stop: Some(LifecycleHandler {
+            sleep: Some(SleepAction {
+                seconds: SHUTDOWN_DELAY_SECONDS,
+            }),
+            ..LifecycleHandler::default()
+        }),
+        ..Lifecycle::default()
+    }
+}
+
+/// Makes the pods of `template`, which serve behind a Service, stop only once they are out
+/// of its endpoints: every main container (the app, and sidecars placed as plain
+/// containers) without a `preStop` hook of its own gets one that sleeps out
+/// [`SHUTDOWN_DELAY_SECONDS`], and the pod's grace period, unless the template sets one,
+/// becomes [`TERMINATION_GRACE_SECONDS`]. Native sidecars need no hook: the kubelet stops
+/// them only after every main container has exited, so they serve through the delay.
+pub fn delay_shutdown(template: &mut PodTemplateSpec) {
+    let Some(pod) = template.spec.as_mut() else {
+        return;
+    };
+    for c in &mut pod.containers {
+        let lifecycle = c.lifecycle.get_or_insert_with(Lifecycle::default);
+        if lifecycle.pre_stop.is_none() {
+            lifecycle.pre_stop = pre_stop_sleep().pre_stop;
+        }
+    }
+    pod.termination_grace_period_seconds
+        .get_or_insert(TERMINATION_GRACE_SECONDS);
+}
+
 /// A sidecar as a native sidecar: an init container that keeps running, so it is up
 /// before the app takes traffic and stops after it; its admin port (named, as port names
-/// are unique in a pod) probed for readiness and liveness.
+/// are unique in a pod) probed for readiness and liveness. Its startup probe (`/readyz`:
+/// listening and serving) is what orders it before the app: the kubelet starts the next
+/// container only once a native sidecar's startup probe has passed, and without one at
+/// once, before the sidecar may listen, so that the app's first request through an
+/// ambassador would be refused.
 pub fn container<A: SidecarArgs>(
     name: &str,
     image: &str,
@@ -657,6 +730,10 @@ pub fn container<A: SidecarArgs>(
         restart_policy: Some("Always".into()),
         readiness_probe: Some(admin_probe("/readyz", admin)),
         liveness_probe: Some(admin_probe("/healthz", admin)),
+        startup_probe: Some(Probe {
+            http_get: admin_probe("/readyz", admin).http_get,
+            ..startup_timing()
+        }),
         security_context: Some(hardened_security_context()),
         resources: Some(ResourceRequirements {
             requests: Some(quantities("50m", "32Mi")),
@@ -669,7 +746,8 @@ pub fn container<A: SidecarArgs>(
 
 /// A sidecar as the one container of a pod of its own (a ShardedService's router): the
 /// same hardened container as [`container`], without the `restartPolicy` that only init
-/// containers take.
+/// containers take, nor the startup probe that only orders a native sidecar before the
+/// app.
 pub fn main_container<A: SidecarArgs>(
     name: &str,
     image: &str,
@@ -678,6 +756,7 @@ pub fn main_container<A: SidecarArgs>(
 ) -> Container {
     Container {
         restart_policy: None,
+        startup_probe: None,
         ..container(name, image, args, admin)
     }
 }
@@ -1042,6 +1121,100 @@ mod tests {
             err.contains("spec.sidecars.elect: port 9125") && err.contains("spec.sidecars.elect.renewDeadline: renewDeadline 6s must be shorter than leaseDuration 5s"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_native_sidecar_has_a_startup_probe_so_the_app_starts_once_it_listens() {
+        let t = placed(app(), &http_ambassador(9080)).unwrap();
+        let c = &t.spec.unwrap().init_containers.unwrap()[0];
+        let probe = c.startup_probe.as_ref().expect("a startup probe");
+        let get = probe.http_get.as_ref().unwrap();
+        assert_eq!(
+            (get.path.as_deref(), &get.port),
+            (Some("/readyz"), &IntOrString::Int(9124))
+        );
+        assert_eq!(
+            (probe.period_seconds, probe.failure_threshold),
+            (Some(1), Some(60))
+        );
+        // The health monitor's /readyz is the app's readiness: its port is checked instead.
+        let health: Sidecars = serde_json::from_value(
+            serde_json::json!({"health": {"checks": ["tcp://127.0.0.1:8080"]}}),
+        )
+        .unwrap();
+        let t = placed(app(), &health).unwrap();
+        let c = &t.spec.unwrap().init_containers.unwrap()[0];
+        let probe = c.startup_probe.as_ref().unwrap();
+        assert!(probe.http_get.is_none());
+        assert_eq!(
+            probe.tcp_socket.as_ref().unwrap().port,
+            IntOrString::Int(ports::HEALTH_ADMIN.into())
+        );
+        // A sidecar alone in its pod (a router) orders nothing.
+        let router = main_container(SHARD, "i", &shard_args(any_port(6379)), ("a", 9122));
+        assert!(router.startup_probe.is_none());
+    }
+
+    fn pre_stop_seconds(c: &Container) -> Option<i64> {
+        c.lifecycle
+            .as_ref()?
+            .pre_stop
+            .as_ref()?
+            .sleep
+            .as_ref()
+            .map(|s| s.seconds)
+    }
+
+    #[test]
+    fn a_pod_behind_a_service_stops_only_after_the_shutdown_delay() {
+        let mut t = placed(app(), &http_ambassador(9080)).unwrap();
+        delay_shutdown(&mut t);
+        let pod = t.spec.unwrap();
+        assert_eq!(
+            pre_stop_seconds(&pod.containers[0]),
+            Some(SHUTDOWN_DELAY_SECONDS)
+        );
+        assert_eq!(
+            pod.termination_grace_period_seconds,
+            Some(SHUTDOWN_DELAY_SECONDS + 30)
+        );
+        // Native sidecars outlive the app by themselves.
+        assert!(pod.init_containers.unwrap()[0].lifecycle.is_none());
+
+        // The user's own hook and grace period stay as they are.
+        let mut own = template(
+            "spec: {terminationGracePeriodSeconds: 90, containers: [{name: app, image: a, lifecycle: {preStop: {exec: {command: [drain]}}}}]}",
+        );
+        delay_shutdown(&mut own);
+        let pod = own.spec.unwrap();
+        assert_eq!(pod.termination_grace_period_seconds, Some(90));
+        let hook = pod.containers[0]
+            .lifecycle
+            .clone()
+            .unwrap()
+            .pre_stop
+            .unwrap();
+        assert!(hook.sleep.is_none() && hook.exec.is_some());
+    }
+
+    #[test]
+    fn plain_sidecars_wait_out_the_delay_too_and_have_no_startup_probe() {
+        let mut t = app();
+        let placement = Placement {
+            app_port: Some(8080),
+            tls: None,
+            sidecars: Some(&http_ambassador(9080)),
+            election: Some("web"),
+        };
+        let config = crate::controller::RenderConfig {
+            native_sidecars: false,
+            ..crate::controller::RenderConfig::default()
+        };
+        place(&mut t, &placement, &config).unwrap();
+        let c = &t.spec.unwrap().containers[1];
+        assert_eq!(c.name, HTTP);
+        assert_eq!(pre_stop_seconds(c), Some(SHUTDOWN_DELAY_SECONDS));
+        assert!(c.startup_probe.is_none());
     }
 
     fn port_taken_too() -> PodTemplateSpec {

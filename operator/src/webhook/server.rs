@@ -23,6 +23,8 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use serde_json::Value;
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::patch::{self, Outcome};
 use crate::controller::RenderConfig;
@@ -155,14 +157,48 @@ pub fn signed(
     Ok(CertifiedKey::new(chain, signing))
 }
 
-/// Serves the webhook on `addr` until the process stops; returns the bound address once
-/// listening.
+/// The webhook being served, until [`Serving::stop`].
+#[derive(Debug)]
+pub struct Serving {
+    /// The bound address.
+    pub local: SocketAddr,
+    stop: CancellationToken,
+    connections: TaskTracker,
+}
+
+impl Serving {
+    /// Stops gracefully: no new connection is accepted, every open one is asked to close
+    /// once the reviews in flight on it are answered (HTTP/2 GOAWAY, HTTP/1.1 `Connection:
+    /// close`), and those are waited for, at most `deadline`. The API server keeps its
+    /// connections to a webhook open and reuses them even after the pod left the Service's
+    /// endpoints; a GOAWAY makes it send the next review over a new connection, to a
+    /// replica that serves, where a closed socket would fail the review in flight.
+    /// Returns whether every connection closed in time.
+    pub async fn stop(self, deadline: Duration) -> bool {
+        self.stop.cancel();
+        self.connections.close();
+        let drained = tokio::time::timeout(deadline, self.connections.wait())
+            .await
+            .is_ok();
+        if drained {
+            tracing::info!("injection webhook stopped");
+        } else {
+            tracing::warn!(
+                open = self.connections.len(),
+                "injection webhook stopped with connections still open"
+            );
+        }
+        drained
+    }
+}
+
+/// Serves the webhook on `addr` until [`Serving::stop`]; returns once listening.
 pub async fn spawn(
     addr: SocketAddr,
     certificate: Arc<Certificate>,
     config: RenderConfig,
     metrics: Metrics,
-) -> Result<SocketAddr, WebhookError> {
+) -> Result<Serving, WebhookError> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| WebhookError::Bind { addr, source })?;
@@ -182,21 +218,36 @@ pub async fn spawn(
     tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let acceptor = TlsAcceptor::from(Arc::new(tls));
     let reloading = certificate.clone();
+    let stop = CancellationToken::new();
+    let connections = TaskTracker::new();
+    let stopped = stop.clone();
     tokio::spawn(async move {
         loop {
-            tokio::time::sleep(RELOAD_EVERY).await;
-            reloading.reload_if_changed();
+            tokio::select! {
+                () = stopped.cancelled() => return,
+                () = tokio::time::sleep(RELOAD_EVERY) => reloading.reload_if_changed(),
+            }
         }
     });
     let config = Arc::new(config);
     tracing::info!(%local, "injection webhook listening");
+    let (accepting, tracker) = (stop.clone(), connections.clone());
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
+            let stream = tokio::select! {
+                () = accepting.cancelled() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    // Out of file descriptors, mostly: back off instead of spinning.
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
             };
             let (acceptor, config, metrics) = (acceptor.clone(), config.clone(), metrics.clone());
-            tokio::spawn(async move {
+            let stop = accepting.clone();
+            tracker.spawn(async move {
                 let handshake =
                     tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream));
                 let Ok(Ok(stream)) = handshake.await else {
@@ -206,16 +257,29 @@ pub async fn spawn(
                     let (config, metrics) = (config.clone(), metrics.clone());
                     async move { Ok::<_, Infallible>(respond(req, &config, &metrics).await) }
                 });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                let mut builder =
+                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                builder
                     .http1()
                     .timer(TokioTimer::new())
-                    .header_read_timeout(Duration::from_secs(10))
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                    .header_read_timeout(Duration::from_secs(10));
+                let connection = builder.serve_connection(TokioIo::new(stream), service);
+                tokio::pin!(connection);
+                tokio::select! {
+                    _ = connection.as_mut() => {}
+                    () = stop.cancelled() => {
+                        connection.as_mut().graceful_shutdown();
+                        let _ = connection.await;
+                    }
+                }
             });
         }
     });
-    Ok(local)
+    Ok(Serving {
+        local,
+        stop,
+        connections,
+    })
 }
 
 async fn respond(

@@ -75,6 +75,37 @@ fn load(path: &Path, previous: Option<&Table>, metrics: &metrics::Metrics) -> Re
     })
 }
 
+/// How long the ambassador waits at start for its DNS backends' first answers before it
+/// calls itself ready anyway: the lookups' own timeout.
+const FIRST_ANSWERS: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Waits until every backend of `table` knows its servers (a DNS backend: once a lookup
+/// answered), at most `within`. Ready before then, the ambassador would answer 502 to a
+/// request it could serve a moment later — such as the app's first one: the kubelet
+/// starts the app once the ambassador's `/readyz` passes (its startup probe).
+async fn first_answers(table: &Table, within: std::time::Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let waiting: Vec<&str> = table
+            .backends
+            .values()
+            .filter(|b| !b.is_resolved())
+            .map(|b| b.name.as_str())
+            .collect();
+        if waiting.is_empty() {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(
+                ?waiting,
+                "no DNS answer yet for these backends: ready anyway, answering 502 for them until one comes"
+            );
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
 /// Runs the ambassador until SIGTERM/SIGINT, then drains and returns.
 pub async fn run(args: Args) -> Result<(), Error> {
     let args = *args.flags;
@@ -98,6 +129,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
     .await?;
     spawn_reloader(changes, args.config.clone(), table.clone(), metrics.clone());
 
+    first_answers(&table.load(), FIRST_ANSWERS).await;
     life.set_ready(true);
     tracing::info!(
         listen = %args.listen,

@@ -9,7 +9,8 @@ use kube::api::{Api, DeleteParams, ListParams};
 use serde_json::Value;
 
 use crate::node::{
-    ClientPod, POD_SETTLE, all_pods_ready, node_cluster, tls_secret, wait_for_condition,
+    ClientPod, POD_SETTLE, all_pods_ready, apply_tls_secret, node_cluster, self_signed,
+    wait_for_condition,
 };
 use crate::support::{Cluster, eventually};
 
@@ -88,11 +89,12 @@ async fn full_serves_https_through_the_tls_sidecar_by_service_name() {
     };
     let ns = cluster.namespace("ex-full").await;
     let names = vec!["web".to_owned(), format!("web.{}.svc", ns.name)];
-    let ca = tls_secret(&cluster, &ns.name, "web-tls", &names);
+    let pair = self_signed(&names, "web");
+    apply_tls_secret(&cluster, &ns.name, "web-tls", &pair);
     // Two replicas (the autoscaler's minimum; the kit has no metrics server to scale on).
     apply_example(&cluster, &ns.name, "full.yaml", "web", 2).await;
     let client = ClientPod::start(&cluster, &ns.name, "client", CURL).await;
-    client.exec_with_input(&["sh", "-c", "cat > /tmp/ca.crt"], Some(&ca));
+    client.write_file("/tmp/ca.crt", &pair.0);
     // The certificate is checked against the Secret's (the client trusts nothing else),
     // for the Service's name; the app behind the terminator answers.
     for url in ["https://web/", &format!("https://web.{}.svc/", ns.name)] {

@@ -21,8 +21,15 @@ use serde_json::json;
 use crate::support::{Cluster, connect, eventually};
 
 mod examples;
+mod operator_pods;
+mod rollouts;
 mod sharding;
 mod work_queue;
+
+/// Held by the tests that stop or restart the chart's operator pods, so that one's
+/// disruption never lands in another's measurement. Other tests run on through them: the
+/// operator is meant to be disrupted without anyone noticing.
+pub static OPERATOR_DISRUPTION: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The chart's release, as the README installs it.
 pub const RELEASE: &str = "rigging";
@@ -138,14 +145,36 @@ impl<'a> ClientPod<'a> {
 
     /// Runs `command` in the pod.
     pub fn exec(&self, command: &[&str]) -> Output {
-        self.exec_with_input(command, None)
+        let mut args = vec!["exec", "-n", &self.namespace, &self.name, "--"];
+        args.extend(command);
+        self.cluster.kubectl(&args)
     }
 
-    /// Runs `command` in the pod with `input` on its stdin.
-    pub fn exec_with_input(&self, command: &[&str], input: Option<&str>) -> Output {
-        let mut args = vec!["exec", "-i", "-n", &self.namespace, &self.name, "--"];
-        args.extend(command);
-        self.cluster.kubectl_with_input(&args, input)
+    /// Starts `command` in the pod and returns at once: its stdout and stderr are piped
+    /// to the returned process (`kubectl exec`), for a client that runs while the test
+    /// does something else.
+    pub fn spawn(&self, command: &[&str]) -> std::process::Child {
+        std::process::Command::new("kubectl")
+            .args(["exec", "-n", &self.namespace, &self.name, "--"])
+            .args(command)
+            .env("KUBECONFIG", self.cluster.kubeconfig())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("kubectl must be on PATH")
+    }
+
+    /// Writes `content` to `path` in the pod (through `sh`, which every client image has).
+    pub fn write_file(&self, path: &str, content: &str) {
+        self.exec_ok(&[
+            "sh",
+            "-c",
+            "printf '%s' \"$1\" > \"$2\"",
+            "sh",
+            content,
+            path,
+        ]);
     }
 
     /// Runs `command` in the pod and returns its stdout; panics with its stderr if it fails.
@@ -223,19 +252,32 @@ pub async fn all_pods_ready(
     .await
 }
 
-/// Creates (or replaces) the TLS Secret `name` in `namespace` with a fresh self-signed
-/// certificate for `dns_names`, as `kubectl create secret tls` makes it, and returns the
-/// certificate (PEM), which clients then trust as their CA.
-pub fn tls_secret(cluster: &Cluster, namespace: &str, name: &str, dns_names: &[String]) -> String {
+/// A self-signed certificate for `dns_names` whose subject is `common_name`: its PEM and
+/// its key's. Clients that trust the certificate itself then check it like a CA's.
+pub fn self_signed(dns_names: &[String], common_name: &str) -> (String, String) {
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("a key");
-    let params = rcgen::CertificateParams::new(dns_names.to_vec()).expect("names");
+    let mut params = rcgen::CertificateParams::new(dns_names.to_vec()).expect("names");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, common_name);
     let cert = params.self_signed(&key).expect("a certificate");
+    (cert.pem(), key.serialize_pem())
+}
+
+/// Creates or replaces the `kubernetes.io/tls` Secret `name` in `namespace` with
+/// `(cert, key)`, as `kubectl create secret tls` makes it.
+pub fn apply_tls_secret(
+    cluster: &Cluster,
+    namespace: &str,
+    name: &str,
+    (cert, key): &(String, String),
+) {
     let secret = json!({
         "apiVersion": "v1",
         "kind": "Secret",
         "type": "kubernetes.io/tls",
         "metadata": {"name": name, "namespace": namespace},
-        "stringData": {"tls.crt": cert.pem(), "tls.key": key.serialize_pem()},
+        "stringData": {"tls.crt": cert, "tls.key": key},
     });
     let out = cluster.kubectl_with_input(&["apply", "-f", "-"], Some(&secret.to_string()));
     assert!(
@@ -243,5 +285,4 @@ pub fn tls_secret(cluster: &Cluster, namespace: &str, name: &str, dns_names: &[S
         "apply the Secret {name}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    cert.pem()
 }

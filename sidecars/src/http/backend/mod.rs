@@ -419,6 +419,12 @@ impl Backend {
         ));
     }
 
+    /// Whether the server set is known: always for static servers, and for a DNS backend
+    /// once a lookup has answered.
+    pub fn is_resolved(&self) -> bool {
+        self.resolved.load(Ordering::Acquire)
+    }
+
     /// Replaces the server set with `addresses` (from DNS): servers kept by address keep
     /// everything; new ones start as a new static server does.
     fn set_servers(&self, addresses: &[String]) {
