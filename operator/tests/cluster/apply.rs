@@ -14,6 +14,7 @@ use rigging_crds::ReplicatedService;
 use rigging_operator::controller::MANAGER;
 use serde_json::{Value, json};
 
+use crate::node::POD_SETTLE;
 use crate::support::{APP_IMAGE, SETTLE, cluster, eventually, replicated_service};
 
 async fn create(api: &Api<ReplicatedService>, object: Value) -> ReplicatedService {
@@ -247,12 +248,13 @@ async fn a_deleted_child_is_recreated_and_children_go_with_their_owner() {
     })
     .await;
 
-    // Deleting the owner: the controller-manager's garbage collector removes the children.
+    // Deleting the owner: the controller-manager's garbage collector removes the children
+    // (in the foreground: once the pods are gone too, which wait out their shutdown delay).
     services
         .delete("web", &DeleteParams::foreground())
         .await
         .unwrap();
-    eventually("the children garbage-collected", SETTLE, || async {
+    eventually("the children garbage-collected", POD_SETTLE, || async {
         let gone = matches!(deployments.get_opt("web").await, Ok(None))
             && matches!(svcs.get_opt("web").await, Ok(None));
         gone.then_some(())
