@@ -33,17 +33,20 @@ node_name=rigging-node
 
 # --- net: the namespace, the veth and the subnets ---------------------------------------
 
-# A kit index 0-199 derived from DIR, moved on while another kit holds it: it names the
-# host's veth end and numbers the kit's three subnets, which the host routes to.
+# A kit index 0-127 derived from DIR, moved on while another kit holds it: it names the
+# host's veth end and numbers the kit's three subnets, which the host routes to. Pods get
+# a /16: the CNI's allocator hands out addresses in turn and wraps around at the end of
+# the range, and an address given again while a kube-proxy rule still points at its last
+# pod misroutes connections; a whole run of the suite stays far below 65,000 pods.
 net() {
   local n link
-  n=$(($(printf '%s' "$dir" | cksum | cut -d' ' -f1) % 200))
-  for _ in $(seq 200); do
+  n=$(($(printf '%s' "$dir" | cksum | cut -d' ' -f1) % 128))
+  for _ in $(seq 128); do
     link=rigk$n
     ip link show "$link" >/dev/null 2>&1 || break
-    n=$(((n + 1) % 200))
+    n=$(((n + 1) % 128))
   done
-  ip link show "$link" >/dev/null 2>&1 && { log "no free kit index: 200 kits run"; return 1; }
+  ip link show "$link" >/dev/null 2>&1 && { log "no free kit index: 128 kits run"; return 1; }
   # The unix sockets under DIR must fit in sun_path (108 bytes) with the kubelet's
   # deepest one appended.
   if ((${#dir} > 60)); then
@@ -58,8 +61,8 @@ NODE_IP=10.99.$n.2
 SERVICE_CIDR=10.100.$n.0/24
 KUBERNETES_SERVICE_IP=10.100.$n.1
 DNS_IP=10.100.$n.10
-POD_CIDR=10.101.$n.0/24
-POD_GATEWAY=10.101.$n.1
+POD_CIDR=10.$((128 + n)).0.0/16
+POD_GATEWAY=10.$((128 + n)).0.1
 ENV
   # shellcheck source=/dev/null
   source "$dir/node.env"

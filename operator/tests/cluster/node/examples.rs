@@ -76,7 +76,9 @@ async fn the_minimal_replicated_service_serves_through_its_service() {
     let ns = cluster.namespace("ex-minimal").await;
     apply_example(&cluster, &ns.name, "minimal.yaml", "hello", 1).await;
     let client = ClientPod::start(&cluster, &ns.name, "client", CURL).await;
-    let page = client.exec_ok(&["curl", "-fsS", "--max-time", "10", "http://hello:8080/"]);
+    let page = client
+        .exec_until_ok(&["curl", "-fsS", "--max-time", "10", "http://hello:8080/"])
+        .await;
     assert!(page.contains("Welcome to nginx"), "{page}");
 }
 
@@ -98,15 +100,17 @@ async fn full_serves_https_through_the_tls_sidecar_by_service_name() {
     // The certificate is checked against the Secret's (the client trusts nothing else),
     // for the Service's name; the app behind the terminator answers.
     for url in ["https://web/", &format!("https://web.{}.svc/", ns.name)] {
-        let page = client.exec_ok(&[
-            "curl",
-            "-fsS",
-            "--max-time",
-            "10",
-            "--cacert",
-            "/tmp/ca.crt",
-            url,
-        ]);
+        let page = client
+            .exec_until_ok(&[
+                "curl",
+                "-fsS",
+                "--max-time",
+                "10",
+                "--cacert",
+                "/tmp/ca.crt",
+                url,
+            ])
+            .await;
         assert!(page.contains("Welcome to nginx"), "{url}: {page}");
     }
     // Plain HTTP to the TLS port is not served as if it were HTTPS.
@@ -132,6 +136,18 @@ async fn frontend_answers_from_its_cache() {
     )
     .await;
     let client = ClientPod::start(&cluster, &ns.name, "client", CURL).await;
+    let frontend = "http://products-frontend/";
+    client
+        .exec_until_ok(&[
+            "curl",
+            "-fsS",
+            "--max-time",
+            "10",
+            "-H",
+            "X-Api-Key: e2e",
+            frontend,
+        ])
+        .await;
     // Each of the two frontend pods keeps its own cache: of six requests, only the first
     // that reaches each pod can miss. An answer from the cache carries `Age`.
     let mut from_cache = 0;
@@ -147,7 +163,7 @@ async fn frontend_answers_from_its_cache() {
             "/dev/null",
             "-H",
             "X-Api-Key: e2e",
-            "http://products-frontend/",
+            frontend,
         ]);
         if headers
             .lines()
@@ -333,7 +349,9 @@ async fn active_passive_has_one_ready_leader_and_a_new_one_when_its_pod_goes() {
     assert_eq!(spec.holder_identity.as_deref(), Some(leader.as_str()));
     let duration = i64::from(spec.lease_duration_seconds.expect("a lease duration"));
     let client = ClientPod::start(&cluster, &ns.name, "client", CURL).await;
-    let first = client.exec_ok(&["curl", "-fsS", "--max-time", "10", "http://scheduler:8080/"]);
+    let first = client
+        .exec_until_ok(&["curl", "-fsS", "--max-time", "10", "http://scheduler:8080/"])
+        .await;
     assert!(
         first.starts_with(&format!("{leader} leads; its writes carry fencing token")),
         "{first}"

@@ -177,6 +177,30 @@ impl<'a> ClientPod<'a> {
         ]);
     }
 
+    /// Runs `command` in the pod until it succeeds (within [`POD_SETTLE`]), and returns its
+    /// stdout: for a client's first request to a Service, which kube-proxy may not route
+    /// yet when its pods have just turned ready (and on every cluster, not only here).
+    pub async fn exec_until_ok(&self, command: &[&str]) -> String {
+        let mut last = None;
+        let deadline = std::time::Instant::now() + POD_SETTLE;
+        while std::time::Instant::now() < deadline {
+            let out = self.exec(command);
+            if out.status.success() {
+                return String::from_utf8_lossy(&out.stdout).into_owned();
+            }
+            last = Some(out);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let out = last.expect("ran at least once");
+        panic!(
+            "{} in {} never succeeded: {}{}",
+            command.join(" "),
+            self.name,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Runs `command` in the pod and returns its stdout; panics with its stderr if it fails.
     pub fn exec_ok(&self, command: &[&str]) -> String {
         let out = self.exec(command);
