@@ -188,27 +188,42 @@ async fn adapters_write_json_logs_and_serve_prometheus_metrics() {
     let pods = apply_example(&cluster, &ns.name, "adapters.yaml", "shop", 2).await;
     let client = ClientPod::start(&cluster, &ns.name, "client", CURL).await;
     let marker = "/adapters-e2e-marker";
-    // nginx answers 404 for the path, and logs it.
-    client.exec(&[
-        "curl",
-        "-sS",
-        "--max-time",
-        "10",
-        &format!("http://shop:8080{marker}"),
-    ]);
-
-    // nginx's access log, as JSON lines on the log adapter's stdout.
+    let pod_api: Api<Pod> = Api::namespaced(cluster.client.clone(), &ns.name);
+    // nginx answers 404 for the path and logs it; its log adapter writes the line as JSON
+    // on its stdout. Asked again until one is seen, whichever pod the Service chose.
     let line: Value = eventually(
         "the request in a log adapter's JSON",
         POD_SETTLE,
         || async {
-            pods.iter().find_map(|pod| {
-                let out = cluster.kubectl(&["logs", "-n", &ns.name, pod, "-c", "rigging-logs"]);
-                String::from_utf8_lossy(&out.stdout)
-                    .lines()
-                    .filter(|l| l.contains(marker))
-                    .find_map(|l| serde_json::from_str::<Value>(l).ok())
-            })
+            let status = client.exec(&[
+                "curl",
+                "-sS",
+                "--max-time",
+                "10",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                &format!("http://shop:8080{marker}"),
+            ]);
+            if String::from_utf8_lossy(&status.stdout) != "404" {
+                return None;
+            }
+            let current = pod_api
+                .list(&ListParams::default().labels("app.kubernetes.io/name=shop"))
+                .await
+                .ok()?;
+            current
+                .items
+                .iter()
+                .filter_map(|p| p.metadata.name.as_deref())
+                .find_map(|pod| {
+                    let out = cluster.kubectl(&["logs", "-n", &ns.name, pod, "-c", "rigging-logs"]);
+                    String::from_utf8_lossy(&out.stdout)
+                        .lines()
+                        .filter(|l| l.contains(marker))
+                        .find_map(|l| serde_json::from_str::<Value>(l).ok())
+                })
         },
     )
     .await;
