@@ -27,6 +27,10 @@ node=$dir/node
 # The binaries up.sh linked kubectl from.
 bin=$(dirname "$(readlink -f "$dir/bin/kubectl" 2>/dev/null || echo /nonexistent/kubectl)")
 
+# What the node makes outside DIR whatever its flags say (see up and down).
+shared_paths=(/var/log/containers /var/lib/kubelet /run/containerd /tmp/hostpath_pv)
+kits_state=/run/rigging-kits
+
 # The kubelet sets these at every start; the host gets its own values back.
 kernel_tunables=(vm.overcommit_memory kernel.panic kernel.panic_on_oops)
 node_name=rigging-node
@@ -108,8 +112,12 @@ up() {
   : >"$node/host-state"
   local t
   for t in "${kernel_tunables[@]}"; do echo "sysctl $t $(sysctl -n "$t")" >>"$node/host-state"; done
-  for path in /var/log/containers /var/lib/kubelet /run/containerd /tmp/hostpath_pv; do
-    [[ -e $path ]] || echo "created $path" >>"$node/host-state"
+  # Paths the kubelet, containerd and the volume provisioner make wherever their flags
+  # point, shared by every kit on the machine: the first kit to make one lists it, and the
+  # last kit down removes it.
+  mkdir -p "$kits_state"
+  for path in "${shared_paths[@]}"; do
+    [[ -e $path ]] || echo "$path" >>"$kits_state/created"
   done
 
   node_pki
@@ -417,11 +425,17 @@ down() {
   stop_named kube-scheduler kube-proxy kubelet
   # Every container of the kit's pods, by its cgroup, then containerd and its shims.
   kill_cgroup_tree "rigging-$NODE_INDEX"
+  # containerd 1.6's shims keep their sockets in /run/containerd/s, named by a hash of
+  # containerd's address, the namespace and the task, and remove them only on a clean exit.
   stop_named containerd
-  local shim
+  local shim id sockets=()
   for shim in $(pgrep -f "containerd-shim-runc-v2 .*-address $dir/run/containerd.sock" || true); do
+    id=$(tr '\0' '\n' <"/proc/$shim/cmdline" 2>/dev/null | sed -n '/^-id$/{n;p}')
+    [[ -n $id ]] && sockets+=("/run/containerd/s/$(printf '%s' "$dir/run/containerd.sock/k8s.io/$id" |
+      sha256sum | cut -d' ' -f1)")
     kill -KILL "$shim" 2>/dev/null || true
   done
+  ((${#sockets[@]})) && rm -f "${sockets[@]}"
 
   # Mounts under DIR (container root filesystems, pod volumes, the kubelet's own root
   # bind-mounted onto itself, the namespace file), deepest first.
@@ -448,19 +462,7 @@ down() {
     for link in /var/log/containers/*; do
       [[ -L $link && $(readlink "$link") == "$dir/"* ]] && rm -f "$link"
     done
-    local kind path
-    while read -r kind path; do
-      [[ $kind == created ]] || continue
-      case $path in
-      /var/lib/kubelet)
-        # Another kit's kubelet may hold its socket there now.
-        pgrep -x kubelet >/dev/null || rm -rf --one-file-system /var/lib/kubelet
-        ;;
-      # Another kit's volumes may be there.
-      /tmp/hostpath_pv) rmdir "$path" 2>/dev/null || true ;;
-      *) rmdir "$path"/* "$path" 2>/dev/null || true ;;
-      esac
-    done <"$node/host-state"
+    remove_shared_paths
   fi
 
   if awk -v d="$dir/" 'index($5, d) == 1 {found = 1} END {exit !found}' /proc/self/mountinfo; then
@@ -469,6 +471,26 @@ down() {
     return 1
   fi
   rm -f "$dir/node.env"
+}
+
+# The paths kits made outside their DIRs, once no kit's node runs any more: each only if
+# it holds nothing but what a node leaves (empty directories, the kubelet's device-plugin
+# socket), so that nothing of anyone else's goes with it.
+remove_shared_paths() {
+  [[ -f $kits_state/created ]] || return 0
+  # Another kit's node still runs (a kubelet and containerd are started with the kit's
+  # config files under its DIR).
+  pgrep -f "containerd --config .*/node/containerd.toml" >/dev/null && return 0
+  local path
+  while read -r path; do
+    [[ -d $path ]] || continue
+    if [[ $path == /var/lib/kubelet ]]; then
+      rm -f /var/lib/kubelet/device-plugins/kubelet.sock
+    fi
+    find "$path" -depth -type d -empty -delete 2>/dev/null || true
+  done < <(sort -u "$kits_state/created")
+  rm -f "$kits_state/created"
+  rmdir "$kits_state" 2>/dev/null || true
 }
 
 stop_named() { # names...
