@@ -11,16 +11,8 @@ dir=${1:?usage: down.sh DIR}
 status=0
 "$here/node.sh" down "$dir" || status=1
 [[ -f $dir/pids ]] || exit "$status"
-mapfile -t entries < <(tac "$dir/pids")
-for entry in "${entries[@]}"; do
-  pid=${entry##* }
-  kill -TERM "$pid" 2>/dev/null || continue
-  for ((i = 0; i < 50; i++)); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.2
-  done
-  kill -KILL "$pid" 2>/dev/null || true
-done
-rm -f "$dir/pids"
+# shellcheck source=e2e/controlplane/processes.sh
+source "$here/processes.sh"
+kit_stop_all
 echo "controlplane: stopped ($dir)" >&2
 exit "$status"

@@ -22,6 +22,8 @@ dir=$(cd "$dir" && pwd)
 
 log() { printf 'node: %s\n' "$*" >&2; }
 
+# shellcheck source=e2e/controlplane/processes.sh
+source "$here/processes.sh"
 pki=$dir/pki
 node=$dir/node
 # The binaries up.sh linked kubectl from.
@@ -260,8 +262,8 @@ conntrack:
   tcpCloseWaitTimeout: 0s
 YAML
 
-  start_node containerd --in-node containerd --config "$node/containerd.toml"
-  wait_for containerd 60 ctr_k8s version
+  kit_start containerd --in-node containerd --config "$node/containerd.toml"
+  kit_wait containerd 60 ctr_k8s version
 
   import_kit_images "$bin" "$pause_ref"
 
@@ -275,7 +277,7 @@ YAML
     cat /sys/fs/cgroup/cpuset/cpuset.cpus >"/sys/fs/cgroup/cpuset/rigging-$NODE_INDEX/cpuset.cpus"
     cat /sys/fs/cgroup/cpuset/cpuset.mems >"/sys/fs/cgroup/cpuset/rigging-$NODE_INDEX/cpuset.mems"
   fi
-  start_node kubelet --in-node "$bin/kubelet" \
+  kit_start kubelet --in-node "$bin/kubelet" \
     --config "$node/kubelet.yaml" \
     --kubeconfig "$node/kubelet.kubeconfig" \
     --root-dir "$node/kubelet" \
@@ -283,14 +285,14 @@ YAML
     --hostname-override "$node_name" \
     --node-ip "$NODE_IP" \
     --v 1
-  start_node kube-proxy --in-node "$bin/kube-proxy" --config "$node/kube-proxy.yaml" --v 1
-  start_node kube-scheduler "$bin/kube-scheduler" \
+  kit_start kube-proxy --in-node "$bin/kube-proxy" --config "$node/kube-proxy.yaml" --v 1
+  kit_start kube-scheduler "$bin/kube-scheduler" \
     --kubeconfig "$node/kube-scheduler.kubeconfig" \
     --authentication-kubeconfig "$node/kube-scheduler.kubeconfig" \
     --authorization-kubeconfig "$node/kube-scheduler.kubeconfig" \
     --secure-port 0 --leader-elect=false
 
-  wait_for "node $node_name Ready" 120 kubectl wait --for=condition=Ready "node/$node_name" --timeout=1s
+  kit_wait "node $node_name Ready" 120 kubectl wait --for=condition=Ready "node/$node_name" --timeout=1s
   restore_kernel_tunables
 
   # The default StorageClass, as kind has one: claims get hostPath directories that the
@@ -309,7 +311,7 @@ YAML
   # Cluster DNS: CoreDNS as the Deployment and Service kube-dns, as clusters run it.
   sed -e "s|@DNS_IP@|$DNS_IP|g" -e "s|@COREDNS_IMAGE@|$coredns_ref|g" "$here/dns/coredns.yaml" |
     kubectl apply -f - >/dev/null
-  wait_for "cluster DNS" 120 kubectl -n kube-system rollout status deployment/coredns --timeout=1s
+  kit_wait "cluster DNS" 120 kubectl -n kube-system rollout status deployment/coredns --timeout=1s
   log "ready: node $node_name ($NODE_IP), pods $POD_CIDR, services $SERVICE_CIDR, DNS $DNS_IP"
 }
 
@@ -353,39 +355,6 @@ current-context: kit
 YAML
 }
 
-start_node() { # name [--in-node] command...
-  local name=$1
-  shift
-  local netns=()
-  if [[ $1 == --in-node ]]; then
-    netns=(nsenter --net="$dir/netns/node")
-    shift
-  fi
-  "${netns[@]}" "$@" >"$dir/logs/$name.log" 2>&1 &
-  echo "$name $!" >>"$dir/pids"
-}
-
-wait_for() { # what seconds command...
-  local what=$1 seconds=$2 i
-  shift 2
-  for ((i = 0; i < seconds * 2; i++)); do
-    if "$@" >/dev/null 2>&1; then return 0; fi
-    exited || break
-    sleep 0.5
-  done
-  log "$what: not ready after $((i / 2))s; see $dir/logs"
-  tail -n 30 "$dir/logs/kubelet.log" "$dir/logs/containerd.log" >&2 2>/dev/null || true
-  return 1
-}
-
-# False, naming it, once a process the kit started has exited.
-exited() {
-  local name pid
-  while read -r name pid; do
-    kill -0 "$pid" 2>/dev/null || { log "$name exited"; return 1; }
-  done <"$dir/pids"
-}
-
 # The images the kit itself runs: the pause sandbox and CoreDNS, each a single static
 # binary, imported straight into the node's containerd.
 coredns_ref=""
@@ -422,12 +391,12 @@ down() {
   fi
 
   # The node's processes, by PID, newest first; up.sh's own come after.
-  stop_named kube-scheduler kube-proxy kubelet
+  kit_stop kube-scheduler kube-proxy kubelet
   # Every container of the kit's pods, by its cgroup, then containerd and its shims.
   kill_cgroup_tree "rigging-$NODE_INDEX"
   # containerd 1.6's shims keep their sockets in /run/containerd/s, named by a hash of
   # containerd's address, the namespace and the task, and remove them only on a clean exit.
-  stop_named containerd
+  kit_stop containerd
   local shim id sockets=()
   for shim in $(pgrep -f "containerd-shim-runc-v2 .*-address $dir/run/containerd.sock" || true); do
     id=$(tr '\0' '\n' <"/proc/$shim/cmdline" 2>/dev/null | sed -n '/^-id$/{n;p}')
@@ -491,22 +460,6 @@ remove_shared_paths() {
   done < <(sort -u "$kits_state/created")
   rm -f "$kits_state/created"
   rmdir "$kits_state" 2>/dev/null || true
-}
-
-stop_named() { # names...
-  local name pids=() pid i
-  for name in "$@"; do
-    mapfile -t -O "${#pids[@]}" pids < <(sed -n "s/^$name //p" "$dir/pids" 2>/dev/null)
-    sed -i "/^$name /d" "$dir/pids" 2>/dev/null || true
-  done
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do
-    for ((i = 0; i < 50; i++)); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.2
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-  done
 }
 
 # SIGKILL to every process in the kit's cgroups, until none is left.

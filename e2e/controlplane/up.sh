@@ -37,6 +37,8 @@ if [[ -f $dir/pids ]]; then
   exit 1
 fi
 
+# shellcheck source=e2e/controlplane/processes.sh
+source "$here/processes.sh"
 bin=$("$here/build.sh")
 command -v openssl >/dev/null || { log "openssl is needed to generate certificates"; exit 1; }
 
@@ -117,14 +119,7 @@ current-context: rigging-controlplane
 YAML
 chmod 600 "$dir/kubeconfig"
 
-start() { # name args...
-  local name=$1
-  shift
-  "$@" >"$dir/logs/$name.log" 2>&1 &
-  echo "$name $!" >>"$dir/pids"
-}
-
-start etcd "$bin/etcd" --name controlplane --data-dir "$dir/etcd" \
+kit_start etcd "$bin/etcd" --name controlplane --data-dir "$dir/etcd" \
   --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
   --listen-peer-urls "http://127.0.0.1:$peer_port" --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
   --initial-cluster "controlplane=http://127.0.0.1:$peer_port" \
@@ -153,7 +148,7 @@ if ((with_node)); then
   )
 fi
 
-start kube-apiserver "$bin/kube-apiserver" "${audit[@]}" "${node_flags[@]}" \
+kit_start kube-apiserver "$bin/kube-apiserver" "${audit[@]}" "${node_flags[@]}" \
   --etcd-servers "http://127.0.0.1:$etcd_port" \
   --bind-address "$api_ip" --advertise-address "$api_ip" --secure-port "$api_port" \
   --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
@@ -164,19 +159,8 @@ start kube-apiserver "$bin/kube-apiserver" "${audit[@]}" "${node_flags[@]}" \
   --allow-privileged \
   --profiling=false
 
-wait_ready() { # what command...
-  local what=$1 i
-  shift
-  for ((i = 0; i < 120; i++)); do
-    if "$@" >/dev/null 2>&1; then return 0; fi
-    sleep 0.5
-  done
-  log "$what did not become ready; see $dir/logs"
-  tail -n 20 "$dir"/logs/*.log >&2 || true
-  return 1
-}
 kubectl=("$bin/kubectl" --kubeconfig "$dir/kubeconfig")
-wait_ready kube-apiserver "${kubectl[@]}" get --raw /readyz
+kit_wait kube-apiserver 60 "${kubectl[@]}" get --raw /readyz
 
 # The controllers run with the admin's credentials: one identity keeps the kit small, and
 # what the tests check of RBAC is the operator's own ServiceAccount, not these.
@@ -186,7 +170,7 @@ wait_ready kube-apiserver "${kubectl[@]}" get --raw /readyz
 storage=()
 ((with_node)) && storage=(--enable-hostpath-provisioner)
 
-start kube-controller-manager "$bin/kube-controller-manager" "${storage[@]}" \
+kit_start kube-controller-manager "$bin/kube-controller-manager" "${storage[@]}" \
   --kubeconfig "$dir/kubeconfig" \
   --authentication-kubeconfig "$dir/kubeconfig" --authorization-kubeconfig "$dir/kubeconfig" \
   --bind-address 127.0.0.1 --secure-port 0 \
@@ -197,7 +181,7 @@ start kube-controller-manager "$bin/kube-controller-manager" "${storage[@]}" \
 
 # The controller-manager is working once its service-account controller has given the
 # default namespace its ServiceAccount.
-wait_ready kube-controller-manager "${kubectl[@]}" -n default get serviceaccount default
+kit_wait kube-controller-manager 60 "${kubectl[@]}" -n default get serviceaccount default
 
 if ((with_node)); then
   "$here/node.sh" up "$dir"

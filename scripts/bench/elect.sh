@@ -34,7 +34,7 @@ RETRY_PERIOD=500ms
 
 log() { printf '%s\n' "$*" >&2; }
 
-bench_apt etcd-server curl python3 openssl
+install_apt etcd-server curl python3 openssl
 command -v go >/dev/null || { log "go is needed for the reference electors (and the kit)"; exit 1; }
 cargo build --release -p rigging-sidecar >&2
 BIN=$PWD/target/release/rigging-sidecar

@@ -58,7 +58,7 @@ packages=(nginx-light haproxy wrk curl python3)
 want cache && packages+=(varnish)
 ((PROFILE)) && packages+=(linux-perf)
 ((INSTRUCTIONS)) && packages+=(valgrind)
-bench_apt "${packages[@]}"
+install_apt "${packages[@]}"
 # RIGGING_BIN: a binary built elsewhere (e.g. from `git archive` of a commit while the
 # working tree is mid-edit); by default the working tree's release build.
 if [[ -n ${RIGGING_BIN:-} ]]; then

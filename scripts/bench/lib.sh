@@ -2,18 +2,9 @@
 # Shared helpers for scripts/bench/*.sh (sourced, not run).
 # shellcheck disable=SC2034 # variables here are used by the scripts that source this file
 
-# Installs Debian packages that are missing (benchmarks only; tests use scripts/test.sh).
-bench_apt() {
-  local missing=() p
-  for p in "$@"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-  done
-  ((${#missing[@]})) || return 0
-  local sudo=()
-  ((EUID == 0)) || sudo=(sudo)
-  "${sudo[@]}" apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-}
+# install_apt: Debian packages installed when missing, their own services stopped.
+# shellcheck source=scripts/install.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../install.sh"
 
 # CPU time (user+system) of a process, in clock ticks: fields 14 and 15 of /proc/PID/stat.
 cpu_ticks() {

@@ -25,7 +25,7 @@ ROUNDS=${ROUNDS:-2}
 # Bound every run: syslog-ng at its expected ~100k lines/s needs LINES/100k seconds.
 RUN_LIMIT=$((LINES / 20000 + 30))
 
-bench_apt syslog-ng-core syslog-ng-scl python3
+install_apt syslog-ng-core syslog-ng-scl python3
 cargo build --release -q -p rigging-sidecar
 bin=$PWD/target/release/rigging-sidecar
 

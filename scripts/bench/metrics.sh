@@ -17,7 +17,7 @@ source scripts/bench/lib.sh
 DURATION=${DURATION:-10}
 ROUNDS=${ROUNDS:-2}
 
-bench_apt redis-server redis-tools wrk prometheus-redis-exporter
+install_apt redis-server redis-tools wrk prometheus-redis-exporter
 cargo build --release -q -p rigging-sidecar
 SIDECAR=$PWD/target/release/rigging-sidecar
 

@@ -47,7 +47,7 @@ NS=bench
 
 log() { printf 'operator.sh: %s\n' "$*" >&2; }
 
-bench_apt curl python3
+install_apt curl python3
 cargo build --release -q -p rigging-operator
 work=$(mktemp -d)
 # A copy: the tree's binary may be rebuilt while the benchmark runs.

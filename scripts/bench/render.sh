@@ -12,7 +12,7 @@ cd "$(dirname "$0")/../.."
 # shellcheck disable=SC1091 # lib.sh is checked on its own
 source scripts/bench/lib.sh
 
-bench_apt hyperfine curl
+install_apt hyperfine curl
 cargo build --release -q -p rigging-operator
 bin=$PWD/target/release/rigging-operator
 work=$(mktemp -d)

@@ -13,7 +13,7 @@ cd "$(dirname "$0")/../.."
 source scripts/bench/lib.sh
 
 ROUNDS=${1:-2}
-bench_apt redis-server redis-tools memcached libmemcached-tools nutcracker nginx-light wrk
+install_apt redis-server redis-tools memcached libmemcached-tools nutcracker nginx-light wrk
 # RIGGING_BIN: a binary built elsewhere (e.g. from `git archive` of a commit); by default
 # the working tree's release build.
 if [[ -n ${RIGGING_BIN:-} ]]; then

@@ -23,7 +23,7 @@ HS_DURATION=${HS_DURATION:-5}
 ROUNDS=${ROUNDS:-2}
 CONNS=${CONNS:-50}
 
-bench_apt nginx-light haproxy wrk openssl curl python3
+install_apt nginx-light haproxy wrk openssl curl python3
 # RIGGING_BIN: a binary built elsewhere (e.g. from `git archive` of a commit); by default
 # the working tree's release build.
 if [[ -n ${RIGGING_BIN:-} ]]; then

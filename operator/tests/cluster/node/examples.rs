@@ -267,22 +267,23 @@ async fn the_health_monitor_takes_a_pod_out_of_the_service_while_its_redis_is_do
     both.sort();
     assert_eq!(ready_endpoints(&cluster, &ns.name, "catalog").await, both);
 
+    let sick_redis = |command: &[&str]| {
+        let mut args = vec![
+            "exec",
+            "-n",
+            &ns.name,
+            sick,
+            "-c",
+            "redis",
+            "--",
+            "redis-cli",
+        ];
+        args.extend(command);
+        cluster.kubectl_ok(&args);
+    };
     // The sick pod's Redis stops answering (every client paused, PING included) for long
     // enough to fail the monitor's check by its thresholds.
-    cluster.kubectl_ok(&[
-        "exec",
-        "-n",
-        &ns.name,
-        sick,
-        "-c",
-        "redis",
-        "--",
-        "redis-cli",
-        "CLIENT",
-        "PAUSE",
-        "120000",
-        "ALL",
-    ]);
+    sick_redis(&["CLIENT", "PAUSE", "120000", "ALL"]);
     eventually("the sick pod out of the Service", POD_SETTLE, || async {
         (ready_endpoints(&cluster, &ns.name, "catalog").await == [well_ip.clone()]).then_some(())
     })
@@ -293,18 +294,7 @@ async fn the_health_monitor_takes_a_pod_out_of_the_service_while_its_redis_is_do
     }
 
     // Redis answers again: the pod is back.
-    cluster.kubectl_ok(&[
-        "exec",
-        "-n",
-        &ns.name,
-        sick,
-        "-c",
-        "redis",
-        "--",
-        "redis-cli",
-        "CLIENT",
-        "UNPAUSE",
-    ]);
+    sick_redis(&["CLIENT", "UNPAUSE"]);
     eventually("the pod back in the Service", POD_SETTLE, || async {
         (ready_endpoints(&cluster, &ns.name, "catalog").await == both).then_some(())
     })
