@@ -12,7 +12,7 @@ root=$PWD
 install=1
 [[ ${1:-} == --no-install ]] && install=0
 
-step() { printf '\n==> %s\n' "$*"; }
+step() { printf '\n==> %s (%s)\n' "$*" "$(date +%T)"; }
 
 # shellcheck source=scripts/install.sh
 source scripts/install.sh
