@@ -39,15 +39,24 @@ version=$(sed -n '/^\[workspace.package\]/,/^\[/s/^version = "\(.*\)"$/\1/p' "$r
 
 # --- Rigging's own images ---------------------------------------------------------------
 
+# Keyed on what the binaries are built from (the crates' sources and manifests, the lock
+# file, the profile and these scripts), not on the binaries: a checkout whose sources are
+# unchanged finds its images without building anything, a fresh clone included.
 rigging_images() {
-  log "cargo build --profile $profile --target $target (rigging-operator, rigging-sidecar)"
-  (cd "$root" && cargo build --locked --profile "$profile" --target "$target" \
-    -p rigging-operator -p rigging-sidecar)
-  local out=$root/target/$target/$profile key archive
-  key=$(cat "$out/rigging-operator" "$out/rigging-sidecar" "$here/build.sh" "$here/oci.sh" |
-    sha256sum | cut -c1-16)
+  local key archive
+  key=$( (
+    echo "$profile $target"
+    cd "$root" && git ls-files -co --exclude-standard Cargo.toml Cargo.lock \
+      'crds/Cargo.toml' 'crds/src' 'operator/Cargo.toml' 'operator/src' \
+      'sidecars/Cargo.toml' 'sidecars/src' | sort | xargs sha256sum
+    cat "$here/build.sh" "$here/oci.sh"
+  ) | sha256sum | cut -c1-16)
   archive=$cache/rigging-$version-$key.tar
   if [[ ! -f $archive ]]; then
+    log "cargo build --profile $profile --target $target (rigging-operator, rigging-sidecar)"
+    (cd "$root" && cargo build --locked --profile "$profile" --target "$target" \
+      -p rigging-operator -p rigging-sidecar)
+    local out=$root/target/$target/$profile
     rm -f "$cache"/rigging-*.tar
     log "rigging-operator:$version and rigging-sidecar:$version"
     local work
