@@ -141,7 +141,7 @@ node_flags=(--endpoint-reconciler-type none --authorization-mode RBAC)
 if ((with_node)); then
   # The node's InternalIP, never its name: looking the name up would ask the host's DNS.
   node_flags=(
-    --authorization-mode "Node,RBAC" --enable-admission-plugins NodeRestriction
+    --authorization-mode "Node,RBAC" --enable-admission-plugins NodeRestriction,OwnerReferencesPermissionEnforcement
     --kubelet-preferred-address-types InternalIP
     --kubelet-client-certificate "$pki/apiserver-kubelet-client.crt"
     --kubelet-client-key "$pki/apiserver-kubelet-client.key"

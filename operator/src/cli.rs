@@ -87,6 +87,11 @@ pub struct RunArgs {
     /// How often a healthy object is reconciled again when nothing changed (e.g. `5m`).
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     pub resync_period: std::time::Duration,
+    /// How many objects of each kind are reconciled at once; an object is never reconciled
+    /// twice at once. Bounds the operator's CPU and API requests in a burst (an upgrade
+    /// touches every object); 0 means no bound.
+    #[arg(long, default_value_t = crate::controller::context::DEFAULT_CONCURRENCY)]
+    pub concurrency: u16,
     /// Reconcile only the Rigging resources of this namespace (default: every namespace).
     #[arg(long = "namespace", env = "RIGGING_WATCH_NAMESPACE")]
     pub watch_namespace: Option<String>,
@@ -212,6 +217,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 native_sidecars: true,
             },
             resync: args.resync_period,
+            concurrency: args.concurrency,
         },
         leader_election,
         identity,

@@ -20,6 +20,8 @@ pub struct Config {
     pub render: RenderConfig,
     /// How often a healthy object is reconciled again when nothing changed.
     pub resync: Duration,
+    /// How many objects of one kind are reconciled at once (0: no bound).
+    pub concurrency: u16,
 }
 
 impl Default for Config {
@@ -27,9 +29,13 @@ impl Default for Config {
         Self {
             render: RenderConfig::default(),
             resync: super::RESYNC,
+            concurrency: DEFAULT_CONCURRENCY,
         }
     }
 }
+
+/// How many objects of one kind `run` reconciles at once unless `--concurrency` says.
+pub const DEFAULT_CONCURRENCY: u16 = 4;
 
 /// Shared state of the controllers.
 pub struct Context {

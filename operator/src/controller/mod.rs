@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Resource};
@@ -63,6 +64,17 @@ impl Default for RenderConfig {
 /// `rigging-sidecar:<version of this operator>`: the sidecar released with it.
 pub fn default_sidecar_image() -> String {
     format!("rigging-sidecar:{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// The owner reference every child carries: controlled by `owner`, and blocking its
+/// deletion until the child is gone, as the built-in controllers' children do, so that a
+/// foreground deletion of the owner waits for its children.
+pub fn controlled_by<K: Resource<DynamicType = ()>>(owner: &K) -> Option<Vec<OwnerReference>> {
+    let reference = owner.controller_owner_ref(&())?;
+    Some(vec![OwnerReference {
+        block_owner_deletion: Some(true),
+        ..reference
+    }])
 }
 
 /// A namespaced Kubernetes object the controller layer reads, applies and caches: every
@@ -171,7 +183,13 @@ pub fn controller<K: Kind>(
     namespace: Option<&str>,
 ) -> impl Future<Output = ()> + Send + use<K> {
     let api: Api<K> = children::api(&ctx.client, namespace);
-    let controller = Controller::new(api, watcher::Config::default().any_semantic());
+    // Listed as the API server has them now, not from its watch cache: the status is the
+    // record of what is done (a work queue's finished items), and a stale one read beside
+    // fresher children, after a failover, could run an item twice. A stale child cache
+    // costs only a create the API server refuses.
+    let controller = Controller::new(api, watcher::Config::default()).with_config(
+        kube::runtime::controller::Config::default().concurrency(ctx.config.concurrency),
+    );
     watches
         .trigger(controller)
         .shutdown_on_signal()

@@ -73,6 +73,13 @@ async fn reconcile_object<K: Kind>(obj: &K, ctx: &Context) -> Result<Action> {
         kind: K::KIND,
         name: name.clone(),
     })?;
+    // Being deleted: the garbage collector is removing the children (in the foreground,
+    // before the object itself), so applying them again would fight it, and a work queue
+    // would start Jobs for items nobody wants any more. Nothing to do until it is gone.
+    if obj.meta().deletion_timestamp.is_some() {
+        tracing::debug!("being deleted: nothing to reconcile");
+        return Ok(Action::await_change());
+    }
     let now = Timestamp::now();
     // Desired state may depend on the children that exist: read them once the caches hold
     // their initial lists. (`run` waits for that before it starts any controller, so this

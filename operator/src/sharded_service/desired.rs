@@ -30,7 +30,7 @@ use rigging_crds::sidecar::shard::{Protocol, ShardArgs, ShardConfig};
 use rigging_crds::{FieldError, FieldErrors, ShardedService};
 
 use super::reshard::{self, Plan};
-use crate::controller::{Child, MANAGER, Observed, RenderConfig};
+use crate::controller::{Child, MANAGER, Observed, RenderConfig, controlled_by};
 use crate::sidecars;
 use crate::sidecars::elect::ElectAccess;
 
@@ -331,7 +331,7 @@ fn child_meta(ss: &ShardedService, name: String, labels: BTreeMap<String, String
         name: Some(name),
         namespace: ss.namespace(),
         labels: Some(labels),
-        owner_references: ss.controller_owner_ref(&()).map(|o| vec![o]),
+        owner_references: controlled_by(ss),
         ..ObjectMeta::default()
     }
 }
@@ -378,8 +378,9 @@ fn headless(ss: &ShardedService) -> Service {
         spec: Some(ServiceSpec {
             cluster_ip: Some("None".into()),
             selector: Some(selector_labels(ss, Component::Shard)),
-            // A shard's name resolves once it is ready, never to a pod that cannot serve.
-            publish_not_ready_addresses: Some(false),
+            // A shard's name resolves once it is ready, never to a pod that cannot serve:
+            // the default, so left out. The API server drops a `false`, and a field it
+            // drops would read as drift on every reconcile.
             ports: Some(vec![service_port(ss, ss.spec.port)]),
             ..ServiceSpec::default()
         }),
@@ -706,7 +707,7 @@ mod tests {
         assert_eq!(sts.replicas, Some(3));
         let headless = one.headless.spec.as_ref().unwrap();
         assert_eq!(headless.cluster_ip.as_deref(), Some("None"));
-        assert_eq!(headless.publish_not_ready_addresses, Some(false));
+        assert_eq!(headless.publish_not_ready_addresses, None);
 
         let replicated = render(&http("Router"));
         assert_eq!(

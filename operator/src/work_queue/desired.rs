@@ -33,7 +33,7 @@ use rigging_crds::{FieldError, FieldErrors, WorkQueue};
 
 use super::naming;
 use super::status;
-use crate::controller::{Child, MANAGER, Observed, RenderConfig};
+use crate::controller::{Child, MANAGER, Observed, RenderConfig, controlled_by};
 use crate::sidecars;
 use crate::sidecars::elect::ElectAccess;
 
@@ -123,7 +123,7 @@ fn meta(wq: &WorkQueue, name: String, component: &str) -> ObjectMeta {
         name: Some(name),
         namespace: wq.namespace(),
         labels: Some(labels(wq, component)),
-        owner_references: wq.controller_owner_ref(&()).map(|o| vec![o]),
+        owner_references: controlled_by(wq),
         ..ObjectMeta::default()
     }
 }

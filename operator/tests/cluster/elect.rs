@@ -14,9 +14,7 @@ use kube::api::{Api, ListParams};
 use serde_json::json;
 
 use crate::node::POD_SETTLE;
-use crate::support::{
-    Cluster, Operator, Release, SETTLE, cluster, eventually, http_get, replicated_service,
-};
+use crate::support::{Cluster, Operator, Release, SETTLE, cluster, eventually, replicated_service};
 
 /// The name of the ServiceAccount the chart made in `namespace`.
 fn chart_account(cluster: &Cluster, namespace: &str) -> String {
@@ -246,15 +244,11 @@ async fn an_election_on_leases_is_granted_its_leases_and_nothing_more_by_the_ope
     // Settled, the children cost no write: what the operator owns (as managedFields say)
     // and still applies is no drift, though keyed items carry server defaults.
     let applied = || async {
-        let body = http_get(&operator.admin, "/metrics")
+        operator
+            .applied()
             .await
-            .unwrap_or_default();
-        body.lines()
-            .filter(|l| {
-                l.starts_with("rigging_operator_applies_total{")
-                    && l.contains("outcome=\"applied\"")
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or_default()
+            .values()
             .sum::<f64>()
     };
     let before = applied().await;

@@ -14,6 +14,7 @@
 mod apply;
 mod chart;
 mod crds;
+mod deletion;
 mod elect;
 mod frontend;
 mod leader_election;
@@ -21,6 +22,7 @@ mod node;
 mod reconcile;
 mod render;
 mod sharded_service;
+mod steady;
 mod support;
 mod webhook;
 mod work_queue;

@@ -1,6 +1,7 @@
 //! What every cluster test needs: the cluster, a namespace of its own, kubectl, an
 //! operator process, and waiting for the API server to show something.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::io::Write as _;
 use std::net::TcpListener;
@@ -393,6 +394,26 @@ impl Operator {
                 .filter(|l| l.starts_with(name) && !l.starts_with('#'))
                 .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
                 .sum(),
+        )
+    }
+}
+
+impl Operator {
+    /// `rigging_operator_applies_total{outcome="applied"}` by its label set: the children
+    /// this process has written, by kind. `None` while the admin port does not answer.
+    pub async fn applied(&self) -> Option<BTreeMap<String, f64>> {
+        let body = http_get(&self.admin, "/metrics").await?;
+        Some(
+            body.lines()
+                .filter(|l| {
+                    l.starts_with("rigging_operator_applies_total{")
+                        && l.contains("outcome=\"applied\"")
+                })
+                .filter_map(|l| {
+                    let (labels, value) = l.rsplit_once(' ')?;
+                    Some((labels.to_owned(), value.parse().ok()?))
+                })
+                .collect(),
         )
     }
 }
