@@ -15,10 +15,10 @@ use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec}
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
-use rigging_crds::{FieldErrors, ReplicatedService};
+use rigging_crds::{DisruptionBudget, FieldError, FieldErrors, ReplicatedService};
 
 use super::frontend;
-use crate::controller::{Child, MANAGER, RenderConfig};
+use crate::controller::{Child, MANAGER, RenderConfig, controlled_by};
 use crate::sidecars;
 use crate::sidecars::elect::ElectAccess;
 
@@ -103,10 +103,11 @@ pub fn desired(rs: &ReplicatedService, config: &RenderConfig) -> Result<Children
     );
     let deployment = deployment(rs, config, elect.as_ref());
     let frontend = frontend::children(rs, config);
-    let (deployment, frontend) = match (deployment, frontend) {
-        (Ok(d), Ok(f)) => (d, f),
-        (d, f) => {
-            let errors = [d.err(), f.err()].into_iter().flatten();
+    let pdb = pdb(rs);
+    let (deployment, frontend, pdb) = match (deployment, frontend, pdb) {
+        (Ok(d), Ok(f), Ok(p)) => (d, f, p),
+        (d, f, p) => {
+            let errors = [d.err(), f.err(), p.err()].into_iter().flatten();
             return Err(FieldErrors(errors.flat_map(|e| e.0).collect()));
         }
     };
@@ -114,7 +115,7 @@ pub fn desired(rs: &ReplicatedService, config: &RenderConfig) -> Result<Children
         elect,
         deployment,
         service: service(rs),
-        pdb: pdb(rs),
+        pdb,
         hpa: hpa(rs),
         frontend,
     })
@@ -125,7 +126,7 @@ fn child_meta(rs: &ReplicatedService) -> ObjectMeta {
         name: Some(rs.name_any()),
         namespace: rs.namespace(),
         labels: Some(labels(rs)),
-        owner_references: rs.controller_owner_ref(&()).map(|o| vec![o]),
+        owner_references: controlled_by(rs),
         ..ObjectMeta::default()
     }
 }
@@ -236,18 +237,73 @@ fn service(rs: &ReplicatedService) -> Service {
     }
 }
 
-fn pdb(rs: &ReplicatedService) -> Option<PodDisruptionBudget> {
-    let budget = rs.spec.disruption_budget.as_ref()?;
-    Some(PodDisruptionBudget {
+fn pdb(rs: &ReplicatedService) -> Result<Option<PodDisruptionBudget>, FieldErrors> {
+    let Some(budget) = rs.spec.disruption_budget.as_ref() else {
+        return Ok(None);
+    };
+    if let Some(error) = never_disrupts(rs, budget) {
+        return Err(FieldErrors(vec![error]));
+    }
+    Ok(Some(PodDisruptionBudget {
         metadata: child_meta(rs),
         spec: Some(PodDisruptionBudgetSpec {
             selector: Some(selector(rs)),
             max_unavailable: budget.max_unavailable.clone(),
             min_available: budget.min_available.clone(),
-            ..PodDisruptionBudgetSpec::default()
+            // A pod that is not ready serves nothing, so evicting it costs no availability;
+            // with the default (`IfHealthyBudget`) a crash-looping pod can block a drain.
+            unhealthy_pod_eviction_policy: Some("AlwaysAllow".into()),
         }),
         status: None,
-    })
+    }))
+}
+
+/// Why `budget` would never let a drain evict a ready pod, if it would not: the kubelet
+/// evicts only while the ready pods outnumber what the budget keeps. The most pods that
+/// are ever ready is the replica count (the autoscaler's highest), and one for an
+/// active-passive service, where only the leader is.
+fn never_disrupts(rs: &ReplicatedService, budget: &DisruptionBudget) -> Option<FieldError> {
+    let pods = rs
+        .spec
+        .autoscaling
+        .as_ref()
+        .map_or(rs.spec.replicas, |a| a.max_replicas);
+    if pods <= 0 {
+        return None;
+    }
+    let ready = if active_passive(rs) { 1 } else { pods };
+    // The disruption controller scales percentages of the expected pods up (ceiling).
+    let scaled = |v: &IntOrString| match v {
+        IntOrString::Int(n) => Some(*n),
+        IntOrString::String(s) => {
+            let percent: i64 = s.strip_suffix('%')?.parse().ok()?;
+            i32::try_from((percent * i64::from(pods) + 99) / 100).ok()
+        }
+    };
+    let (field, kept) = match (&budget.max_unavailable, &budget.min_available) {
+        (Some(max), _) => ("maxUnavailable", pods - scaled(max)?),
+        (None, Some(min)) => ("minAvailable", scaled(min)?),
+        (None, None) => return None,
+    };
+    if ready > kept {
+        return None;
+    }
+    let message = if active_passive(rs) {
+        format!(
+            "this budget keeps {kept} of {pods} pods available, but only the leader's pod is \
+             ever ready (sidecars.elect.activePassive), so no drain could evict it; leave the \
+             budget out (the leader hands over when its pod stops)"
+        )
+    } else {
+        format!(
+            "this budget keeps {kept} of at most {pods} pods available, so no drain could \
+             ever evict one; allow at least one pod to be unavailable"
+        )
+    };
+    Some(FieldError::new(
+        format!("spec.disruptionBudget.{field}"),
+        message,
+    ))
 }
 
 fn hpa(rs: &ReplicatedService) -> Option<HorizontalPodAutoscaler> {
@@ -437,6 +493,66 @@ spec:
             json["spec"].get("replicas").is_none(),
             "replicas must not be applied at all"
         );
+    }
+
+    /// `minimal` with `replicas` and `budget` (YAML flow), active-passive when asked.
+    fn budgeted(replicas: i32, budget: &str, active_passive: bool) -> ReplicatedService {
+        let elect = if active_passive {
+            "\n  sidecars: {elect: {activePassive: true}}"
+        } else {
+            ""
+        };
+        rs(&format!(
+            r#"
+apiVersion: rigging.dev/v1alpha1
+kind: ReplicatedService
+metadata: {{name: hello, namespace: default}}
+spec:
+  port: 8080
+  replicas: {replicas}
+  disruptionBudget: {budget}{elect}
+  template: {{spec: {{containers: [{{name: app, image: app:1}}]}}}}
+"#
+        ))
+    }
+
+    #[test]
+    fn a_budget_that_could_never_let_a_drain_evict_a_pod_is_refused_by_field() {
+        let cfg = RenderConfig::default();
+        for (replicas, budget, active_passive, field) in [
+            (1, "{maxUnavailable: 0}", false, "maxUnavailable"),
+            (3, "{maxUnavailable: '0%'}", false, "maxUnavailable"),
+            (1, "{minAvailable: 1}", false, "minAvailable"),
+            (3, "{minAvailable: '100%'}", false, "minAvailable"),
+            // Only the leader is ever ready: keeping one available keeps it forever.
+            (2, "{maxUnavailable: 1}", true, "maxUnavailable"),
+            (2, "{minAvailable: 1}", true, "minAvailable"),
+        ] {
+            let errors = desired(&budgeted(replicas, budget, active_passive), &cfg)
+                .expect_err(budget)
+                .0;
+            assert_eq!(
+                errors[0].field,
+                format!("spec.disruptionBudget.{field}"),
+                "{replicas} {budget} {active_passive}"
+            );
+        }
+        for (replicas, budget, active_passive) in [
+            (1, "{maxUnavailable: 1}", false),
+            (3, "{maxUnavailable: '1%'}", false),
+            (2, "{minAvailable: 1}", false),
+            (3, "{minAvailable: '50%'}", false),
+            (2, "{maxUnavailable: 2}", true),
+            (2, "{minAvailable: 0}", true),
+        ] {
+            let children = desired(&budgeted(replicas, budget, active_passive), &cfg)
+                .unwrap_or_else(|e| panic!("{replicas} {budget} {active_passive}: {e}"));
+            let spec = children.pdb.and_then(|p| p.spec).expect("a budget");
+            assert_eq!(
+                spec.unhealthy_pod_eviction_policy.as_deref(),
+                Some("AlwaysAllow")
+            );
+        }
     }
 
     #[test]

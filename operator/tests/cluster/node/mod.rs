@@ -20,6 +20,7 @@ use serde_json::json;
 
 use crate::support::{Cluster, connect, eventually};
 
+mod disruption;
 mod examples;
 mod operator_pods;
 mod rollouts;
