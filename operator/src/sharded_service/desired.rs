@@ -23,7 +23,7 @@ use k8s_openapi::api::networking::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::{Resource, ResourceExt};
+use kube::ResourceExt;
 use rigging_crds::sharded_service::RouterMode;
 use rigging_crds::sidecar::ports;
 use rigging_crds::sidecar::shard::{Protocol, ShardArgs, ShardConfig};
