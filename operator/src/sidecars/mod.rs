@@ -638,6 +638,19 @@ fn admin_probe(path: &str, admin: u16) -> Probe {
     }
 }
 
+/// The liveness probe of the admin port: patient, since a restart is the one remedy it
+/// has. A proxy busy under load, or throttled at its CPU limit, can take longer than the
+/// default second to answer `/healthz`; restarting it then drops every connection it
+/// carries. Half a minute without an answer is a hung process.
+fn liveness_probe(admin: u16) -> Probe {
+    Probe {
+        timeout_seconds: Some(5),
+        period_seconds: Some(10),
+        failure_threshold: Some(3),
+        ..admin_probe("/healthz", admin)
+    }
+}
+
 /// A probe that passes once `port` accepts connections.
 fn port_probe(port: u16) -> Probe {
     Probe {
@@ -729,7 +742,7 @@ pub fn container<A: SidecarArgs>(
         ports: Some(vec![port(port_name, admin.into())]),
         restart_policy: Some("Always".into()),
         readiness_probe: Some(admin_probe("/readyz", admin)),
-        liveness_probe: Some(admin_probe("/healthz", admin)),
+        liveness_probe: Some(liveness_probe(admin)),
         startup_probe: Some(Probe {
             http_get: admin_probe("/readyz", admin).http_get,
             ..startup_timing()
@@ -974,6 +987,16 @@ mod tests {
         let path = |p: &Option<Probe>| p.as_ref().unwrap().http_get.as_ref().unwrap().path.clone();
         assert_eq!(path(&c.readiness_probe).as_deref(), Some("/readyz"));
         assert_eq!(path(&c.liveness_probe).as_deref(), Some("/healthz"));
+        let liveness = c.liveness_probe.as_ref().unwrap();
+        assert_eq!(
+            (
+                liveness.timeout_seconds,
+                liveness.period_seconds,
+                liveness.failure_threshold
+            ),
+            (Some(5), Some(10), Some(3)),
+            "a busy or throttled sidecar is not restarted for a slow /healthz"
+        );
         let mounts = c.volume_mounts.as_ref().unwrap();
         assert_eq!(mounts.len(), 1);
         assert_eq!(
