@@ -364,7 +364,7 @@ pub fn place(
             .extend(containers.into_iter().map(|c| Container {
                 restart_policy: None,
                 startup_probe: None,
-                lifecycle: Some(pre_stop_sleep()),
+                lifecycle: Some(pre_stop_sleep(SHUTDOWN_DELAY_SECONDS)),
                 ..c
             }));
     }
@@ -682,14 +682,12 @@ pub const SHUTDOWN_DELAY_SECONDS: i64 = 10;
 /// Kubernetes default of 30 s, on top of the delay.
 pub const TERMINATION_GRACE_SECONDS: i64 = SHUTDOWN_DELAY_SECONDS + 30;
 
-/// A `preStop` hook that sleeps out [`SHUTDOWN_DELAY_SECONDS`]; the kubelet sleeps itself
-/// (no `sleep` binary in the image needed) and sends SIGTERM after it.
-fn pre_stop_sleep() -> Lifecycle {
+/// A `preStop` hook that sleeps `seconds`; the kubelet sleeps itself (no `sleep` binary
+/// in the image needed) and sends SIGTERM after it.
+fn pre_stop_sleep(seconds: i64) -> Lifecycle {
     Lifecycle {
         pre_stop: Some(LifecycleHandler {
-            sleep: Some(SleepAction {
-                seconds: SHUTDOWN_DELAY_SECONDS,
-            }),
+            sleep: Some(SleepAction { seconds }),
             ..LifecycleHandler::default()
         }),
         ..Lifecycle::default()
@@ -702,18 +700,27 @@ fn pre_stop_sleep() -> Lifecycle {
 /// [`SHUTDOWN_DELAY_SECONDS`], and the pod's grace period, unless the template sets one,
 /// becomes [`TERMINATION_GRACE_SECONDS`]. Native sidecars need no hook: the kubelet stops
 /// them only after every main container has exited, so they serve through the delay.
+///
+/// A grace period the template sets is the user's, and the API server refuses a sleep
+/// that is not shorter than it: the delay then shrinks to a second under it, and a pod
+/// given a second or less to stop gets no delay at all.
 pub fn delay_shutdown(template: &mut PodTemplateSpec) {
     let Some(pod) = template.spec.as_mut() else {
         return;
     };
+    let grace = *pod
+        .termination_grace_period_seconds
+        .get_or_insert(TERMINATION_GRACE_SECONDS);
+    let delay = SHUTDOWN_DELAY_SECONDS.min(grace - 1);
+    if delay <= 0 {
+        return;
+    }
     for c in &mut pod.containers {
         let lifecycle = c.lifecycle.get_or_insert_with(Lifecycle::default);
         if lifecycle.pre_stop.is_none() {
-            lifecycle.pre_stop = pre_stop_sleep().pre_stop;
+            lifecycle.pre_stop = pre_stop_sleep(delay).pre_stop;
         }
     }
-    pod.termination_grace_period_seconds
-        .get_or_insert(TERMINATION_GRACE_SECONDS);
 }
 
 /// A sidecar as a native sidecar: an init container that keeps running, so it is up
@@ -1218,6 +1225,18 @@ mod tests {
             .pre_stop
             .unwrap();
         assert!(hook.sleep.is_none() && hook.exec.is_some());
+
+        // A shorter grace period the user set: the API server refuses a sleep that is not
+        // shorter, so the delay fits under it, and with a second or less there is none.
+        for (grace, delay) in [(5, Some(4)), (1, None), (0, None)] {
+            let mut short = template(&format!(
+                "spec: {{terminationGracePeriodSeconds: {grace}, containers: [{{name: app, image: a}}]}}"
+            ));
+            delay_shutdown(&mut short);
+            let pod = short.spec.unwrap();
+            assert_eq!(pod.termination_grace_period_seconds, Some(grace));
+            assert_eq!(pre_stop_seconds(&pod.containers[0]), delay, "grace {grace}");
+        }
     }
 
     #[test]
