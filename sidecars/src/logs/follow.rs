@@ -29,6 +29,9 @@ pub const POLL: Duration = Duration::from_millis(100);
 pub const RETIRE_GRACE: Duration = Duration::from_secs(3);
 /// How long a multi-line record waits for a continuation line once the input is idle.
 pub const MULTILINE_IDLE: Duration = Duration::from_secs(1);
+/// Once stopped, how long the file is still read towards its end: within the time the
+/// sidecar gives itself to stop, with a second left to write out what is held.
+pub const DRAIN: Duration = Duration::from_secs(4);
 
 struct Tail {
     file: File,
@@ -83,7 +86,8 @@ fn look(path: &Path, current: &Tail) -> PathState {
     }
 }
 
-/// Follows `path` until `stop` is cancelled, then emits what is held and returns.
+/// Follows `path` until `stop` is cancelled, then reads on to the end of the file (for
+/// [`DRAIN`] at most), emits what is held and returns.
 pub fn follow<W: io::Write>(
     path: &Path,
     pipe: &mut Pipeline<W>,
@@ -104,11 +108,15 @@ pub fn follow<W: io::Write>(
     tracing::info!(path = %path.display(), "following");
     let mut retired: Option<(Tail, Instant)> = None;
     let mut idle_since: Option<Instant> = None;
+    let mut stopped: Option<Instant> = None;
     loop {
         if current.read(pipe).map_err(step_err)? > 0 {
             idle_since = None;
             metrics.publish(&pipe.stats());
-            if stop.is_cancelled() {
+            // Stopping: the rest of the file first. A worker's last lines, written just
+            // before its pod stops, are often the error that says why it failed.
+            if stop.is_cancelled() && stopped.get_or_insert_with(Instant::now).elapsed() >= DRAIN {
+                tracing::warn!(path = %path.display(), "stopping before the end of the file: it kept growing past the drain deadline");
                 break;
             }
             continue;

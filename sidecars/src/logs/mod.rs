@@ -191,8 +191,9 @@ pub fn build(args: &Args) -> Result<(Parser, Option<regex::bytes::Regex>), Error
     Ok((parser, multiline))
 }
 
-/// How long a stopping adapter gets to emit what it holds.
-const STOP_DEADLINE: Duration = Duration::from_secs(5);
+/// How long a stopping adapter gets to read to the end of its file and emit what it
+/// holds: the follower's drain, and a second to write out.
+const STOP_DEADLINE: Duration = follow::DRAIN.saturating_add(Duration::from_secs(1));
 
 /// Runs the `logs` sidecar: until the input ends, or until SIGTERM with `--follow`.
 pub async fn run(args: Args) -> Result<(), Error> {

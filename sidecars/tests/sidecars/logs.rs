@@ -433,6 +433,39 @@ fn lines_written_to_the_old_file_after_rotation_are_still_read() {
     );
 }
 
+/// `rigging-sidecar logs --follow` of `log` (logfmt) into `out`, with `extra` flags.
+fn follow_logfmt(log: &Path, out: &Path, extra: &[&str]) -> Proc {
+    let (log, out) = (log.display().to_string(), out.display().to_string());
+    let mut args = vec![
+        "logs", "--format", "logfmt", "--input", &log, "--follow", "--output", &out,
+    ];
+    args.extend_from_slice(extra);
+    Proc::sidecar(&args)
+}
+
+#[test]
+fn every_line_written_before_sigterm_comes_out() {
+    // A worker's last lines (its error, often) are written just before the pod stops: the
+    // adapter reads the file to its end before exiting, not just what it had in hand.
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("app.log");
+    let out = dir.path().join("records.jsonl");
+    let mut file = std::fs::File::create(&log).unwrap();
+    let mut sidecar = follow_logfmt(&log, &out, &[]);
+    writeln!(file, "n=0").unwrap();
+    wait_records(&out, 1);
+    let last = 100_000;
+    let burst: String = (1..=last).map(|i| format!("n={i} msg=work\n")).collect();
+    file.write_all(burst.as_bytes()).unwrap();
+    writeln!(file, "n=final level=error msg=\"worker failed\"").unwrap();
+    sidecar.terminate();
+    assert_eq!(sidecar.wait_exit(WAIT), Some(0));
+    let got = records(&out);
+    assert_eq!(got.len(), last + 2, "lines lost at stop");
+    assert_eq!(got[last]["n"], format!("{last}"));
+    assert_eq!(got[last + 1]["msg"], "worker failed");
+}
+
 #[test]
 fn a_real_redis_log_parses_completely() {
     let dir = tempfile::tempdir().unwrap();
