@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use serde::Serialize;
 
 use super::SidecarArgs;
+use super::http::ByteSize;
 
 /// The formats `--format` accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, clap::ValueEnum)]
@@ -45,6 +46,11 @@ pub struct LogsArgs {
     /// Keep reading as the file grows, across rotation (like `tail -F`).
     #[arg(long)]
     pub follow: bool,
+    /// With `--follow`: once this much of the file has been read, give its disk space
+    /// back (punch a hole in what was read; truncate the file where holes are not
+    /// supported), so that a file nothing rotates stays small. `0`: never.
+    #[arg(long, value_name = "SIZE", default_value = "16Mi")]
+    pub reclaim_after: ByteSize,
     /// Where records go: `-` for stdout, or a file (appended to).
     #[arg(long, value_name = "-|FILE", default_value = "-")]
     pub output: String,

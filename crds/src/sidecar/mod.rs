@@ -202,6 +202,7 @@ mod tests {
             multiline_start: Some("^\\S".into()),
             input: "/var/log/app/app.log".into(),
             follow: true,
+            reclaim_after: http::ByteSize(8 << 20),
             output: "-".into(),
             admin: Some("0.0.0.0:9123".parse().unwrap()),
         };

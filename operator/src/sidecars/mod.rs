@@ -230,6 +230,12 @@ pub fn place(
     }
     let sidecars = placement.sidecars.cloned().unwrap_or_default();
     if let Some(logs) = &sidecars.logs {
+        /// Read bytes of the log file the adapter gives back at a time.
+        const RECLAIM_AFTER: u64 = 16 << 20;
+        /// The shared volume's bound: the unread part of the log, which the adapter keeps
+        /// small, with room for a burst. Past it the kubelet evicts this pod, rather than
+        /// the node running out of disk under every pod on it.
+        const VOLUME_LIMIT: &str = "256Mi";
         let dir = parent_dir(&logs.file);
         let args = LogsArgs {
             format: logs.format,
@@ -237,15 +243,20 @@ pub fn place(
             multiline_start: logs.multiline_start.clone(),
             input: logs.file.clone(),
             follow: true,
+            reclaim_after: rigging_crds::sidecar::http::ByteSize(RECLAIM_AFTER),
             output: "-".into(),
             admin: Some(any_port(ports::LOGS_ADMIN)),
         };
         let mut c = container(LOGS, image, &args, ("logs-admin", ports::LOGS_ADMIN));
-        c.volume_mounts = Some(vec![mount(LOGS, &dir, true)]);
+        // Read-write: the adapter gives back the disk space of what it has read.
+        c.volume_mounts = Some(vec![mount(LOGS, &dir, false)]);
         containers.push(c);
         volumes.push(Volume {
             name: LOGS.into(),
-            empty_dir: Some(EmptyDirVolumeSource::default()),
+            empty_dir: Some(EmptyDirVolumeSource {
+                size_limit: Some(Quantity(VOLUME_LIMIT.into())),
+                ..EmptyDirVolumeSource::default()
+            }),
             ..Volume::default()
         });
         if let Some(app) = pod.containers.first_mut() {

@@ -91,7 +91,8 @@ pub struct IdleIo<T> {
     in_flight: Arc<InFlight>,
     idle: Duration,
     first_request: Duration,
-    /// When the connection became able to send its first request.
+    /// When the wrapper was made: a TLS connection is wrapped once its handshake is over,
+    /// so this is when the client became able to send its first request.
     opened: Instant,
     last_activity: Instant,
     // Boxed once per connection: `Sleep` is `!Unpin` and the wrapper must stay `Unpin`.
@@ -117,16 +118,6 @@ impl<T> IdleIo<T> {
             last_activity: now,
             timer: Box::pin(tokio::time::sleep_until(now + first_request.min(idle))),
         }
-    }
-
-    /// Starts the first-request clock again: a TLS connection can send a request only
-    /// once its handshake is over.
-    pub fn restart_first_request_clock(&mut self) {
-        let now = Instant::now();
-        self.opened = now;
-        self.timer
-            .as_mut()
-            .reset(now + self.first_request.min(self.idle));
     }
 
     /// The connection itself.

@@ -106,6 +106,7 @@ pub struct Metrics {
     records_written: IntCounter,
     parse_errors: IntCounter,
     rotations: IntCounterVec,
+    reclaimed: IntCounterVec,
     published: std::sync::Arc<std::sync::Mutex<Stats>>,
 }
 
@@ -128,6 +129,17 @@ impl Metrics {
         for kind in ["rename", "truncate"] {
             rotations.with_label_values(&[kind]);
         }
+        let reclaimed = IntCounterVec::new(
+            Opts::new(
+                "rigging_logs_reclaimed_bytes_total",
+                "Disk space of the followed file given back once read, by how (hole: punched out, nothing lost; truncate: the file emptied).",
+            ),
+            &["how"],
+        )?;
+        registry.register(Box::new(reclaimed.clone()))?;
+        for how in ["hole", "truncate"] {
+            reclaimed.with_label_values(&[how]);
+        }
         Ok(Metrics {
             bytes_read: counter(
                 "rigging_logs_read_bytes_total",
@@ -146,6 +158,7 @@ impl Metrics {
                 "Records that did not parse (or were not UTF-8), written whole with an error field.",
             )?,
             rotations,
+            reclaimed,
             published: Default::default(),
         })
     }
@@ -191,8 +204,9 @@ pub fn build(args: &Args) -> Result<(Parser, Option<regex::bytes::Regex>), Error
     Ok((parser, multiline))
 }
 
-/// How long a stopping adapter gets to emit what it holds.
-const STOP_DEADLINE: Duration = Duration::from_secs(5);
+/// How long a stopping adapter gets to read to the end of its file and emit what it
+/// holds: the follower's drain, and a second to write out.
+const STOP_DEADLINE: Duration = follow::DRAIN.saturating_add(Duration::from_secs(1));
 
 /// Runs the `logs` sidecar: until the input ends, or until SIGTERM with `--follow`.
 pub async fn run(args: Args) -> Result<(), Error> {
@@ -226,15 +240,21 @@ pub async fn run(args: Args) -> Result<(), Error> {
     };
 
     let stop = life.token().clone();
+    let reclaim_after = args.reclaim_after.0;
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("rigging-logs".into())
         .spawn(move || {
             let mut pipe = Pipeline::new(parser, multiline, sink);
             let result = match input {
-                Input::Follow(path) => {
-                    follow::follow(&path, &mut pipe, &stop, &metrics, &output_name)
-                }
+                Input::Follow(path) => follow::follow(
+                    &path,
+                    &mut pipe,
+                    &stop,
+                    &metrics,
+                    &output_name,
+                    reclaim_after,
+                ),
                 Input::File(path, file) => read_to_end(
                     file,
                     &path.display().to_string(),

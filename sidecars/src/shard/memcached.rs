@@ -154,6 +154,7 @@ impl Memcached {
                     .ok_or(ProtoError("bad data chunk length"))?;
                 let total = line + bytes + 2;
                 if input.len() - pos < total {
+                    plan.needs = pos + total;
                     return Ok(None);
                 }
                 if &input[pos + total - 2..pos + total] != b"\r\n" {
@@ -227,13 +228,12 @@ impl Memcached {
         };
         let index = if noreply {
             let &(nr_start, nr_end) = c.tokens.last().expect("noreply token");
-            let out = &mut plan.out[server];
             // The command line up to (not including) " noreply", then the rest as sent.
-            out.extend_from_slice(input[pos..nr_start].trim_ascii_end());
-            out.extend_from_slice(&input[nr_end..pos + len]);
+            plan.out[server].extend_from_slice(input[pos..nr_start].trim_ascii_end());
+            plan.append(server, input, nr_end..pos + len);
             plan.expect(server, LINE)
         } else {
-            plan.forward(server, &input[pos..pos + len], LINE)
+            plan.forward(server, input, pos..pos + len, LINE)
         };
         let server = server as u32;
         plan.items.push(if noreply {
@@ -274,7 +274,7 @@ impl Memcached {
         }
         if counts.iter().filter(|&&n| n > 0).count() == 1 {
             let server = route[0] as usize;
-            let index = plan.forward(server, &input[pos..pos + line], RETRIEVAL);
+            let index = plan.forward(server, input, pos..pos + line, RETRIEVAL);
             plan.items.push(Item::Reply {
                 server: server as u32,
                 index,

@@ -13,12 +13,13 @@
 
 use std::fmt;
 use std::future::Future;
+use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
@@ -62,8 +63,11 @@ pub struct Part {
 /// The plan of one batch; every vector is reused from batch to batch.
 #[derive(Debug, Default)]
 pub struct Plan {
-    /// Bytes to send to each server.
+    /// Bytes to send to each server, but for the long requests in `shared`.
     pub out: Vec<Vec<u8>>,
+    /// Per server, long stretches of the client's input sent from its buffer rather than
+    /// copied into `out`: where in `out[server]` each goes, and its range in the input.
+    shared: Vec<Vec<(usize, Range<usize>)>>,
     /// Per server, the kind of each expected reply (protocol-defined).
     pub kinds: Vec<Vec<u8>>,
     /// The client's replies, in order.
@@ -74,6 +78,10 @@ pub struct Plan {
     pub parts: Vec<Part>,
     /// Close the client connection after this batch's replies.
     pub close: bool,
+    /// When nothing could be planned: how many bytes of input the first request needs at
+    /// least, if its header says so (a bulk string's or a value's length); 0 if unknown.
+    /// The input buffer is then grown to that at once, or the request refused at once.
+    pub needs: usize,
     /// Per server, the byte ranges of its replies in `bufs`.
     ranges: Vec<Vec<(usize, usize)>>,
     /// Per server, its replies.
@@ -93,6 +101,9 @@ impl Plan {
         self.ranges.truncate(nservers);
         self.ranges.iter_mut().for_each(Vec::clear);
         self.ranges.resize_with(nservers, Vec::new);
+        self.shared.truncate(nservers);
+        self.shared.iter_mut().for_each(Vec::clear);
+        self.shared.resize_with(nservers, Vec::new);
         self.bufs.clear();
         self.bufs.resize(nservers, Bytes::new());
         self.failed.clear();
@@ -101,13 +112,44 @@ impl Plan {
         self.local.clear();
         self.parts.clear();
         self.close = false;
+        self.needs = 0;
     }
 
-    /// Queues `bytes` for server `server`, expecting one reply of `kind`; returns the
-    /// reply's index.
-    pub fn forward(&mut self, server: usize, bytes: &[u8], kind: u8) -> u32 {
-        self.out[server].extend_from_slice(bytes);
+    /// Queues the request `input[request]` for server `server`, expecting one reply of
+    /// `kind`; returns the reply's index.
+    pub fn forward(&mut self, server: usize, input: &[u8], request: Range<usize>, kind: u8) -> u32 {
+        self.append(server, input, request);
         self.expect(server, kind)
+    }
+
+    /// Queues the bytes `input[range]` for server `server` after what is queued for it.
+    /// A long stretch is sent from the client's buffer itself: a copy of a large value
+    /// would double what the request costs in memory, uncounted.
+    pub fn append(&mut self, server: usize, input: &[u8], range: Range<usize>) {
+        if range.len() >= SHARE_AT {
+            self.shared[server].push((self.out[server].len(), range));
+        } else {
+            self.out[server].extend_from_slice(&input[range]);
+        }
+    }
+
+    /// Whether some server is sent bytes straight from the client's input buffer.
+    fn shares_input(&self) -> bool {
+        self.shared.iter().any(|s| !s.is_empty())
+    }
+
+    /// Bytes the plan holds for copies of requests.
+    fn copied(&self) -> usize {
+        self.out.iter().map(Vec::capacity).sum()
+    }
+
+    /// Gives back what a batch of large requests made the plan's buffers grow to.
+    fn shrink(&mut self) {
+        for out in &mut self.out {
+            if out.capacity() > LARGE {
+                *out = Vec::new();
+            }
+        }
     }
 
     /// Notes one more expected reply of `kind` from `server` (its request bytes having
@@ -156,6 +198,8 @@ impl Replies<'_> {
 #[derive(Debug)]
 pub struct Job {
     out: Vec<u8>,
+    /// Long requests shared with the client's input buffer, and where in `out` each goes.
+    shared: Vec<(usize, Bytes)>,
     kinds: Vec<u8>,
     ranges: Vec<(usize, usize)>,
     done: oneshot::Sender<Result<Done, String>>,
@@ -229,24 +273,40 @@ pub trait Protocol: Send + Sync + 'static {
 /// Most bytes buffered from a client before a turn; a larger single request keeps
 /// growing the buffer up to the protocol's own limits.
 const READ_CHUNK: usize = 64 * 1024;
+/// A client's input buffer to begin with, and again after a large request.
+const INITIAL_BUFFER: usize = 16 * 1024;
+/// Buffers past this size are given back once the request or reply that needed them is
+/// done, rather than kept for an idle connection.
+const LARGE: usize = 4 * READ_CHUNK;
+/// Requests (or values within one) at least this long are sent to servers from the
+/// client's input buffer instead of being copied. Shorter ones are copied so that a
+/// pipeline of small requests still goes out in one write.
+const SHARE_AT: usize = 4096;
 /// Most jobs a lane sends in one round.
 const MAX_ROUND: usize = 512;
-/// Most bytes one client may have buffered for requests not yet answered: the largest
-/// single request (a Redis bulk string, a memcached value, a long `get` line) must fit.
+/// Most bytes one client's input buffer may hold: requests not yet answered, of which
+/// the largest single one (a Redis bulk string, a memcached value, a long `get` line)
+/// must fit whole. The buffer's allocation never exceeds it.
 pub const MAX_CLIENT_BUFFER: usize = 64 * 1024 * 1024;
-/// Most bytes all clients together may have buffered. A client that needs more while
-/// others hold it gets an error reply, not the process's memory.
+/// Most bytes of requests the whole process may hold: every client's input buffer, the
+/// copies of short requests on their way to servers (clients' plans and the server
+/// connections' write buffers), and, while a buffer grows, both the old allocation and
+/// the new. A client whose buffer would take it past this gets an error reply instead.
 pub const MAX_TOTAL_BUFFER: usize = 256 * 1024 * 1024;
 
-/// Bytes buffered for requests by every client of this process.
+/// Bytes of requests held by this process (see [`MAX_TOTAL_BUFFER`]).
 static BUFFERED: AtomicUsize = AtomicUsize::new(0);
 
-/// One client's share of [`BUFFERED`]: its input buffer's capacity, given back on drop.
+/// One holder's share of [`BUFFERED`] (a client or a server connection), given back on
+/// drop.
 struct Held(usize);
 
 impl Held {
-    /// Counts `capacity` as this client's; returns the total of all clients.
+    /// Counts `capacity` as this holder's; returns the total of all.
     fn set(&mut self, capacity: usize) -> usize {
+        if capacity == self.0 {
+            return BUFFERED.load(Ordering::Relaxed);
+        }
         let total = if capacity >= self.0 {
             BUFFERED.fetch_add(capacity - self.0, Ordering::Relaxed) + (capacity - self.0)
         } else {
@@ -342,13 +402,16 @@ pub async fn serve<P: Protocol>(
 ) {
     let _ = client.set_nodelay(true);
     let mut state = P::Client::default();
-    let mut input = bytes::BytesMut::with_capacity(16 * 1024);
+    let mut input = BytesMut::with_capacity(INITIAL_BUFFER);
+    // The allocation `input` pins, which its `capacity()` under-reports once the buffer
+    // was advanced or split: what `held` counts.
+    let mut buffer = INITIAL_BUFFER;
     let mut output: Vec<u8> = Vec::with_capacity(16 * 1024);
     let mut plan = Plan::default();
     let slot = NEXT_CLIENT.fetch_add(1, Ordering::Relaxed);
     let mut lanes = Lanes::new(pools.load_full(), slot);
     let mut held = Held(0);
-    held.set(input.capacity());
+    held.set(buffer);
 
     'client: loop {
         // Plan what is buffered; read more only when nothing complete is there.
@@ -367,7 +430,17 @@ pub async fn serve<P: Protocol>(
             Err(err) => {
                 // Replies planned before the bad bytes still go out, then the error.
                 output.clear();
-                run_batch(&proto, &state, &mut lanes, &mut plan, &input, &mut output).await;
+                let frozen = input.split().freeze();
+                run_batch(
+                    &proto,
+                    &state,
+                    &mut lanes,
+                    &mut plan,
+                    &frozen,
+                    Some(&frozen),
+                    &mut output,
+                )
+                .await;
                 proto.client_error(&state, &mut output, &err);
                 let _ = client.write_all(&output).await;
                 break 'client;
@@ -375,30 +448,15 @@ pub async fn serve<P: Protocol>(
         };
         if plan.items.is_empty() && !plan.close {
             input.advance(consumed);
-            if input.capacity() - input.len() < 4096 {
-                let refusal = if input.len() >= MAX_CLIENT_BUFFER {
-                    Some(format!(
-                        "request too large: a client may have at most {} MiB in flight",
-                        MAX_CLIENT_BUFFER >> 20
-                    ))
-                } else {
-                    input.reserve(READ_CHUNK.max(input.len()).min(MAX_CLIENT_BUFFER));
-                    (held.set(input.capacity()) > MAX_TOTAL_BUFFER).then(|| {
-                        format!(
-                            "proxy busy: requests in flight hold its limit of {} MiB; retry",
-                            MAX_TOTAL_BUFFER >> 20
-                        )
-                    })
-                };
-                if let Some(why) = refusal {
-                    tracing::warn!(limit = %why, "request refused");
-                    output.clear();
-                    proto.error_reply(&state, &mut output, format_args!("{why}"));
-                    drop(input);
-                    drop(held);
-                    refuse(client, &output).await;
-                    return;
-                }
+            let needs = plan.needs.saturating_sub(consumed);
+            if let Err(why) = make_room(&mut input, needs, &mut buffer, &mut held) {
+                tracing::warn!(limit = %why, "request refused");
+                output.clear();
+                proto.error_reply(&state, &mut output, format_args!("{why}"));
+                drop(input);
+                drop(held);
+                refuse(client, &output).await;
+                return;
             }
             let read = tokio::select! {
                 read = client.read_buf(&mut input) => read,
@@ -409,19 +467,97 @@ pub async fn serve<P: Protocol>(
                 Ok(_) => continue,
             }
         }
+        held.set(buffer + plan.copied());
         output.clear();
-        run_batch(&proto, &state, &mut lanes, &mut plan, &input, &mut output).await;
-        input.advance(consumed);
-        if input.is_empty() && input.capacity() > 4 * READ_CHUNK {
+        if plan.shares_input() {
+            // Servers get slices of these bytes; the allocation stays counted in `buffer`
+            // for as long as `input` (its tail) pins it.
+            let frozen = input.split_to(consumed).freeze();
+            run_batch(
+                &proto,
+                &state,
+                &mut lanes,
+                &mut plan,
+                &frozen,
+                Some(&frozen),
+                &mut output,
+            )
+            .await;
+        } else {
+            run_batch(
+                &proto,
+                &state,
+                &mut lanes,
+                &mut plan,
+                &input,
+                None,
+                &mut output,
+            )
+            .await;
+            input.advance(consumed);
+        }
+        if input.is_empty() && buffer > LARGE {
             // A large request is done: give its memory back rather than keep it for an
             // idle client.
-            input = bytes::BytesMut::with_capacity(16 * 1024);
-            held.set(input.capacity());
+            input = BytesMut::with_capacity(INITIAL_BUFFER);
+            buffer = INITIAL_BUFFER;
         }
+        plan.shrink();
+        held.set(buffer + plan.copied());
         if client.write_all(&output).await.is_err() || plan.close {
             break;
         }
+        if output.capacity() > LARGE {
+            output = Vec::with_capacity(16 * 1024);
+        }
     }
+}
+
+/// Makes room in a client's input buffer for the next read: when little is left, or when
+/// the request being read is known to need `needs` bytes, the buffer grows (to exactly
+/// `needs`, or by doubling, to [`MAX_CLIENT_BUFFER`] at most). `buffer` is the size of the
+/// allocation `input` pins. Refuses, with the reply's text, a request that does not fit
+/// in a client's bound, or a buffer that would take the process past its total.
+fn make_room(
+    input: &mut BytesMut,
+    needs: usize,
+    buffer: &mut usize,
+    held: &mut Held,
+) -> Result<(), String> {
+    if needs > MAX_CLIENT_BUFFER || input.len() >= MAX_CLIENT_BUFFER {
+        return Err(format!(
+            "request too large: a client may have at most {} MiB of requests in flight, \
+             and one request must fit in that",
+            MAX_CLIENT_BUFFER >> 20
+        ));
+    }
+    if input.capacity() - input.len() >= 4096 && needs <= input.capacity() {
+        return Ok(());
+    }
+    // Growing straight to a known size saves the copies of doubling, and the allocator
+    // the intermediate sizes it would keep around afterwards.
+    let size = (input.len() + READ_CHUNK)
+        .next_power_of_two()
+        .max(needs)
+        .min(MAX_CLIENT_BUFFER);
+    if size <= input.capacity() {
+        // At the bound with a little room left: read into that.
+        return Ok(());
+    }
+    // A new allocation of exactly `size`, never `BytesMut::reserve`, whose amortised
+    // growth could overshoot the bound. The old one lives until the copy is made.
+    if held.set(*buffer + size) > MAX_TOTAL_BUFFER {
+        return Err(format!(
+            "proxy busy: requests in flight hold its limit of {} MiB; retry",
+            MAX_TOTAL_BUFFER >> 20
+        ));
+    }
+    let mut larger = BytesMut::with_capacity(size);
+    larger.extend_from_slice(input);
+    *input = larger;
+    *buffer = size;
+    held.set(size);
+    Ok(())
 }
 
 /// Sends a refusal and closes the connection so that the client reads it: the rest of
@@ -444,13 +580,15 @@ async fn refuse(mut client: TcpStream, reply: &[u8]) {
 }
 
 /// Hands each server its part of the batch, waits for the replies and writes the client's
-/// replies in order into `output`.
+/// replies in order into `output`. `frozen` is `input` as shared bytes, needed when the
+/// plan sends stretches of it to servers uncopied.
 async fn run_batch<P: Protocol>(
     proto: &Arc<P>,
     state: &P::Client,
     lanes: &mut Lanes,
     plan: &mut Plan,
     input: &[u8],
+    frozen: Option<&Bytes>,
     output: &mut Vec<u8>,
 ) {
     let session = proto.session(state);
@@ -467,8 +605,16 @@ async fn run_batch<P: Protocol>(
             .metrics
             .requests
             .inc_by(plan.kinds[i].len() as u64);
+        let shared = plan.shared[i]
+            .drain(..)
+            .map(|(at, range)| {
+                let frozen = frozen.expect("a plan that shares its input is run on frozen input");
+                (at, frozen.slice(range))
+            })
+            .collect();
         let job = Job {
             out: std::mem::take(&mut plan.out[i]),
+            shared,
             kinds: std::mem::take(&mut plan.kinds[i]),
             ranges: std::mem::take(&mut plan.ranges[i]),
             done,
@@ -569,6 +715,9 @@ async fn lane<P: Protocol>(
     let mut wbuf: Vec<u8> = Vec::with_capacity(16 * 1024);
     let mut kinds: Vec<u8> = Vec::new();
     let mut ranges: Vec<(usize, usize)> = Vec::new();
+    let mut cuts: Vec<Cut> = Vec::new();
+    // The write buffer holds copies of clients' requests: counted with theirs.
+    let mut held = Held(0);
     while let Some(first) = next_job(&mut rx, &mut conn, index, &pool).await {
         jobs.push(first);
         while jobs.len() < MAX_ROUND {
@@ -584,17 +733,30 @@ async fn lane<P: Protocol>(
             return;
         };
         let server = &pool.servers[index];
-        if jobs.len() == 1 {
+        cuts.clear();
+        let alone = jobs.len() == 1 && jobs[0].shared.is_empty();
+        if alone {
             // The common case at low load: no copy.
             std::mem::swap(&mut wbuf, &mut jobs[0].out);
             std::mem::swap(&mut kinds, &mut jobs[0].kinds);
         } else {
             wbuf.clear();
             kinds.clear();
-            for job in &jobs {
-                wbuf.extend_from_slice(&job.out);
+            for (j, job) in jobs.iter().enumerate() {
+                let mut from = 0;
+                for (piece, (at, _)) in job.shared.iter().enumerate() {
+                    wbuf.extend_from_slice(&job.out[from..*at]);
+                    from = *at;
+                    cuts.push(Cut {
+                        at: wbuf.len(),
+                        job: j,
+                        piece,
+                    });
+                }
+                wbuf.extend_from_slice(&job.out[from..]);
                 kinds.extend_from_slice(&job.kinds);
             }
+            held.set(wbuf.capacity());
         }
         ranges.clear();
         let started = Instant::now();
@@ -606,7 +768,12 @@ async fn lane<P: Protocol>(
                 conn = Some(fresh);
             }
             let c = conn.as_mut().expect("connected");
-            round(&*proto, c, &wbuf, &kinds, &mut ranges).await
+            let out = Outgoing {
+                buf: &wbuf,
+                cuts: &cuts,
+                jobs: &jobs,
+            };
+            round(&*proto, c, out, &kinds, &mut ranges).await
         })
         .await
         .unwrap_or_else(|_| {
@@ -619,10 +786,13 @@ async fn lane<P: Protocol>(
             .metrics
             .latency
             .observe(started.elapsed().as_secs_f64());
-        if jobs.len() == 1 {
+        if alone {
             std::mem::swap(&mut wbuf, &mut jobs[0].out);
             std::mem::swap(&mut kinds, &mut jobs[0].kinds);
+        } else if wbuf.capacity() > LARGE {
+            wbuf = Vec::with_capacity(16 * 1024);
         }
+        held.set(wbuf.capacity());
         match result {
             Ok(()) => {
                 pool.success(index);
@@ -638,12 +808,19 @@ async fn lane<P: Protocol>(
                         .extend(mine.iter().map(|&(s, e)| (s - consumed, e - consumed)));
                     let replies = c.rbuf.split_to(end - consumed).freeze();
                     consumed = end;
+                    // Let go of the client's buffer before it is told the job is done.
+                    drop(std::mem::take(&mut job.shared));
                     let _ = job.done.send(Ok(Done {
                         out: job.out,
                         kinds: job.kinds,
                         ranges: job.ranges,
                         replies,
                     }));
+                }
+                if consumed > LARGE {
+                    // The replies own their bytes now; the connection's buffer must not
+                    // keep the large allocation they came in.
+                    c.rbuf = BytesMut::with_capacity(16 * 1024);
                 }
             }
             Err(why) => {
@@ -694,23 +871,47 @@ async fn next_job(
     }
 }
 
+/// Where a long request shared with a client's buffer goes in a lane's write buffer.
+struct Cut {
+    /// Its position in the write buffer.
+    at: usize,
+    /// The job it is in.
+    job: usize,
+    /// Which of that job's shared requests it is.
+    piece: usize,
+}
+
+/// What a lane writes in one round: its write buffer, with the long requests of its jobs
+/// put in at their cuts.
+struct Outgoing<'a> {
+    buf: &'a [u8],
+    cuts: &'a [Cut],
+    jobs: &'a [Job],
+}
+
 /// Writes `out` and reads one reply per entry of `kinds`, recording each reply's range in
 /// the connection's read buffer.
 async fn round<P: Protocol>(
     proto: &P,
     conn: &mut Conn,
-    out: &[u8],
+    out: Outgoing<'_>,
     kinds: &[u8],
     ranges: &mut Vec<(usize, usize)>,
 ) -> Result<(), String> {
     let Conn { stream, rbuf, .. } = conn;
     let (mut reader, mut writer) = stream.split();
     let write = async {
-        writer
-            .write_all(out)
-            .await
-            .map_err(|err| format!("write failed: {err}"))
+        let mut from = 0;
+        for cut in out.cuts {
+            writer.write_all(&out.buf[from..cut.at]).await?;
+            writer
+                .write_all(&out.jobs[cut.job].shared[cut.piece].1)
+                .await?;
+            from = cut.at;
+        }
+        writer.write_all(&out.buf[from..]).await
     };
+    let write = async { write.await.map_err(|err| format!("write failed: {err}")) };
     let read = async {
         let mut pos = 0;
         for &kind in kinds {

@@ -197,16 +197,9 @@ impl Terminator {
         self.metrics.connections.inc();
         self.metrics.connections_open.inc();
         let _open = OpenConnection(self.metrics.connections_open.clone());
-        let in_flight = Arc::new(idle::InFlight::default());
-        let io = idle::IdleIo::new(
-            tcp,
-            self.idle_timeout,
-            self.handshake_timeout + self.header_timeout,
-            in_flight.clone(),
-        );
         let acceptor = TlsAcceptor::from(self.tls.load_full());
-        let handshake = tokio::time::timeout(self.handshake_timeout, acceptor.accept(io));
-        let mut tls = tokio::select! {
+        let handshake = tokio::time::timeout(self.handshake_timeout, acceptor.accept(tcp));
+        let tls = tokio::select! {
             _ = stop.cancelled() => return,
             result = handshake => match result {
                 Ok(Ok(tls)) => tls,
@@ -222,17 +215,22 @@ impl Terminator {
                 }
             },
         };
-        // The header timeout counts from the end of the handshake.
-        tls.get_mut().0.restart_first_request_clock();
         let session = tls.get_ref().1;
         self.metrics.handshake_ok(session.protocol_version());
         if session.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
             self.metrics.handshakes_resumed.inc();
         }
-        let builder = match session.alpn_protocol() {
-            Some(b"h2") => &self.h2,
-            _ => &self.h1,
-        };
+        let alpn_h2 = session.alpn_protocol() == Some(b"h2");
+        // Wrapped only now, above TLS, so that the header timeout runs from the end of the
+        // handshake and no part of the handshake timeout is added to it (issue 21).
+        let in_flight = Arc::new(idle::InFlight::default());
+        let tls = idle::IdleIo::new(
+            tls,
+            self.idle_timeout,
+            self.header_timeout,
+            in_flight.clone(),
+        );
+        let builder = if alpn_h2 { &self.h2 } else { &self.h1 };
 
         let conn = Arc::new(proxy::Conn {
             upstream: self.upstream.clone(),

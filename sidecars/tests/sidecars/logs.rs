@@ -433,6 +433,82 @@ fn lines_written_to_the_old_file_after_rotation_are_still_read() {
     );
 }
 
+/// `rigging-sidecar logs --follow` of `log` (logfmt) into `out`, with `extra` flags.
+fn follow_logfmt(log: &Path, out: &Path, extra: &[&str]) -> Proc {
+    let (log, out) = (log.display().to_string(), out.display().to_string());
+    let mut args = vec![
+        "logs", "--format", "logfmt", "--input", &log, "--follow", "--output", &out,
+    ];
+    args.extend_from_slice(extra);
+    Proc::sidecar(&args)
+}
+
+#[test]
+fn every_line_written_before_sigterm_comes_out() {
+    // A worker's last lines (its error, often) are written just before the pod stops: the
+    // adapter reads the file to its end before exiting, not just what it had in hand.
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("app.log");
+    let out = dir.path().join("records.jsonl");
+    let mut file = std::fs::File::create(&log).unwrap();
+    let mut sidecar = follow_logfmt(&log, &out, &[]);
+    writeln!(file, "n=0").unwrap();
+    wait_records(&out, 1);
+    let last = 100_000;
+    let burst: String = (1..=last).map(|i| format!("n={i} msg=work\n")).collect();
+    file.write_all(burst.as_bytes()).unwrap();
+    writeln!(file, "n=final level=error msg=\"worker failed\"").unwrap();
+    sidecar.terminate();
+    assert_eq!(sidecar.wait_exit(WAIT), Some(0));
+    let got = records(&out);
+    assert_eq!(got.len(), last + 2, "lines lost at stop");
+    assert_eq!(got[last]["n"], format!("{last}"));
+    assert_eq!(got[last + 1]["msg"], "worker failed");
+}
+
+#[test]
+fn a_file_nothing_rotates_keeps_only_its_unread_part_on_disk_and_loses_no_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("app.log");
+    let out = dir.path().join("records.jsonl");
+    // As an app opens its log: appending.
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .unwrap();
+    let mut sidecar = follow_logfmt(&log, &out, &["--reclaim-after", "64Ki"]);
+    let pad = "x".repeat(180);
+    let mut written = 0;
+    for round in 0..20 {
+        // 100 KB a round, the last line of each split across two writes.
+        let lines: String = (0..500)
+            .map(|i| format!("round={round} i={i} pad={pad}\n"))
+            .collect();
+        let (head, tail) = lines.split_at(lines.len() - 50);
+        file.write_all(head.as_bytes()).unwrap();
+        file.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        file.write_all(tail.as_bytes()).unwrap();
+        written += 500;
+        wait_records(&out, written);
+    }
+    let on_disk = std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(&log).unwrap()) * 512;
+    assert!(
+        on_disk <= 2 * 64 * 1024,
+        "{on_disk} bytes of the 2 MB written are still on disk"
+    );
+    sidecar.terminate();
+    assert_eq!(sidecar.wait_exit(WAIT), Some(0));
+    let got = records(&out);
+    assert_eq!(got.len(), written, "lines lost");
+    for (n, record) in got.iter().enumerate() {
+        assert_eq!(record["round"], format!("{}", n / 500));
+        assert_eq!(record["i"], format!("{}", n % 500));
+        assert_eq!(record["pad"], pad.as_str(), "record {n}: {record}");
+    }
+}
+
 #[test]
 fn a_real_redis_log_parses_completely() {
     let dir = tempfile::tempdir().unwrap();

@@ -515,6 +515,42 @@ fn redis_pipelines_stay_in_order_and_multi_key_commands_are_split_and_merged() {
 }
 
 #[test]
+fn large_values_in_split_and_pipelined_commands_reach_their_servers_intact() {
+    // Values this long are sent from the client's buffer, not copied; the commands the
+    // proxy writes around them, and the small requests pipelined with them, must still
+    // come out in order.
+    let (_procs, addrs, servers) = three_redis();
+    let ring = Ring::new(&specs(&servers), &[], HashKind::Fnv1a64, None);
+    let proxy = shard("redis", &servers, &[]);
+    let mut c = Resp::connect(proxy.addr);
+    let keys: Vec<String> = (0..3).map(|s| key_on(&ring, s, "large")).collect();
+    let value = |i: usize| vec![b'a' + i as u8; 100_000 + i];
+    let mset: Vec<&[u8]> = std::iter::once(&b"MSET"[..])
+        .chain(keys.iter().map(|k| k.as_bytes()))
+        .collect();
+    let values: Vec<Vec<u8>> = (0..3).map(value).collect();
+    let mut cmd: Vec<&[u8]> = vec![mset[0]];
+    for i in 0..3 {
+        cmd.push(mset[i + 1]);
+        cmd.push(&values[i]);
+    }
+    let mut pipeline = vec![args(&[b"SET", b"small:0", b"0"])];
+    pipeline.push(args(&cmd));
+    pipeline.push(args(&[b"SET", keys[0].as_bytes(), &values[2]]));
+    pipeline.push(args(&[b"SET", b"small:1", b"1"]));
+    let replies = c.pipeline(&pipeline);
+    assert!(
+        replies.iter().all(|r| *r == Reply::Status("OK".into())),
+        "{replies:?}"
+    );
+    assert_eq!(get_direct(addrs[0], &keys[0]), Reply::Bulk(Some(value(2))));
+    for i in 1..3 {
+        assert_eq!(get_direct(addrs[i], &keys[i]), Reply::Bulk(Some(value(i))));
+    }
+    assert_eq!(c.cmd(&["GET", "small:1"]), Reply::bulk("1"));
+}
+
+#[test]
 fn malformed_resp_gets_an_error_reply_and_only_that_connection_closes() {
     let (_procs, _addrs, servers) = three_redis();
     let proxy = shard("redis", &servers, &[]);
@@ -1352,11 +1388,11 @@ fn hangup_and_user_signals_do_not_kill_the_process() {
     assert_eq!(proxy.proc.wait_exit(Duration::from_secs(10)), Some(0));
 }
 
-/// Sends the head of a SET of a 512 MB value and `mib` MiB of it; returns the socket.
-fn partial_set(addr: SocketAddr, mib: usize) -> TcpStream {
+/// Sends the head of a SET of a `value`-byte value and `mib` MiB of it; returns the
+/// socket.
+fn partial_set(addr: SocketAddr, value: usize, mib: usize) -> TcpStream {
     let mut s = TcpStream::connect(addr).unwrap();
-    s.write_all(b"*3\r\n$3\r\nSET\r\n$3\r\nbig\r\n$536870912\r\n")
-        .unwrap();
+    write!(s, "*3\r\n$3\r\nSET\r\n$3\r\nbig\r\n${value}\r\n").unwrap();
     let chunk = vec![b'x'; 1 << 20];
     for _ in 0..mib {
         if s.write_all(&chunk).is_err() {
@@ -1384,9 +1420,11 @@ fn requests_in_flight_are_bounded_in_memory_and_refused_past_it() {
     let proxy = shard("redis", std::slice::from_ref(&server), &[]);
     let before = rss_kib(proxy.proc.pid());
 
-    // Five clients each hold 60 MB of a 512 MB bulk string: under the per-client bound,
+    // Five clients each hold 60 MB of a 63 MiB bulk string: under the per-client bound,
     // but together over the bound on everything in flight.
-    let mut held: Vec<TcpStream> = (0..5).map(|_| partial_set(proxy.addr, 60)).collect();
+    let mut held: Vec<TcpStream> = (0..5)
+        .map(|_| partial_set(proxy.addr, 63 << 20, 60))
+        .collect();
     let peak = rss_kib(proxy.proc.pid());
     let replies: Vec<Option<String>> = held.iter_mut().map(refusal).collect();
     let busy = replies
@@ -1405,14 +1443,163 @@ fn requests_in_flight_are_bounded_in_memory_and_refused_past_it() {
     );
     drop(held);
 
-    // One client alone with 100 MB: past the per-client bound.
-    let mut big = partial_set(proxy.addr, 100);
+    // One client alone with 100 MB of a 512 MB bulk string: past the per-client bound.
+    let mut big = partial_set(proxy.addr, 512 << 20, 100);
     let reply = refusal(&mut big).expect("an error reply");
     assert!(reply.starts_with("-ERR request too large"), "{reply}");
 
     // The memory is given back and the proxy still serves.
     let mut c = Resp::connect(proxy.addr);
     assert_eq!(c.cmd(&["SET", "small", "1"]), Reply::Status("OK".into()));
+}
+
+/// A figure of `/proc/<pid>/status` (`VmRSS`, `VmHWM`), in KiB.
+fn status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// Sends `head`, `value` and `tail` as one complete request and returns the first line of
+/// the answer, or why there was none (a refused client may be reset while it still sends).
+fn send_whole(addr: SocketAddr, head: &[u8], value: &[u8], tail: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let sent = s
+        .write_all(head)
+        .and_then(|()| s.write_all(value))
+        .and_then(|()| s.write_all(tail));
+    let mut line = String::new();
+    match BufReader::new(&s).read_line(&mut line) {
+        Ok(n) if n > 0 => line.trim_end().to_owned(),
+        Ok(_) => format!("closed ({sent:?})"),
+        Err(err) => format!("{err} ({sent:?})"),
+    }
+}
+
+/// MiB of memory the sidecar may use besides the buffers the documented bound counts: the
+/// binary, the runtime's threads and stacks, the allocator's slack.
+const RUNTIME_ALLOWANCE_MIB: u64 = 64;
+
+/// Runs `rounds` rounds of `clients` clients at once, each sending one complete request
+/// built by `request` (head, value, tail); checks after each round that the proxy's peak
+/// memory stayed within the bound on everything in flight, and at the end that its memory
+/// goes back down once it is idle.
+fn rounds_of_large_requests(
+    proxy: &Shard,
+    rounds: usize,
+    clients: usize,
+    value: &std::sync::Arc<Vec<u8>>,
+    request: fn(usize, usize) -> (Vec<u8>, Vec<u8>),
+    stored: &str,
+) {
+    let pid = proxy.proc.pid();
+    let idle = status_kib(pid, "VmRSS");
+    let bound = idle + (256 + RUNTIME_ALLOWANCE_MIB) * 1024;
+    for round in 0..rounds {
+        let threads: Vec<_> = (0..clients)
+            .map(|i| {
+                let (addr, value) = (proxy.addr, value.clone());
+                let (head, tail) = request(i, value.len());
+                std::thread::spawn(move || send_whole(addr, &head, &value, &tail))
+            })
+            .collect();
+        let replies: Vec<String> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        let ok = replies.iter().filter(|r| *r == stored).count();
+        assert!(ok >= 1, "round {round}: nobody was served: {replies:?}");
+        for r in &replies {
+            assert!(
+                r == stored || r.contains("proxy busy") || r.contains("(Err("),
+                "round {round}: {r}"
+            );
+        }
+        let peak = status_kib(pid, "VmHWM");
+        eprintln!("round {round}: {ok} of {clients} stored, peak RSS {peak} KiB");
+        assert!(
+            peak < bound,
+            "round {round}: peak RSS {peak} KiB, over the bound of {bound} KiB (idle {idle} KiB + 256 MiB + {RUNTIME_ALLOWANCE_MIB} MiB)"
+        );
+    }
+    // Idle again: what the large requests took is given back.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let rss = status_kib(pid, "VmRSS");
+        if rss < idle + RUNTIME_ALLOWANCE_MIB * 1024 {
+            eprintln!("idle RSS {rss} KiB after the rounds (was {idle} KiB)");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "idle RSS stays at {rss} KiB after the rounds (was {idle} KiB)"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn complete_large_redis_requests_stay_within_the_memory_bound_across_rounds() {
+    let (_a, a) = redis_server();
+    let (_b, b) = redis_server();
+    // Writing 63 MiB to a server on a loaded machine can take longer than the default 1 s.
+    let proxy = shard(
+        "redis",
+        &[format!("{a}:1"), format!("{b}:1")],
+        &["--timeout", "20s"],
+    );
+    // Each request is just under the per-client bound; twenty of them at once are five
+    // times the bound on all clients.
+    let value = std::sync::Arc::new(vec![b'v'; 63 << 20]);
+    rounds_of_large_requests(
+        &proxy,
+        3,
+        20,
+        &value,
+        |i, len| {
+            let key = format!("big{i}");
+            let head = format!("*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n${len}\r\n", key.len());
+            (head.into_bytes(), b"\r\n".to_vec())
+        },
+        "+OK",
+    );
+    let mut c = Resp::connect(proxy.addr);
+    assert_eq!(c.cmd(&["SET", "small", "1"]), Reply::Status("OK".into()));
+}
+
+#[test]
+fn complete_large_memcached_requests_stay_within_the_memory_bound_across_rounds() {
+    let (_mc, addr) = support::memcached_with(&["-I", "64m", "-m", "512"]);
+    let proxy = shard("memcached", &[format!("{addr}:1")], &["--timeout", "20s"]);
+    let value = std::sync::Arc::new(vec![b'v'; 63 << 20]);
+    rounds_of_large_requests(
+        &proxy,
+        2,
+        12,
+        &value,
+        |i, len| {
+            let head = format!("set big{i} 0 0 {len}\r\n");
+            (head.into_bytes(), b"\r\n".to_vec())
+        },
+        "STORED",
+    );
+}
+
+#[test]
+fn a_request_over_the_per_client_bound_is_refused_naming_it() {
+    let (_redis, addr) = redis_server();
+    let proxy = shard("redis", &[format!("{addr}:1")], &[]);
+    // A complete SET whose value is 1 MiB over the bound: refused, not stored.
+    let value = vec![b'v'; 65 << 20];
+    let head = format!("*3\r\n$3\r\nSET\r\n$4\r\nover\r\n${}\r\n", value.len());
+    let reply = send_whole(proxy.addr, head.as_bytes(), &value, b"\r\n");
+    assert!(
+        reply.starts_with("-ERR request too large") && reply.contains("64 MiB"),
+        "{reply}"
+    );
+    let mut c = Resp::connect(proxy.addr);
+    assert_eq!(c.cmd(&["EXISTS", "over"]), Reply::Int(0));
 }
 
 #[test]

@@ -947,10 +947,31 @@ fn a_clients_broken_body_is_a_400_and_a_client_error_not_an_app_outage() {
 
 #[test]
 fn a_connection_that_sends_nothing_after_the_handshake_gets_the_header_timeout() {
-    let (_app, _pki, sidecar) = setup(&["--header-timeout", "1s", "--idle-timeout", "10m"]);
+    // A handshake timeout longer than the header timeout, so that adding one to the other
+    // (held for 6 s instead of 1 s, issue 21) shows.
+    let (_app, _pki, sidecar) = setup(&[
+        "--handshake-timeout",
+        "5s",
+        "--header-timeout",
+        "1s",
+        "--idle-timeout",
+        "10m",
+    ]);
+    let connecting = Instant::now();
     let mut silent = SClient::connect(sidecar.port, &[]);
-    // Held for the idle timeout (10 minutes) this would outlast WAIT and fail.
     silent.wait_closed();
+    let held = connecting.elapsed();
+    // The handshake ends after `connecting`, and the header timeout runs from there: the
+    // lower bound is exact. The upper one leaves 3 s of slack for a loaded machine and
+    // stays below the handshake timeout.
+    assert!(
+        held >= Duration::from_millis(900),
+        "closed after {held:?}, before the header timeout"
+    );
+    assert!(
+        held < Duration::from_secs(4),
+        "held for {held:?}: the header timeout is 1 s from the end of the handshake"
+    );
 }
 
 #[test]

@@ -12,6 +12,7 @@ pub mod resp;
 
 use std::fmt;
 use std::io::Write;
+use std::ops::Range;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -289,7 +290,7 @@ impl Redis {
         &self,
         c: &mut Client,
         input: &[u8],
-        raw: &[u8],
+        raw: Range<usize>,
         ring: &Ring,
         plan: &mut Plan,
     ) -> bool {
@@ -321,7 +322,7 @@ impl Redis {
                 if nargs < 2 {
                     arity(plan);
                 } else {
-                    self.forward_to(ring, arg(1), raw, plan);
+                    self.forward_to(ring, arg(1), input, raw, plan);
                 }
             }
             Kind::Keys {
@@ -340,7 +341,7 @@ impl Redis {
                     return false;
                 }
                 let keys = (first..last).step_by(step).map(arg);
-                self.forward_same(ring, keys, raw, plan);
+                self.forward_same(ring, keys, input, raw, plan);
             }
             Kind::Eval => {
                 let numkeys = (nargs >= 3)
@@ -356,7 +357,7 @@ impl Redis {
                     ),
                     Some(n) => {
                         let keys = (3..3 + n).map(arg);
-                        self.forward_same(ring, keys, raw, plan);
+                        self.forward_same(ring, keys, input, raw, plan);
                     }
                 }
             }
@@ -530,10 +531,17 @@ impl Redis {
         });
     }
 
-    fn forward_to(&self, ring: &Ring, key: &[u8], raw: &[u8], plan: &mut Plan) {
+    fn forward_to(
+        &self,
+        ring: &Ring,
+        key: &[u8],
+        input: &[u8],
+        raw: Range<usize>,
+        plan: &mut Plan,
+    ) {
         match self.route(ring, key) {
             Some(s) => {
-                let index = plan.forward(s, raw, 0);
+                let index = plan.forward(s, input, raw, 0);
                 plan.items.push(Item::Reply {
                     server: s as u32,
                     index,
@@ -547,7 +555,8 @@ impl Redis {
         &self,
         ring: &Ring,
         mut keys: impl Iterator<Item = &'a [u8]>,
-        raw: &[u8],
+        input: &[u8],
+        raw: Range<usize>,
         plan: &mut Plan,
     ) {
         let Some(first) = keys.next() else {
@@ -556,7 +565,7 @@ impl Redis {
         };
         let server = self.route(ring, first);
         if keys.all(|k| self.route(ring, k) == server) {
-            self.forward_to(ring, first, raw, plan);
+            self.forward_to(ring, first, input, raw, plan);
         } else {
             plan.local_reply(b"-CROSSSLOT Keys in request don't hash to the same server\r\n");
         }
@@ -569,7 +578,7 @@ impl Redis {
         &self,
         c: &mut Client,
         input: &[u8],
-        raw: &[u8],
+        raw: Range<usize>,
         ring: &Ring,
         plan: &mut Plan,
         stride: usize,
@@ -601,7 +610,7 @@ impl Redis {
         }
         if counts.iter().filter(|&&n| n > 0).count() == 1 {
             let server = route[0] as usize;
-            let index = plan.forward(server, raw, 0);
+            let index = plan.forward(server, input, raw, 0);
             plan.items.push(Item::Reply {
                 server: server as u32,
                 index,
@@ -617,13 +626,15 @@ impl Redis {
             if n == 0 {
                 continue;
             }
-            let out = &mut plan.out[server];
-            let _ = write!(out, "*{}\r\n", 1 + n * stride);
-            bulk(out, name);
+            let _ = write!(plan.out[server], "*{}\r\n", 1 + n * stride);
+            bulk(&mut plan.out[server], name);
             for (j, k) in (1..args.len()).step_by(stride).enumerate() {
                 if route[j] as usize == server {
                     for a in &args[k..k + stride] {
-                        bulk(out, &input[a.0..a.1]);
+                        // A large MSET value is sent from the client's buffer, uncopied.
+                        let _ = write!(plan.out[server], "${}\r\n", a.1 - a.0);
+                        plan.append(server, input, a.0..a.1);
+                        plan.out[server].extend_from_slice(b"\r\n");
                     }
                 }
             }
@@ -669,13 +680,14 @@ impl Protocol for Redis {
         while plan.items.len() < MAX_BATCH {
             c.args.clear();
             let Some(len) = resp::parse_command(&input[pos..], &mut c.args)? else {
+                plan.needs = resp::command_needs(&input[pos..]).map_or(0, |n| pos + n);
                 break;
             };
             for a in &mut c.args {
                 a.0 += pos;
                 a.1 += pos;
             }
-            let raw = &input[pos..pos + len];
+            let raw = pos..pos + len;
             pos += len;
             if c.args.is_empty() {
                 continue;

@@ -105,6 +105,30 @@ fn parse_multibulk(
     Ok(Some(pos))
 }
 
+/// How many bytes the command at the start of `buf` needs at least, when it is incomplete
+/// and its header says more than `buf` holds: up to the end of the bulk string being
+/// received (arguments after it are not known yet). `None` when unknown or complete.
+pub fn command_needs(buf: &[u8]) -> Option<usize> {
+    if buf.first() != Some(&b'*') {
+        return None;
+    }
+    let (n, mut pos) = int_line(buf, 1).ok()??;
+    for _ in 0..n.max(0) {
+        if buf.get(pos) != Some(&b'$') {
+            return None;
+        }
+        let (len, start) = int_line(buf, pos + 1).ok()??;
+        let end = start
+            .checked_add(usize::try_from(len).ok()?)?
+            .checked_add(2)?;
+        if buf.len() < end {
+            return Some(end);
+        }
+        pos = end;
+    }
+    None
+}
+
 fn parse_inline(buf: &[u8], args: &mut Vec<(usize, usize)>) -> Result<Option<usize>, ProtoError> {
     let Some(nl) = memchr::memchr(b'\n', buf) else {
         if buf.len() > MAX_INLINE {
@@ -219,6 +243,21 @@ mod tests {
         let mut args = Vec::new();
         let n = parse_command(buf, &mut args).unwrap()?;
         Some((n, args.iter().map(|&(s, e)| buf[s..e].to_vec()).collect()))
+    }
+
+    #[test]
+    fn an_incomplete_command_needs_up_to_the_end_of_the_bulk_string_being_received() {
+        let head = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1000\r\nabc";
+        assert_eq!(command_needs(head), Some(head.len() - 3 + 1000 + 2));
+        assert_eq!(command_needs(b"*3\r\n$3\r\nSE"), Some(4 + 4 + 5));
+        assert_eq!(
+            command_needs(b"*3\r\n$3\r\nSET\r\n$"),
+            None,
+            "length not read yet"
+        );
+        assert_eq!(command_needs(b"*1\r\n$4\r\nPING\r\n"), None, "complete");
+        assert_eq!(command_needs(b"PING"), None, "inline");
+        assert_eq!(command_needs(b"*1\r\n$-5\r\n"), None);
     }
 
     #[test]
