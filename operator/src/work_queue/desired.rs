@@ -54,6 +54,14 @@ pub const WORK_ITEM_PATH: &str = "/var/run/rigging/work/item";
 pub const WORK_VOLUME: &str = "rigging-work-item";
 /// Most bytes of a ConfigMap's keys and values together, as the API server counts them.
 pub const CONFIG_MAP_LIMIT: usize = 1024 * 1024;
+/// Most bytes etcd stores in one object (its default `--max-request-bytes`, 1.5 MiB).
+pub const OBJECT_LIMIT: usize = 1536 * 1024;
+/// Bytes of a WorkQueue besides its items, with its status at its largest: metadata,
+/// the worker's template, and the bounded status (counts, ten failures, ten stuck items,
+/// 200 expired Jobs, conditions).
+pub const OBJECT_RESERVE: usize = 48 * 1024;
+/// JSON around one item as stored: `"…",` in spec.items, `"v:\"…\"":{},` in managedFields.
+const STORED_OVERHEAD_PER_ITEM: usize = 3 + 10;
 /// The shortest poll interval: a source is asked no more than once a second.
 pub const MIN_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -315,6 +323,22 @@ pub fn items(wq: &WorkQueue, config_map: Option<&ConfigMap>) -> (Vec<Item>, Vec<
             key: job.clone(),
             job,
         });
+    }
+    // The WorkQueue itself holds each item twice (in spec.items, and as the key of its
+    // managedFields entry), and etcd stores at most OBJECT_LIMIT in one object: a queue
+    // near it would take its Jobs and then fail every status write, half applied.
+    let stored: usize = list
+        .iter()
+        .map(|i| 2 * i.len() + STORED_OVERHEAD_PER_ITEM)
+        .sum::<usize>()
+        + OBJECT_RESERVE;
+    if stored > OBJECT_LIMIT {
+        errors.push(FieldError::new(
+            "spec.items",
+            format!(
+                "the WorkQueue would take about {stored} bytes as stored (each item twice, in spec.items and in metadata.managedFields, and {OBJECT_RESERVE} bytes for the rest of the object and its status), more than the {OBJECT_LIMIT} bytes etcd stores in one object: split them over several WorkQueues"
+            ),
+        ));
     }
     if bytes > CONFIG_MAP_LIMIT {
         errors.push(FieldError::new(
@@ -908,22 +932,53 @@ mod tests {
 
     #[test]
     fn items_that_do_not_fit_in_one_config_map_are_refused() {
-        let big = "x".repeat(4000);
-        let items: Vec<String> = (0..270).map(|i| format!("{i}{big}")).collect();
-        let refs: Vec<&str> = items.iter().map(String::as_str).collect();
+        // 10,000 items of 50 bytes, each with a Job name of 63: 1.13 MB in the ConfigMap
+        // (the WorkQueue itself, 1.18 MB, would still fit in etcd).
+        let items = |len: usize| -> Vec<String> {
+            (0..10_000)
+                .map(|i| format!("{i:05}{}", "x".repeat(len - 5)))
+                .collect()
+        };
+        let fifty = items(50);
+        let refs: Vec<&str> = fifty.iter().map(String::as_str).collect();
         let errors = errors(&static_queue(&refs, 1));
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert!(
-            errors[0].starts_with("spec.items: the items take 1"),
+            errors[0].starts_with("spec.items: the items take 1130000 bytes in the ConfigMap"),
             "{errors:?}"
         );
         assert!(
             errors[0].contains("more than the 1048576 bytes a ConfigMap holds"),
             "{errors:?}"
         );
-        // 250 of them fit.
+        // 10,000 of 40 bytes fit: the largest static queue of such items.
+        let forty = items(40);
+        let refs: Vec<&str> = forty.iter().map(String::as_str).collect();
         assert_eq!(
-            super::tests::errors(&static_queue(&refs[..250], 1)),
+            super::tests::errors(&static_queue(&refs, 1)),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn items_that_would_make_the_work_queue_too_large_to_store_are_refused() {
+        // 180 items of 4000 bytes fit in the ConfigMap (720 kB), but the WorkQueue would
+        // hold them twice.
+        let big = "y".repeat(4000);
+        let items: Vec<String> = (0..200).map(|i| format!("{i}{big}")).collect();
+        let refs: Vec<&str> = items.iter().map(String::as_str).collect();
+        let errors = errors(&static_queue(&refs, 1));
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].starts_with("spec.items: the WorkQueue would take about 16"),
+            "{errors:?}"
+        );
+        assert!(
+            errors[0].contains("more than the 1572864 bytes etcd stores in one object"),
+            "{errors:?}"
+        );
+        assert_eq!(
+            super::tests::errors(&static_queue(&refs[..180], 1)),
             Vec::<String>::new()
         );
     }
