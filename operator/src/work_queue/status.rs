@@ -197,7 +197,10 @@ pub fn observed(wq: &WorkQueue, applied: &Applied, now: Timestamp) -> WorkQueueS
             } else {
                 failed += 1;
             }
-            if let (Some(ttl), Some(o)) = (ttl, &outcome) {
+            // Only a Job the queue keeps: one left out (expired) is deleted in this
+            // reconcile, although the cache may still hold it.
+            let kept = applied.get::<Job>(job_name).is_some();
+            if let (Some(ttl), Some(o), true) = (ttl, &outcome, kept) {
                 deadline(job_name, o.at(), ttl);
             }
             return;
@@ -653,16 +656,29 @@ fn failure_events(wq: &WorkQueue, next: &WorkQueueStatus) -> Vec<Note> {
     notes
 }
 
-/// When to look again: once the soonest finished Job's TTL ends.
+/// How soon a queue whose items wait for a Job name another object holds looks again: the
+/// deletion of such a Job (which has no owner, or another) reaches no WorkQueue's
+/// controller as an event.
+const CONFLICT_RECHECK: Duration = Duration::from_secs(10);
+
+/// When to look again: once the soonest finished Job's TTL ends, and soon while a Job
+/// name is taken by a Job the queue does not control.
 pub fn requeue_after(status: &WorkQueueStatus, now: Timestamp) -> Option<Duration> {
-    let at = status.next_cleanup_time.as_ref()?.0;
-    let wait = now.duration_until(at);
-    // Never a zero or negative wait: that would be a hot loop on a clock skew.
-    Some(
-        Duration::try_from(wait)
+    let conflict = status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Degraded" && c.reason == "JobConflict")
+        .then_some(CONFLICT_RECHECK);
+    let cleanup = status.next_cleanup_time.as_ref().map(|at| {
+        // Never a zero or negative wait: that would be a hot loop on a clock skew.
+        Duration::try_from(now.duration_until(at.0))
             .unwrap_or_default()
-            .max(Duration::from_secs(1)),
-    )
+            .max(Duration::from_secs(1))
+    });
+    match (conflict, cleanup) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 fn truncate(s: &str, max: usize) -> String {
@@ -1094,6 +1110,26 @@ mod tests {
         assert_eq!(notes.len(), 1, "{notes:?}");
         assert_eq!(notes[0].reason, "JobConflict");
         assert_eq!(notes[0].message, degraded.message);
+        // Deleting that Job reaches no WorkQueue as an event: the queue looks again soon.
+        assert_eq!(requeue_after(&status, at(1)), Some(CONFLICT_RECHECK));
+    }
+
+    #[test]
+    fn a_recorded_job_left_out_to_be_deleted_is_no_longer_listed_as_expired() {
+        let mut wq = static_queue(&ITEMS, 4);
+        wq.spec.ttl_seconds_after_finished = Some(0);
+        let a = succeeded(job_of(&wq, "a"), at(0));
+        let chunk = results_chunk(&wq, 0, &[recorded_as(&a, "Succeeded")]);
+        // The cache still holds a's Job, which this reconcile deletes (not a child).
+        let applied = applied_with_cache(
+            vec![Child::ConfigMap(first(&wq).items)],
+            vec![Child::Job(a), Child::ConfigMap(chunk)],
+            vec![],
+        );
+        let status = observed(&wq, &applied, at(60));
+        assert!(status.expired_jobs.is_empty(), "{:?}", status.expired_jobs);
+        assert_eq!(status.next_cleanup_time, None);
+        assert_eq!(status.succeeded, 1);
     }
 
     #[test]
