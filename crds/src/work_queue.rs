@@ -142,12 +142,21 @@ pub struct Worker {
     pub template: PodTemplateSpec,
 }
 
+/// Most failures [`WorkQueueStatus::last_failures`] lists.
+pub const LAST_FAILURES: usize = 10;
+/// Most items [`WorkQueueStatus::stuck_items`] lists.
+pub const STUCK_LISTED: usize = 10;
+/// Most Jobs [`WorkQueueStatus::expired_jobs`] lists at once: the rest wait for a later
+/// reconcile, so that the status stays small however many Jobs finish together.
+pub const EXPIRED_LISTED: usize = 200;
+
 /// Observed state of a WorkQueue.
 ///
-/// The result of every finished item is kept here, by the name of its Job (derived from the
-/// item, so it names the item even after the Job is gone): the operator deletes a finished
-/// Job (`ttlSecondsAfterFinished`) only once its result is recorded, and never creates a Job
-/// for an item recorded as finished, so a restart neither forgets an item nor runs it twice.
+/// Bounded whatever the number of items: counts, the last few failures, and where the
+/// result of every finished item is kept ([`WorkQueueStatus::results`]). A finished item's
+/// result stays on its Job until the operator copies it into a results ConfigMap; only then
+/// may the Job be deleted (`ttlSecondsAfterFinished`), and an item recorded there never
+/// gets a Job again, so a restart neither forgets an item nor runs it twice.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkQueueStatus {
@@ -166,20 +175,26 @@ pub struct WorkQueueStatus {
     /// Items that failed every try.
     #[serde(default)]
     pub failed: i32,
-    /// The Jobs of the items that succeeded, by name, sorted.
+    /// The most recent failures, newest first (at most 10). Every failure is in
+    /// [`results`](WorkQueueStatus::results).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub succeeded_jobs: Vec<String>,
-    /// The items that failed every try, and why, sorted by Job name.
+    #[schemars(length(max = 10))]
+    pub last_failures: Vec<FailedItem>,
+    /// Where the result of every finished item is kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub results: Option<Results>,
+    /// Items whose pod cannot start now (its image cannot be pulled, or it cannot be
+    /// scheduled), and why, sorted by Job name, at most 10: the queue is `Degraded` while
+    /// any is, and its message counts them all. An item leaves the list once its pod
+    /// starts, or its Job finishes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub failed_items: Vec<FailedItem>,
-    /// The items whose pod cannot start now (its image cannot be pulled, or it cannot be
-    /// scheduled), and why, sorted by Job name: the queue is `Degraded` while any is listed.
-    /// An item leaves the list once its pod starts, or its Job finishes.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10))]
     pub stuck_items: Vec<StuckItem>,
-    /// Finished Jobs whose `ttlSecondsAfterFinished` has passed, their result recorded
-    /// above: the next reconcile deletes them.
+    /// Finished Jobs whose `ttlSecondsAfterFinished` has passed (at most 200 at once): the
+    /// next reconcile deletes those whose result is in a results ConfigMap, and first
+    /// writes the results of the others.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 200))]
     pub expired_jobs: Vec<String>,
     /// When the next finished Job's `ttlSecondsAfterFinished` ends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -188,6 +203,26 @@ pub struct WorkQueueStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+}
+
+/// Where a WorkQueue keeps the result of every finished item: ConfigMaps of its own (each
+/// under 256 KiB), one key per item (its Job's name), the value `Succeeded`, or
+/// `Failed: <reason>: <message>` and the item.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Results {
+    /// The results ConfigMaps, `<queue>-results-<n>`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub config_maps: Vec<String>,
+    /// Their label selector, for `kubectl get configmaps -l`.
+    pub selector: String,
+    /// Results in them.
+    #[serde(default)]
+    pub recorded: i32,
+    /// Finished items whose result is still only on their Job (written to a ConfigMap in
+    /// batches; the Job is not deleted before).
+    #[serde(default)]
+    pub unrecorded: i32,
 }
 
 /// An item whose pod cannot start, as its pod says.
@@ -221,7 +256,10 @@ pub struct FailedItem {
     /// (`activeDeadlineSeconds` passed), …
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub reason: String,
-    /// The Job's message.
+    /// The Job's message (its first 512 bytes when longer).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
+    /// When its Job failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Time>,
 }

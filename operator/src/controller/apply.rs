@@ -100,6 +100,10 @@ pub async fn apply_all<K: Kind>(
             Child::Job(c) => create_once(ctx, owner, c).await?.into_child(),
             Child::StatefulSet(c) => apply(ctx, owner, c, false).await?.into_child(),
             Child::Service(c) => apply(ctx, owner, c, false).await?.into_child(),
+            // An immutable ConfigMap (a WorkQueue's results) is written once, like a Job.
+            Child::ConfigMap(c) if c.immutable == Some(true) => {
+                create_once(ctx, owner, c).await?.into_child()
+            }
             Child::ConfigMap(c) => apply(ctx, owner, c, false).await?.into_child(),
             Child::NetworkPolicy(c) => apply(ctx, owner, c, false).await?.into_child(),
             Child::PodDisruptionBudget(c) => apply(ctx, owner, c, false).await?.into_child(),
@@ -112,19 +116,58 @@ pub async fn apply_all<K: Kind>(
     Ok(applied)
 }
 
-/// Creates `desired` unless a child of that name exists, which is then returned as it is:
-/// never updated, never deleted and created again. A Job's template is immutable, and a
-/// second Job of the same name would run its work twice. A stale cache only costs a create
-/// that the API server refuses as a conflict (`409 AlreadyExists`), which counts as done.
+/// Creates `desired` unless a child of that name exists: never updated, never deleted and
+/// created again. A Job's template is immutable, and a second Job of the same name would
+/// run its work twice; an immutable ConfigMap cannot change either.
+///
+/// A `desired` that carries a `resourceVersion` names a child the kind found in the cache
+/// and keeps: it is never created. For a child that exists, `desired` itself is returned,
+/// not a copy of the cached one: a kind that creates its children once reads them from
+/// the caches ([`super::children::CacheView`]), and copying thousands of finished Jobs on
+/// every reconcile would cost more than all the rest.
+///
+/// A cached child of that name that `owner` does not control is never taken as its own
+/// (it is left alone, and the create fails as a conflict naming it); the kind's desired
+/// state should have left it out. A stale cache only costs a create that the API server
+/// refuses as a conflict (`409 AlreadyExists`), which counts as done: the child then shows
+/// up in the cache, where its controller is checked.
 pub async fn create_once<K: Kind, C: ChildKind>(
     ctx: &Context,
     owner: &K,
     desired: &C,
 ) -> Result<C> {
-    if let Some(live) = cached::<K, C>(ctx, desired, |_| true) {
-        return Ok(live);
-    }
     let (name, namespace) = (desired.name_any(), desired.namespace().unwrap_or_default());
+    let live = C::store(&ctx.stores).get(&ObjectRef::new(&name).within(&namespace));
+    let owner_uid = owner.meta().uid.as_deref().unwrap_or_default();
+    match live {
+        Some(live) if controlled_by(&*live, &namespace, owner_uid) => {
+            return Ok(counted::<K, C>(ctx, "unchanged", desired.clone()));
+        }
+        Some(live) => {
+            let holder = live
+                .owner_references()
+                .iter()
+                .find(|o| o.controller == Some(true))
+                .map_or("no controller".to_owned(), |o| {
+                    format!("controller {} {}", o.kind, o.name)
+                });
+            let status = kube::core::Status {
+                code: 409,
+                reason: "AlreadyExists".into(),
+                message: format!(
+                    "{} {name} exists with {holder}, not this {}: it is left alone",
+                    C::KIND,
+                    K::KIND
+                ),
+                ..kube::core::Status::default()
+            };
+            let source = kube::Error::Api(Box::new(status));
+            return Err(failed(ctx, owner, C::KIND, namespace, name, "Create", source).await);
+        }
+        // Kept, but gone since the kind looked: nothing to create (the next reconcile sees).
+        None if desired.meta().resource_version.is_some() => return Ok(desired.clone()),
+        None => {}
+    }
     let api: Api<C> = Api::namespaced(ctx.client.clone(), &namespace);
     let params = PostParams {
         field_manager: Some(MANAGER.into()),
@@ -147,17 +190,17 @@ pub async fn remove_orphans<K: Kind, C: ChildKind>(
         return Ok(());
     };
     let namespace = owner.namespace().unwrap_or_default();
-    let wanted = |name: &str| {
-        children
-            .iter()
-            .filter_map(C::from_child)
-            .any(|c| c.name_any() == name)
-    };
-    // Borrowed comparisons only: this runs over every cached child on every reconcile.
-    let orphans = C::store(&ctx.stores)
-        .state()
-        .into_iter()
-        .filter(|c| controlled_by(&**c, &namespace, uid) && !wanted(&c.name_any()));
+    // A set, built once: an object may have thousands of children of one kind (a
+    // WorkQueue's Jobs), and this runs over every cached child on every reconcile.
+    let wanted: std::collections::HashSet<&str> = children
+        .iter()
+        .filter_map(C::from_child)
+        .filter_map(|c| c.meta().name.as_deref())
+        .collect();
+    let orphans = C::store(&ctx.stores).state().into_iter().filter(|c| {
+        controlled_by(&**c, &namespace, uid)
+            && !wanted.contains(c.meta().name.as_deref().unwrap_or_default())
+    });
     for orphan in orphans {
         let name = orphan.name_any();
         let api: Api<C> = Api::namespaced(ctx.client.clone(), &namespace);

@@ -2,6 +2,7 @@
 //! them: one reflector per child kind, shared by every controller; and one more of the pods
 //! those children's Jobs run, for what only a pod shows (that it cannot start).
 
+use std::collections::HashMap;
 use std::fmt::Debug;
 use std::future::Future;
 
@@ -53,6 +54,20 @@ macro_rules! child_kinds {
         }
 
         impl Child {
+            /// The child's kind, as [`ChildKind::KIND`] names it.
+            pub fn kind(&self) -> &'static str {
+                match self {
+                    $(Child::$variant(_) => stringify!($variant),)+
+                }
+            }
+
+            /// The child's metadata.
+            pub fn meta(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                match self {
+                    $(Child::$variant(c) => &c.metadata,)+
+                }
+            }
+
             /// The child as JSON, as it is applied and rendered.
             pub fn to_value(&self) -> Result<serde_json::Value, serde_json::Error> {
                 match self {
@@ -274,25 +289,106 @@ pub trait ChildKind: super::Object {
 /// The children of one object as the API server returned them from the apply (or as the
 /// watch cache holds them, when nothing had to change), and the unfinished pods of its Jobs
 /// as cached: what its status is computed from.
+///
+/// Indexed once when made: a status that looks up each of thousands of children (a
+/// WorkQueue's Jobs) by name costs one hash lookup each, not a scan of the list.
 #[derive(Debug, Clone, Default)]
 pub struct Applied {
     children: Vec<Child>,
+    /// `(kind, name)` → position in `children`.
+    by_name: HashMap<(&'static str, String), usize>,
     pods: Vec<Arc<Pod>>,
+    /// The uid of a Job → positions in `pods` of the pods it controls.
+    pods_by_job: HashMap<String, Vec<usize>>,
+    cache: Option<CacheView>,
+}
+
+/// The watch caches as one object sees them: its namespace and its uid. What a status
+/// reads for the children a kind keeps without copying them into its desired state
+/// (a WorkQueue's finished Jobs).
+#[derive(Clone)]
+pub struct CacheView {
+    stores: ChildStores,
+    namespace: String,
+    uid: String,
+}
+
+impl Debug for CacheView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheView")
+            .field("namespace", &self.namespace)
+            .field("uid", &self.uid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CacheView {
+    /// The cached child of kind `C` named `name` in the object's namespace, whoever
+    /// controls it.
+    pub fn get<C: ChildKind>(&self, name: &str) -> Option<Arc<C>> {
+        C::store(&self.stores).get(&ObjectRef::new(name).within(&self.namespace))
+    }
+
+    /// Whether the object controls `child`.
+    pub fn controls<C: Resource>(&self, child: &C) -> bool {
+        controlled_by(child, &self.namespace, &self.uid)
+    }
+
+    /// Every cached child of kind `C` in the object's namespace, whoever controls it.
+    pub fn in_namespace<C: ChildKind>(&self) -> Vec<Arc<C>> {
+        C::store(&self.stores)
+            .state()
+            .into_iter()
+            .filter(|c| c.meta().namespace.as_deref() == Some(self.namespace.as_str()))
+            .collect()
+    }
+}
+
+/// The unfinished pods of an object's Jobs, and the caches they were read from
+/// ([`Observed::job_pods`]), handed to [`Applied::with_pods`].
+#[derive(Debug, Clone, Default)]
+pub struct JobPods {
+    pods: Vec<Arc<Pod>>,
+    cache: Option<CacheView>,
+}
+
+impl From<Vec<Arc<Pod>>> for JobPods {
+    fn from(pods: Vec<Arc<Pod>>) -> Self {
+        Self { pods, cache: None }
+    }
 }
 
 impl Applied {
     /// The applied `children`, with no pods.
     pub fn new(children: Vec<Child>) -> Self {
+        let by_name = children
+            .iter()
+            .enumerate()
+            .map(|(i, c)| ((c.kind(), c.meta().name.clone().unwrap_or_default()), i))
+            .collect();
         Self {
             children,
-            pods: Vec::new(),
+            by_name,
+            ..Self::default()
         }
     }
 
-    /// The same, with `pods` as the unfinished pods of its Jobs.
+    /// The same, with `pods` as the unfinished pods of its Jobs (and, from
+    /// [`Observed::job_pods`], the caches).
     #[must_use]
-    pub fn with_pods(mut self, pods: Vec<Arc<Pod>>) -> Self {
+    pub fn with_pods(mut self, pods: impl Into<JobPods>) -> Self {
+        let JobPods { pods, cache } = pods.into();
+        let mut pods_by_job: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, pod) in pods.iter().enumerate() {
+            for o in pod.owner_references() {
+                if o.controller == Some(true) {
+                    pods_by_job.entry(o.uid.clone()).or_default().push(i);
+                }
+            }
+        }
         self.pods = pods;
+        self.pods_by_job = pods_by_job;
+        self.cache = cache;
         self
     }
 
@@ -303,10 +399,8 @@ impl Applied {
 
     /// The applied child of kind `K` named `name`.
     pub fn get<K: ChildKind>(&self, name: &str) -> Option<&K> {
-        self.children
-            .iter()
-            .filter_map(K::from_child)
-            .find(|c| c.name_any() == name)
+        let i = *self.by_name.get(&(K::KIND, name.to_owned()))?;
+        K::from_child(&self.children[i])
     }
 
     /// Every applied child of kind `K`, in apply order.
@@ -314,17 +408,22 @@ impl Applied {
         self.children.iter().filter_map(K::from_child)
     }
 
+    /// The caches the children were compared against; `None` where no cache was read
+    /// (`render`, and unit tests that hand the children over).
+    pub fn cache(&self) -> Option<&CacheView> {
+        self.cache.as_ref()
+    }
+
     /// The unfinished pods `job` controls (by its uid: a pod of an earlier Job of the same
     /// name is not its own).
-    pub fn pods_of<'a>(&'a self, job: &'a Job) -> impl Iterator<Item = &'a Pod> {
-        let uid = job.metadata.uid.as_deref();
-        self.pods.iter().map(|p| &**p).filter(move |p| {
-            uid.is_some_and(|uid| {
-                p.owner_references()
-                    .iter()
-                    .any(|o| o.controller == Some(true) && o.uid == uid)
-            })
-        })
+    pub fn pods_of<'a>(&'a self, job: &Job) -> impl Iterator<Item = &'a Pod> {
+        job.metadata
+            .uid
+            .as_deref()
+            .and_then(|uid| self.pods_by_job.get(uid))
+            .into_iter()
+            .flatten()
+            .map(|&i| &*self.pods[i])
     }
 }
 
@@ -354,8 +453,25 @@ impl<'a> Observed<'a> {
         }
     }
 
-    /// The cached unfinished pods of the Jobs the object controls.
-    pub fn job_pods(&self) -> Vec<Arc<Pod>> {
+    /// The caches as the object sees them; `None` for [`Observed::nothing`].
+    pub fn cache(&self) -> Option<CacheView> {
+        let (stores, namespace, uid) = self.owner?;
+        Some(CacheView {
+            stores: stores.clone(),
+            namespace: namespace.to_owned(),
+            uid: uid.to_owned(),
+        })
+    }
+
+    /// The cached unfinished pods of the Jobs the object controls, and the caches.
+    pub fn job_pods(&self) -> JobPods {
+        JobPods {
+            pods: self.unfinished_job_pods(),
+            cache: self.cache(),
+        }
+    }
+
+    fn unfinished_job_pods(&self) -> Vec<Arc<Pod>> {
         let Some((stores, namespace, _)) = self.owner else {
             return Vec::new();
         };

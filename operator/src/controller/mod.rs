@@ -69,7 +69,7 @@ pub fn default_sidecar_image() -> String {
 /// The owner reference every child carries: controlled by `owner`, and blocking its
 /// deletion until the child is gone, as the built-in controllers' children do, so that a
 /// foreground deletion of the owner waits for its children.
-pub fn controlled_by<K: Resource<DynamicType = ()>>(owner: &K) -> Option<Vec<OwnerReference>> {
+pub fn owner_references<K: Resource<DynamicType = ()>>(owner: &K) -> Option<Vec<OwnerReference>> {
     let reference = owner.controller_owner_ref(&())?;
     Some(vec![OwnerReference {
         block_owner_deletion: Some(true),

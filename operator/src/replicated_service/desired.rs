@@ -18,7 +18,7 @@ use kube::ResourceExt;
 use rigging_crds::{DisruptionBudget, FieldError, FieldErrors, ReplicatedService};
 
 use super::frontend;
-use crate::controller::{Child, MANAGER, RenderConfig, controlled_by};
+use crate::controller::{Child, MANAGER, RenderConfig, owner_references};
 use crate::sidecars;
 use crate::sidecars::elect::ElectAccess;
 
@@ -126,7 +126,7 @@ fn child_meta(rs: &ReplicatedService) -> ObjectMeta {
         name: Some(rs.name_any()),
         namespace: rs.namespace(),
         labels: Some(labels(rs)),
-        owner_references: controlled_by(rs),
+        owner_references: owner_references(rs),
         ..ObjectMeta::default()
     }
 }

@@ -31,7 +31,7 @@ use rigging_crds::{
 };
 use serde_json::json;
 
-use crate::controller::{MANAGER, RenderConfig, controlled_by};
+use crate::controller::{MANAGER, RenderConfig, owner_references};
 use crate::sidecars;
 
 /// The port the frontend pods listen on; the Service `<name>-frontend` targets it.
@@ -228,7 +228,7 @@ fn meta(rs: &ReplicatedService) -> ObjectMeta {
         name: Some(name(rs)),
         namespace: rs.namespace(),
         labels: Some(labels(rs)),
-        owner_references: controlled_by(rs),
+        owner_references: owner_references(rs),
         ..ObjectMeta::default()
     }
 }

@@ -30,7 +30,7 @@ use rigging_crds::sidecar::shard::{Protocol, ShardArgs, ShardConfig};
 use rigging_crds::{FieldError, FieldErrors, ShardedService};
 
 use super::reshard::{self, Plan};
-use crate::controller::{Child, MANAGER, Observed, RenderConfig, controlled_by};
+use crate::controller::{Child, MANAGER, Observed, RenderConfig, owner_references};
 use crate::sidecars;
 use crate::sidecars::elect::ElectAccess;
 
@@ -331,7 +331,7 @@ fn child_meta(ss: &ShardedService, name: String, labels: BTreeMap<String, String
         name: Some(name),
         namespace: ss.namespace(),
         labels: Some(labels),
-        owner_references: controlled_by(ss),
+        owner_references: owner_references(ss),
         ..ObjectMeta::default()
     }
 }

@@ -15,8 +15,7 @@
 //! finds the item's Job by name, or the item's result in the status, and never needs to
 //! remember anything else.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::batch::v1::{
@@ -31,9 +30,9 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 use rigging_crds::{FieldError, FieldErrors, WorkQueue};
 
-use super::naming;
-use super::status;
-use crate::controller::{Child, MANAGER, Observed, RenderConfig, controlled_by};
+use super::results::{self, Recorded};
+use super::{naming, status};
+use crate::controller::{Child, MANAGER, Observed, RenderConfig, owner_references};
 use crate::sidecars;
 use crate::sidecars::elect::ElectAccess;
 
@@ -55,6 +54,14 @@ pub const WORK_ITEM_PATH: &str = "/var/run/rigging/work/item";
 pub const WORK_VOLUME: &str = "rigging-work-item";
 /// Most bytes of a ConfigMap's keys and values together, as the API server counts them.
 pub const CONFIG_MAP_LIMIT: usize = 1024 * 1024;
+/// Most bytes etcd stores in one object (its default `--max-request-bytes`, 1.5 MiB).
+pub const OBJECT_LIMIT: usize = 1536 * 1024;
+/// Bytes of a WorkQueue besides its items, with its status at its largest: metadata,
+/// the worker's template, and the bounded status (counts, ten failures, ten stuck items,
+/// 200 expired Jobs, conditions).
+pub const OBJECT_RESERVE: usize = 48 * 1024;
+/// JSON around one item as stored: `"…",` in spec.items, `"v:\"…\"":{},` in managedFields.
+const STORED_OVERHEAD_PER_ITEM: usize = 3 + 10;
 /// The shortest poll interval: a source is asked no more than once a second.
 pub const MIN_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -83,7 +90,9 @@ pub struct Children {
     pub source_deployment: Option<Deployment>,
     /// Source mode: where the poller asks the source for items.
     pub source_service: Option<Service>,
-    /// The Jobs the WorkQueue keeps or creates now, in item order.
+    /// The results ConfigMaps to keep, and a new one when results are written now.
+    pub results: Vec<ConfigMap>,
+    /// The Jobs the WorkQueue creates now, in item order, then those it keeps (by name).
     pub jobs: Vec<Job>,
 }
 
@@ -97,6 +106,9 @@ impl Children {
         out.push(Child::ConfigMap(self.items));
         out.extend(self.source_deployment.map(Child::Deployment));
         out.extend(self.source_service.map(Child::Service));
+        // Before any Job: a Job is deleted only in the reconcile after its result is in
+        // one, and the new one is written before anything else changes.
+        out.extend(self.results.into_iter().map(Child::ConfigMap));
         out.extend(self.jobs.into_iter().map(Child::Job));
         out
     }
@@ -123,7 +135,7 @@ fn meta(wq: &WorkQueue, name: String, component: &str) -> ObjectMeta {
         name: Some(name),
         namespace: wq.namespace(),
         labels: Some(labels(wq, component)),
-        owner_references: controlled_by(wq),
+        owner_references: owner_references(wq),
         ..ObjectMeta::default()
     }
 }
@@ -138,11 +150,11 @@ pub fn desired(
     config: &RenderConfig,
     observed: &Observed,
 ) -> Result<Children, FieldErrors> {
-    let config_maps = observed.owned::<ConfigMap>();
-    let live_items = config_maps
-        .iter()
-        .find(|c| c.name_any() == naming::items_config_map(&wq.name_any()));
-    let (items, mut errors) = items(wq, live_items.map(|c| &**c));
+    let live_items = observed.cache().and_then(|c| {
+        c.get::<ConfigMap>(&naming::items_config_map(&wq.name_any()))
+            .filter(|cm| c.controls(&**cm))
+    });
+    let (items, mut errors) = items(wq, live_items.as_deref());
     let elect = ElectAccess::for_pods(
         wq.spec.sidecars.as_ref(),
         &wq.spec.worker.template,
@@ -160,59 +172,69 @@ pub fn desired(
     FieldErrors::into_result(errors)?;
     let template = template.unwrap_or_default();
 
-    let seen: BTreeMap<String, Arc<Job>> = observed
-        .owned::<Job>()
-        .into_iter()
-        .map(|j| (j.name_any(), j))
-        .collect();
+    let cache = observed.cache();
+    let recorded = Recorded::read(wq, cache.as_ref());
     let previous = wq.status.clone().unwrap_or_default();
-    let finished: BTreeSet<&str> = previous
-        .succeeded_jobs
-        .iter()
-        .map(String::as_str)
-        .chain(previous.failed_items.iter().map(|f| f.job.as_str()))
-        .collect();
-    let expired: BTreeSet<&str> = previous.expired_jobs.iter().map(String::as_str).collect();
+    let expired: HashSet<&str> = previous.expired_jobs.iter().map(String::as_str).collect();
 
-    // Which items have a Job in what follows, and how many of those have not finished.
-    let mut wanted = BTreeSet::new();
+    // One pass over the items, each a lookup in the caches: what exists is kept by name
+    // (never copied), and only unfinished Jobs, finished ones whose result is not yet in a
+    // results ConfigMap, and new ones cost more than that.
+    // (position of the item, the Job): the children list Jobs in item order.
+    let mut kept: Vec<(usize, Job)> = Vec::new();
     let mut running = 0;
     let mut unstarted = Vec::new();
-    for item in &items {
-        let job = item.job.as_str();
-        match (finished.contains(job), seen.get(job)) {
-            // Finished, result recorded, TTL not passed (or no TTL): kept as it is. It is in
-            // the cache, so create_once never sends a create for it.
-            (true, Some(_)) if !expired.contains(job) => {
-                wanted.insert(job);
+    // Results only on their Jobs so far: Job name → value, and whether one is due.
+    let mut unrecorded: Vec<(String, String)> = Vec::new();
+    let mut due = false;
+    let mut consider = |job: &str, item: &str, unstarted: Option<&mut Vec<usize>>, i: usize| {
+        let live = cache.as_ref().and_then(|c| c.get::<Job>(job));
+        let ours = live.filter(|j| cache.as_ref().is_some_and(|c| c.controls(&**j)));
+        let Some(live) = ours else {
+            // A Job of that name that this queue does not control is never its own: the
+            // item waits (status names the conflict). Without any Job, a recorded item is
+            // done, and any other starts when there is room.
+            let foreign = cache.as_ref().and_then(|c| c.get::<Job>(job)).is_some();
+            if let Some(unstarted) = unstarted.filter(|_| !foreign && recorded.get(job).is_none()) {
+                unstarted.push(i);
             }
-            // Finished and recorded: expired (left out, so it is deleted) or already gone.
-            // Never created again.
-            (true, _) => {}
-            (false, Some(live)) => {
-                if status::outcome(live).is_none() {
-                    running += 1;
-                }
-                wanted.insert(job);
+            return;
+        };
+        let outcome = status::outcome(&live);
+        if recorded.get(job).is_some() {
+            // Recorded: kept until its TTL has passed, then left out, so it is deleted.
+            if !expired.contains(job) {
+                kept.push((i, keep(&live)));
             }
-            (false, None) => unstarted.push(job),
+            return;
         }
+        match outcome {
+            None => running += 1,
+            Some(outcome) => {
+                unrecorded.push((job.to_owned(), status::recorded_value(&outcome, item)));
+                due |= expired.contains(job);
+            }
+        }
+        kept.push((i, keep(&live)));
+    };
+    for (i, item) in items.iter().enumerate() {
+        consider(&item.job, &item.item, Some(&mut unstarted), i);
     }
     // The poller only ever adds items, so in source mode a Job whose item is not (or no
     // longer) in the cached ConfigMap means that ConfigMap was damaged, not that the item
     // went away: its Job is kept rather than deleted mid-run, and counts like any other.
-    let mut kept = Vec::new();
-    if wq.spec.source.is_some() {
-        let known: BTreeSet<&str> = items.iter().map(|i| i.job.as_str()).collect();
-        for (name, live) in &seen {
-            let name = name.as_str();
-            if known.contains(name) || (finished.contains(name) && expired.contains(name)) {
-                continue;
+    if let Some(c) = cache.as_ref().filter(|_| wq.spec.source.is_some()) {
+        let known: HashSet<&str> = items.iter().map(|i| i.job.as_str()).collect();
+        for job in c.in_namespace::<Job>() {
+            let name = job.name_any();
+            if c.controls(&*job) && !known.contains(name.as_str()) {
+                let item = job
+                    .annotations()
+                    .get(ITEM_ANNOTATION)
+                    .cloned()
+                    .unwrap_or_default();
+                consider(&name, &item, None, usize::MAX);
             }
-            if !finished.contains(name) && status::outcome(live).is_none() {
-                running += 1;
-            }
-            kept.push(Job::clone(live));
         }
     }
     // At most `parallelism` unfinished Jobs: new ones go to the first unstarted items, in
@@ -229,22 +251,44 @@ pub fn desired(
     let free = usize::try_from(wq.spec.parallelism.max(0))
         .unwrap_or_default()
         .saturating_sub(running);
-    wanted.extend(unstarted.into_iter().take(free));
-
-    let mut jobs: Vec<Job> = items
-        .iter()
-        .filter(|i| wanted.contains(i.job.as_str()))
-        .map(|i| job(wq, &template, i))
+    let mut jobs: Vec<(usize, Job)> = unstarted
+        .into_iter()
+        .take(free)
+        .map(|i| (i, job(wq, &template, &items[i])))
         .collect();
+    let idle = running == 0 && jobs.is_empty();
     jobs.extend(kept);
+    jobs.sort_by_key(|(i, _)| *i);
+    let jobs: Vec<Job> = jobs.into_iter().map(|(_, j)| j).collect();
+
+    let mut results = recorded.kept();
+    if results::should_record(unrecorded.len(), idle, due) {
+        results.push(recorded.next_chunk(wq, &unrecorded).0);
+    }
 
     Ok(Children {
         elect,
         items: items_config_map(wq, &items),
         source_deployment: source_deployment(wq),
         source_service: source_service(wq),
+        results,
         jobs,
     })
+}
+
+/// A child the queue keeps as it is: its name and resourceVersion, which tell
+/// [`crate::controller::apply::create_once`] never to create it.
+fn keep(live: &Job) -> Job {
+    Job {
+        metadata: ObjectMeta {
+            name: live.metadata.name.clone(),
+            namespace: live.metadata.namespace.clone(),
+            uid: live.metadata.uid.clone(),
+            resource_version: live.metadata.resource_version.clone(),
+            ..ObjectMeta::default()
+        },
+        ..Job::default()
+    }
 }
 
 /// The items of `wq`, in order, with every reason they are unusable: from `spec.items`,
@@ -279,6 +323,22 @@ pub fn items(wq: &WorkQueue, config_map: Option<&ConfigMap>) -> (Vec<Item>, Vec<
             key: job.clone(),
             job,
         });
+    }
+    // The WorkQueue itself holds each item twice (in spec.items, and as the key of its
+    // managedFields entry), and etcd stores at most OBJECT_LIMIT in one object: a queue
+    // near it would take its Jobs and then fail every status write, half applied.
+    let stored: usize = list
+        .iter()
+        .map(|i| 2 * i.len() + STORED_OVERHEAD_PER_ITEM)
+        .sum::<usize>()
+        + OBJECT_RESERVE;
+    if stored > OBJECT_LIMIT {
+        errors.push(FieldError::new(
+            "spec.items",
+            format!(
+                "the WorkQueue would take about {stored} bytes as stored (each item twice, in spec.items and in metadata.managedFields, and {OBJECT_RESERVE} bytes for the rest of the object and its status), more than the {OBJECT_LIMIT} bytes etcd stores in one object: split them over several WorkQueues"
+            ),
+        ));
     }
     if bytes > CONFIG_MAP_LIMIT {
         errors.push(FieldError::new(
@@ -610,7 +670,6 @@ mod tests {
     use super::*;
     use crate::work_queue::fixtures::*;
     use rigging_crds::WorkQueueStatus;
-    use rigging_crds::work_queue::FailedItem;
 
     const ITEMS: [&str; 5] = ["cat.png", "Dog.png", "dog.png", "eel.png", "fox.png"];
 
@@ -625,18 +684,12 @@ mod tests {
         }
     }
 
-    fn recorded(succeeded: &[&Job], failed: &[&Job], expired: &[&Job]) -> WorkQueueStatus {
-        let name = |j: &&Job| j.metadata.name.clone().unwrap();
+    fn expired(jobs: &[&Job]) -> WorkQueueStatus {
         WorkQueueStatus {
-            succeeded_jobs: succeeded.iter().map(name).collect(),
-            failed_items: failed
+            expired_jobs: jobs
                 .iter()
-                .map(|j| FailedItem {
-                    job: name(j),
-                    ..FailedItem::default()
-                })
+                .map(|j| j.metadata.name.clone().unwrap())
                 .collect(),
-            expired_jobs: expired.iter().map(name).collect(),
             ..WorkQueueStatus::default()
         }
     }
@@ -879,22 +932,53 @@ mod tests {
 
     #[test]
     fn items_that_do_not_fit_in_one_config_map_are_refused() {
-        let big = "x".repeat(4000);
-        let items: Vec<String> = (0..270).map(|i| format!("{i}{big}")).collect();
-        let refs: Vec<&str> = items.iter().map(String::as_str).collect();
+        // 10,000 items of 50 bytes, each with a Job name of 63: 1.13 MB in the ConfigMap
+        // (the WorkQueue itself, 1.18 MB, would still fit in etcd).
+        let items = |len: usize| -> Vec<String> {
+            (0..10_000)
+                .map(|i| format!("{i:05}{}", "x".repeat(len - 5)))
+                .collect()
+        };
+        let fifty = items(50);
+        let refs: Vec<&str> = fifty.iter().map(String::as_str).collect();
         let errors = errors(&static_queue(&refs, 1));
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert!(
-            errors[0].starts_with("spec.items: the items take 1"),
+            errors[0].starts_with("spec.items: the items take 1130000 bytes in the ConfigMap"),
             "{errors:?}"
         );
         assert!(
             errors[0].contains("more than the 1048576 bytes a ConfigMap holds"),
             "{errors:?}"
         );
-        // 250 of them fit.
+        // 10,000 of 40 bytes fit: the largest static queue of such items.
+        let forty = items(40);
+        let refs: Vec<&str> = forty.iter().map(String::as_str).collect();
         assert_eq!(
-            super::tests::errors(&static_queue(&refs[..250], 1)),
+            super::tests::errors(&static_queue(&refs, 1)),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn items_that_would_make_the_work_queue_too_large_to_store_are_refused() {
+        // 180 items of 4000 bytes fit in the ConfigMap (720 kB), but the WorkQueue would
+        // hold them twice.
+        let big = "y".repeat(4000);
+        let items: Vec<String> = (0..200).map(|i| format!("{i}{big}")).collect();
+        let refs: Vec<&str> = items.iter().map(String::as_str).collect();
+        let errors = errors(&static_queue(&refs, 1));
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].starts_with("spec.items: the WorkQueue would take about 16"),
+            "{errors:?}"
+        );
+        assert!(
+            errors[0].contains("more than the 1572864 bytes etcd stores in one object"),
+            "{errors:?}"
+        );
+        assert_eq!(
+            super::tests::errors(&static_queue(&refs[..180], 1)),
             Vec::<String>::new()
         );
     }
@@ -953,12 +1037,89 @@ mod tests {
         let dog = succeeded(job_of(&wq, "dog.png"), at(0));
         // cat: recorded, its Job gone (deleted after its TTL, or by hand). Dog: recorded
         // and expired. dog: recorded, kept.
-        wq.status = Some(recorded(&[&cat, &dog], &[&big_dog], &[&big_dog]));
-        let c = with_cached(&wq, vec![Child::Job(big_dog), Child::Job(dog)]);
+        let chunk = results_chunk(
+            &wq,
+            0,
+            &[
+                recorded_as(&cat, "Succeeded"),
+                recorded_as(&big_dog, "Failed: BackoffLimitExceeded"),
+                recorded_as(&dog, "Succeeded"),
+            ],
+        );
+        wq.status = Some(expired(&[&big_dog]));
+        let c = with_cached(
+            &wq,
+            vec![
+                Child::ConfigMap(chunk),
+                Child::Job(big_dog),
+                Child::Job(dog),
+            ],
+        );
         assert_eq!(
             job_names(&c),
             ["dog.png", "eel.png"].map(|i| naming::job_name("thumbs", i)),
         );
+        assert_eq!(c.results.len(), 1, "the results ConfigMap kept");
+        assert_eq!(c.results[0].data, None, "kept by name, not applied again");
+    }
+
+    #[test]
+    fn an_expired_job_whose_result_is_only_on_it_is_kept_and_its_result_written_first() {
+        let mut wq = static_queue(&ITEMS, 1);
+        wq.spec.ttl_seconds_after_finished = Some(0);
+        let cat = succeeded(job_of(&wq, "cat.png"), at(0));
+        wq.status = Some(expired(&[&cat]));
+        let c = with_cached(&wq, vec![Child::Job(cat.clone())]);
+        assert!(
+            job_names(&c).contains(cat.metadata.name.as_ref().unwrap()),
+            "kept: its result is not in a results ConfigMap yet"
+        );
+        assert_eq!(c.results.len(), 1, "{:?}", c.results);
+        let written = &c.results[0];
+        assert_eq!(written.metadata.name.as_deref(), Some("thumbs-results-0"));
+        assert_eq!(written.immutable, Some(true));
+        assert_eq!(
+            written.data.as_ref().unwrap()[cat.metadata.name.as_ref().unwrap()],
+            "Succeeded"
+        );
+    }
+
+    #[test]
+    fn results_wait_on_their_jobs_until_a_batch_is_full_or_nothing_is_left_to_run() {
+        let wq = static_queue(&ITEMS, 1);
+        let cat = succeeded(job_of(&wq, "cat.png"), at(0));
+        let c = with_cached(&wq, vec![Child::Job(cat.clone())]);
+        assert!(c.results.is_empty(), "Dog.png starts: not idle, no TTL due");
+        // Every item finished: the results are written.
+        let all: Vec<Child> = ITEMS
+            .iter()
+            .map(|i| Child::Job(failed(job_of(&wq, i), at(0))))
+            .collect();
+        let c = with_cached(&wq, all);
+        let data = c.results[0].data.as_ref().unwrap();
+        assert_eq!(data.len(), 5);
+        assert!(
+            data[cat.metadata.name.as_ref().unwrap()].starts_with(
+                "Failed: BackoffLimitExceeded: Job has reached the specified backoff limit; item: \"cat.png\""
+            ),
+            "{data:?}"
+        );
+    }
+
+    #[test]
+    fn a_job_of_an_items_name_that_the_queue_does_not_control_is_never_its_own() {
+        let wq = static_queue(&ITEMS, 2);
+        // cat's Job name is taken by a Job that the queue does not control (left behind by
+        // a WorkQueue deleted with --cascade=orphan: no owner).
+        let mut orphan = succeeded(job_of(&wq, "cat.png"), at(0));
+        orphan.metadata.owner_references = None;
+        let c = with_cached(&wq, vec![Child::Job(orphan)]);
+        assert_eq!(
+            job_names(&c),
+            ["Dog.png", "dog.png"].map(|i| naming::job_name("thumbs", i)),
+            "neither kept, nor counted as finished, nor created again"
+        );
+        assert!(c.results.is_empty(), "its result is not recorded");
     }
 
     #[test]

@@ -3,14 +3,14 @@
 
 use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus};
 use k8s_openapi::api::core::v1::{
-    ContainerState, ContainerStateWaiting, ContainerStatus, Pod, PodCondition, PodStatus,
+    ConfigMap, ContainerState, ContainerStateWaiting, ContainerStatus, Pod, PodCondition, PodStatus,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 use k8s_openapi::jiff::Timestamp;
 use rigging_crds::WorkQueue;
 
 use super::desired::{self, Children};
-use crate::controller::{Child, ChildStores, Observed, RenderConfig};
+use crate::controller::{Applied, Child, ChildStores, Observed, RenderConfig};
 
 /// A WorkQueue from YAML, the way users write it.
 pub fn work_queue(yaml: &str) -> WorkQueue {
@@ -247,4 +247,27 @@ fn condition(type_: &str, reason: &str, at: Timestamp) -> JobCondition {
 /// A time in 2026, `s` seconds after a fixed instant.
 pub fn at(s: i64) -> Timestamp {
     Timestamp::from_second(1_780_000_000 + s).unwrap()
+}
+
+/// `wq`'s results ConfigMap number `seq`, as the operator writes it and the cache holds it,
+/// recording `entries` (Job name, value).
+pub fn results_chunk(wq: &WorkQueue, seq: u64, entries: &[(String, String)]) -> ConfigMap {
+    let recorded = super::results::Recorded::default();
+    let (mut cm, _) = recorded.next_chunk(wq, entries);
+    cm.metadata.name = Some(super::results::chunk_name("thumbs", seq));
+    cm.metadata.resource_version = Some(format!("rv-{seq}"));
+    cm
+}
+
+/// The Job `job`'s name with the value recorded for it.
+pub fn recorded_as(job: &Job, value: &str) -> (String, String) {
+    (job.metadata.name.clone().unwrap(), value.to_owned())
+}
+
+/// What the status reads after an apply: `children` as applied, and the caches holding
+/// `cached` and `pods`.
+pub fn applied_with_cache(children: Vec<Child>, cached: Vec<Child>, pods: Vec<Pod>) -> Applied {
+    let stores = ChildStores::prefilled_with_pods(cached, pods);
+    let observed = Observed::cached(&stores, "media", "wq-uid");
+    Applied::new(children).with_pods(observed.job_pods())
 }

@@ -18,6 +18,7 @@
 pub mod desired;
 pub mod naming;
 pub mod pods;
+pub mod results;
 pub mod source;
 pub mod status;
 

@@ -5,7 +5,8 @@
 //! Job may be deleted, and stays after. So the results of the previous status are carried
 //! over, and a Job that is gone does not make its item pending again.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
@@ -13,10 +14,13 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
-use rigging_crds::work_queue::{FailedItem, StuckItem};
+use rigging_crds::work_queue::{
+    EXPIRED_LISTED, FailedItem, LAST_FAILURES, Results, STUCK_LISTED, StuckItem,
+};
 use rigging_crds::{FieldErrors, WorkQueue, WorkQueueStatus};
 
 use super::desired::{self, ITEM_ANNOTATION, Item};
+use super::results::{self, Recorded};
 use super::{naming, pods};
 use crate::controller::conditions;
 use crate::controller::conditions::{Cond, cond, finish};
@@ -79,9 +83,26 @@ pub fn outcome(job: &Job) -> Option<Outcome> {
     })
 }
 
-/// Most bytes of an item kept in `failedItems`: the Job's name already identifies it, and
-/// the status must stay small next to the items themselves.
+/// What is recorded of a finished item in a results ConfigMap ([`results`]).
+pub fn recorded_value(outcome: &Outcome, item: &str) -> String {
+    match outcome {
+        Outcome::Succeeded { .. } => results::SUCCEEDED.to_owned(),
+        Outcome::Failed {
+            reason, message, ..
+        } => results::failed_value(
+            reason,
+            &truncate(message, MAX_FAILURE_MESSAGE),
+            &truncate(item, MAX_RECORDED_ITEM),
+        ),
+    }
+}
+
+/// Most bytes of an item kept in `lastFailures`, `stuckItems` and the results: the Job's
+/// name already identifies it, and the status must stay small.
 const MAX_RECORDED_ITEM: usize = 256;
+
+/// Most bytes of a Job's failure message kept.
+const MAX_FAILURE_MESSAGE: usize = 512;
 
 /// Failed items named in a condition message, at most.
 const NAMED_IN_MESSAGE: usize = 5;
@@ -90,131 +111,170 @@ const NAMED_IN_MESSAGE: usize = 5;
 /// registry's answer, which can be long, and five of them go into one condition.
 const MAX_STUCK_MESSAGE: usize = 512;
 
+/// Least time a result waits on its Job before it is written out because the Job's TTL
+/// passed: results of Jobs that finish together go into one results ConfigMap, not one
+/// each (`ttlSecondsAfterFinished: 0` deletes a Job this much later).
+const MIN_RECORD_DELAY: SignedDuration = SignedDuration::from_secs(10);
+
+/// A Job of an item that this queue does not control.
+struct Conflict {
+    job: String,
+    item: String,
+    holder: String,
+}
+
 /// Status of a WorkQueue whose children are applied.
+///
+/// Each item costs a lookup in the caches (its Job by name, its result in the results
+/// ConfigMaps); only unfinished Jobs and finished ones whose result is not yet recorded
+/// cost more. Nothing is copied.
 pub fn observed(wq: &WorkQueue, applied: &Applied, now: Timestamp) -> WorkQueueStatus {
-    let config_map = applied.get::<ConfigMap>(&naming::items_config_map(&wq.name_any()));
-    // desired() refused the spec if these had errors; the applied ConfigMap can only be
-    // fresher than the cached one it checked, and a key the poller did not write is then
-    // left for the next reconcile to report.
+    let queue = wq.name_any();
+    let cache = applied.cache();
+    let items_name = naming::items_config_map(&queue);
+    let live_items = cache.and_then(|c| c.get::<ConfigMap>(&items_name));
+    // The applied ConfigMap can only be fresher than the cached one desired() checked; in
+    // source mode it carries no data, and the cache has the poller's keys.
+    let config_map = match (wq.spec.source.is_some(), live_items.as_deref()) {
+        (true, Some(cached)) => Some(cached),
+        _ => applied.get::<ConfigMap>(&items_name),
+    };
     let (items, _) = desired::items(wq, config_map);
     let previous = wq.status.clone().unwrap_or_default();
-    let source_mode = wq.spec.source.is_some();
+    let recorded = Recorded::read(wq, cache);
+    // A results ConfigMap written in this reconcile counts once the cache has it: the
+    // Jobs whose results it holds are not deleted before.
+    let written = applied
+        .all::<ConfigMap>()
+        .filter(|cm| cm.immutable == Some(true) && cm.data.is_some())
+        .filter_map(|cm| cm.metadata.name.clone())
+        .find(|n| results::parse_chunk_name(&queue, n).is_some());
 
-    let mut succeeded: BTreeSet<String> = BTreeSet::new();
-    let mut failed: BTreeMap<String, FailedItem> = BTreeMap::new();
-    let (mut pending, mut running) = (0, 0);
-    // The Jobs that run, and their items: their pods may be stuck.
-    let mut running_jobs: Vec<(String, String)> = Vec::new();
-    let mut finished_jobs: Vec<(String, Timestamp)> = Vec::new();
-    let recorded_ok: BTreeSet<&str> = previous.succeeded_jobs.iter().map(String::as_str).collect();
-    let recorded_failed: BTreeMap<&str, &FailedItem> = previous
-        .failed_items
-        .iter()
-        .map(|f| (f.job.as_str(), f))
-        .collect();
-
-    let mut record = |job_name: &str, item: &str, job: Option<&Job>| -> Option<bool> {
-        // A recorded result stands: a Job never finishes twice.
-        if recorded_ok.contains(job_name) {
-            succeeded.insert(job_name.to_owned());
-        } else if let Some(f) = recorded_failed.get(job_name) {
-            failed.insert(job_name.to_owned(), (*f).clone());
-        }
-        let result = job.and_then(outcome);
-        match (&result, job) {
-            (Some(o), Some(job)) => {
-                finished_jobs.push((job.name_any(), o.at()));
-                if !succeeded.contains(job_name) && !failed.contains_key(job_name) {
-                    match o {
-                        Outcome::Succeeded { .. } => {
-                            succeeded.insert(job_name.to_owned());
-                        }
-                        Outcome::Failed {
-                            reason, message, ..
-                        } => {
-                            failed.insert(
-                                job_name.to_owned(),
-                                FailedItem {
-                                    job: job_name.to_owned(),
-                                    item: truncate(item, MAX_RECORDED_ITEM),
-                                    reason: reason.clone(),
-                                    message: message.clone(),
-                                },
-                            );
-                        }
-                    }
-                }
-                Some(true)
-            }
-            _ if succeeded.contains(job_name) || failed.contains_key(job_name) => Some(true),
-            (None, Some(_)) => Some(false),
-            (_, None) => None,
+    let ttl = wq
+        .spec
+        .ttl_seconds_after_finished
+        .map(|t| SignedDuration::from_secs(i64::from(t)));
+    let (mut pending, mut running, mut succeeded, mut failed) = (0usize, 0, 0usize, 0usize);
+    let mut unrecorded = 0;
+    let mut new_failures: Vec<FailedItem> = Vec::new();
+    let mut running_jobs: Vec<(Arc<Job>, String)> = Vec::new();
+    let mut conflicts: Vec<Conflict> = Vec::new();
+    let mut expired: Vec<String> = Vec::new();
+    let mut next_cleanup: Option<Timestamp> = None;
+    let mut deadline = |job: &str, at: Timestamp, wait: SignedDuration| {
+        let end = at.checked_add(wait).unwrap_or(Timestamp::MAX);
+        if end <= now {
+            expired.push(job.to_owned());
+        } else {
+            next_cleanup = Some(next_cleanup.map_or(end, |n: Timestamp| n.min(end)));
         }
     };
-    // Some(true): finished; Some(false): its Job runs; None: no Job yet.
-    let known: BTreeSet<&str> = items.iter().map(|i| i.job.as_str()).collect();
-    for Item { item, job, .. } in &items {
-        match record(job, item, applied.get::<Job>(job)) {
-            Some(true) => {}
-            Some(false) => {
-                running += 1;
-                running_jobs.push((job.clone(), item.clone()));
-            }
-            None => pending += 1,
-        }
-    }
-    if source_mode {
-        // Jobs kept although their item is missing from the ConfigMap (see desired), and
-        // results of items the ConfigMap no longer holds: never forgotten.
-        for job in applied
-            .all::<Job>()
-            .filter(|j| !known.contains(j.name_any().as_str()))
-        {
-            let item = job
-                .annotations()
-                .get(ITEM_ANNOTATION)
-                .cloned()
-                .unwrap_or_default();
-            if record(&job.name_any(), &item, Some(job)) == Some(false) {
-                running += 1;
-                running_jobs.push((job.name_any(), item));
-            }
-        }
-        for job in &previous.succeeded_jobs {
-            succeeded.insert(job.clone());
-        }
-        for f in &previous.failed_items {
-            failed.entry(f.job.clone()).or_insert_with(|| f.clone());
-        }
-    }
 
-    // The TTL: a finished Job whose result is recorded in this status, once its TTL has
-    // passed, is listed as expired; the next reconcile, reading this status, leaves it out
-    // of the desired children and it is deleted. Until then, the soonest deadline.
-    let mut expired = Vec::new();
-    let mut next_cleanup: Option<Timestamp> = None;
-    if let Some(ttl) = wq.spec.ttl_seconds_after_finished {
-        let ttl = SignedDuration::from_secs(i64::from(ttl));
-        for (job, at) in finished_jobs {
-            let deadline = at.checked_add(ttl).unwrap_or(Timestamp::MAX);
-            if deadline <= now {
-                expired.push(job);
+    let mut consider = |job_name: &str, item: &str| {
+        let live: Option<Arc<Job>> = match cache {
+            Some(c) => c.get::<Job>(job_name),
+            None => applied.get::<Job>(job_name).cloned().map(Arc::new),
+        };
+        let foreign = live
+            .as_ref()
+            .filter(|j| cache.is_some_and(|c| !c.controls(&***j)));
+        if let Some(j) = foreign {
+            conflicts.push(Conflict {
+                job: job_name.to_owned(),
+                item: truncate(item, MAX_RECORDED_ITEM),
+                holder: holder(j),
+            });
+            pending += 1;
+            return;
+        }
+        // A Job created in this reconcile is not in the cache yet.
+        let live = live.or_else(|| applied.get::<Job>(job_name).cloned().map(Arc::new));
+        let outcome = live.as_deref().and_then(outcome);
+        if let Some(value) = recorded.get(job_name) {
+            // A recorded result stands: a Job never finishes twice.
+            if results::succeeded(value) {
+                succeeded += 1;
             } else {
-                next_cleanup = Some(next_cleanup.map_or(deadline, |n| n.min(deadline)));
+                failed += 1;
+            }
+            // Only a Job the queue keeps: one left out (expired) is deleted in this
+            // reconcile, although the cache may still hold it.
+            let kept = applied.get::<Job>(job_name).is_some();
+            if let (Some(ttl), Some(o), true) = (ttl, &outcome, kept) {
+                deadline(job_name, o.at(), ttl);
+            }
+            return;
+        }
+        match (outcome, live) {
+            (Some(o), _) => {
+                unrecorded += 1;
+                match &o {
+                    Outcome::Succeeded { .. } => succeeded += 1,
+                    Outcome::Failed {
+                        at,
+                        reason,
+                        message,
+                    } => {
+                        failed += 1;
+                        new_failures.push(FailedItem {
+                            job: job_name.to_owned(),
+                            item: truncate(item, MAX_RECORDED_ITEM),
+                            reason: reason.clone(),
+                            message: truncate(message, MAX_FAILURE_MESSAGE),
+                            finished_at: Some(Time(*at)),
+                        });
+                    }
+                }
+                // Not recorded yet: due once its TTL has passed, and not before a short
+                // while, so that results that finish together are written together.
+                if let Some(ttl) = ttl {
+                    deadline(job_name, o.at(), ttl.max(MIN_RECORD_DELAY));
+                }
+            }
+            (None, Some(job)) => {
+                running += 1;
+                running_jobs.push((job, item.to_owned()));
+            }
+            (None, None) => pending += 1,
+        }
+    };
+    for Item { item, job, .. } in &items {
+        consider(job, item);
+    }
+    if wq.spec.source.is_some() {
+        // Jobs kept although their item is missing from the ConfigMap (see desired).
+        let known: std::collections::HashSet<&str> = items.iter().map(|i| i.job.as_str()).collect();
+        let kept: Vec<Arc<Job>> = match cache {
+            Some(c) => c
+                .in_namespace::<Job>()
+                .into_iter()
+                .filter(|j| c.controls(&**j))
+                .collect(),
+            None => applied.all::<Job>().cloned().map(Arc::new).collect(),
+        };
+        for job in kept {
+            let name = job.name_any();
+            if !known.contains(name.as_str()) {
+                let item = job
+                    .annotations()
+                    .get(ITEM_ANNOTATION)
+                    .cloned()
+                    .unwrap_or_default();
+                consider(&name, &item);
             }
         }
     }
     expired.sort();
     expired.dedup();
+    expired.truncate(EXPIRED_LISTED);
 
     let mut stuck: Vec<StuckItem> = running_jobs
         .iter()
-        .filter_map(|(name, item)| {
-            let job = applied.get::<Job>(name)?;
+        .filter_map(|(job, item)| {
             applied.pods_of(job).find_map(|pod| {
                 let why = pods::stuck(pod)?;
                 Some(StuckItem {
-                    job: name.clone(),
+                    job: job.name_any(),
                     item: truncate(item, MAX_RECORDED_ITEM),
                     pod: pod.name_any(),
                     reason: why.reason,
@@ -224,29 +284,73 @@ pub fn observed(wq: &WorkQueue, applied: &Applied, now: Timestamp) -> WorkQueueS
         })
         .collect();
     stuck.sort_by(|a, b| a.job.cmp(&b.job));
+    let stuck_total = stuck.len();
+    stuck.truncate(STUCK_LISTED);
+    conflicts.sort_by(|a, b| a.job.cmp(&b.job));
 
-    let failed: Vec<FailedItem> = failed.into_values().collect();
+    let last_failures = last_failures(&previous.last_failures, new_failures);
+    let mut config_maps = recorded.names();
+    config_maps.extend(written);
     let generation = wq.metadata.generation;
     let counts = Counts {
         total: items.len(),
-        pending,
-        running,
-        succeeded: succeeded.len(),
+        pending: count(pending),
+        running: count(running),
+        succeeded,
+        failed,
     };
-    let conds = conditions_for(wq, &counts, &failed, &stuck);
+    let failures = Failures {
+        failed,
+        named: &last_failures,
+    };
+    let conds = conditions_for(wq, &counts, &failures, &stuck, stuck_total, &conflicts);
     WorkQueueStatus {
         observed_generation: generation,
-        pending,
-        running,
-        succeeded: count(succeeded.len()),
-        failed: count(failed.len()),
-        succeeded_jobs: succeeded.into_iter().collect(),
-        failed_items: failed,
+        pending: count(pending),
+        running: count(running),
+        succeeded: count(succeeded),
+        failed: count(failed),
+        last_failures,
+        results: Some(Results {
+            config_maps,
+            selector: results::selector(&queue),
+            recorded: count(recorded.len()),
+            unrecorded: count(unrecorded),
+        }),
         stuck_items: stuck,
         expired_jobs: expired,
         next_cleanup_time: next_cleanup.map(Time),
         conditions: finish(previous_conditions(wq), conds, generation, now),
     }
+}
+
+/// `controller WorkQueue other`, or `no controller`: who holds a Job that is not ours.
+fn holder(job: &Job) -> String {
+    job.owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true))
+        .map_or("no controller".to_owned(), |o| {
+            format!("controller {} {}", o.kind, o.name)
+        })
+}
+
+/// The newest [`LAST_FAILURES`] of the failures listed before and those seen now, newest
+/// first. A failure pushed out by newer ones never comes back: each is told once.
+fn last_failures(before: &[FailedItem], new: Vec<FailedItem>) -> Vec<FailedItem> {
+    let mut all: Vec<FailedItem> = before.to_vec();
+    for f in new {
+        if !all.iter().any(|b| b.job == f.job) {
+            all.push(f);
+        }
+    }
+    let at = |f: &FailedItem| {
+        f.finished_at
+            .as_ref()
+            .map_or(Timestamp::UNIX_EPOCH, |t| t.0)
+    };
+    all.sort_by(|a, b| at(b).cmp(&at(a)).then_with(|| a.job.cmp(&b.job)));
+    all.truncate(LAST_FAILURES);
+    all
 }
 
 fn count(n: usize) -> i32 {
@@ -259,19 +363,29 @@ struct Counts {
     pending: i32,
     running: i32,
     succeeded: usize,
+    failed: usize,
+}
+
+/// How many items failed, and the last few of them, which conditions name.
+struct Failures<'a> {
+    failed: usize,
+    named: &'a [FailedItem],
 }
 
 fn conditions_for(
     wq: &WorkQueue,
     counts: &Counts,
-    failed: &[FailedItem],
+    failures: &Failures,
     stuck: &[StuckItem],
+    stuck_total: usize,
+    conflicts: &[Conflict],
 ) -> [Cond; 3] {
     let &Counts {
         total,
         pending,
         running,
         succeeded,
+        failed,
     } = counts;
     let source_mode = wq.spec.source.is_some();
     let progressing = if pending + running > 0 {
@@ -281,7 +395,7 @@ fn conditions_for(
             "Processing",
             &format!(
                 "{running} running, {pending} pending; {} of {total} items finished",
-                succeeded + failed.len()
+                succeeded + failed
             ),
         )
     } else if total == 0 {
@@ -297,39 +411,43 @@ fn conditions_for(
             "Progressing",
             false,
             "Finished",
-            &format!(
-                "every item{so_far} finished: {succeeded} succeeded, {} failed",
-                failed.len()
-            ),
+            &format!("every item{so_far} finished: {succeeded} succeeded, {failed} failed"),
         )
     };
     // An item that cannot start comes first: it is what holds the queue up now, and what
-    // someone can still fix; the failures follow in the same message.
-    let degraded = if !stuck.is_empty() {
-        let mut message = stuck_message(stuck);
-        if !failed.is_empty() {
-            message = format!("{message}; {}", failures_message(failed));
+    // someone can still fix; then a Job name another object holds; the failures follow in
+    // the same message.
+    let mut problems: Vec<(&str, String)> = Vec::new();
+    if !stuck.is_empty() {
+        problems.push(("ItemsStuck", stuck_message(stuck, stuck_total)));
+    }
+    if !conflicts.is_empty() {
+        problems.push(("JobConflict", conflict_message(conflicts)));
+    }
+    if failed > 0 {
+        problems.push(("ItemsFailed", failures_message(failures)));
+    }
+    let degraded = match problems.first() {
+        Some((reason, _)) => {
+            let message: Vec<&str> = problems.iter().map(|(_, m)| m.as_str()).collect();
+            cond("Degraded", true, reason, &message.join("; "))
         }
-        cond("Degraded", true, "ItemsStuck", &message)
-    } else if !failed.is_empty() {
-        cond("Degraded", true, "ItemsFailed", &failures_message(failed))
-    } else {
-        cond(
+        None => cond(
             "Degraded",
             false,
             "Reconciled",
             "the spec is valid and its objects are applied",
-        )
+        ),
     };
     let ready = if pending + running > 0 {
         cond(
             "Ready",
             false,
             "Processing",
-            &format!("{} of {total} items finished", succeeded + failed.len()),
+            &format!("{} of {total} items finished", succeeded + failed),
         )
-    } else if !failed.is_empty() {
-        cond("Ready", false, "ItemsFailed", &failures_message(failed))
+    } else if failed > 0 {
+        cond("Ready", false, "ItemsFailed", &failures_message(failures))
     } else if total == 0 {
         cond(
             "Ready",
@@ -348,42 +466,78 @@ fn conditions_for(
     [ready, progressing, degraded]
 }
 
-/// `2 items failed every try: "a" (BackoffLimitExceeded), "b" (DeadlineExceeded)`.
-fn failures_message(failed: &[FailedItem]) -> String {
-    let named: Vec<String> = failed
+/// `2 items failed: "a" (BackoffLimitExceeded), "b" (DeadlineExceeded)`, the newest first,
+/// and how many more, with where to find them.
+fn failures_message(failures: &Failures) -> String {
+    let named: Vec<String> = failures
+        .named
         .iter()
         .take(NAMED_IN_MESSAGE)
         .map(|f| format!("{:?} ({})", f.item, reason_or_failed(f)))
         .collect();
-    let more = failed.len().saturating_sub(NAMED_IN_MESSAGE);
+    let more = failures.failed.saturating_sub(named.len());
     let tail = if more > 0 {
-        format!(" and {more} more (status.failedItems)")
+        format!(" and {more} more (status.results)")
     } else {
         String::new()
     };
-    let noun = if failed.len() == 1 { "item" } else { "items" };
-    format!("{} {noun} failed: {}{tail}", failed.len(), named.join(", "))
+    let noun = if failures.failed == 1 {
+        "item"
+    } else {
+        "items"
+    };
+    format!(
+        "{} {noun} failed: {}{tail}",
+        failures.failed,
+        named.join(", ")
+    )
+}
+
+/// `1 item cannot get its Job: "a" (Job q-a-…: it exists with no controller, not this
+/// WorkQueue: …)`.
+fn conflict_message(conflicts: &[Conflict]) -> String {
+    let named: Vec<String> = conflicts
+        .iter()
+        .take(NAMED_IN_MESSAGE)
+        .map(|c| format!("{:?} (Job {} exists with {})", c.item, c.job, c.holder))
+        .collect();
+    let more = conflicts.len().saturating_sub(NAMED_IN_MESSAGE);
+    let tail = if more > 0 {
+        format!(" and {more} more")
+    } else {
+        String::new()
+    };
+    let noun = if conflicts.len() == 1 {
+        "item waits"
+    } else {
+        "items wait"
+    };
+    format!(
+        "{} {noun} for a Job name this WorkQueue does not control: {}{tail}; such a Job is never counted as the item's: delete it (or the WorkQueue's results would be another object's)",
+        conflicts.len(),
+        named.join(", ")
+    )
 }
 
 /// `1 item cannot start: "a" (pod q-a-…-x7k2p: ImagePullBackOff: container "worker": …)`.
-fn stuck_message(stuck: &[StuckItem]) -> String {
+fn stuck_message(stuck: &[StuckItem], total: usize) -> String {
     let named: Vec<String> = stuck
         .iter()
         .take(NAMED_IN_MESSAGE)
         .map(|s| format!("{:?} ({})", s.item, why_stuck(s)))
         .collect();
-    let more = stuck.len().saturating_sub(NAMED_IN_MESSAGE);
+    let more = total.saturating_sub(named.len());
     let tail = if more > 0 {
         format!(" and {more} more (status.stuckItems)")
     } else {
         String::new()
     };
-    let noun = if stuck.len() == 1 {
+    let noun = if total == 1 {
         "item cannot"
     } else {
         "items cannot"
     };
-    format!("{} {noun} start: {}{tail}", stuck.len(), named.join(", "))
+    format!("{total} {noun} start: {}{tail}", named.join(", "))
 }
 
 /// `pod P: REASON: MESSAGE`.
@@ -461,9 +615,10 @@ fn failure_events(wq: &WorkQueue, next: &WorkQueueStatus) -> Vec<Note> {
     let before: BTreeSet<&str> = wq
         .status
         .iter()
-        .flat_map(|s| s.failed_items.iter().map(|f| f.job.as_str()))
+        .flat_map(|s| s.last_failures.iter().map(|f| f.job.as_str()))
         .collect();
-    next.failed_items
+    let mut notes: Vec<Note> = next
+        .last_failures
         .iter()
         .filter(|f| !before.contains(f.job.as_str()))
         .map(|f| {
@@ -482,19 +637,48 @@ fn failure_events(wq: &WorkQueue, next: &WorkQueueStatus) -> Vec<Note> {
                 ),
             }
         })
-        .collect()
+        .collect();
+    // A Job name held by another object: told when it starts, or names other Jobs.
+    let conflict = |s: &WorkQueueStatus| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == "Degraded" && c.reason == "JobConflict")
+            .map(|c| c.message.clone())
+    };
+    let before = wq.status.as_ref().and_then(conflict);
+    if let Some(message) = conflict(next).filter(|m| before.as_ref() != Some(m)) {
+        notes.push(Note {
+            warning: true,
+            reason: "JobConflict",
+            message,
+        });
+    }
+    notes
 }
 
-/// When to look again: once the soonest finished Job's TTL ends.
+/// How soon a queue whose items wait for a Job name another object holds looks again: the
+/// deletion of such a Job (which has no owner, or another) reaches no WorkQueue's
+/// controller as an event.
+const CONFLICT_RECHECK: Duration = Duration::from_secs(10);
+
+/// When to look again: once the soonest finished Job's TTL ends, and soon while a Job
+/// name is taken by a Job the queue does not control.
 pub fn requeue_after(status: &WorkQueueStatus, now: Timestamp) -> Option<Duration> {
-    let at = status.next_cleanup_time.as_ref()?.0;
-    let wait = now.duration_until(at);
-    // Never a zero or negative wait: that would be a hot loop on a clock skew.
-    Some(
-        Duration::try_from(wait)
+    let conflict = status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Degraded" && c.reason == "JobConflict")
+        .then_some(CONFLICT_RECHECK);
+    let cleanup = status.next_cleanup_time.as_ref().map(|at| {
+        // Never a zero or negative wait: that would be a hot loop on a clock skew.
+        Duration::try_from(now.duration_until(at.0))
             .unwrap_or_default()
-            .max(Duration::from_secs(1)),
-    )
+            .max(Duration::from_secs(1))
+    });
+    match (conflict, cleanup) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 fn truncate(s: &str, max: usize) -> String {
@@ -524,7 +708,11 @@ mod tests {
     }
 
     fn with_pods(wq: &WorkQueue, jobs: Vec<Job>, pods: Vec<Pod>) -> Applied {
-        applied(wq, jobs).with_pods(pods.into_iter().map(std::sync::Arc::new).collect())
+        applied(wq, jobs).with_pods(
+            pods.into_iter()
+                .map(std::sync::Arc::new)
+                .collect::<Vec<_>>(),
+        )
     }
 
     fn pull_error(item: &str) -> Pod {
@@ -708,8 +896,19 @@ mod tests {
         naming::job_name("thumbs", item)
     }
 
+    /// `jobs` applied and cached, with `wq`'s results ConfigMap recording `recorded`.
+    fn with_results(wq: &WorkQueue, jobs: Vec<Job>, recorded: &[(String, String)]) -> Applied {
+        let mut cached: Vec<Child> = jobs.iter().cloned().map(Child::Job).collect();
+        if !recorded.is_empty() {
+            cached.push(Child::ConfigMap(results_chunk(wq, 0, recorded)));
+        }
+        let mut children = vec![Child::ConfigMap(first(wq).items)];
+        children.extend(jobs.into_iter().map(Child::Job));
+        applied_with_cache(children, cached, vec![])
+    }
+
     #[test]
-    fn counts_come_from_the_jobs_and_a_failed_item_is_recorded_with_its_reason() {
+    fn counts_come_from_the_jobs_and_a_failed_item_is_listed_with_its_reason() {
         let wq = static_queue(&ITEMS, 3);
         let jobs = vec![
             succeeded(job_of(&wq, "a"), at(0)),
@@ -726,15 +925,28 @@ mod tests {
             ),
             (1, 1, 1, 1)
         );
-        assert_eq!(status.succeeded_jobs, [name("a")]);
         assert_eq!(
-            status.failed_items,
+            status.last_failures,
             [FailedItem {
                 job: name("b"),
                 item: "b".into(),
                 reason: "BackoffLimitExceeded".into(),
                 message: "Job has reached the specified backoff limit".into(),
+                finished_at: Some(Time(at(0))),
             }]
+        );
+        let results = status.results.as_ref().unwrap();
+        assert_eq!(
+            (
+                results.recorded,
+                results.unrecorded,
+                results.selector.as_str()
+            ),
+            (
+                0,
+                2,
+                "rigging.dev/work-queue=thumbs,app.kubernetes.io/component=results"
+            )
         );
         assert_eq!(status.observed_generation, Some(2));
         assert_eq!(
@@ -759,18 +971,20 @@ mod tests {
 
     #[test]
     fn a_result_stays_recorded_after_its_job_is_gone() {
-        let mut wq = static_queue(&ITEMS, 4);
-        let jobs = ITEMS
+        let wq = static_queue(&ITEMS, 4);
+        let recorded: Vec<(String, String)> = ITEMS
             .iter()
-            .map(|i| succeeded(job_of(&wq, i), at(0)))
+            .map(|i| recorded_as(&job_of(&wq, i), "Succeeded"))
             .collect();
-        wq.status = Some(observed(&wq, &applied(&wq, jobs), at(10)));
         // Every Job deleted (TTL, or by hand): nothing becomes pending again.
-        let status = observed(&wq, &applied(&wq, vec![]), at(20));
+        let status = observed(&wq, &with_results(&wq, vec![], &recorded), at(20));
         assert_eq!(
             (status.pending, status.running, status.succeeded),
             (0, 0, 4)
         );
+        let results = status.results.as_ref().unwrap();
+        assert_eq!(results.config_maps, ["thumbs-results-0"]);
+        assert_eq!((results.recorded, results.unrecorded), (4, 0));
         let ready = condition(&status, "Ready");
         assert_eq!(
             (
@@ -784,7 +998,7 @@ mod tests {
     }
 
     #[test]
-    fn a_finished_job_expires_once_its_ttl_has_passed_and_the_queue_wakes_up_for_it() {
+    fn a_recorded_job_expires_once_its_ttl_has_passed_and_the_queue_wakes_up_for_it() {
         let mut wq = static_queue(&ITEMS, 4);
         wq.spec.ttl_seconds_after_finished = Some(60);
         let jobs = || {
@@ -793,18 +1007,17 @@ mod tests {
                 failed(job_of(&wq, "b"), at(30)),
             ]
         };
-        let early = observed(&wq, &applied(&wq, jobs()), at(40));
+        let recorded = [
+            recorded_as(&job_of(&wq, "a"), "Succeeded"),
+            recorded_as(&job_of(&wq, "b"), "Failed: BackoffLimitExceeded"),
+        ];
+        let early = observed(&wq, &with_results(&wq, jobs(), &recorded), at(40));
         assert!(early.expired_jobs.is_empty());
         assert_eq!(early.next_cleanup_time, Some(Time(at(60))));
         assert_eq!(requeue_after(&early, at(40)), Some(Duration::from_secs(20)));
 
-        let later = observed(&wq, &applied(&wq, jobs()), at(75));
-        assert_eq!(
-            later.expired_jobs,
-            [name("a")],
-            "recorded in the same status as its result"
-        );
-        assert_eq!(later.succeeded_jobs, [name("a")]);
+        let later = observed(&wq, &with_results(&wq, jobs(), &recorded), at(75));
+        assert_eq!(later.expired_jobs, [name("a")]);
         assert_eq!(later.next_cleanup_time, Some(Time(at(90))));
         // Late: never a zero wait.
         assert_eq!(requeue_after(&later, at(95)), Some(Duration::from_secs(1)));
@@ -813,30 +1026,16 @@ mod tests {
     }
 
     #[test]
-    fn a_ttl_of_zero_expires_a_job_in_the_status_that_records_its_result() {
+    fn an_unrecorded_job_is_due_a_little_after_its_ttl_so_that_results_go_out_together() {
         let mut wq = static_queue(&ITEMS, 4);
         wq.spec.ttl_seconds_after_finished = Some(0);
-        let status = observed(
-            &wq,
-            &applied(&wq, vec![succeeded(job_of(&wq, "a"), at(0))]),
-            at(0),
-        );
-        assert_eq!(status.succeeded_jobs, [name("a")]);
-        assert_eq!(status.expired_jobs, [name("a")]);
-    }
-
-    #[test]
-    fn an_expired_job_drops_out_of_the_list_once_it_is_deleted_but_its_result_stays() {
-        let mut wq = static_queue(&ITEMS, 4);
-        wq.spec.ttl_seconds_after_finished = Some(0);
-        wq.status = Some(observed(
-            &wq,
-            &applied(&wq, vec![succeeded(job_of(&wq, "a"), at(0))]),
-            at(0),
-        ));
-        let status = observed(&wq, &applied(&wq, vec![]), at(1));
+        let jobs = || vec![succeeded(job_of(&wq, "a"), at(0))];
+        let status = observed(&wq, &applied(&wq, jobs()), at(1));
         assert!(status.expired_jobs.is_empty());
-        assert_eq!(status.succeeded_jobs, [name("a")]);
+        assert_eq!(status.next_cleanup_time, Some(Time(at(10))));
+        let status = observed(&wq, &applied(&wq, jobs()), at(10));
+        assert_eq!(status.expired_jobs, [name("a")]);
+        assert_eq!(status.succeeded, 1);
     }
 
     #[test]
@@ -859,11 +1058,7 @@ mod tests {
             )
         );
         wq.status = Some(next.clone());
-        assert_eq!(
-            events(&wq, &next),
-            [],
-            "already recorded, as after a restart"
-        );
+        assert_eq!(events(&wq, &next), [], "already told, as after a restart");
     }
 
     #[test]
@@ -877,7 +1072,7 @@ mod tests {
         let errors = FieldErrors(vec![rigging_crds::FieldError::new("spec.x", "bad")]);
         let status = invalid(&wq, &errors, at(2));
         assert_eq!((status.pending, status.succeeded), (3, 1));
-        assert_eq!(status.succeeded_jobs, [name("a")]);
+        assert!(status.results.is_some());
         let degraded = condition(&status, "Degraded");
         assert_eq!(
             (
@@ -887,6 +1082,54 @@ mod tests {
             ),
             ("True", "InvalidSpec", "spec.x: bad")
         );
+    }
+
+    #[test]
+    fn a_job_the_queue_does_not_control_is_a_conflict_never_a_result() {
+        let wq = static_queue(&ITEMS, 4);
+        let mut orphan = succeeded(job_of(&wq, "a"), at(0));
+        orphan.metadata.owner_references = None;
+        let applied = applied_with_cache(
+            vec![Child::ConfigMap(first(&wq).items)],
+            vec![Child::Job(orphan)],
+            vec![],
+        );
+        let status = observed(&wq, &applied, at(1));
+        assert_eq!((status.pending, status.succeeded), (4, 0));
+        let degraded = condition(&status, "Degraded");
+        assert_eq!(degraded.reason, "JobConflict");
+        assert!(
+            degraded.message.starts_with(&format!(
+                "1 item waits for a Job name this WorkQueue does not control: \"a\" (Job {} exists with no controller)",
+                name("a")
+            )),
+            "{}",
+            degraded.message
+        );
+        let notes = events(&wq, &status);
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert_eq!(notes[0].reason, "JobConflict");
+        assert_eq!(notes[0].message, degraded.message);
+        // Deleting that Job reaches no WorkQueue as an event: the queue looks again soon.
+        assert_eq!(requeue_after(&status, at(1)), Some(CONFLICT_RECHECK));
+    }
+
+    #[test]
+    fn a_recorded_job_left_out_to_be_deleted_is_no_longer_listed_as_expired() {
+        let mut wq = static_queue(&ITEMS, 4);
+        wq.spec.ttl_seconds_after_finished = Some(0);
+        let a = succeeded(job_of(&wq, "a"), at(0));
+        let chunk = results_chunk(&wq, 0, &[recorded_as(&a, "Succeeded")]);
+        // The cache still holds a's Job, which this reconcile deletes (not a child).
+        let applied = applied_with_cache(
+            vec![Child::ConfigMap(first(&wq).items)],
+            vec![Child::Job(a), Child::ConfigMap(chunk)],
+            vec![],
+        );
+        let status = observed(&wq, &applied, at(60));
+        assert!(status.expired_jobs.is_empty(), "{:?}", status.expired_jobs);
+        assert_eq!(status.next_cleanup_time, None);
+        assert_eq!(status.succeeded, 1);
     }
 
     #[test]
@@ -907,16 +1150,17 @@ mod tests {
     }
 
     #[test]
-    fn long_items_are_cut_in_the_record_and_many_failures_are_summed_up() {
+    fn long_items_are_cut_and_only_the_last_failures_are_listed_however_many_failed() {
         let long = "é".repeat(300);
-        let items: Vec<String> = (0..7).map(|i| format!("{i}{long}")).collect();
+        let items: Vec<String> = (0..30).map(|i| format!("{i:02}{long}")).collect();
         let refs: Vec<&str> = items.iter().map(String::as_str).collect();
-        let wq = static_queue(&refs, 7);
+        let wq = static_queue(&refs, 30);
         let jobs = refs
             .iter()
-            .map(|i| {
+            .zip(0..)
+            .map(|(i, n)| {
                 let mut all = wq.clone();
-                all.spec.parallelism = 7;
+                all.spec.parallelism = 30;
                 let job = first(&all)
                     .jobs
                     .into_iter()
@@ -924,25 +1168,36 @@ mod tests {
                         j.metadata.name.as_deref() == Some(naming::job_name("thumbs", i).as_str())
                     })
                     .unwrap();
-                failed(job, at(0))
+                failed(job, at(n))
             })
             .collect();
-        let status = observed(&wq, &applied(&wq, jobs), at(1));
+        let status = observed(&wq, &applied(&wq, jobs), at(100));
+        assert_eq!(status.failed, 30);
+        assert_eq!(status.last_failures.len(), LAST_FAILURES);
+        assert!(
+            status.last_failures[0].item.starts_with("29"),
+            "newest first"
+        );
         assert!(
             status
-                .failed_items
+                .last_failures
                 .iter()
                 .all(|f| f.item.len() <= MAX_RECORDED_ITEM + "…".len() && f.item.ends_with('…'))
         );
+        let degraded = condition(&status, "Degraded");
         assert!(
-            condition(&status, "Degraded")
-                .message
-                .ends_with(" and 2 more (status.failedItems)")
+            degraded.message.starts_with("30 items failed: \"29"),
+            "{}",
+            degraded.message
         );
         assert!(
-            condition(&status, "Degraded")
-                .message
-                .starts_with("7 items failed: ")
+            degraded.message.ends_with(" and 25 more (status.results)"),
+            "{}",
+            degraded.message
+        );
+        assert!(
+            serde_json::to_vec(&status).unwrap().len() < 16 * 1024,
+            "the status stays small"
         );
     }
 }

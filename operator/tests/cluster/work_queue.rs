@@ -29,6 +29,7 @@ use kube::{Resource, ResourceExt};
 use rigging_crds::{WorkQueue, WorkQueueStatus};
 use rigging_operator::work_queue::desired::{ITEM_LABEL, QUEUE_LABEL, source_key};
 use rigging_operator::work_queue::naming::{item_hash, job_name};
+use rigging_operator::work_queue::results;
 use rigging_operator::work_queue::source::{self, FIELD_MANAGER, SourceClient};
 use serde_json::{Value, json};
 
@@ -488,9 +489,9 @@ async fn real_pods_take_a_queue_to_its_end_within_parallelism_and_a_failing_item
 
     assert_eq!(counts(&wq), (0, 0, 3, 1));
     let status = wq.status.as_ref().unwrap();
-    assert_eq!(status.failed_items.len(), 1);
-    assert_eq!(status.failed_items[0].item, "bad");
-    assert_eq!(status.failed_items[0].reason, "BackoffLimitExceeded");
+    assert_eq!(status.last_failures.len(), 1);
+    assert_eq!(status.last_failures[0].item, "bad");
+    assert_eq!(status.last_failures[0].reason, "BackoffLimitExceeded");
     assert_eq!(
         condition(&wq, "Ready"),
         (
@@ -559,8 +560,19 @@ async fn finished_jobs_are_deleted_after_their_ttl_and_their_results_stay() {
     .await;
     assert_eq!(counts(&wq), (0, 0, 2, 1));
     let status = wq.status.unwrap();
-    assert_eq!(status.succeeded_jobs.len(), 2);
-    assert_eq!(status.failed_items[0].item, "three");
+    assert_eq!(status.last_failures[0].item, "three");
+    let results = status.results.unwrap();
+    assert_eq!((results.recorded, results.unrecorded), (3, 0));
+    // Every result, where the status points.
+    let recorded = recorded_results(&cluster, &ns.name, "tidy").await;
+    assert_eq!(recorded.len(), 3, "{recorded:?}");
+    assert_eq!(recorded[&job_name("tidy", "one")], "Succeeded");
+    assert_eq!(recorded[&job_name("tidy", "two")], "Succeeded");
+    let three = &recorded[&job_name("tidy", "three")];
+    assert!(
+        three.starts_with("Failed: BackoffLimitExceeded: ") && three.ends_with("item: \"three\""),
+        "{three}"
+    );
     // The items are not run again although their Jobs are gone.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(
@@ -644,6 +656,133 @@ async fn a_restarted_operator_runs_no_item_twice() {
         jobs.list(&ListParams::default()).await.unwrap().items.len(),
         4
     );
+}
+
+/// Every result `queue` recorded in its results ConfigMaps: Job name → value.
+pub async fn recorded_results(
+    cluster: &Cluster,
+    namespace: &str,
+    queue: &str,
+) -> BTreeMap<String, String> {
+    let config_maps: Api<ConfigMap> = Api::namespaced(cluster.client.clone(), namespace);
+    config_maps
+        .list(&ListParams::default().labels(&results::selector(queue)))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .flat_map(|cm| cm.data.unwrap_or_default())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_queue_applied_again_after_an_orphaning_delete_never_counts_the_old_jobs_as_its_own() {
+    let Some(cluster) = wq_cluster(
+        "a_queue_applied_again_after_an_orphaning_delete_never_counts_the_old_jobs_as_its_own",
+    )
+    .await
+    else {
+        return;
+    };
+    let ns = cluster.namespace("wq-orphans").await;
+    let _operator = cluster.operator(&ns.name);
+    let queues: Api<WorkQueue> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let jobs: Api<Job> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let items = ["a", "b"];
+    let queue = || {
+        work_queue(
+            "again",
+            &ns.name,
+            json!({"items": items, "parallelism": 2, "worker": worker("true")}),
+        )
+    };
+    queues
+        .create(&PostParams::default(), &queue())
+        .await
+        .unwrap();
+    status_where(&queues, "again", "every item succeeded", FINISH, |s| {
+        s.succeeded == 2
+    })
+    .await;
+    // Deleted, leaving its Jobs behind: the garbage collector takes the owner reference
+    // off each of them.
+    cluster.kubectl_ok(&[
+        "delete",
+        "-n",
+        &ns.name,
+        "workqueue",
+        "again",
+        "--cascade=orphan",
+        "--wait=true",
+    ]);
+    eventually("the old Jobs orphaned", SETTLE, || async {
+        let list = jobs.list(&ListParams::default()).await.ok()?.items;
+        (list.len() == 2 && list.iter().all(|j| j.owner_references().is_empty())).then_some(())
+    })
+    .await;
+    let old_uids: BTreeSet<String> = jobs
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|j| j.metadata.uid)
+        .collect();
+
+    // Applied again: a new WorkQueue, whose items' Job names are taken by Jobs it does not
+    // control. It counts none of them as its own, and says which.
+    queues
+        .create(&PostParams::default(), &queue())
+        .await
+        .unwrap();
+    let wq = status_where(&queues, "again", "the conflict named", SETTLE, |s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "Degraded" && c.reason == "JobConflict")
+    })
+    .await;
+    assert_eq!(counts(&wq), (2, 0, 0, 0), "{:?}", wq.status);
+    let (_, _, message) = condition(&wq, "Degraded");
+    assert!(
+        message.starts_with("2 items wait for a Job name this WorkQueue does not control: "),
+        "{message}"
+    );
+    assert!(
+        message.contains(&format!(
+            "(Job {} exists with no controller)",
+            job_name("again", "a")
+        )),
+        "{message}"
+    );
+    let event = event_about(&cluster, &ns.name, "again", "JobConflict", SETTLE).await;
+    assert_eq!(event.type_.as_deref(), Some("Warning"));
+    assert_eq!(event.note.as_deref(), Some(message));
+    // The old Jobs are left alone.
+    let left: BTreeSet<String> = jobs
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|j| j.metadata.uid)
+        .collect();
+    assert_eq!(left, old_uids);
+
+    // Once they are deleted, the new queue runs its items in Jobs of its own.
+    cluster.kubectl_ok(&["delete", "-n", &ns.name, "jobs", "--all", "--wait=true"]);
+    let wq = status_where(
+        &queues,
+        "again",
+        "every item succeeded again",
+        FINISH,
+        |s| s.succeeded == 2,
+    )
+    .await;
+    assert_eq!(condition(&wq, "Degraded").1, "Reconciled");
+    let uid = wq.metadata.uid.as_ref();
+    let mine = jobs.list(&ListParams::default()).await.unwrap().items;
+    assert_eq!(mine.len(), 2);
+    assert!(mine.iter().all(|j| controlled_by(j, "WorkQueue", uid)));
 }
 
 /// Serves the book's source interface on 127.0.0.1, listing `items`; returns its base URL.

@@ -27,6 +27,7 @@ use rigging_operator::ChildStores;
 use rigging_operator::controller::{Applied, Child, Observed, RESYNC, reconcile};
 use rigging_operator::work_queue::desired::{self, Children, source_key};
 use rigging_operator::work_queue::naming::job_name;
+use rigging_operator::work_queue::results::Recorded;
 use rigging_operator::work_queue::source::{self, SourceClient, SourceError};
 use rigging_operator::work_queue::status;
 use serde_json::{Value, json};
@@ -193,8 +194,8 @@ async fn when_a_job_succeeds_the_next_item_gets_one_and_no_other() {
         let status = api.status(&wq2).await;
         assert_eq!(counts(&status), (2, 2, 1, 0));
         assert_eq!(
-            status["succeededJobs"],
-            json!([job_name("thumbs", "a.png")])
+            status["results"]["unrecorded"], 1,
+            "a's result is on its Job until a batch is written: {status}"
         );
         api
     })
@@ -215,7 +216,7 @@ async fn a_failed_item_is_counted_and_named_in_a_warning_event() {
         api.create(JOBS, &next, StatusCode::CREATED).await;
         let status = api.status(&wq2).await;
         assert_eq!(counts(&status), (3, 1, 0, 1));
-        assert_eq!(status["failedItems"][0]["item"], "a.png");
+        assert_eq!(status["lastFailures"][0]["item"], "a.png");
         let degraded = condition(&status, "Degraded");
         assert_eq!((degraded["status"].as_str(), degraded["reason"].as_str()), (Some("True"), Some("ItemsFailed")));
         let event = api.event().await;
@@ -264,12 +265,27 @@ async fn a_fresh_controller_after_a_restart_creates_nothing_twice() {
         Child::Job(b.clone()),
         Child::Job(c.clone()),
     ]);
+    let status = status::observed(&wq, &applied, Timestamp::now());
+    assert_eq!(status.succeeded, 1);
+    // Its result is written to a results ConfigMap before its Job goes; the status of the
+    // reconcile that sees that ConfigMap (and no longer a's Job) is the last one written.
+    let results = results_of(&wq, &[(job_name("thumbs", "a.png"), "Succeeded")]);
+    let mut recorded = wq.clone();
+    recorded.status = Some(status);
+    let stores = ChildStores::prefilled([
+        Child::ConfigMap(first(&wq).items),
+        Child::ConfigMap(results.clone()),
+        Child::Job(b.clone()),
+        Child::Job(c.clone()),
+    ]);
+    let observed = Observed::cached(&stores, "media", "wq-uid");
+    let children = desired::desired(&recorded, &config().render, &observed)
+        .unwrap()
+        .into_vec();
+    let applied = Applied::new(children).with_pods(observed.job_pods());
     let mut restarted = wq.clone();
-    restarted.status = Some(status::observed(&wq, &applied, Timestamp::now()));
-    assert_eq!(
-        restarted.status.as_ref().unwrap().succeeded_jobs,
-        [job_name("thumbs", "a.png")]
-    );
+    restarted.status = Some(status::observed(&recorded, &applied, Timestamp::now()));
+    assert_eq!(restarted.status.as_ref().unwrap().succeeded, 1);
 
     // The restart: a new controller, whose caches fill from the API server (b's and c's
     // Jobs, no longer a's) after the reconcile started, and the status as recorded.
@@ -284,6 +300,7 @@ async fn a_fresh_controller_after_a_restart_creates_nothing_twice() {
     }
     fill.fill([
         Child::ConfigMap(first(&wq).items),
+        Child::ConfigMap(results),
         Child::Job(b),
         Child::Job(c),
     ]);
@@ -320,42 +337,69 @@ async fn a_job_the_stale_cache_missed_is_refused_as_existing_and_nothing_more_st
     result.unwrap();
 }
 
+/// The results ConfigMap `thumbs-results-0` recording `entries`, as the cache holds it.
+fn results_of(wq: &WorkQueue, entries: &[(String, &str)]) -> ConfigMap {
+    let entries: Vec<(String, String)> = entries
+        .iter()
+        .map(|(k, v)| (k.clone(), (*v).to_owned()))
+        .collect();
+    let (mut cm, _) = Recorded::default().next_chunk(wq, &entries);
+    cm.metadata.resource_version = Some("7".into());
+    cm
+}
+
 #[tokio::test]
 async fn a_finished_job_is_deleted_only_by_the_reconcile_after_its_result_is_recorded() {
     let wq = work_queue(5, json!({"ttlSecondsAfterFinished": 0}));
-    let a = succeeded(job(&wq, "a.png"));
+    let a_name = job_name("thumbs", "a.png");
+    // a finished a minute ago; the last status found its TTL passed.
+    let a = finished(
+        job(&wq, "a.png"),
+        "Complete",
+        "CompletionsReached",
+        Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(60),
+    );
     let rest: Vec<Job> = ITEMS[1..].iter().map(|i| running(job(&wq, i))).collect();
-    let cached = || {
+    let cached = |results: Option<ConfigMap>| {
         let mut c = vec![Child::ConfigMap(first(&wq).items), Child::Job(a.clone())];
+        c.extend(results.map(Child::ConfigMap));
         c.extend(rest.iter().cloned().map(Child::Job));
         c
     };
-    // First: the result is recorded, and the Job listed as expired in the same status.
-    let wq2 = wq.clone();
-    let (result, _) = run_scenario(wq.clone(), cached(), move |mut api| async move {
+    let mut due = wq.clone();
+    due.status = Some(status_of(json!({"expiredJobs": [a_name]})));
+    // First: its result is only on the Job, so the Job stays and the result is written.
+    let results = results_of(&wq, &[(a_name.clone(), "Succeeded")]);
+    let written = {
+        let mut r = results.clone();
+        r.metadata.resource_version = None;
+        r
+    };
+    let wq2 = due.clone();
+    let name = a_name.clone();
+    let (result, _) = run_scenario(due.clone(), cached(None), move |mut api| async move {
+        api.create(
+            "/api/v1/namespaces/media/configmaps",
+            &written,
+            StatusCode::CREATED,
+        )
+        .await;
         let status = api.status(&wq2).await;
-        assert_eq!(
-            status["succeededJobs"],
-            json!([job_name("thumbs", "a.png")])
-        );
-        assert_eq!(status["expiredJobs"], json!([job_name("thumbs", "a.png")]));
+        assert_eq!(counts(&status), (0, 4, 1, 0));
+        assert_eq!(status["expiredJobs"], json!([name]));
+        assert_eq!(status["results"]["configMaps"], json!(["thumbs-results-0"]));
         api
     })
     .await;
     result.unwrap();
-    // Then, reading that status: the Job is deleted, its result stays.
-    let mut recorded = wq.clone();
-    recorded.status = Some(status_of(json!({
-        "succeededJobs": [job_name("thumbs", "a.png")],
-        "expiredJobs": [job_name("thumbs", "a.png")],
-    })));
-    let wq3 = recorded.clone();
-    let (result, _) = run_scenario(recorded, cached(), move |mut api| async move {
+    // Then, with that ConfigMap in the cache: the Job is deleted, its result stays.
+    let wq3 = due.clone();
+    let (result, _) = run_scenario(due, cached(Some(results)), move |mut api| async move {
         api.delete(&format!("{JOBS}/{}", job_name("thumbs", "a.png")))
             .await;
         let status = api.status(&wq3).await;
         assert_eq!(counts(&status), (0, 4, 1, 0));
-        assert!(status.get("expiredJobs").is_none(), "{status}");
+        assert_eq!(status["results"]["recorded"], 1);
         api
     })
     .await;
@@ -365,20 +409,62 @@ async fn a_finished_job_is_deleted_only_by_the_reconcile_after_its_result_is_rec
 #[tokio::test]
 async fn a_job_deleted_while_its_result_is_recorded_is_not_created_again() {
     let wq = work_queue(1, json!({}));
-    let mut recorded = wq.clone();
-    recorded.status = Some(status_of(json!({
-        "succeededJobs": [job_name("thumbs", "a.png")],
-        "failedItems": [{"job": job_name("thumbs", "b.png"), "item": "b.png", "reason": "BackoffLimitExceeded"}],
-    })));
+    let results = results_of(
+        &wq,
+        &[
+            (job_name("thumbs", "a.png"), "Succeeded"),
+            (
+                job_name("thumbs", "b.png"),
+                "Failed: BackoffLimitExceeded: the Job controller says so; item: \"b.png\"",
+            ),
+        ],
+    );
     let c = job(&wq, "c.png");
-    let wq2 = recorded.clone();
+    let wq2 = wq.clone();
     let (result, _) = run_scenario(
-        recorded,
-        vec![Child::ConfigMap(first(&wq).items)],
+        wq.clone(),
+        vec![
+            Child::ConfigMap(first(&wq).items),
+            Child::ConfigMap(results),
+        ],
         move |mut api| async move {
             api.create(JOBS, &c, StatusCode::CREATED).await;
             let status = api.status(&wq2).await;
             assert_eq!(counts(&status), (2, 1, 1, 1));
+            api
+        },
+    )
+    .await;
+    result.unwrap();
+}
+
+#[tokio::test]
+async fn a_job_of_an_items_name_that_the_queue_does_not_control_is_left_alone_and_named() {
+    // a's Job name is taken by a finished Job without an owner: left behind by a queue of
+    // the same name deleted with --cascade=orphan. It is neither counted nor replaced.
+    let wq = work_queue(1, json!({}));
+    let mut orphan = succeeded(created(job(&wq, "a.png")));
+    orphan.metadata.owner_references = None;
+    let b = job(&wq, "b.png");
+    let wq2 = wq.clone();
+    let (result, _) = run_scenario(
+        wq.clone(),
+        vec![Child::ConfigMap(first(&wq).items), Child::Job(orphan)],
+        move |mut api| async move {
+            api.create(JOBS, &b, StatusCode::CREATED).await;
+            let status = api.status(&wq2).await;
+            assert_eq!(counts(&status), (4, 1, 0, 0));
+            let degraded = condition(&status, "Degraded");
+            assert_eq!(degraded["reason"], "JobConflict");
+            let event = api.event().await;
+            assert_eq!(event["reason"], "JobConflict");
+            assert!(
+                event["note"].as_str().unwrap().contains(&format!(
+                    "(Job {} exists with no controller)",
+                    job_name("thumbs", "a.png")
+                )),
+                "{event}"
+            );
             api
         },
     )

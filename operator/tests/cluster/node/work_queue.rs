@@ -182,8 +182,13 @@ async fn a_queue_runs_to_all_succeeded_and_a_failing_item_is_retried_then_report
     .await;
     assert_eq!(counts(&wq), (0, 0, 1, 1));
     let status = wq.status.as_ref().unwrap();
-    assert_eq!(status.succeeded_jobs, [job_name("mixed", "ok")]);
-    let failed = &status.failed_items[..];
+    let recorded = crate::work_queue::recorded_results(&cluster, &ns.name, "mixed").await;
+    assert_eq!(
+        recorded[&job_name("mixed", "ok")],
+        "Succeeded",
+        "{recorded:?}"
+    );
+    let failed = &status.last_failures[..];
     assert_eq!(failed.len(), 1, "{failed:?}");
     assert_eq!(
         (

@@ -1,0 +1,289 @@
+#!/usr/bin/env bash
+# Benchmark of a WorkQueue of many items on a real control plane (e2e/controlplane --no-node:
+# etcd, kube-apiserver, kube-controller-manager; no kubelet), with a trivial worker:
+#
+#   scripts/bench/work_queue.sh                 queues of 1,000 and 10,000 items (5-15 min)
+#   SIZES="1000" PARALLELISM=100 scripts/bench/work_queue.sh
+#   OPERATOR=path/to/rigging-operator scripts/bench/work_queue.sh   a binary already built
+#   KEEP=1 scripts/bench/work_queue.sh          keeps the work directory (operator log)
+#
+# Without a node a pod stays Pending, so a stand-in plays the kubelet: it watches the
+# queue's pods and marks each one Succeeded through the pod status subresource (one PATCH,
+# exit code 0), and the Job controller completes its Job as it would after a real run. For
+# each size N, one WorkQueue of N items (`item-00000` …, parallelism PARALLELISM (200),
+# ttlSecondsAfterFinished TTL (0): finished Jobs are deleted once their results are
+# recorded) goes in with `kubectl apply --server-side` (a client-side apply would store the
+# list a third time, in an annotation limited to 256 KiB). Measured:
+# - seconds from the apply to status.succeeded == N (all-succeeded);
+# - the operator's CPU time (/proc/PID/stat) over that span, and its peak RSS (VmHWM) at
+#   the end; one operator process per size, so that each peak is its own;
+# - the largest object the operator writes: the WorkQueue's status (as JSON), the items
+#   ConfigMap, the largest results ConfigMap (each as the API server returns it, with
+#   metadata and managedFields), and the WorkQueue as stored;
+# - bytes the operator sent per item: request bodies of Job creates, ConfigMap creates and
+#   applies, and WorkQueue status patches, from the API server's
+#   apiserver_request_body_size_bytes (no other client writes those).
+#
+# Goals (issue 21): time linear in N; RSS < 150 MiB at 10,000; no object over 256 KiB.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+# shellcheck source=scripts/bench/lib.sh
+source scripts/bench/lib.sh
+
+SIZES=${SIZES:-1000 10000}
+PARALLELISM=${PARALLELISM:-200}
+TTL=${TTL:-0}
+TIMEOUT=${TIMEOUT:-1800}
+NS=bench
+
+log() { printf 'work_queue.sh: %s\n' "$*" >&2; }
+
+install_apt curl python3
+work=$(mktemp -d)
+if [[ -n ${OPERATOR:-} ]]; then
+  cp "$OPERATOR" "$work/rigging-operator"
+else
+  cargo build --release -q -p rigging-operator
+  # A copy: the tree's binary may be rebuilt while the benchmark runs.
+  cp target/release/rigging-operator "$work/rigging-operator"
+fi
+op=
+completer=
+cleanup() {
+  if [[ -n $completer ]]; then kill "$completer" 2>/dev/null || true; fi
+  if [[ -n $op ]]; then
+    kill "$op" 2>/dev/null || true
+    wait "$op" 2>/dev/null || true
+  fi
+  e2e/controlplane/down.sh "$work/cp" >/dev/null 2>&1 || true
+  if [[ ${KEEP:-0} == 1 ]]; then log "kept $work"; else rm -rf "$work"; fi
+}
+trap cleanup EXIT
+trap 'log "failed; last lines of the operator log:"; tail -n 20 "$work"/operator-*.log >&2 || true' ERR
+
+calc() { awk "BEGIN { print $1 }"; }
+load_at_start=$(cut -d' ' -f1-3 /proc/loadavg)
+
+e2e/controlplane/up.sh --no-node "$work/cp" 2>&1 | tail -n 1 >&2
+export KUBECONFIG=$work/cp/kubeconfig
+kubectl=("$work/cp/bin/kubectl")
+"${kubectl[@]}" apply -f crds/ >/dev/null
+for _ in $(seq 1 120); do
+  [[ $("${kubectl[@]}" get crd workqueues.rigging.dev \
+    -o jsonpath='{.status.conditions[?(@.type=="Established")].status}') == True ]] && break
+  sleep 0.5
+done
+
+# The stand-in kubelet, the poller and the table: the API server over HTTPS with the
+# kit's admin certificate, as scripts/bench/operator.sh does.
+cat >"$work/bench.py" <<'PY'
+import concurrent.futures, http.client, json, os, ssl, sys, time, urllib.parse
+
+work, ns = os.environ["WORK"], os.environ["NS"]
+server = urllib.parse.urlparse(os.environ["SERVER"])
+tls = ssl.create_default_context(cafile=f"{work}/cp/pki/ca.crt")
+tls.load_cert_chain(f"{work}/cp/pki/admin.crt", f"{work}/cp/pki/admin.key")
+
+def connect(timeout=60):
+    return http.client.HTTPSConnection(server.hostname, server.port, context=tls, timeout=timeout)
+
+def request(conn, method, path, body=None, ctype="application/json"):
+    headers = {"Accept": "application/json", "User-Agent": "rigging-bench"}
+    if body is not None:
+        headers["Content-Type"] = ctype
+    conn.request(method, path, body=body, headers=headers)
+    resp = conn.getresponse()
+    return resp.status, resp.read()
+
+def complete():
+    """Marks every pod of the namespace Succeeded as soon as it shows up (a watch)."""
+    pool = concurrent.futures.ThreadPoolExecutor(4)
+    conns = {}
+    done = set()
+    def patch(name):
+        import threading
+        t = threading.get_ident()
+        if t not in conns:
+            conns[t] = connect()
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        body = json.dumps({"status": {"phase": "Succeeded", "containerStatuses": [{
+            "name": "worker", "image": "busybox:1.36", "imageID": "", "ready": False,
+            "restartCount": 0, "state": {"terminated": {"exitCode": 0, "reason": "Completed",
+            "startedAt": now, "finishedAt": now}}}]}})
+        for attempt in range(3):
+            try:
+                status, out = request(conns[t], "PATCH", f"/api/v1/namespaces/{ns}/pods/{name}/status",
+                                      body, "application/merge-patch+json")
+                if status in (200, 404):
+                    return
+            except (http.client.HTTPException, OSError):
+                conns[t] = connect()
+        print(f"stand-in: could not complete {name}", file=sys.stderr)
+    rv = ""
+    while True:
+        conn = connect(timeout=None)
+        path = f"/api/v1/namespaces/{ns}/pods?watch=1&allowWatchBookmarks=true" + (f"&resourceVersion={rv}" if rv else "")
+        conn.request("GET", path, headers={"Accept": "application/json", "User-Agent": "rigging-bench"})
+        resp = conn.getresponse()
+        if resp.status != 200:
+            rv = ""
+            time.sleep(1)
+            continue
+        for line in resp:
+            e = json.loads(line)
+            o = e["object"]
+            if e["type"] == "ERROR":
+                rv = ""
+                break
+            rv = o["metadata"].get("resourceVersion", rv)
+            if e["type"] in ("ADDED", "MODIFIED"):
+                name = o["metadata"]["name"]
+                if (o.get("status") or {}).get("phase") == "Pending" and name not in done:
+                    done.add(name)
+                    pool.submit(patch, name)
+
+def body_bytes(conn):
+    """Request bodies the API server received, by (resource, verb), from its metrics."""
+    _, text = request(conn, "GET", "/metrics")
+    out = {}
+    for line in text.decode().splitlines():
+        if line.startswith("apiserver_request_body_size_bytes_sum{"):
+            labels = dict(kv.split("=", 1) for kv in line[line.index("{") + 1:line.index("}")].split(","))
+            key = (labels["resource"].strip('"'), labels["verb"].strip('"'))
+            out[key] = out.get(key, 0) + float(line.rsplit(" ", 1)[1])
+    return out
+
+def run(n, timeout):
+    """Waits for all-succeeded; prints seconds, then the sizes and bytes as JSON."""
+    conn = connect()
+    start = float(os.environ["START"])
+    before = json.loads(os.environ["BEFORE"])
+    last = 0
+    while True:
+        status, body = request(conn, "GET", f"/apis/rigging.dev/v1alpha1/namespaces/{ns}/workqueues/q{n}")
+        wq = json.loads(body)
+        s = wq.get("status") or {}
+        if s.get("succeeded") == n and s.get("observedGeneration") == wq["metadata"]["generation"]:
+            break
+        if time.time() - start > timeout:
+            sys.exit(f"q{n}: not all succeeded after {timeout} s: {json.dumps(s)[:500]}")
+        if time.time() - last > 15:
+            print(f"  {time.time() - start:6.1f} s: pending {s.get('pending')}, running {s.get('running')}, "
+                  f"succeeded {s.get('succeeded')}, failed {s.get('failed')}", file=sys.stderr)
+            last = time.time()
+        time.sleep(0.5)
+    elapsed = time.time() - start
+    after = body_bytes(conn)
+    delta = lambda r, v: after.get((r, v), 0) - before.get(f"{r} {v}", 0)
+    written = {f"{r} {v}": delta(r, v) for r, v in [("jobs", "create"), ("configmaps", "create"),
+               ("configmaps", "apply"), ("configmaps", "patch"), ("workqueues", "patch"), ("workqueues", "apply")]}
+    # The operator's status writes are the WorkQueue patches after the user's own apply.
+    written["workqueues patch"] -= float(os.environ["APPLY_BYTES"])
+    _, cms = request(conn, "GET", f"/api/v1/namespaces/{ns}/configmaps?labelSelector=rigging.dev%2Fwork-queue%3Dq{n}")
+    cms = json.loads(cms)["items"]
+    sizes = {cm["metadata"]["name"]: len(json.dumps(cm, separators=(",", ":"))) for cm in cms}
+    results = {k: v for k, v in sizes.items() if "-results-" in k}
+    print(json.dumps({
+        "n": n, "seconds": elapsed,
+        "status_bytes": len(json.dumps(wq.get("status"), separators=(",", ":"))),
+        "object_bytes": len(json.dumps(wq, separators=(",", ":"))),
+        "items_cm_bytes": sizes.get(f"q{n}-items", 0),
+        "results_cms": len(results), "results_cm_max": max(results.values(), default=0),
+        "written": written, "recorded": (s.get("results") or {}).get("recorded"),
+    }))
+
+def snapshot():
+    print(json.dumps({f"{r} {v}": b for (r, v), b in body_bytes(connect()).items()}))
+
+def table():
+    rows = [json.loads(l) for l in sys.stdin if l.strip()]
+    e = os.environ
+    kib = lambda b: f"{b / 1024:.1f} KiB"
+    print(f"Run {e['DATE']}, `scripts/bench/work_queue.sh` (parallelism {e['PARALLELISM']}, "
+          f"ttlSecondsAfterFinished {e['TTL']}, a stand-in completing each pod), {e['NPROC']} CPUs; "
+          f"load average {e['LOAD']} at the start, {e['LOAD_END']} at the end.")
+    print()
+    print("| items | apply → all succeeded | per item | operator CPU | operator peak RSS | status | WorkQueue as stored "
+          "| items ConfigMap | results ConfigMaps (largest) | operator bytes written per item |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        n = r["n"]
+        written = sum(r["written"].values())
+        print(f"| {n:,} | {r['seconds']:.1f} s | {1000 * r['seconds'] / n:.1f} ms | {r['cpu_s']:.1f} s "
+              f"| {r['hwm_kib'] / 1024:.1f} MiB | {kib(r['status_bytes'])} | {kib(r['object_bytes'])} "
+              f"| {kib(r['items_cm_bytes'])} | {r['results_cms']} ({kib(r['results_cm_max'])}) "
+              f"| {written / n:,.0f} B |")
+    print()
+    for r in rows:
+        print(f"Bytes the operator sent for {r['n']:,} items, by request: " +
+              ", ".join(f"{k} {v / 1024:,.0f} KiB" for k, v in r["written"].items() if v) + ".")
+
+cmd = sys.argv[1]
+if cmd == "table":
+    table()
+elif cmd == "complete":
+    complete()
+elif cmd == "run":
+    run(int(sys.argv[2]), float(sys.argv[3]))
+elif cmd == "metrics":
+    snapshot()
+PY
+SERVER=$("${kubectl[@]}" config view --minify -o jsonpath='{.clusters[0].cluster.server}')
+export WORK=$work NS SERVER
+bench() { python3 "$work/bench.py" "$@"; }
+
+"${kubectl[@]}" create namespace "$NS" >/dev/null
+bench complete 2>"$work/completer.log" &
+completer=$!
+
+queue() { # the WorkQueue of N items, as YAML
+  local n=$1 i
+  cat <<YAML
+apiVersion: rigging.dev/v1alpha1
+kind: WorkQueue
+metadata: {name: q$n, namespace: $NS}
+spec:
+  parallelism: $PARALLELISM
+  retries: 0
+  ttlSecondsAfterFinished: $TTL
+  worker:
+    template:
+      spec:
+        containers: [{name: worker, image: busybox:1.36, command: [sh, -c, 'cat "\$WORK_ITEM_FILE"']}]
+  items:
+YAML
+  for ((i = 0; i < n; i++)); do printf '    - item-%05d\n' "$i"; done
+}
+
+rows=()
+for n in $SIZES; do
+  metrics_port=$(free_port)
+  "$work/rigging-operator" run --no-leader-election --namespace "$NS" \
+    --metrics-addr "127.0.0.1:$metrics_port" 2>"$work/operator-$n.log" &
+  op=$!
+  wait_port 127.0.0.1 "$metrics_port"
+  for _ in $(seq 1 100); do
+    curl -fsS "http://127.0.0.1:$metrics_port/readyz" >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  queue "$n" >"$work/q$n.yaml"
+  before=$(bench metrics)
+  ticks0=$(cpu_ticks "$op")
+  log "q$n: applying $n items"
+  start=$(date +%s.%N)
+  "${kubectl[@]}" apply --server-side -f "$work/q$n.yaml" >/dev/null
+  apply_bytes=$(python3 -c 'import json,sys; a=json.loads(sys.argv[1]); b=json.loads(sys.argv[2]); print(b.get("workqueues patch",0)+b.get("workqueues apply",0)-a.get("workqueues patch",0)-a.get("workqueues apply",0))' \
+    "$before" "$(bench metrics)")
+  result=$(START=$start BEFORE=$before APPLY_BYTES=$apply_bytes bench run "$n" "$TIMEOUT")
+  cpu=$(calc "($(cpu_ticks "$op") - $ticks0) / $CLK_TCK")
+  hwm=$(awk '/^VmHWM:/ {print $2}' "/proc/$op/status")
+  rows+=("$(python3 -c 'import json,sys; r=json.loads(sys.argv[1]); r["cpu_s"]=float(sys.argv[2]); r["hwm_kib"]=int(sys.argv[3]); print(json.dumps(r))' "$result" "$cpu" "$hwm")")
+  log "q$n: all succeeded in $(python3 -c 'import json,sys; print(round(json.loads(sys.argv[1])["seconds"], 1))' "$result") s"
+  kill "$op"
+  wait "$op" 2>/dev/null || true
+  op=
+done
+
+printf '%s\n' "${rows[@]}" | DATE=$(date -u '+%Y-%m-%d %H:%M UTC') NPROC=$(nproc) \
+  LOAD=$load_at_start LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg) PARALLELISM=$PARALLELISM TTL=$TTL \
+  bench table
