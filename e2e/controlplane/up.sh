@@ -137,11 +137,15 @@ YAML
   audit=(--audit-policy-file "$dir/audit-policy.yaml" --audit-log-path "$dir/logs/audit.log")
 fi
 
-node_flags=(--endpoint-reconciler-type none --authorization-mode RBAC)
+# OwnerReferencesPermissionEnforcement, as OpenShift and others run it: setting
+# blockOwnerDeletion on a child needs the right to update its owner's finalizers.
+node_flags=(--endpoint-reconciler-type none --authorization-mode RBAC
+  --enable-admission-plugins "OwnerReferencesPermissionEnforcement")
 if ((with_node)); then
   # The node's InternalIP, never its name: looking the name up would ask the host's DNS.
   node_flags=(
-    --authorization-mode "Node,RBAC" --enable-admission-plugins NodeRestriction,OwnerReferencesPermissionEnforcement
+    --authorization-mode "Node,RBAC"
+    --enable-admission-plugins "NodeRestriction,OwnerReferencesPermissionEnforcement"
     --kubelet-preferred-address-types InternalIP
     --kubelet-client-certificate "$pki/apiserver-kubelet-client.crt"
     --kubelet-client-key "$pki/apiserver-kubelet-client.key"
