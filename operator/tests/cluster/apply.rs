@@ -8,23 +8,14 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::{Resource, ResourceExt};
 use rigging_crds::ReplicatedService;
 use rigging_operator::controller::MANAGER;
 use serde_json::{Value, json};
 
 use crate::node::POD_SETTLE;
-use crate::support::{APP_IMAGE, SETTLE, cluster, eventually, replicated_service};
-
-async fn create(api: &Api<ReplicatedService>, object: Value) -> ReplicatedService {
-    api.create(
-        &PostParams::default(),
-        &serde_json::from_value(object).unwrap(),
-    )
-    .await
-    .expect("create the ReplicatedService")
-}
+use crate::support::{APP_IMAGE, SETTLE, cluster, create, eventually, replicated_service};
 
 /// Merge-patches the spec of `name`, as `kubectl patch --type merge` would.
 async fn patch_spec(api: &Api<ReplicatedService>, name: &str, spec: Value) {

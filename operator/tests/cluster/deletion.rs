@@ -11,12 +11,12 @@ use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Service;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Resource, ResourceExt};
 use rigging_crds::{ReplicatedService, WorkQueue};
 use serde_json::{Value, json};
 
-use crate::support::{Cluster, Operator, SETTLE, cluster, eventually, replicated_service};
+use crate::support::{Cluster, Operator, SETTLE, cluster, create, eventually, replicated_service};
 
 const HOLD: &str = "test.rigging.dev/hold";
 /// How long the deletion is watched while held: several resyncs of the operator.
@@ -58,13 +58,7 @@ async fn a_service_being_deleted_gets_none_of_its_children_back() {
     let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
         Api::namespaced(cluster.client.clone(), &ns.name);
     let object = replicated_service("web", &ns.name, json!({}));
-    services
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(object).unwrap(),
-        )
-        .await
-        .unwrap();
+    create(&services, object).await;
     eventually("the Deployment and the Service", SETTLE, || async {
         let both = deployments.get_opt("web").await.ok()??;
         svcs.get_opt("web").await.ok()?.map(|_| both)
@@ -108,7 +102,7 @@ async fn a_queue_being_deleted_starts_no_job() {
     let queues: Api<WorkQueue> = Api::namespaced(cluster.client.clone(), &ns.name);
     let jobs: Api<Job> = Api::namespaced(cluster.client.clone(), &ns.name);
     // Two of four items run at a time, and none finishes on its own.
-    let queue: WorkQueue = serde_json::from_value(json!({
+    let queue = json!({
         "apiVersion": "rigging.dev/v1alpha1",
         "kind": "WorkQueue",
         "metadata": {"name": "held", "namespace": ns.name},
@@ -121,9 +115,8 @@ async fn a_queue_being_deleted_starts_no_job() {
                                 "command": ["sleep", "3600"]}]
             }}}
         }
-    }))
-    .unwrap();
-    queues.create(&PostParams::default(), &queue).await.unwrap();
+    });
+    create(&queues, queue).await;
     let list = || async {
         jobs.list(&ListParams::default())
             .await

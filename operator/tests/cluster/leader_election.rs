@@ -5,11 +5,11 @@
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
-use kube::api::{Api, PostParams};
+use kube::api::Api;
 use rigging_crds::ReplicatedService;
 use serde_json::json;
 
-use crate::support::{Cluster, Operator, SETTLE, cluster, eventually, replicated_service};
+use crate::support::{Cluster, Operator, SETTLE, cluster, create, eventually, replicated_service};
 
 const RECONCILES: &str = "rigging_operator_reconciliations_total";
 /// The operator's lease duration and its renewal grace (manager.rs).
@@ -64,13 +64,7 @@ async fn one_replica_leads_and_the_other_takes_over_when_it_dies_or_stops() {
 
     let services: Api<ReplicatedService> = Api::namespaced(cluster.client.clone(), &ns.name);
     let object = replicated_service("web", &ns.name, json!({}));
-    services
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(object).unwrap(),
-        )
-        .await
-        .unwrap();
+    create(&services, object).await;
     eventually("the leader reconciling", SETTLE, || async {
         (first.counter(RECONCILES).await? > 0.0).then_some(())
     })

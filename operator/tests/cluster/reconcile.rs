@@ -8,13 +8,13 @@ use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, ListParams};
 use kube::{Resource, ResourceExt};
 use rigging_crds::ReplicatedService;
 use serde_json::json;
 
 use crate::node::POD_SETTLE;
-use crate::support::{SETTLE, cluster, eventually, examples, replicated_service};
+use crate::support::{SETTLE, cluster, create, eventually, examples, replicated_service};
 
 /// Whether `child` is controlled by `owner`, which is what garbage collection follows.
 fn controlled_by<K: Resource>(child: &K, owner: &ReplicatedService) -> bool {
@@ -183,13 +183,7 @@ async fn input_only_the_operator_can_refuse_gets_a_degraded_condition_and_an_eve
         }),
     );
     let services: Api<ReplicatedService> = Api::namespaced(cluster.client.clone(), &ns.name);
-    services
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(object).unwrap(),
-        )
-        .await
-        .expect("the API server accepts it");
+    create(&services, object).await;
     let degraded = eventually("a Degraded condition", SETTLE, || async {
         let rs = services.get("clash").await.ok()?;
         let status = rs.status?;

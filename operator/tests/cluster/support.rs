@@ -508,6 +508,17 @@ pub fn replicated_service(name: &str, namespace: &str, spec: Value) -> Value {
     object
 }
 
+/// Creates `object` (JSON, as a user writes it) through `api`, which must accept it.
+pub async fn create<K>(api: &Api<K>, object: Value) -> K
+where
+    K: kube::Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let typed: K = serde_json::from_value(object).expect("the object parses as its kind");
+    api.create(&PostParams::default(), &typed)
+        .await
+        .unwrap_or_else(|e| panic!("the API server accepts the object: {e}"))
+}
+
 /// JSON merge patch (RFC 7386) of `patch` into `target`.
 pub fn merge(target: &mut Value, patch: &Value) {
     match (target.as_object_mut(), patch.as_object()) {

@@ -5,12 +5,12 @@
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{Api, EvictParams, ListParams, PostParams};
+use kube::api::{Api, EvictParams, ListParams};
 use rigging_crds::ReplicatedService;
 use serde_json::json;
 
 use crate::node::{POD_SETTLE, node_cluster};
-use crate::support::{SETTLE, eventually, replicated_service};
+use crate::support::{SETTLE, create, eventually, replicated_service};
 
 /// Whether the eviction API took `pod` (or `Err` with its answer).
 async fn evict(pods: &Api<Pod>, pod: &str) -> Result<(), String> {
@@ -50,13 +50,7 @@ async fn a_pod_that_is_not_ready_can_be_evicted_whatever_the_budget_keeps() {
         }),
     );
     let services: Api<ReplicatedService> = Api::namespaced(cluster.client.clone(), &ns.name);
-    services
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(object).unwrap(),
-        )
-        .await
-        .unwrap();
+    create(&services, object).await;
     let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &ns.name);
     let running = eventually("three Running pods", POD_SETTLE, || async {
         let list = pods
@@ -122,13 +116,7 @@ async fn an_active_passive_budget_that_would_block_every_drain_is_refused() {
     object["spec"]["disruptionBudget"] = json!({"maxUnavailable": 1});
     object["metadata"]["namespace"] = json!(ns.name);
     let services: Api<ReplicatedService> = Api::namespaced(cluster.client.clone(), &ns.name);
-    services
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(object).unwrap(),
-        )
-        .await
-        .expect("the API server accepts it");
+    create(&services, object).await;
     let degraded = eventually("a Degraded condition", SETTLE, || async {
         let status = services.get("scheduler").await.ok()?.status?;
         status
