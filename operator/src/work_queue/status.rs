@@ -196,6 +196,23 @@ pub fn observed(wq: &WorkQueue, applied: &Applied, now: Timestamp) -> WorkQueueS
                 succeeded += 1;
             } else {
                 failed += 1;
+                // Recorded in the reconcile that first saw it fail, it was never listed:
+                // listed now while its Job is there to say why. Listed before, it stays
+                // once; pushed out by newer failures, it is older than them and stays out.
+                if let Some(Outcome::Failed {
+                    at,
+                    reason,
+                    message,
+                }) = &outcome
+                {
+                    new_failures.push(FailedItem {
+                        job: job_name.to_owned(),
+                        item: truncate(item, MAX_RECORDED_ITEM),
+                        reason: reason.clone(),
+                        message: truncate(message, MAX_FAILURE_MESSAGE),
+                        finished_at: Some(Time(*at)),
+                    });
+                }
             }
             // Only a Job the queue keeps: one left out (expired) is deleted in this
             // reconcile, although the cache may still hold it.
@@ -966,6 +983,26 @@ mod tests {
         assert!(
             status.expired_jobs.is_empty() && status.next_cleanup_time.is_none(),
             "no TTL"
+        );
+    }
+
+    #[test]
+    fn a_failure_recorded_as_soon_as_it_is_seen_is_listed_too() {
+        let wq = static_queue(&ITEMS, 4);
+        let bad = failed(job_of(&wq, "b"), at(0));
+        let outcome = outcome(&bad).unwrap();
+        let recorded = [recorded_as(&bad, &recorded_value(&outcome, "b"))];
+        // Its result went into a results ConfigMap in the reconcile that first saw it
+        // fail (the queue had nothing left to run), before any status listed it.
+        let status = observed(&wq, &with_results(&wq, vec![bad], &recorded), at(10));
+        assert_eq!(status.failed, 1);
+        assert_eq!(
+            status
+                .last_failures
+                .iter()
+                .map(|f| (f.job.as_str(), f.reason.as_str()))
+                .collect::<Vec<_>>(),
+            [(name("b").as_str(), "BackoffLimitExceeded")]
         );
     }
 
