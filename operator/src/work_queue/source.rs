@@ -27,7 +27,8 @@
 //! ever added (up to 1 MiB, on every poll), and one that missed a key would delete an item.
 //! A merge patch cannot remove a key it does not name.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -53,8 +54,11 @@ use crate::controller::children::controlled_by;
 pub const FIELD_MANAGER: &str = "rigging-operator-source";
 /// Longest wait for the source's answer.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// Largest answer read from a source: more than a full ConfigMap of names.
-pub const MAX_ANSWER: usize = 8 << 20;
+/// Largest answer read from a source: twice what the ConfigMap of items holds, room for
+/// every name it can keep and the JSON around them. A longer list could not be persisted
+/// whole anyway, and this bounds what a poll holds in memory ([`CONCURRENT_POLLS`] of
+/// them at once).
+pub const MAX_ANSWER: usize = 2 * CONFIG_MAP_LIMIT;
 /// Longest item name, as for `spec.items`.
 pub const MAX_ITEM: usize = 4096;
 /// The path of the item list in the book's source interface.
@@ -344,18 +348,30 @@ pub fn additions(
 
 /// Asks the source at `base` for its items once and adds the new ones to the ConfigMap of
 /// `wq`, read and written through `api` (in `wq`'s namespace). Returns how many were
-/// added.
+/// added. `cached` is the ConfigMap as the watch cache holds it: when it already holds
+/// every item listed, which is most polls, nothing is read from the API server.
 pub async fn poll_once(
     api: &Api<ConfigMap>,
     client: &SourceClient,
     wq: &WorkQueue,
     base: &str,
+    cached: Option<&ConfigMap>,
 ) -> Result<usize, SourceError> {
     let queue = wq.name_any();
     let namespace = wq.namespace().unwrap_or_default();
     let name = naming::items_config_map(&queue);
     // The list first: if the source fails, nothing is read or written.
     let listed = client.list(base).await?;
+    let uid = wq.uid().unwrap_or_default();
+    // A cache that lags can only lack keys, never hold one the API server has not: keys
+    // are never removed. So a cached ConfigMap that already has every item is the answer.
+    if let Some(cm) = cached.filter(|cm| controlled_by(*cm, &namespace, &uid)) {
+        let empty = BTreeMap::new();
+        let (add, refused) = additions(&queue, cm.data.as_ref().unwrap_or(&empty), &listed);
+        if add.is_empty() && refused.is_empty() {
+            return Ok(0);
+        }
+    }
     let api_error = |action, source| SourceError::Api {
         action,
         namespace: namespace.clone(),
@@ -369,7 +385,6 @@ pub async fn poll_once(
     else {
         return Err(SourceError::NoConfigMap { namespace, name });
     };
-    let uid = wq.uid().unwrap_or_default();
     if !controlled_by(&live, &namespace, &uid) {
         return Err(SourceError::NotOwned {
             namespace,
@@ -435,7 +450,7 @@ pub fn with_poller<F>(
 where
     F: Future<Output = ()> + Send,
 {
-    let poller = run(ctx.client.clone(), namespace);
+    let poller = run(ctx.client.clone(), ctx.stores.configmaps.clone(), namespace);
     async move {
         tokio::select! {
             () = controller => {}
@@ -444,9 +459,11 @@ where
     }
 }
 
-/// Polls every source-mode WorkQueue in `namespace` at its `pollInterval`; never returns.
+/// Polls every source-mode WorkQueue in `namespace` at its `pollInterval`, reading their
+/// ConfigMaps of items from `configmaps` (the controller's cache) first; never returns.
 pub fn run(
     client: kube::Client,
+    configmaps: Store<ConfigMap>,
     namespace: Option<&str>,
 ) -> impl Future<Output = ()> + Send + use<> {
     let queues: Api<WorkQueue> = crate::controller::children::api(&client, namespace);
@@ -462,53 +479,92 @@ pub fn run(
     async move {
         tokio::select! {
             () = watch => {}
-            () = poll_due(client, store) => {}
+            () = poll_due(client, store, configmaps) => {}
         }
     }
 }
 
-async fn poll_due(client: kube::Client, store: Store<WorkQueue>) {
-    let source = SourceClient::new();
-    let mut last: HashMap<String, Instant> = HashMap::new();
-    let _ = store.wait_until_ready().await;
-    loop {
-        let now = Instant::now();
-        let due: Vec<_> = store
-            .state()
+/// When each queue was last asked, and which are being asked now.
+#[derive(Default)]
+struct Schedule {
+    last: HashMap<String, Instant>,
+    asking: HashSet<String>,
+}
+
+impl Schedule {
+    /// The queues of `queues` whose poll is due at `now`, marked as being asked: those whose
+    /// `pollInterval` has passed since they were last asked, and that are not being asked
+    /// still. Forgets the queues that are gone.
+    fn due(&mut self, queues: Vec<Arc<WorkQueue>>, now: Instant) -> Vec<Arc<WorkQueue>> {
+        let live: HashSet<String> = queues.iter().filter_map(|w| w.uid()).collect();
+        self.last.retain(|uid, _| live.contains(uid));
+        let due: Vec<_> = queues
             .into_iter()
             .filter(|wq| {
-                let Some(interval) = poll_interval(wq) else {
+                let (Some(interval), Some(uid)) = (poll_interval(wq), wq.uid()) else {
                     return false;
                 };
-                let uid = wq.uid().unwrap_or_default();
-                last.get(&uid)
-                    .is_none_or(|t| now.duration_since(*t) >= interval)
+                !self.asking.contains(&uid)
+                    && self
+                        .last
+                        .get(&uid)
+                        .is_none_or(|t| now.duration_since(*t) >= interval)
             })
             .collect();
         for wq in &due {
-            last.insert(wq.uid().unwrap_or_default(), now);
+            let uid = wq.uid().unwrap_or_default();
+            self.last.insert(uid.clone(), now);
+            self.asking.insert(uid);
         }
-        let live: std::collections::HashSet<String> =
-            store.state().iter().filter_map(|w| w.uid()).collect();
-        last.retain(|uid, _| live.contains(uid));
-        futures::stream::iter(due)
-            .for_each_concurrent(CONCURRENT_POLLS, |wq| {
-                let client = client.clone();
-                let source = source.clone();
-                async move {
-                    let Some(base) = base_url(&wq) else { return };
-                    let api: Api<ConfigMap> =
-                        Api::namespaced(client, &wq.namespace().unwrap_or_default());
-                    match poll_once(&api, &source, &wq, &base).await {
-                        Ok(added) => tracing::debug!(queue = %wq.name_any(), added, "polled the source"),
-                        Err(error @ SourceError::NoConfigMap { .. }) => {
-                            tracing::info!(queue = %wq.name_any(), %error, "not polling yet")
-                        }
-                        Err(error) => tracing::warn!(queue = %wq.name_any(), %error, "polling the source failed; the next poll tries again"),
+        due
+    }
+
+    /// The poll of the queue `uid` has ended.
+    fn done(&mut self, uid: &str) {
+        self.asking.remove(uid);
+    }
+}
+
+/// Starts each queue's poll when it is due, each on its own: a source that is slow to
+/// answer delays only its own queue's next poll, never another's. At most
+/// [`CONCURRENT_POLLS`] sources are asked at once.
+async fn poll_due(client: kube::Client, store: Store<WorkQueue>, configmaps: Store<ConfigMap>) {
+    let source = SourceClient::new();
+    let permits = Arc::new(tokio::sync::Semaphore::new(CONCURRENT_POLLS));
+    let mut schedule = Schedule::default();
+    // Dropped with the poller (a shutdown, a lost Lease): its polls stop with it.
+    let mut polls: tokio::task::JoinSet<String> = tokio::task::JoinSet::new();
+    let _ = store.wait_until_ready().await;
+    loop {
+        while let Some(ended) = polls.try_join_next() {
+            if let Ok(uid) = ended {
+                schedule.done(&uid);
+            }
+        }
+        for wq in schedule.due(store.state(), Instant::now()) {
+            let (client, source, configmaps) = (client.clone(), source.clone(), configmaps.clone());
+            let permits = permits.clone();
+            polls.spawn(async move {
+                let uid = wq.uid().unwrap_or_default();
+                let Ok(_permit) = permits.acquire_owned().await else {
+                    return uid;
+                };
+                let Some(base) = base_url(&wq) else { return uid };
+                let namespace = wq.namespace().unwrap_or_default();
+                let api: Api<ConfigMap> = Api::namespaced(client, &namespace);
+                let key = reflector::ObjectRef::new(&naming::items_config_map(&wq.name_any()))
+                    .within(&namespace);
+                let cached = configmaps.get(&key);
+                match poll_once(&api, &source, &wq, &base, cached.as_deref()).await {
+                    Ok(added) => tracing::debug!(queue = %wq.name_any(), added, "polled the source"),
+                    Err(error @ SourceError::NoConfigMap { .. }) => {
+                        tracing::info!(queue = %wq.name_any(), %error, "not polling yet")
                     }
+                    Err(error) => tracing::warn!(queue = %wq.name_any(), %error, "polling the source failed; the next poll tries again"),
                 }
-            })
-            .await;
+                uid
+            });
+        }
         tokio::time::sleep(TICK).await;
     }
 }
@@ -526,6 +582,54 @@ mod tests {
 
     fn strings(items: &[&str]) -> Vec<String> {
         items.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    fn queue(name: &str, uid: &str, interval: &str) -> Arc<WorkQueue> {
+        Arc::new(
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "rigging.dev/v1alpha1",
+                "kind": "WorkQueue",
+                "metadata": {"name": name, "namespace": "media", "uid": uid},
+                "spec": {
+                    "source": {"template": {"name": "source", "image": "feed:1"},
+                               "port": 8080, "pollInterval": interval},
+                    "worker": {"template": {"spec": {"containers": [{"name": "w", "image": "w"}]}}}
+                }
+            }))
+            .unwrap(),
+        )
+    }
+
+    fn uids(queues: &[Arc<WorkQueue>]) -> Vec<String> {
+        queues.iter().filter_map(|w| w.uid()).collect()
+    }
+
+    #[test]
+    fn a_queue_whose_source_is_slow_holds_up_only_its_own_next_poll() {
+        let (slow, fast) = (queue("slow", "s", "5s"), queue("fast", "f", "5s"));
+        let mut schedule = Schedule::default();
+        let start = Instant::now();
+        let both = vec![slow.clone(), fast.clone()];
+        assert_eq!(uids(&schedule.due(both.clone(), start)), ["s", "f"]);
+        // Not due again within its interval, asked or not.
+        assert!(
+            schedule
+                .due(both.clone(), start + Duration::from_secs(1))
+                .is_empty()
+        );
+        // The fast source answered; the slow one is still being asked a poll later.
+        schedule.done("f");
+        let later = start + Duration::from_secs(6);
+        assert_eq!(uids(&schedule.due(both.clone(), later)), ["f"]);
+        schedule.done("f");
+        schedule.done("s");
+        let later = start + Duration::from_secs(12);
+        assert_eq!(uids(&schedule.due(both, later)), ["s", "f"]);
+        // A queue that is gone is forgotten.
+        schedule.done("s");
+        schedule.done("f");
+        assert_eq!(uids(&schedule.due(vec![fast], later)), Vec::<String>::new());
+        assert_eq!(schedule.last.len(), 1);
     }
 
     #[test]

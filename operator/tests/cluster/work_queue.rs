@@ -849,13 +849,13 @@ async fn the_pollers_items_survive_the_operators_applies_and_get_jobs() {
     )
     .await;
     assert_eq!(
-        source::poll_once(&config_maps, &client, &wq, &base)
+        source::poll_once(&config_maps, &client, &wq, &base, None)
             .await
             .unwrap(),
         3
     );
     assert_eq!(
-        source::poll_once(&config_maps, &client, &wq, &base)
+        source::poll_once(&config_maps, &client, &wq, &base, None)
             .await
             .unwrap(),
         0,
@@ -927,7 +927,7 @@ async fn the_pollers_items_survive_the_operators_applies_and_get_jobs() {
 
     // A source that answers garbage changes nothing.
     let broken = serve_source(json!({"kind": "Status"})).await;
-    let error = source::poll_once(&config_maps, &client, &wq, &broken)
+    let error = source::poll_once(&config_maps, &client, &wq, &broken, None)
         .await
         .unwrap_err();
     assert!(

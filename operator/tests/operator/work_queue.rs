@@ -602,7 +602,7 @@ async fn a_broken_source_is_a_clear_error_and_nothing_is_read_or_written() {
     let wq = source_queue();
 
     let base = serve_source(StatusCode::INTERNAL_SERVER_ERROR, "database is down").await;
-    let error = source::poll_once(&api, &client, &wq, &base)
+    let error = source::poll_once(&api, &client, &wq, &base, None)
         .await
         .unwrap_err();
     assert!(
@@ -615,7 +615,7 @@ async fn a_broken_source_is_a_clear_error_and_nothing_is_read_or_written() {
     );
 
     let base = serve_source(StatusCode::OK, r#"["a", {"name": "b"}]"#).await;
-    let error = source::poll_once(&api, &client, &wq, &base)
+    let error = source::poll_once(&api, &client, &wq, &base, None)
         .await
         .unwrap_err();
     assert_eq!(
@@ -626,7 +626,7 @@ async fn a_broken_source_is_a_clear_error_and_nothing_is_read_or_written() {
     );
 
     let base = serve_source(StatusCode::OK, "a, b, c").await;
-    let error = source::poll_once(&api, &client, &wq, &base)
+    let error = source::poll_once(&api, &client, &wq, &base, None)
         .await
         .unwrap_err();
     assert!(
@@ -639,7 +639,7 @@ async fn a_broken_source_is_a_clear_error_and_nothing_is_read_or_written() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let error = source::poll_once(&api, &client, &wq, &format!("http://{closed}"))
+    let error = source::poll_once(&api, &client, &wq, &format!("http://{closed}"), None)
         .await
         .unwrap_err();
     assert!(
@@ -650,6 +650,26 @@ async fn a_broken_source_is_a_clear_error_and_nothing_is_read_or_written() {
     server
         .expect_no_request("the API server was not asked anything")
         .await;
+}
+
+#[tokio::test]
+async fn a_poll_that_finds_every_item_in_the_cache_asks_the_api_server_nothing() {
+    let wq = source_queue();
+    let key = |seq, item| source_key(seq, &job_name("feed", item));
+    let base = serve_source(StatusCode::OK, r#"["zebra", "mango"]"#).await;
+    let cached = feed_items(&[(key(0, "zebra"), "zebra"), (key(1, "mango"), "mango")]);
+    let (api_client, mut server) = mock_api::pair("media");
+    // Held, so that the mock sees a quiet client, not a closed one, once the poll is done.
+    let _held = api_client.clone();
+    let api: Api<ConfigMap> = Api::namespaced(api_client, "media");
+    // Watched while the poll runs: a request would go unanswered and hold the poll.
+    let poll = tokio::spawn(async move {
+        source::poll_once(&api, &SourceClient::new(), &wq, &base, Some(&cached)).await
+    });
+    server
+        .expect_no_request("every listed item is in the cached ConfigMap: no GET, no PATCH")
+        .await;
+    assert_eq!(poll.await.unwrap().unwrap(), 0);
 }
 
 #[tokio::test]
@@ -686,7 +706,7 @@ async fn the_poller_adds_only_new_items_and_the_controller_gives_them_jobs_in_th
         send.send_response(json_response(StatusCode::OK, &patched));
         patched
     });
-    let added = source::poll_once(&api, &SourceClient::new(), &wq, &base)
+    let added = source::poll_once(&api, &SourceClient::new(), &wq, &base, None)
         .await
         .unwrap();
     assert_eq!(added, 2);
@@ -758,14 +778,14 @@ async fn the_poller_writes_nothing_into_a_config_map_it_does_not_control_or_that
         server
     });
     let client = SourceClient::new();
-    let error = source::poll_once(&api, &client, &wq, &base)
+    let error = source::poll_once(&api, &client, &wq, &base, None)
         .await
         .unwrap_err();
     assert_eq!(
         error.to_string(),
         "ConfigMap media/feed-items is not controlled by WorkQueue feed; nothing was added"
     );
-    let error = source::poll_once(&api, &client, &wq, &base)
+    let error = source::poll_once(&api, &client, &wq, &base, None)
         .await
         .unwrap_err();
     assert!(
