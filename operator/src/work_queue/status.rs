@@ -199,20 +199,11 @@ pub fn observed(wq: &WorkQueue, applied: &Applied, now: Timestamp) -> WorkQueueS
                 // Recorded in the reconcile that first saw it fail, it was never listed:
                 // listed now while its Job is there to say why. Listed before, it stays
                 // once; pushed out by newer failures, it is older than them and stays out.
-                if let Some(Outcome::Failed {
-                    at,
-                    reason,
-                    message,
-                }) = &outcome
-                {
-                    new_failures.push(FailedItem {
-                        job: job_name.to_owned(),
-                        item: truncate(item, MAX_RECORDED_ITEM),
-                        reason: reason.clone(),
-                        message: truncate(message, MAX_FAILURE_MESSAGE),
-                        finished_at: Some(Time(*at)),
-                    });
-                }
+                new_failures.extend(
+                    outcome
+                        .as_ref()
+                        .and_then(|o| failed_item(job_name, item, o)),
+                );
             }
             // Only a Job the queue keeps: one left out (expired) is deleted in this
             // reconcile, although the cache may still hold it.
@@ -225,21 +216,11 @@ pub fn observed(wq: &WorkQueue, applied: &Applied, now: Timestamp) -> WorkQueueS
         match (outcome, live) {
             (Some(o), _) => {
                 unrecorded += 1;
-                match &o {
-                    Outcome::Succeeded { .. } => succeeded += 1,
-                    Outcome::Failed {
-                        at,
-                        reason,
-                        message,
-                    } => {
+                match failed_item(job_name, item, &o) {
+                    None => succeeded += 1,
+                    Some(failure) => {
                         failed += 1;
-                        new_failures.push(FailedItem {
-                            job: job_name.to_owned(),
-                            item: truncate(item, MAX_RECORDED_ITEM),
-                            reason: reason.clone(),
-                            message: truncate(message, MAX_FAILURE_MESSAGE),
-                            finished_at: Some(Time(*at)),
-                        });
+                        new_failures.push(failure);
                     }
                 }
                 // Not recorded yet: due once its TTL has passed, and not before a short
@@ -339,6 +320,25 @@ pub fn observed(wq: &WorkQueue, applied: &Applied, now: Timestamp) -> WorkQueueS
         next_cleanup_time: next_cleanup.map(Time),
         conditions: finish(previous_conditions(wq), conds, generation, now),
     }
+}
+
+/// How a failed item is listed in `lastFailures`; `None` for an item that succeeded.
+fn failed_item(job: &str, item: &str, outcome: &Outcome) -> Option<FailedItem> {
+    let Outcome::Failed {
+        at,
+        reason,
+        message,
+    } = outcome
+    else {
+        return None;
+    };
+    Some(FailedItem {
+        job: job.to_owned(),
+        item: truncate(item, MAX_RECORDED_ITEM),
+        reason: reason.clone(),
+        message: truncate(message, MAX_FAILURE_MESSAGE),
+        finished_at: Some(Time(*at)),
+    })
 }
 
 /// `controller WorkQueue other`, or `no controller`: who holds a Job that is not ours.
