@@ -22,6 +22,27 @@ anon_kib() {
   awk '/^RssAnon:/ {print $2}' "/proc/$1/status"
 }
 
+# Arithmetic on decimals (awk's): calc "1.5 * 2".
+calc() { awk "BEGIN { print $1 }"; }
+
+# Puts the operator to measure at DIR/rigging-operator: a copy of $OPERATOR when set, else
+# of a fresh release build (a copy: the tree's binary may be rebuilt while a benchmark runs).
+operator_binary() {
+  if [[ -n ${OPERATOR:-} ]]; then
+    cp "$OPERATOR" "$1/rigging-operator"
+  else
+    cargo build --release -q -p rigging-operator
+    cp target/release/rigging-operator "$1/rigging-operator"
+  fi
+}
+
+# Stops the background process PID (empty: nothing to stop) and reaps it.
+stop_pid() {
+  [[ -n $1 ]] || return 0
+  kill "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
+}
+
 # Clock ticks per second, for cpu_ticks.
 CLK_TCK=$(getconf CLK_TCK)
 

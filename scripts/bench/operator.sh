@@ -5,6 +5,7 @@
 #   scripts/bench/operator.sh            prints a markdown table (5 to 10 minutes)
 #   N=200 STEADY=30 scripts/bench/operator.sh
 #   KEEP=1 scripts/bench/operator.sh     keeps the work directory (audit log, operator log)
+#   OPERATOR=path/to/rigging-operator scripts/bench/operator.sh   a binary already built
 #
 # 0. Baseline: before the operator starts, the same apply into another namespace, which no
 #    operator watches: what kubectl and the API server take for the objects alone.
@@ -48,25 +49,19 @@ NS=bench
 log() { printf 'operator.sh: %s\n' "$*" >&2; }
 
 install_apt curl python3
-cargo build --release -q -p rigging-operator
 work=$(mktemp -d)
-# A copy: the tree's binary may be rebuilt while the benchmark runs.
-cp target/release/rigging-operator "$work/rigging-operator"
+operator_binary "$work"
 op=
 sampler=
 cleanup() {
-  if [[ -n $sampler ]]; then kill "$sampler" 2>/dev/null || true; fi
-  if [[ -n $op ]]; then
-    kill "$op" 2>/dev/null || true
-    wait "$op" 2>/dev/null || true
-  fi
+  stop_pid "$sampler"
+  stop_pid "$op"
   e2e/controlplane/down.sh "$work/cp" >/dev/null 2>&1 || true
   if [[ ${KEEP:-0} == 1 ]]; then log "kept $work (audit log: $work/cp/logs/audit.log)"; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
 trap 'log "failed; last lines of the operator log:"; tail -n 20 "$work/operator.log" >&2 || true' ERR
 
-calc() { awk "BEGIN { print $1 }"; }
 compilers() { # compiler processes running now (rustc, cc, Go's compile)
   local c total=0
   for c in rustc cc1 cc1plus compile; do total=$((total + $(pgrep -c -x "$c" || true))); done

@@ -40,28 +40,18 @@ log() { printf 'work_queue.sh: %s\n' "$*" >&2; }
 
 install_apt curl python3
 work=$(mktemp -d)
-if [[ -n ${OPERATOR:-} ]]; then
-  cp "$OPERATOR" "$work/rigging-operator"
-else
-  cargo build --release -q -p rigging-operator
-  # A copy: the tree's binary may be rebuilt while the benchmark runs.
-  cp target/release/rigging-operator "$work/rigging-operator"
-fi
+operator_binary "$work"
 op=
 completer=
 cleanup() {
-  if [[ -n $completer ]]; then kill "$completer" 2>/dev/null || true; fi
-  if [[ -n $op ]]; then
-    kill "$op" 2>/dev/null || true
-    wait "$op" 2>/dev/null || true
-  fi
+  stop_pid "$completer"
+  stop_pid "$op"
   e2e/controlplane/down.sh "$work/cp" >/dev/null 2>&1 || true
   if [[ ${KEEP:-0} == 1 ]]; then log "kept $work"; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
 trap 'log "failed; last lines of the operator log:"; tail -n 20 "$work"/operator-*.log >&2 || true' ERR
 
-calc() { awk "BEGIN { print $1 }"; }
 load_at_start=$(cut -d' ' -f1-3 /proc/loadavg)
 
 e2e/controlplane/up.sh --no-node "$work/cp" 2>&1 | tail -n 1 >&2
