@@ -222,7 +222,7 @@ impl Terminator {
         }
         let alpn_h2 = session.alpn_protocol() == Some(b"h2");
         // Wrapped only now, above TLS, so that the header timeout runs from the end of the
-        // handshake and no part of the handshake timeout is added to it (issue 21).
+        // handshake and no part of the handshake timeout is added to it.
         let in_flight = Arc::new(idle::InFlight::default());
         let tls = idle::IdleIo::new(
             tls,
