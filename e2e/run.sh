@@ -72,10 +72,13 @@ fi
 # are cores.
 echo "e2e: cluster suite"
 RIGGING_KUBECONFIG=$KUBECONFIG RIGGING_CLUSTER_REQUIRE=1 \
-  cargo test --workspace --test cluster --locked -- --test-threads 8 --skip node::
+  cargo test --workspace --test cluster --locked -- --test-threads 8 --skip node:: --skip serial::
 
 echo "e2e: node suite (the chart's operator, Rigging's pods)"
 RIGGING_KUBECONFIG=$KUBECONFIG RIGGING_CLUSTER_REQUIRE=1 \
   cargo test --workspace --test cluster --locked -- --test-threads 4 node::
+echo "e2e: alone, what changes the CRDs every test shares (a helm upgrade)"
+RIGGING_KUBECONFIG=$KUBECONFIG RIGGING_CLUSTER_REQUIRE=1 \
+  cargo test --workspace --test cluster --locked -- --test-threads 1 serial::
 
 echo "e2e: all checks passed"

@@ -92,6 +92,11 @@ pub struct RunArgs {
     /// touches every object); 0 means no bound.
     #[arg(long, default_value_t = crate::controller::context::DEFAULT_CONCURRENCY)]
     pub concurrency: u16,
+    /// At start, bring the installed Rigging CRDs to this build's schema (server-side
+    /// apply), unless a newer release wrote them. Helm never upgrades a chart's CRDs; the
+    /// chart sets this, with `get` and `patch` on the three CRDs by name.
+    #[arg(long)]
+    pub upgrade_crds: bool,
     /// Reconcile only the Rigging resources of this namespace (default: every namespace).
     #[arg(long = "namespace", env = "RIGGING_WATCH_NAMESPACE")]
     pub watch_namespace: Option<String>,
@@ -222,6 +227,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         leader_election,
         identity,
         watch_namespace: args.watch_namespace,
+        upgrade_crds: args.upgrade_crds,
         webhook: args.webhook_listen.map(|listen| {
             let (service, namespace) = (&args.webhook_service, &args.webhook_namespace);
             let mut hosts = vec![

@@ -31,6 +31,9 @@ pub struct RunOptions {
     pub watch_namespace: Option<String>,
     /// Serve the injection webhook too, on every replica.
     pub webhook: Option<WebhookOptions>,
+    /// Bring the installed CRDs to this build's schema before anything starts
+    /// ([`crate::crdgen::upgrade`]).
+    pub upgrade_crds: bool,
 }
 
 /// The injection webhook inside `run`, with certificates the operator manages.
@@ -90,6 +93,10 @@ pub enum RunError {
     /// The webhook could not be served.
     #[error(transparent)]
     Webhook(#[from] crate::webhook::server::WebhookError),
+    /// The CRDs could not be upgraded: the process exits (and restarts) rather than run on
+    /// a schema that prunes its new fields.
+    #[error(transparent)]
+    Crds(#[from] crate::crdgen::UpgradeError),
     /// Leadership was lost: the process exits so that it restarts as a follower and never
     /// runs two leaders at once.
     #[error("lost the leadership of Lease {namespace}/{name}")]
@@ -219,6 +226,28 @@ async fn manage(
     readiness: Readiness,
     metrics: Metrics,
 ) -> Result<(), RunError> {
+    if options.upgrade_crds {
+        let upgraded = tokio::select! {
+            upgraded = crate::crdgen::upgrade(&client) => upgraded?,
+            () = shutdown_signal() => return Ok(()),
+        };
+        for (crd, outcome) in upgraded {
+            match outcome {
+                crate::crdgen::Upgrade::Applied => {
+                    tracing::info!(%crd, version = crate::crdgen::VERSION, "CRD at this release's schema");
+                }
+                crate::crdgen::Upgrade::Missing => {
+                    tracing::warn!(%crd, "CRD not installed: the chart installs it, or kubectl apply -f crds/");
+                }
+                crate::crdgen::Upgrade::Newer(newer) => tracing::warn!(
+                    %crd,
+                    %newer,
+                    version = crate::crdgen::VERSION,
+                    "CRD left alone: a newer release of Rigging wrote it, and this older operator would prune its fields"
+                ),
+            }
+        }
+    }
     // Until the CRDs are served, `/readyz` stays red and nothing starts: a controller on a
     // missing kind would only log watch errors.
     tokio::select! {

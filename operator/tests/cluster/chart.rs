@@ -123,6 +123,22 @@ async fn helm_install_gives_the_operator_its_rights_and_no_more() {
         by_name("patch", &hook, home),
         "{user} publishes its caBundle"
     );
+    // Its own CRDs, upgraded at start by name; no other CRD, and none created or deleted.
+    let crd = |name: &str| format!("customresourcedefinitions.apiextensions.k8s.io/{name}");
+    for name in ["replicatedservices.rigging.dev", "workqueues.rigging.dev"] {
+        assert!(by_name("patch", &crd(name), home), "{user} upgrades {name}");
+    }
+    assert!(!by_name(
+        "patch",
+        &crd("certificates.cert-manager.io"),
+        home
+    ));
+    assert!(!by_name("delete", &crd("workqueues.rigging.dev"), home));
+    assert!(!can(
+        "create",
+        "customresourcedefinitions.apiextensions.k8s.io",
+        home
+    ));
     assert!(!by_name("get", &format!("secret/{release}-other"), home));
     assert!(!can(
         "patch",

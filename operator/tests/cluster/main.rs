@@ -9,7 +9,8 @@
 //! (`run --namespace`), so the tests run in parallel and leave nothing behind. The tests
 //! under `node::` need a Ready node and use the operator the chart installs, which
 //! reconciles every namespace: they run after the others (`-- --skip node::`, then
-//! `-- node::`), as `e2e/run.sh` runs them.
+//! `-- node::`), as `e2e/run.sh` runs them. Last, alone, the `serial::` tests, which
+//! change what every test shares (the CRDs).
 
 mod apply;
 mod chart;
@@ -21,6 +22,7 @@ mod leader_election;
 mod node;
 mod reconcile;
 mod render;
+mod serial;
 mod sharded_service;
 mod steady;
 mod support;
