@@ -56,7 +56,7 @@ rigging_images() {
     log "cargo build --profile $profile --target $target (rigging-operator, rigging-sidecar)"
     (cd "$root" && cargo build --locked --profile "$profile" --target "$target" \
       -p rigging-operator -p rigging-sidecar)
-    local out=$root/target/$target/$profile
+    local out=${CARGO_TARGET_DIR:-$root/target}/$target/$profile
     rm -f "$cache"/rigging-*.tar
     log "rigging-operator:$version and rigging-sidecar:$version"
     local work
