@@ -121,9 +121,17 @@ def chart_checks(out: Path) -> None:
     cluster_rules = by_kind(default, "ClusterRole")[0]["rules"]
     check("the ClusterRole never grants Secrets", all("secrets" not in r["resources"] for r in cluster_rules), str(cluster_rules))
     lease_rules = [r for r in cluster_rules if "leases" in r["resources"]]
-    check("cluster-wide, the operator holds exactly the Lease verbs its election Roles grant (RBAC escalation prevention)",
-          len(lease_rules) == 1 and sorted(lease_rules[0]["verbs"]) == ["create", "delete", "get", "list", "update"]
-          and not lease_rules[0].get("resourceNames"), str(lease_rules))
+    check("cluster-wide, the operator holds no Lease verb", not lease_rules, str(lease_rules))
+    elect_roles = [r for r in by_kind(default, "ClusterRole") if r["metadata"]["name"].endswith("-elect")]
+    elect_name = elect_roles[0]["metadata"]["name"] if elect_roles else None
+    check("a ClusterRole holds exactly the Lease verbs the election Roles grant (RBAC escalation prevention)",
+          len(elect_roles) == 1 and [sorted(r["verbs"]) for r in elect_roles[0]["rules"]]
+          == [["create", "delete", "get", "list", "update"]], str(elect_roles))
+    binds = [r for r in cluster_rules if "bind" in r["verbs"]]
+    check("the operator may bind that ClusterRole, by name, and nothing else",
+          binds == [{"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["clusterroles"],
+                     "resourceNames": [elect_name], "verbs": ["bind"]}]
+          and f"--elect-grant-role={elect_name}" in container["args"], f"{binds} {container['args']}")
     check("a PDB protects 2 operator replicas", len(by_kind(default, "PodDisruptionBudget")) == 1, "")
 
     single = render_chart({"replicaCount": 1, "leaderElection": {"enabled": False}})

@@ -22,6 +22,8 @@ pub struct Cli {
 }
 
 /// The subcommands.
+// Parsed once per process: boxing `run`'s flags would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the controllers against the cluster of the kubeconfig or the pod.
@@ -97,6 +99,12 @@ pub struct RunArgs {
     /// chart sets this, with `get` and `patch` on the three CRDs by name.
     #[arg(long)]
     pub upgrade_crds: bool,
+    /// A ClusterRole of the Lease verbs the election sidecar's Roles grant, which the
+    /// operator binds to itself in each namespace with an election on Leases (it needs
+    /// `bind` on it), instead of holding them in every namespace. Without it the operator
+    /// must hold those verbs itself, or its Roles are refused (docs/operator.md, "RBAC").
+    #[arg(long)]
+    pub elect_grant_role: Option<String>,
     /// Reconcile only the Rigging resources of this namespace (default: every namespace).
     #[arg(long = "namespace", env = "RIGGING_WATCH_NAMESPACE")]
     pub watch_namespace: Option<String>,
@@ -183,6 +191,7 @@ pub fn render_files(args: &RenderArgs) -> anyhow::Result<String> {
     let config = RenderConfig {
         sidecar_image: args.sidecar_image.clone(),
         native_sidecars: !args.plain_sidecars,
+        elect_grant: None,
     };
     let mut values = Vec::new();
     for file in &args.files {
@@ -220,6 +229,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 sidecar_image: args.sidecar_image,
                 // Decided by `run` from the API server's version.
                 native_sidecars: true,
+                // Made by `run` from who the API server says the operator is.
+                elect_grant: None,
             },
             resync: args.resync_period,
             concurrency: args.concurrency,
@@ -228,6 +239,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         identity,
         watch_namespace: args.watch_namespace,
         upgrade_crds: args.upgrade_crds,
+        elect_grant_role: args.elect_grant_role,
         webhook: args.webhook_listen.map(|listen| {
             let (service, namespace) = (&args.webhook_service, &args.webhook_namespace);
             let mut hosts = vec![
@@ -260,6 +272,7 @@ async fn webhook(args: WebhookArgs) -> anyhow::Result<()> {
     let config = RenderConfig {
         sidecar_image: args.sidecar_image,
         native_sidecars: !args.plain_sidecars,
+        elect_grant: None,
     };
     let readiness = crate::admin::Readiness::default();
     let signal = crate::manager::ServingAfterSignal::watch(readiness.clone());

@@ -34,6 +34,9 @@ pub struct RunOptions {
     /// Bring the installed CRDs to this build's schema before anything starts
     /// ([`crate::crdgen::upgrade`]).
     pub upgrade_crds: bool,
+    /// The ClusterRole the operator binds to itself where an election's Role needs its
+    /// Lease rights ([`crate::sidecars::elect::ElectGrant`]).
+    pub elect_grant_role: Option<String>,
 }
 
 /// The injection webhook inside `run`, with certificates the operator manages.
@@ -93,6 +96,11 @@ pub enum RunError {
     /// The webhook could not be served.
     #[error(transparent)]
     Webhook(#[from] crate::webhook::server::WebhookError),
+    /// The API server did not say who the operator is, which `--elect-grant-role` needs.
+    #[error(
+        "asking the API server who the operator is (a SelfSubjectReview, for --elect-grant-role): {0}"
+    )]
+    WhoAmI(#[source] kube::Error),
     /// The CRDs could not be upgraded: the process exits (and restarts) rather than run on
     /// a schema that prunes its new fields.
     #[error(transparent)]
@@ -154,6 +162,12 @@ pub async fn run(mut options: RunOptions) -> Result<(), RunError> {
             "the API server is older than Kubernetes 1.29: sidecars go in as plain containers, and WorkQueues refuse them"
         );
         options.config.render.native_sidecars = false;
+    }
+    if let Some(role) = options.elect_grant_role.clone() {
+        let username = who_am_i(&client).await.map_err(RunError::WhoAmI)?;
+        tracing::info!(%username, %role, "grants itself the Lease rights of elections' namespaces");
+        options.config.render.elect_grant =
+            Some(crate::sidecars::elect::ElectGrant::new(role, &username));
     }
     // The webhook serves on every replica, leader or not, and whether or not the CRDs are
     // installed: pod creation must never wait on an election.
@@ -357,6 +371,24 @@ async fn client() -> Result<Client, RunError> {
         http::HeaderValue::from_static(agent),
     ));
     Client::try_from(config).map_err(RunError::Client)
+}
+
+/// The name the API server knows this client by (the `authentication.k8s.io`
+/// SelfSubjectReview every authenticated subject may ask).
+async fn who_am_i(client: &Client) -> Result<String, kube::Error> {
+    use k8s_openapi::api::authentication::v1::SelfSubjectReview;
+    let reviews: Api<SelfSubjectReview> = Api::all(client.clone());
+    let review = reviews
+        .create(
+            &kube::api::PostParams::default(),
+            &SelfSubjectReview::default(),
+        )
+        .await?;
+    Ok(review
+        .status
+        .and_then(|s| s.user_info)
+        .and_then(|u| u.username)
+        .unwrap_or_default())
 }
 
 /// How often a missing CRD is looked for again.

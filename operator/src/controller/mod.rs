@@ -42,7 +42,7 @@ pub const MANAGER: &str = "rigging-operator";
 pub const HANDOVER_MANAGER: &str = "rigging-operator-handover";
 
 /// What the pure halves need to know that is not in the object they render.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RenderConfig {
     /// Image of `rigging-sidecar`, for the sidecars the operator adds.
     pub sidecar_image: String,
@@ -50,6 +50,10 @@ pub struct RenderConfig {
     /// Always`, Kubernetes 1.29 and later). Without them sidecars go in as plain
     /// containers, and kinds whose pods run to completion refuse them.
     pub native_sidecars: bool,
+    /// How the operator comes to hold the Lease rights it writes into an election's Role
+    /// (`run --elect-grant-role`); `None`: it holds them already (and `render` shows no
+    /// binding of its own).
+    pub elect_grant: Option<crate::sidecars::elect::ElectGrant>,
 }
 
 impl Default for RenderConfig {
@@ -57,6 +61,7 @@ impl Default for RenderConfig {
         Self {
             sidecar_image: default_sidecar_image(),
             native_sidecars: true,
+            elect_grant: None,
         }
     }
 }

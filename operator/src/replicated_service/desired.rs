@@ -100,6 +100,7 @@ pub fn desired(rs: &ReplicatedService, config: &RenderConfig) -> Result<Children
         &rs.spec.template,
         &rs.name_any(),
         child_meta(rs),
+        config.elect_grant.as_ref(),
     );
     let deployment = deployment(rs, config, elect.as_ref());
     let frontend = frontend::children(rs, config);

@@ -301,6 +301,7 @@ fn planned(
         &spec.template,
         &ss.name_any(),
         child_meta(ss, ss.name_any(), labels(ss, Component::Shard)),
+        config.elect_grant.as_ref(),
     );
     let statefulsets = if spec.replicas_per_shard == 1 {
         vec![statefulset(ss, config, elect.as_ref(), None, plan.shards)?]

@@ -216,10 +216,60 @@ pub fn election_name<'a>(elect: &'a ElectSidecar, owner: &'a str) -> &'a str {
     elect.election.as_deref().unwrap_or(owner)
 }
 
+/// The suffix of the RoleBinding that grants the operator itself the Lease rights of an
+/// object's namespace ([`ElectGrant`]).
+pub const GRANT_SUFFIX: &str = "-elect-grant";
+
+/// The API server lets the operator write an election's Role only with rights it holds
+/// itself in that namespace (RBAC's escalation prevention). Rather than hold every Lease
+/// of the cluster, `kube-node-lease` and `kube-system` included, the operator binds a
+/// ClusterRole of Lease rights to itself, in each namespace that has an election on
+/// Leases, and only while it has one (the binding is the object's child): what it needs
+/// for that is `bind` on that one ClusterRole.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ElectGrant {
+    /// The ClusterRole holding exactly the Lease verbs the elections' Roles grant.
+    pub cluster_role: String,
+    /// Who the operator is, as the API server names it (its SelfSubjectReview).
+    pub subject: Subject,
+}
+
+impl ElectGrant {
+    /// The grant to `username`, as the API server's SelfSubjectReview gives it:
+    /// `system:serviceaccount:<namespace>:<name>` is a ServiceAccount, anything else a
+    /// User.
+    pub fn new(cluster_role: String, username: &str) -> Self {
+        let subject = match username
+            .strip_prefix("system:serviceaccount:")
+            .and_then(|rest| rest.split_once(':'))
+        {
+            Some((namespace, name)) => Subject {
+                kind: "ServiceAccount".into(),
+                name: name.into(),
+                namespace: Some(namespace.into()),
+                ..Subject::default()
+            },
+            None => Subject {
+                kind: "User".into(),
+                api_group: Some("rbac.authorization.k8s.io".into()),
+                name: username.into(),
+                ..Subject::default()
+            },
+        };
+        Self {
+            cluster_role,
+            subject,
+        }
+    }
+}
+
 /// The ServiceAccount, Role and RoleBinding that let the pods of one object keep their
 /// election's Leases, in their namespace only.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ElectAccess {
+    /// The binding of [`ElectGrant::cluster_role`] to the operator, `<name>-elect-grant`,
+    /// when the operator is to grant itself the rights the Role needs.
+    pub operator_grant: Option<RoleBinding>,
     /// The ServiceAccount `<name>-elect`, made when the pod template names none (the
     /// namespace's `default` account is shared by every pod that names none, and must not
     /// gain the right to write Leases).
@@ -237,12 +287,14 @@ impl ElectAccess {
     /// What the pods of `template` need for the `elect` block of `sidecars`, on the Lease
     /// backend (nothing on etcd, and nothing without the block). `meta` is the children's
     /// metadata (namespace, labels, owner reference); their name is `owner` +
-    /// [`ACCESS_SUFFIX`], and the election defaults to `owner`.
+    /// [`ACCESS_SUFFIX`], and the election defaults to `owner`. With `grant`, the operator
+    /// binds itself the rights the Role needs first.
     pub fn for_pods(
         sidecars: Option<&Sidecars>,
         template: &PodTemplateSpec,
         owner: &str,
         meta: ObjectMeta,
+        grant: Option<&ElectGrant>,
     ) -> Option<Self> {
         let elect = sidecars?.elect.as_ref()?;
         if elect.backend != ElectBackend::Lease {
@@ -298,7 +350,20 @@ impl ElectAccess {
                 ..Subject::default()
             }]),
         };
+        let operator_grant = grant.map(|grant| RoleBinding {
+            metadata: ObjectMeta {
+                name: Some(format!("{owner}{GRANT_SUFFIX}")),
+                ..meta.clone()
+            },
+            role_ref: RoleRef {
+                api_group: "rbac.authorization.k8s.io".into(),
+                kind: "ClusterRole".into(),
+                name: grant.cluster_role.clone(),
+            },
+            subjects: Some(vec![grant.subject.clone()]),
+        });
         Some(Self {
+            operator_grant,
             service_account,
             role,
             role_binding,
@@ -322,14 +387,16 @@ impl ElectAccess {
         }
     }
 
-    /// The children, in apply order: the ServiceAccount, then the Role, then its binding
-    /// (the API server checks a binding against the Role it names, which must exist).
+    /// The children, in apply order: the operator's own grant (the Role is checked
+    /// against it), the ServiceAccount, then the Role, then its binding (the API server
+    /// checks a binding against the Role it names, which must exist).
     pub fn into_children(self) -> Vec<Child> {
         let mut out: Vec<Child> = self
-            .service_account
+            .operator_grant
             .into_iter()
-            .map(Child::ServiceAccount)
+            .map(Child::RoleBinding)
             .collect();
+        out.extend(self.service_account.map(Child::ServiceAccount));
         out.push(Child::Role(self.role));
         out.push(Child::RoleBinding(self.role_binding));
         out
@@ -433,9 +500,14 @@ mod tests {
     #[test]
     fn pods_that_name_no_service_account_get_one_of_their_own_bound_to_the_leader_lease_alone() {
         let mut t = template("spec: {containers: [{name: app, image: a}]}");
-        let access =
-            ElectAccess::for_pods(Some(&sidecars(serde_json::json!({}))), &t, "web", meta())
-                .unwrap();
+        let access = ElectAccess::for_pods(
+            Some(&sidecars(serde_json::json!({}))),
+            &t,
+            "web",
+            meta(),
+            None,
+        )
+        .unwrap();
         access.assign(&mut t);
         let pod = t.spec.unwrap();
         assert_eq!(pod.service_account_name.as_deref(), Some("web-elect"));
@@ -485,6 +557,7 @@ mod tests {
             &t,
             "web",
             meta(),
+            None,
         )
         .unwrap();
         access.assign(&mut t);
@@ -507,11 +580,79 @@ mod tests {
     }
 
     #[test]
+    fn with_a_grant_the_operator_binds_itself_the_lease_rights_before_it_writes_the_role() {
+        let t = template("spec: {containers: [{name: app, image: a}]}");
+        let grant = ElectGrant::new(
+            "rigging-elect".into(),
+            "system:serviceaccount:rigging-system:rigging",
+        );
+        let access = ElectAccess::for_pods(
+            Some(&sidecars(serde_json::json!({}))),
+            &t,
+            "web",
+            meta(),
+            Some(&grant),
+        )
+        .unwrap();
+        let binding = access.operator_grant.clone().unwrap();
+        assert_eq!(binding.metadata.name.as_deref(), Some("web-elect-grant"));
+        assert_eq!(binding.metadata.namespace.as_deref(), Some("shop"));
+        assert_eq!(
+            (
+                binding.role_ref.kind.as_str(),
+                binding.role_ref.name.as_str()
+            ),
+            ("ClusterRole", "rigging-elect")
+        );
+        let subject = &binding.subjects.unwrap()[0];
+        assert_eq!(
+            (
+                subject.kind.as_str(),
+                subject.name.as_str(),
+                subject.namespace.as_deref()
+            ),
+            ("ServiceAccount", "rigging", Some("rigging-system"))
+        );
+        let names: Vec<String> = access
+            .into_children()
+            .iter()
+            .map(|c| {
+                format!(
+                    "{}/{}",
+                    c.kind(),
+                    c.meta().name.as_deref().unwrap_or_default()
+                )
+            })
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "RoleBinding/web-elect-grant",
+                "ServiceAccount/web-elect",
+                "Role/web-elect",
+                "RoleBinding/web-elect"
+            ]
+        );
+        let user = ElectGrant::new("r".into(), "kubernetes-admin").subject;
+        assert_eq!(
+            (
+                user.kind.as_str(),
+                user.namespace,
+                user.api_group.as_deref()
+            ),
+            ("User", None, Some("rbac.authorization.k8s.io"))
+        );
+    }
+
+    #[test]
     fn etcd_needs_no_kubernetes_access() {
         let t = template("spec: {containers: [{name: app, image: a}]}");
         let etcd =
             sidecars(serde_json::json!({"backend": "Etcd", "etcdEndpoints": ["http://etcd:2379"]}));
-        assert_eq!(ElectAccess::for_pods(Some(&etcd), &t, "web", meta()), None);
-        assert_eq!(ElectAccess::for_pods(None, &t, "web", meta()), None);
+        assert_eq!(
+            ElectAccess::for_pods(Some(&etcd), &t, "web", meta(), None),
+            None
+        );
+        assert_eq!(ElectAccess::for_pods(None, &t, "web", meta(), None), None);
     }
 }

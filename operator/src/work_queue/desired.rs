@@ -160,6 +160,7 @@ pub fn desired(
         &wq.spec.worker.template,
         &wq.name_any(),
         meta(wq, wq.name_any(), "worker"),
+        config.elect_grant.as_ref(),
     );
     let template = match worker_template(wq, config, elect.as_ref()) {
         Ok(template) => Some(template),

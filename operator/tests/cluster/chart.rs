@@ -86,14 +86,12 @@ async fn helm_install_gives_the_operator_its_rights_and_no_more() {
         // removes a shard (listed).
         ("list", "pods", apps),
         ("watch", "pods", apps),
-        // The election sidecar's access: the pods' ServiceAccount, Role and RoleBinding,
-        // and (RBAC's escalation prevention) the Lease verbs those Roles grant.
+        // The election sidecar's access: the pods' ServiceAccount, Role and RoleBinding.
+        // The Lease verbs those Roles grant it binds to itself where it needs them.
         ("patch", "serviceaccounts", apps),
         ("watch", "serviceaccounts", apps),
         ("patch", "roles.rbac.authorization.k8s.io", apps),
         ("delete", "rolebindings.rbac.authorization.k8s.io", apps),
-        ("update", "leases.coordination.k8s.io", apps),
-        ("list", "leases.coordination.k8s.io", apps),
         ("patch", "leases.coordination.k8s.io", home),
         ("watch", "leases.coordination.k8s.io", home),
     ];
@@ -140,6 +138,15 @@ async fn helm_install_gives_the_operator_its_rights_and_no_more() {
         home
     ));
     assert!(!by_name("get", &format!("secret/{release}-other"), home));
+    // `bind` on the one ClusterRole of Lease verbs, and on nothing else.
+    let cluster_role = |name: &str| format!("clusterroles.rbac.authorization.k8s.io/{name}");
+    assert!(by_name(
+        "bind",
+        &cluster_role(&format!("{release}-elect")),
+        apps
+    ));
+    assert!(!by_name("bind", &cluster_role("cluster-admin"), apps));
+    assert!(!by_name("bind", &cluster_role("admin"), apps));
     assert!(!can(
         "patch",
         "mutatingwebhookconfigurations.admissionregistration.k8s.io",
@@ -159,8 +166,17 @@ async fn helm_install_gives_the_operator_its_rights_and_no_more() {
         ("patch", "replicatedservices.rigging.dev", apps),
         ("patch", "jobs.batch", apps),
         ("delete", "replicatedservices.rigging.dev", apps),
+        // No Lease of any other namespace, the nodes' heartbeats and the control plane's
+        // elections included: the operator holds Lease rights only where it bound them to
+        // itself.
         ("patch", "leases.coordination.k8s.io", apps),
         ("watch", "leases.coordination.k8s.io", apps),
+        ("update", "leases.coordination.k8s.io", apps),
+        ("create", "leases.coordination.k8s.io", apps),
+        ("delete", "leases.coordination.k8s.io", apps),
+        ("update", "leases.coordination.k8s.io", "kube-node-lease"),
+        ("delete", "leases.coordination.k8s.io", "kube-node-lease"),
+        ("update", "leases.coordination.k8s.io", "kube-system"),
         ("escalate", "roles.rbac.authorization.k8s.io", apps),
         ("bind", "roles.rbac.authorization.k8s.io", apps),
         ("create", "clusterroles.rbac.authorization.k8s.io", apps),

@@ -1,6 +1,7 @@
 //! `sidecars.elect` on a real API server, with the operator holding the chart's rights and
-//! nothing more (it runs with its ServiceAccount's token): RBAC's escalation checks accept
-//! the ServiceAccount, Role and RoleBinding it makes; the pods' ServiceAccount can then do
+//! nothing more (it runs with its ServiceAccount's token): it binds itself the chart's
+//! ClusterRole of Lease verbs in the pods' namespace, and RBAC's escalation checks then
+//! accept the ServiceAccount, Role and RoleBinding it makes; the pods' ServiceAccount can then do
 //! exactly the Lease verbs of its election, in its own namespace (`kubectl auth can-i
 //! --as`); the pods' election sidecars, holding only that token, elect on the node; the
 //! pods run as that account with the sidecar's own token mount; and removing the block
@@ -71,7 +72,13 @@ async fn an_election_on_leases_is_granted_its_leases_and_nothing_more_by_the_ope
         &as_operator,
         &apps.name,
         "operator",
-        &["--no-leader-election", "--resync-period", "1s"],
+        &[
+            "--no-leader-election",
+            "--resync-period",
+            "1s",
+            "--elect-grant-role",
+            &format!("{release}-elect"),
+        ],
     );
     cluster.kubectl_ok(&["create", "serviceaccount", "worker", "-n", &apps.name]);
     let sched = replicated_service(
@@ -99,18 +106,35 @@ async fn an_election_on_leases_is_granted_its_leases_and_nothing_more_by_the_ope
     let bindings: Api<RoleBinding> = Api::namespaced(cluster.client.clone(), &apps.name);
     let accounts: Api<ServiceAccount> = Api::namespaced(cluster.client.clone(), &apps.name);
     let log = operator.log.display().to_string();
-    for name in ["sched-elect", "jobs-elect"] {
+    for name in ["sched", "jobs"] {
         eventually(
-            &format!("the Role and RoleBinding {name} (operator log: {log})"),
+            &format!("the Role and RoleBinding {name}-elect (operator log: {log})"),
             SETTLE,
             || async {
-                let role = roles.get_opt(name).await.ok()??;
-                let binding = bindings.get_opt(name).await.ok()??;
+                let role = roles.get_opt(&format!("{name}-elect")).await.ok()??;
+                let binding = bindings.get_opt(&format!("{name}-elect")).await.ok()??;
                 Some((role, binding))
             },
         )
         .await;
+        // The operator's own grant of the Lease verbs, first, without which the API server
+        // refuses the Role.
+        let grant = bindings
+            .get(&format!("{name}-elect-grant"))
+            .await
+            .expect("the operator's grant");
+        assert_eq!(grant.role_ref.name, format!("{release}-elect"));
+        let subject = &grant.subjects.expect("a subject")[0];
+        assert_eq!(
+            (subject.name.as_str(), subject.namespace.as_deref()),
+            (account.as_str(), Some(home.name.as_str()))
+        );
     }
+    // So the operator holds Lease rights here, and still none in a namespace without an
+    // election.
+    let operator_user = format!("system:serviceaccount:{}:{account}", home.name);
+    assert!(cluster.can_i(&operator_user, "update", "leases", &apps.name));
+    assert!(!cluster.can_i(&operator_user, "update", "leases", "kube-node-lease"));
     accounts
         .get("sched-elect")
         .await
@@ -274,6 +298,7 @@ async fn an_election_on_leases_is_granted_its_leases_and_nothing_more_by_the_ope
     eventually("sched-elect removed with the block", SETTLE, || async {
         let gone = roles.get_opt("sched-elect").await.ok()?.is_none()
             && bindings.get_opt("sched-elect").await.ok()?.is_none()
+            && bindings.get_opt("sched-elect-grant").await.ok()?.is_none()
             && accounts.get_opt("sched-elect").await.ok()?.is_none();
         gone.then_some(())
     })
@@ -297,7 +322,12 @@ async fn an_election_on_leases_is_granted_its_leases_and_nothing_more_by_the_ope
         "and so is the sidecar"
     );
     assert!(
-        roles.get_opt("jobs-elect").await.unwrap().is_some(),
+        roles.get_opt("jobs-elect").await.unwrap().is_some()
+            && bindings
+                .get_opt("jobs-elect-grant")
+                .await
+                .unwrap()
+                .is_some(),
         "the other object's access stays"
     );
 }
