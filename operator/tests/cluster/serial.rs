@@ -72,9 +72,14 @@ async fn served(cluster: &Cluster) -> (bool, Option<String>) {
     (affinity, release)
 }
 
-/// A ReplicatedService with `sessionAffinity: ClientIP`, applied; returns the affinity the
-/// API server kept.
-fn apply_with_affinity(cluster: &Cluster, namespace: &str) -> Value {
+/// A ReplicatedService with `sessionAffinity: ClientIP`, applied with kubectl's
+/// `--validate` set to `validate`; returns what the API server kept of `spec.service`, or
+/// kubectl's error.
+fn apply_with_affinity(
+    cluster: &Cluster,
+    namespace: &str,
+    validate: &str,
+) -> Result<Value, String> {
     let object = json!({
         "apiVersion": "rigging.dev/v1alpha1",
         "kind": "ReplicatedService",
@@ -83,15 +88,19 @@ fn apply_with_affinity(cluster: &Cluster, namespace: &str) -> Value {
             "port": 8080,
             "replicas": 0,
             "service": {"sessionAffinity": "ClientIP"},
-            "template": {"spec": {"containers": [{"name": "app", "image": "nginx"}]}},
+            "template": {"spec": {"containers": [{
+                "name": "app",
+                "image": "nginx",
+                "readinessProbe": {"tcpSocket": {"port": 8080}},
+            }]}},
         },
     });
-    let out = cluster.kubectl_with_input(&["apply", "-f", "-"], Some(&object.to_string()));
-    assert!(
-        out.status.success(),
-        "kubectl apply: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let validate = format!("--validate={validate}");
+    let out =
+        cluster.kubectl_with_input(&["apply", &validate, "-f", "-"], Some(&object.to_string()));
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
     let kept = cluster.kubectl_ok(&[
         "get",
         "rsvc",
@@ -101,7 +110,7 @@ fn apply_with_affinity(cluster: &Cluster, namespace: &str) -> Value {
         "-o",
         "jsonpath={.spec.service}",
     ]);
-    serde_json::from_str(&kept).expect("spec.service")
+    Ok(serde_json::from_str(&kept).expect("spec.service"))
 }
 
 /// `helm upgrade` of the chart's release, which rolls its operator pods; waits for them.
@@ -135,9 +144,16 @@ async fn a_helm_upgrade_brings_the_new_fields_of_the_crds_and_never_takes_them_b
     let ns = cluster.namespace("crd-upgrade").await;
     let _restore = RestoreCrd(&cluster);
 
-    // The cluster as a release before `sessionAffinity` left it: the field is pruned.
+    // The cluster as a release before `sessionAffinity` left it: kubectl's strict
+    // validation refuses the field, and a client that does not ask for it (the API
+    // server's default, what controllers and GitOps tools send) loses it.
     install_crd(&cluster, "0.0.1", false).await;
-    let kept = apply_with_affinity(&cluster, &ns.name);
+    let refused = apply_with_affinity(&cluster, &ns.name, "strict").unwrap_err();
+    assert!(
+        refused.contains("unknown field \"spec.service.sessionAffinity\""),
+        "{refused}"
+    );
+    let kept = apply_with_affinity(&cluster, &ns.name, "warn").expect("applied");
     assert!(
         kept.get("sessionAffinity").is_none(),
         "the old CRD prunes the new field: {kept}"
@@ -149,7 +165,7 @@ async fn a_helm_upgrade_brings_the_new_fields_of_the_crds_and_never_takes_them_b
     let (affinity, release) = served(&cluster).await;
     assert!(affinity, "the upgraded CRD has the new field");
     assert_eq!(release.as_deref(), Some(crdgen::VERSION));
-    let kept = apply_with_affinity(&cluster, &ns.name);
+    let kept = apply_with_affinity(&cluster, &ns.name, "strict").expect("applied");
     assert_eq!(kept["sessionAffinity"], "ClientIP", "{kept}");
 
     // A rollback to this release, once a newer one wrote the CRD, leaves the CRD alone
