@@ -226,6 +226,11 @@ pub struct Tls {
     #[serde(default = "default_tls_port")]
     #[schemars(range(min = 1, max = 65535))]
     pub port: i32,
+
+    /// CPU and memory of the TLS terminator's container; each value left out keeps its
+    /// default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<crate::sidecar::spec::SidecarResources>,
 }
 
 fn default_tls_port() -> i32 {

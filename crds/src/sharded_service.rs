@@ -259,6 +259,11 @@ pub struct Router {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65535))]
     pub port: Option<i32>,
+    /// CPU and memory of each router's sharding ambassador (mode `Router`; in mode
+    /// `Ambassador` the client pods' `sidecars.shard.resources` says); each value left out
+    /// keeps its default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<crate::sidecar::spec::SidecarResources>,
 }
 
 impl Default for Router {
@@ -267,6 +272,7 @@ impl Default for Router {
             mode: RouterMode::default(),
             replicas: default_router_replicas(),
             port: None,
+            resources: None,
         }
     }
 }

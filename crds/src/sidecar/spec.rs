@@ -2,6 +2,7 @@
 //! and ambassadors to place beside the app, and their few settings. The operator turns it
 //! into native sidecars through the contract types of this module's siblings.
 
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::KubeSchema;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -67,6 +68,10 @@ pub struct LogsSidecar {
     /// them (stack traces).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub multiline_start: Option<String>,
+    /// CPU and memory of this sidecar's container; each value left out keeps the
+    /// sidecar's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<SidecarResources>,
 }
 
 /// The metrics adapter's settings.
@@ -78,6 +83,10 @@ pub struct MetricsSidecar {
     /// `json+http://127.0.0.1:8080/stats?map=FILE`.
     #[schemars(length(min = 1))]
     pub source: String,
+    /// CPU and memory of this sidecar's container; each value left out keeps the
+    /// sidecar's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<SidecarResources>,
 }
 
 /// The health monitor's settings.
@@ -94,6 +103,10 @@ pub struct HealthSidecar {
     /// options after `#`.
     #[schemars(length(min = 1, max = 32), inner(length(max = 2048)))]
     pub checks: Vec<String>,
+    /// CPU and memory of this sidecar's container; each value left out keeps the
+    /// sidecar's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<SidecarResources>,
 }
 
 /// The sharding ambassador's settings.
@@ -115,6 +128,10 @@ pub struct ShardSidecar {
     /// ShardedService's protocol.
     #[schemars(range(min = 1, max = 65535))]
     pub port: i32,
+    /// CPU and memory of this sidecar's container; each value left out keeps the
+    /// sidecar's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<SidecarResources>,
 }
 
 /// The HTTP ambassador's settings. Everything about routing is in the config file, which
@@ -137,6 +154,10 @@ pub struct HttpSidecar {
     #[serde(default = "default_http_port")]
     #[schemars(range(min = 1, max = 65535))]
     pub port: i32,
+    /// CPU and memory of this sidecar's container; each value left out keeps the
+    /// sidecar's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<SidecarResources>,
 }
 
 fn default_http_port() -> i32 {
@@ -219,4 +240,32 @@ pub struct ElectSidecar {
     /// leader alone (active-passive). ReplicatedService only.
     #[serde(default)]
     pub active_passive: bool,
+    /// CPU and memory of this sidecar's container; each value left out keeps the
+    /// sidecar's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<SidecarResources>,
+}
+
+/// CPU and memory of one of Rigging's containers. Each value left out keeps that
+/// container's default (docs/replicated-service.md, "Resources").
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct SidecarResources {
+    /// What the scheduler sets aside for the container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<CpuMemory>,
+    /// The most the container may use: past its memory limit it is killed, past its CPU
+    /// limit throttled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<CpuMemory>,
+}
+
+/// A CPU and a memory quantity, in Kubernetes' notation.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct CpuMemory {
+    /// Cores: `250m`, `1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<Quantity>,
+    /// Bytes: `64Mi`, `1Gi`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Quantity>,
 }

@@ -197,6 +197,7 @@ fn pod_template(
         port: tls.port,
         secret_name: tls.secret_name.clone(),
         app_port: rs.spec.port,
+        resources: tls.resources.clone(),
     });
     let name = rs.name_any();
     let placement = sidecars::Placement {

@@ -46,8 +46,7 @@ const DEFAULT_NAMESPACE: &str = "default";
 /// The label that tells the frontend's pods from the app's.
 const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
 const COMPONENT: &str = "frontend";
-/// Memory of the ambassador besides its cache: what every sidecar requests, and is
-/// limited to.
+/// Memory of the ambassador besides its cache.
 const BASE_MEMORY_REQUEST_MI: u64 = 32;
 const BASE_MEMORY_LIMIT_MI: u64 = 128;
 
@@ -273,17 +272,16 @@ fn deployment(
     );
     container.volume_mounts = Some(vec![sidecars::http_config_mount()]);
     // The cache lives in the ambassador's memory: what it may hold comes on top of what
-    // the ambassador needs without it, or a full cache would get the pod OOM-killed.
-    if cache_size > 0 {
-        let cache_mi = cache_size.div_ceil(1 << 20);
-        let resources = container.resources.get_or_insert_with(Default::default);
-        for (list, base) in [
-            (&mut resources.requests, BASE_MEMORY_REQUEST_MI),
-            (&mut resources.limits, BASE_MEMORY_LIMIT_MI),
-        ] {
-            list.get_or_insert_with(BTreeMap::new)
-                .insert("memory".into(), Quantity(format!("{}Mi", base + cache_mi)));
-        }
+    // the ambassador needs without it, or a full cache would get the pod OOM-killed. (The
+    // sidecar's defaults leave room for a cache; the frontend's is sized here instead.)
+    let cache_mi = cache_size.div_ceil(1 << 20);
+    let resources = container.resources.get_or_insert_with(Default::default);
+    for (list, base) in [
+        (&mut resources.requests, BASE_MEMORY_REQUEST_MI),
+        (&mut resources.limits, BASE_MEMORY_LIMIT_MI),
+    ] {
+        list.get_or_insert_with(BTreeMap::new)
+            .insert("memory".into(), Quantity(format!("{}Mi", base + cache_mi)));
     }
     let mut template = PodTemplateSpec {
         metadata: Some(ObjectMeta {

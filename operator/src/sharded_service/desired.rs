@@ -322,7 +322,7 @@ fn planned(
         headless: headless(ss),
         shard_services,
         statefulsets,
-        router: router.then(|| router_deployment(ss, config)),
+        router: router.then(|| router_deployment(ss, config)).transpose()?,
         service: router.then(|| client_service(ss)),
     })
 }
@@ -477,7 +477,10 @@ pub fn router_args(ss: &ShardedService) -> ShardArgs {
     }
 }
 
-fn router_deployment(ss: &ShardedService, config: &RenderConfig) -> Deployment {
+fn router_deployment(
+    ss: &ShardedService,
+    config: &RenderConfig,
+) -> Result<Deployment, FieldErrors> {
     let spec = &ss.spec;
     let mut container = sidecars::main_container(
         sidecars::SHARD,
@@ -485,6 +488,13 @@ fn router_deployment(ss: &ShardedService, config: &RenderConfig) -> Deployment {
         &router_args(ss),
         ("shard-admin", ports::SHARD_ADMIN),
     );
+    let budget = sidecars::resources::resolve(
+        sidecars::SHARD,
+        spec.router.resources.as_ref(),
+        "spec.router.resources",
+    )
+    .map_err(FieldErrors)?;
+    container.resources = Some(budget.requirements());
     container.ports.get_or_insert_with(Vec::new).insert(
         0,
         k8s_openapi::api::core::v1::ContainerPort {
@@ -495,7 +505,7 @@ fn router_deployment(ss: &ShardedService, config: &RenderConfig) -> Deployment {
         },
     );
     container.volume_mounts = Some(vec![sidecars::ring_mount()]);
-    Deployment {
+    Ok(Deployment {
         metadata: child_meta(ss, router_name(ss), labels(ss, Component::Router)),
         spec: Some(DeploymentSpec {
             replicas: Some(spec.router.replicas),
@@ -516,7 +526,7 @@ fn router_deployment(ss: &ShardedService, config: &RenderConfig) -> Deployment {
             ..DeploymentSpec::default()
         }),
         status: None,
-    }
+    })
 }
 
 fn client_service(ss: &ShardedService) -> Service {

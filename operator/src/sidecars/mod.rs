@@ -7,6 +7,7 @@
 //! Kubernetes access of the pods.
 
 pub mod elect;
+pub mod resources;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -14,9 +15,8 @@ use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
-    HTTPGetAction, KeyToPath, Lifecycle, LifecycleHandler, PodTemplateSpec, Probe,
-    ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, SleepAction,
-    TCPSocketAction, Volume, VolumeMount,
+    HTTPGetAction, KeyToPath, Lifecycle, LifecycleHandler, PodTemplateSpec, Probe, SeccompProfile,
+    SecretVolumeSource, SecurityContext, SleepAction, TCPSocketAction, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -29,7 +29,7 @@ use rigging_crds::sidecar::logs::LogsArgs;
 use rigging_crds::sidecar::metrics::MetricsArgs;
 use rigging_crds::sidecar::ports;
 use rigging_crds::sidecar::shard::ShardArgs;
-use rigging_crds::sidecar::spec::Sidecars;
+use rigging_crds::sidecar::spec::{SidecarResources, Sidecars};
 use rigging_crds::sidecar::tls::TlsArgs;
 use rigging_crds::{FieldError, FieldErrors};
 
@@ -152,6 +152,8 @@ pub struct TlsTermination {
     pub secret_name: String,
     /// The app's port, where it forwards to.
     pub app_port: i32,
+    /// `spec.tls.resources`.
+    pub resources: Option<SidecarResources>,
 }
 
 /// Everything a kind's pods ask of Rigging's sidecars.
@@ -201,6 +203,14 @@ pub fn place(
     let Some(pod) = template.spec.as_mut() else {
         return Ok(());
     };
+    // Each container's CPU and memory: its defaults, with what its block changes.
+    let mut refused = Vec::new();
+    let mut budget = |container: &str, overrides: Option<&SidecarResources>, field: &str| {
+        resources::resolve(container, overrides, field).unwrap_or_else(|errors| {
+            refused.extend(errors);
+            resources::defaults(container)
+        })
+    };
     let mut containers = Vec::new();
     let mut volumes = Vec::new();
     let mut annotations = BTreeMap::new();
@@ -214,6 +224,8 @@ pub fn place(
         );
         args.admin = Some(any_port(ports::TLS_ADMIN));
         let mut c = container(TLS, image, &args, ("tls-admin", ports::TLS_ADMIN));
+        c.resources =
+            Some(budget(TLS, tls.resources.as_ref(), "spec.tls.resources").requirements());
         c.ports
             .get_or_insert_with(Vec::new)
             .insert(0, port(TLS, tls.port));
@@ -248,6 +260,14 @@ pub fn place(
             admin: Some(any_port(ports::LOGS_ADMIN)),
         };
         let mut c = container(LOGS, image, &args, ("logs-admin", ports::LOGS_ADMIN));
+        c.resources = Some(
+            budget(
+                LOGS,
+                logs.resources.as_ref(),
+                "spec.sidecars.logs.resources",
+            )
+            .requirements(),
+        );
         // Read-write: the adapter gives back the disk space of what it has read.
         c.volume_mounts = Some(vec![mount(LOGS, &dir, false)]);
         containers.push(c);
@@ -269,12 +289,10 @@ pub fn place(
         let args = MetricsArgs::new(metrics.source.clone());
         // Scraped where it is named: a PodMonitor selects the port `metrics`; annotation
         // based discovery reads the three annotations.
-        containers.push(container(
-            METRICS,
-            image,
-            &args,
-            ("metrics", ports::METRICS_ADMIN),
-        ));
+        let mut c = container(METRICS, image, &args, ("metrics", ports::METRICS_ADMIN));
+        let field = "spec.sidecars.metrics.resources";
+        c.resources = Some(budget(METRICS, metrics.resources.as_ref(), field).requirements());
+        containers.push(c);
         annotations.extend([
             ("prometheus.io/scrape".to_owned(), "true".to_owned()),
             (
@@ -287,6 +305,8 @@ pub fn place(
     if let Some(health) = &sidecars.health {
         let args = HealthArgs::new(health.checks.clone());
         let mut c = container(HEALTH, image, &args, ("health-admin", ports::HEALTH_ADMIN));
+        let field = "spec.sidecars.health.resources";
+        c.resources = Some(budget(HEALTH, health.resources.as_ref(), field).requirements());
         // The monitor's /readyz is the app's readiness, and the app starts only after this
         // probe passes: waiting on it would wait forever. Its port being open is enough.
         c.startup_probe = Some(port_probe(ports::HEALTH_ADMIN));
@@ -310,6 +330,8 @@ pub fn place(
             &shard_args(listen),
             ("shard-admin", ports::SHARD_ADMIN),
         );
+        let field = "spec.sidecars.shard.resources";
+        c.resources = Some(budget(SHARD, shard.resources.as_ref(), field).requirements());
         c.volume_mounts = Some(vec![ring_mount()]);
         containers.push(c);
         volumes.push(ring_volume(&shard.service));
@@ -319,12 +341,20 @@ pub fn place(
         // Like the sharding ambassador: the app reaches it on loopback only.
         let listen =
             SocketAddr::from(([127, 0, 0, 1], u16::try_from(http.port).unwrap_or_default()));
-        let mut c = container(
+        let http_budget = budget(
             HTTP,
-            image,
-            &http_args(listen),
-            ("http-admin", ports::HTTP_ADMIN),
+            http.resources.as_ref(),
+            "spec.sidecars.http.resources",
         );
+        // The ambassador refuses a config whose cache would not fit in its memory.
+        let args = HttpArgs {
+            memory_limit: Some(rigging_crds::sidecar::http::ByteSize(
+                http_budget.memory_limit,
+            )),
+            ..http_args(listen)
+        };
+        let mut c = container(HTTP, image, &args, ("http-admin", ports::HTTP_ADMIN));
+        c.resources = Some(http_budget.requirements());
         c.volume_mounts = Some(vec![http_config_mount()]);
         containers.push(c);
         volumes.push(http_config_volume(&http.config_map));
@@ -333,6 +363,8 @@ pub fn place(
         // Its port listens on every address: the kubelet probes it on the pod's. The
         // identity and namespace come from the downward API, per pod.
         let mut c = container(ELECT, image, &args, ("elect", ports::ELECT));
+        let field = "spec.sidecars.elect.resources";
+        c.resources = Some(budget(ELECT, block.resources.as_ref(), field).requirements());
         c.env = Some(elect::downward_env());
         if block.active_passive {
             // A native sidecar's readiness counts for the pod's (and a plain container's
@@ -361,6 +393,9 @@ pub fn place(
         }
         c.volume_mounts = (!mounts.is_empty()).then_some(mounts);
         containers.push(c);
+    }
+    if !refused.is_empty() {
+        return Err(FieldErrors(refused));
     }
     if !containers.is_empty() && config.native_sidecars {
         pod.init_containers
@@ -747,12 +782,6 @@ pub fn container<A: SidecarArgs>(
     args: &A,
     (port_name, admin): (&str, u16),
 ) -> Container {
-    let quantities = |cpu: &str, memory: &str| {
-        BTreeMap::from([
-            ("cpu".to_owned(), Quantity(cpu.into())),
-            ("memory".to_owned(), Quantity(memory.into())),
-        ])
-    };
     Container {
         name: name.into(),
         image: Some(image.into()),
@@ -766,11 +795,7 @@ pub fn container<A: SidecarArgs>(
             ..startup_timing()
         }),
         security_context: Some(hardened_security_context()),
-        resources: Some(ResourceRequirements {
-            requests: Some(quantities("50m", "32Mi")),
-            limits: Some(quantities("500m", "128Mi")),
-            ..ResourceRequirements::default()
-        }),
+        resources: Some(resources::defaults(name).requirements()),
         ..Container::default()
     }
 }
@@ -895,7 +920,7 @@ mod tests {
         );
         assert_eq!(
             c.args.clone().unwrap().join(" "),
-            "http --admin 0.0.0.0:9124 --config /etc/rigging/http/http.yaml --drain-timeout 20s --header-timeout 30s --idle-timeout 2m --listen 127.0.0.1:9080 --max-connections 4096 --reload-interval 1s"
+            "http --admin 0.0.0.0:9124 --config /etc/rigging/http/http.yaml --drain-timeout 20s --header-timeout 30s --idle-timeout 2m --listen 127.0.0.1:9080 --max-connections 4096 --memory-limit 256Mi --reload-interval 1s"
         );
         let probe = c
             .readiness_probe

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use kube::CustomResourceExt;
-use rigging_crds::sidecar::spec::Sidecars;
+use rigging_crds::sidecar::spec::{SidecarResources, Sidecars};
 use rigging_crds::{FieldError, ReplicatedService};
 use serde_json::{Map, Value, json};
 
@@ -79,6 +79,78 @@ const OPTIONS: [(&str, &str, &str); 23] = [
     ("rigging.dev/sidecars", "", ""),
 ];
 
+/// The resource annotations: `rigging.dev/<sidecar>-<cpu|memory>-<request|limit>`, for
+/// each of [`SIDECARS`], as Linkerd's `config.linkerd.io/proxy-memory-limit` and its
+/// kin are spelled. Returns the sidecar, the list (`requests` or `limits`) and the
+/// resource.
+fn resource_annotation(key: &str) -> Option<(&'static str, &'static str, &'static str)> {
+    let rest = key.strip_prefix(PREFIX)?;
+    let sidecar = SIDECARS
+        .iter()
+        .find(|s| rest.strip_prefix(**s).is_some_and(|r| r.starts_with('-')))?;
+    let (resource, list) = rest[sidecar.len() + 1..].split_once('-')?;
+    let resource = ["cpu", "memory"].into_iter().find(|r| *r == resource)?;
+    let list = match list {
+        "request" => "requests",
+        "limit" => "limits",
+        _ => return None,
+    };
+    Some((sidecar, list, resource))
+}
+
+/// The annotation that sets `list`.`resource` of `sidecar`.
+fn resource_annotation_name(sidecar: &str, list: &str, resource: &str) -> String {
+    format!(
+        "{PREFIX}{sidecar}-{resource}-{}",
+        list.trim_end_matches('s')
+    )
+}
+
+/// The `resources` block of `sidecar` that its annotations stand for, if any is set.
+fn resources_of<'a>(sidecar: &str, get: &impl Fn(&str) -> Option<&'a str>) -> Option<Value> {
+    let mut lists = Map::new();
+    for list in ["requests", "limits"] {
+        let mut values = Map::new();
+        for resource in ["cpu", "memory"] {
+            if let Some(value) = get(&resource_annotation_name(sidecar, list, resource)) {
+                values.insert(resource.into(), json!(value));
+            }
+        }
+        if !values.is_empty() {
+            lists.insert(list.into(), Value::Object(values));
+        }
+    }
+    (!lists.is_empty()).then_some(Value::Object(lists))
+}
+
+/// The resources `sidecar` (whose container is `container`) asks for, checked as the
+/// operator checks a `resources` block, with errors naming the annotation.
+fn check_resources<'a>(
+    sidecar: &str,
+    container: &str,
+    get: &impl Fn(&str) -> Option<&'a str>,
+    errors: &mut Vec<FieldError>,
+) -> Option<SidecarResources> {
+    let block: SidecarResources = serde_json::from_value(resources_of(sidecar, get)?).ok()?;
+    if let Err(found) = crate::sidecars::resources::resolve(container, Some(&block), "") {
+        errors.extend(found.into_iter().map(|e| {
+            let (list, resource) = e
+                .field
+                .trim_start_matches('.')
+                .split_once('.')
+                .unwrap_or_default();
+            FieldError::new(
+                format!(
+                    "metadata.annotations[{}]",
+                    resource_annotation_name(sidecar, list, resource)
+                ),
+                e.message,
+            )
+        }));
+    }
+    Some(block)
+}
+
 /// What a pod asks for.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Request {
@@ -100,12 +172,15 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<Request, Vec<Fiel
         FieldError::new(format!("metadata.annotations[{annotation}]"), message)
     };
     for key in annotations.keys().filter(|k| k.starts_with(PREFIX)) {
-        if key != INJECTED && !OPTIONS.iter().any(|(a, _, _)| a == key) {
+        if key != INJECTED
+            && !OPTIONS.iter().any(|(a, _, _)| a == key)
+            && resource_annotation(key).is_none()
+        {
             let known: Vec<&str> = OPTIONS.iter().map(|(a, _, _)| *a).collect();
             errors.push(error(
                 key,
                 format!(
-                    "unknown annotation; the injector reads {}",
+                    "unknown annotation; the injector reads {}, and rigging.dev/<sidecar>-<cpu|memory>-<request|limit>",
                     known.join(", ")
                 ),
             ));
@@ -144,7 +219,14 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<Request, Vec<Fiel
     }
     names.sort_by_key(|n| SIDECARS.iter().position(|s| s == n));
     // An option of a sidecar that is not asked for is a mistake the user wants to hear of.
-    for (annotation, sidecar, _) in OPTIONS {
+    let resource_options = annotations
+        .keys()
+        .filter_map(|k| Some((k.as_str(), resource_annotation(k)?.0)));
+    for (annotation, sidecar) in OPTIONS
+        .iter()
+        .map(|(a, s, _)| (*a, *s))
+        .chain(resource_options)
+    {
         if !sidecar.is_empty() && get(annotation).is_some() && !names.contains(&sidecar) {
             errors.push(error(
                 annotation,
@@ -186,13 +268,31 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<Request, Vec<Fiel
                 port: tls_port,
                 secret_name: secret.to_owned(),
                 app_port,
+                resources: check_resources("tls", crate::sidecars::TLS, &get, &mut errors),
             }),
             _ => None,
         }
     } else {
         None
     };
-    let block = sidecars_block(&names, &get);
+    let mut block = sidecars_block(&names, &get);
+    for (sidecar, container) in [
+        ("logs", crate::sidecars::LOGS),
+        ("metrics", crate::sidecars::METRICS),
+        ("health", crate::sidecars::HEALTH),
+        ("shard", crate::sidecars::SHARD),
+        ("http", crate::sidecars::HTTP),
+        ("elect", crate::sidecars::ELECT),
+    ] {
+        if let Some(Value::Object(entry)) = block.get_mut(sidecar)
+            && let Some(resources) = check_resources(sidecar, container, &get, &mut errors)
+        {
+            entry.insert(
+                "resources".into(),
+                serde_json::to_value(resources).unwrap_or_default(),
+            );
+        }
+    }
     let sidecars = match check_block(&block) {
         Ok(sidecars) => Some(sidecars),
         Err(found) => {

@@ -224,4 +224,32 @@ async fn input_only_the_operator_can_refuse_gets_a_degraded_condition_and_an_eve
         deployments.get_opt("clash").await.unwrap().is_none(),
         "nothing is applied for an invalid spec"
     );
+
+    // A sidecar's memory request above its limit: the CRD takes any quantity, and the API
+    // server would refuse the Deployment; the operator refuses first, naming the field.
+    let greedy = replicated_service(
+        "greedy",
+        &ns.name,
+        json!({"sidecars": {"http": {
+            "configMap": "greedy-http",
+            "resources": {"requests": {"memory": "1Gi"}}
+        }}}),
+    );
+    create(&services, greedy).await;
+    let message = eventually("greedy is Degraded", SETTLE, || async {
+        let status = services.get("greedy").await.ok()?.status?;
+        status
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Degraded" && c.reason == "InvalidSpec")
+            .map(|c| c.message)
+    })
+    .await;
+    assert!(
+        message.contains(
+            "spec.sidecars.http.resources.requests.memory: 1Gi is more than the memory limit 256Mi"
+        ),
+        "{message}"
+    );
+    assert!(deployments.get_opt("greedy").await.unwrap().is_none());
 }

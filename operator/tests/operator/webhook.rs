@@ -455,6 +455,82 @@ fn denial(pod: &Value) -> String {
 }
 
 #[test]
+fn each_sidecar_takes_its_cpu_and_memory_from_annotations_and_keeps_its_defaults_otherwise() {
+    let resources = |annotations: Value, container: &str| {
+        let out = patched(&pod(annotations)).expect("a patch");
+        let typed: Pod = serde_json::from_value(out).unwrap();
+        let c = typed
+            .spec
+            .unwrap()
+            .init_containers
+            .into_iter()
+            .flatten()
+            .find(|c| c.name == container)
+            .expect("the sidecar");
+        let r = c.resources.unwrap();
+        let (requests, limits) = (r.requests.unwrap(), r.limits.unwrap());
+        let values = [
+            &requests["cpu"],
+            &requests["memory"],
+            &limits["cpu"],
+            &limits["memory"],
+        ]
+        .map(|q| q.0.clone());
+        (values, c.args.unwrap_or_default().join(" "))
+    };
+    let (http, args) = resources(
+        json!({
+            "rigging.dev/sidecars": "http,tls",
+            "rigging.dev/http-config-map": "web-http",
+            "rigging.dev/http-memory-limit": "1Gi",
+            "rigging.dev/http-cpu-request": "0.25",
+            "rigging.dev/app-port": "8080",
+            "rigging.dev/tls-secret": "web-tls",
+        }),
+        "rigging-http",
+    );
+    // Written as the API server writes them, so that they never look changed.
+    assert_eq!(http, ["250m", "32Mi", "1", "1Gi"]);
+    assert!(
+        args.contains("--memory-limit 1Gi"),
+        "the ambassador knows its limit, for its cache: {args}"
+    );
+    let (tls, _) = resources(
+        json!({
+            "rigging.dev/sidecars": "tls",
+            "rigging.dev/app-port": "8080",
+            "rigging.dev/tls-secret": "web-tls",
+            "rigging.dev/tls-cpu-limit": "2",
+        }),
+        "rigging-tls",
+    );
+    assert_eq!(tls, ["50m", "32Mi", "2", "128Mi"]);
+
+    let refused = [
+        (
+            json!({"rigging.dev/sidecars": "http", "rigging.dev/http-config-map": "c", "rigging.dev/http-memory-limit": "lots"}),
+            "metadata.annotations[rigging.dev/http-memory-limit]: \"lots\" is not a memory quantity",
+        ),
+        (
+            json!({"rigging.dev/sidecars": "http", "rigging.dev/http-config-map": "c", "rigging.dev/http-memory-request": "1Gi"}),
+            "metadata.annotations[rigging.dev/http-memory-request]: 1Gi is more than the memory limit 256Mi",
+        ),
+        (
+            json!({"rigging.dev/sidecars": "http", "rigging.dev/http-config-map": "c", "rigging.dev/logs-cpu-limit": "1"}),
+            "metadata.annotations[rigging.dev/logs-cpu-limit]: set, but \"logs\" is not in rigging.dev/sidecars",
+        ),
+        (
+            json!({"rigging.dev/sidecars": "http", "rigging.dev/http-config-map": "c", "rigging.dev/http-memory-max": "1Gi"}),
+            "metadata.annotations[rigging.dev/http-memory-max]: unknown annotation",
+        ),
+    ];
+    for (annotations, expected) in refused {
+        let message = denial(&pod(annotations.clone()));
+        assert!(message.contains(expected), "{annotations}: {message}");
+    }
+}
+
+#[test]
 fn bad_requests_are_refused_naming_the_annotation() {
     let cases = [
         (

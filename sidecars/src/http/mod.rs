@@ -28,7 +28,7 @@ use arc_swap::ArcSwap;
 use http::HeaderValue;
 use http_body_util::Either;
 use hyper::service::service_fn;
-use rigging_crds::sidecar::http::HttpConfig;
+use rigging_crds::sidecar::http::{ByteSize, HttpConfig};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
@@ -67,12 +67,19 @@ pub enum Error {
     Metrics(#[from] prometheus::Error),
 }
 
-fn load(path: &Path, previous: Option<&Table>, metrics: &metrics::Metrics) -> Result<Table, Error> {
+fn load(
+    path: &Path,
+    memory_limit: Option<ByteSize>,
+    previous: Option<&Table>,
+    metrics: &metrics::Metrics,
+) -> Result<Table, Error> {
     let file: HttpConfig = config::load_yaml(path)?;
-    Table::compile(&file, previous, metrics).map_err(|source| Error::Config {
-        path: path.to_owned(),
-        source,
-    })
+    let fits = memory_limit.map_or(Ok(()), |limit| file.fits_in(limit));
+    fits.and_then(|()| Table::compile(&file, previous, metrics))
+        .map_err(|source| Error::Config {
+            path: path.to_owned(),
+            source,
+        })
 }
 
 /// How long the ambassador waits at start for its DNS backends' first answers before it
@@ -115,7 +122,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
 
     // Watch before the first load, so a change racing start-up is not missed.
     let changes = reload::watch_files(vec![args.config.clone()], args.reload_interval, &life);
-    let first = load(&args.config, None, &metrics)?;
+    let first = load(&args.config, args.memory_limit, None, &metrics)?;
     first.start(None);
     let table = Arc::new(ArcSwap::from_pointee(first));
 
@@ -127,7 +134,12 @@ pub async fn run(args: Args) -> Result<(), Error> {
         Arc::new(status::StatusPage(table.clone())),
     )
     .await?;
-    spawn_reloader(changes, args.config.clone(), table.clone(), metrics.clone());
+    spawn_reloader(
+        changes,
+        (args.config.clone(), args.memory_limit),
+        table.clone(),
+        metrics.clone(),
+    );
 
     first_answers(&table.load(), FIRST_ANSWERS).await;
     life.set_ready(true);
@@ -197,14 +209,14 @@ async fn serve(
 
 fn spawn_reloader(
     mut changes: tokio::sync::watch::Receiver<u64>,
-    path: PathBuf,
+    (path, memory_limit): (PathBuf, Option<ByteSize>),
     table: Arc<ArcSwap<Table>>,
     metrics: metrics::Metrics,
 ) {
     tokio::spawn(async move {
         while changes.changed().await.is_ok() {
             let current = table.load_full();
-            match load(&path, Some(&current), &metrics) {
+            match load(&path, memory_limit, Some(&current), &metrics) {
                 Ok(next) => {
                     next.start(Some(&current));
                     let next = Arc::new(next);

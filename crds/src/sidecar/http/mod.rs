@@ -63,6 +63,11 @@ pub struct HttpArgs {
     #[arg(long, default_value = "20s", value_parser = duration::parse)]
     #[serde(with = "duration")]
     pub drain_timeout: Duration,
+    /// The container's memory limit (the operator passes it): a config file whose
+    /// `cache.maxSize` is more than half of it is refused, since a full cache would get
+    /// the container OOM-killed.
+    #[arg(long, value_name = "SIZE")]
+    pub memory_limit: Option<ByteSize>,
 }
 
 impl SidecarArgs for HttpArgs {
@@ -81,6 +86,7 @@ impl HttpArgs {
             max_connections: 4096,
             reload_interval: Duration::from_secs(1),
             drain_timeout: Duration::from_secs(20),
+            memory_limit: None,
         }
     }
 }
@@ -586,6 +592,22 @@ fn refuse(field: impl Into<String>, message: impl Into<String>) -> Result<(), Co
 }
 
 impl HttpConfig {
+    /// Refuses a cache that a container with `memory_limit` bytes could not hold: more
+    /// than half of it, the rest being what the ambassador needs besides (connections,
+    /// buffers, the cache's own index).
+    pub fn fits_in(&self, memory_limit: ByteSize) -> Result<(), ConfigError> {
+        match &self.cache {
+            Some(cache) if cache.max_size.0 > memory_limit.0 / 2 => refuse(
+                "cache.maxSize",
+                format!(
+                    "{} is more than half the container's memory limit {}: a full cache would get it OOM-killed; raise the limit (resources.limits.memory) or shrink the cache",
+                    cache.max_size, memory_limit
+                ),
+            ),
+            _ => Ok(()),
+        }
+    }
+
     /// Checks what the types alone cannot: names are unique and defined, each route has
     /// exactly one destination, shares are in range. The sidecar runs it before taking a
     /// file, and the operator before writing one.

@@ -389,8 +389,14 @@ fn past_its_limits_a_backend_answers_503_at_once_and_memory_stays_bounded() {
 
 /// Runs the ambassador on `config` until it exits (it should: the file is bad).
 fn start_once(config: &std::path::Path) -> std::process::Output {
+    start_once_with(config, &[])
+}
+
+/// [`start_once`] with more flags.
+fn start_once_with(config: &std::path::Path, extra: &[&str]) -> std::process::Output {
     Command::new(sidecar_bin())
         .args(["http", "--config", config.to_str().unwrap()])
+        .args(extra)
         .args(["--listen", &local(free_port()).to_string()])
         .args(["--admin", &local(free_port()).to_string()])
         .output()
@@ -422,6 +428,38 @@ fn a_bad_config_is_refused_naming_the_field_and_the_old_one_keeps_serving() {
     let mut c = Client::new(amb.listen);
     assert_eq!(c.get("/", &[]).unwrap().status, 200);
     amb.reload(&good.replace("name: main", "name: \"bad name\""));
+    assert_eq!(
+        amb.metric("rigging_http_config_reloads_total{result=\"failed\"}"),
+        1.0
+    );
+    assert_eq!(c.get("/", &[]).unwrap().text().trim(), "a");
+}
+
+#[test]
+fn a_cache_the_memory_limit_cannot_hold_is_refused_at_start_and_on_reload() {
+    let a = TestBackend::start("a");
+    let with_cache = |size: &str| {
+        format!(
+            "{}cache: {{maxSize: {size}}}\n",
+            one_backend(&[a.addr], "    cache: true\n", "")
+        )
+    };
+    let limit = ["--memory-limit", "100Mi"];
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("http.yaml");
+    std::fs::write(&path, with_cache("64Mi")).unwrap();
+    let out = start_once_with(&path, &limit);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cache.maxSize: 64Mi is more than half the container's memory limit 100Mi"),
+        "{stderr}"
+    );
+
+    let amb = Ambassador::start_with(&with_cache("50Mi"), &limit);
+    let mut c = Client::new(amb.listen);
+    assert_eq!(c.get("/", &[]).unwrap().text().trim(), "a");
+    amb.reload(&with_cache("51Mi"));
     assert_eq!(
         amb.metric("rigging_http_config_reloads_total{result=\"failed\"}"),
         1.0
