@@ -505,24 +505,28 @@ fn router_deployment(
         },
     );
     container.volume_mounts = Some(vec![sidecars::ring_mount()]);
+    let mut template = PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels(ss, Component::Router)),
+            ..ObjectMeta::default()
+        }),
+        spec: Some(PodSpec {
+            containers: vec![container],
+            volumes: Some(vec![sidecars::ring_volume(&ss.name_any())]),
+            // A router talks to shards, never to the API server.
+            automount_service_account_token: Some(false),
+            ..PodSpec::default()
+        }),
+    };
+    // Clients reach the routers through a Service: a stopping router serves on until it
+    // is out of the Service's endpoints.
+    sidecars::delay_shutdown(&mut template);
     Ok(Deployment {
         metadata: child_meta(ss, router_name(ss), labels(ss, Component::Router)),
         spec: Some(DeploymentSpec {
             replicas: Some(spec.router.replicas),
             selector: match_labels(selector_labels(ss, Component::Router)),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels(ss, Component::Router)),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(PodSpec {
-                    containers: vec![container],
-                    volumes: Some(vec![sidecars::ring_volume(&ss.name_any())]),
-                    // A router talks to shards, never to the API server.
-                    automount_service_account_token: Some(false),
-                    ..PodSpec::default()
-                }),
-            },
+            template,
             ..DeploymentSpec::default()
         }),
         status: None,

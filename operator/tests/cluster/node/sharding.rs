@@ -203,7 +203,79 @@ async fn keys_through_the_sharded_redis_router_land_on_the_shard_the_ring_names(
             "one user's keys share a shard"
         );
     }
+
+    // A rollout of the routers (an upgrade's new sidecar image, say) under a client that
+    // connects anew for every request: a stopping router keeps accepting until kube-proxy
+    // has taken it out of the Service, so no connection is refused.
+    let routers = "app.kubernetes.io/instance=sessions,app.kubernetes.io/component=router";
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let router_names = || async {
+        let list = pods.list(&ListParams::default().labels(routers)).await;
+        list.map(|l| {
+            l.items
+                .iter()
+                .map(ResourceExt::name_any)
+                .collect::<BTreeSet<_>>()
+        })
+        .unwrap_or_default()
+    };
+    let before = router_names().await;
+    client.exec_ok(&[
+        "sh",
+        "-c",
+        &format!("nohup sh -c '{ROLLOUT_LOAD}' > /dev/null 2>&1 &"),
+    ]);
+    let answered = || {
+        client
+            .exec_ok(&["sh", "-c", "wc -l < /tmp/rollout.log"])
+            .trim()
+            .parse::<usize>()
+            .unwrap_or(0)
+    };
+    eventually("the client's first answers", POD_SETTLE, || async {
+        (answered() >= 5).then_some(())
+    })
+    .await;
+    cluster.kubectl_ok(&[
+        "-n",
+        &ns.name,
+        "rollout",
+        "restart",
+        "deployment/sessions-router",
+    ]);
+    cluster.kubectl_ok(&[
+        "-n",
+        &ns.name,
+        "rollout",
+        "status",
+        "deployment/sessions-router",
+        &format!("--timeout={}s", POD_SETTLE.as_secs()),
+    ]);
+    eventually("every old router gone", POD_SETTLE, || async {
+        router_names().await.is_disjoint(&before).then_some(())
+    })
+    .await;
+    let sent = answered();
+    eventually("more answers from the new routers", POD_SETTLE, || async {
+        (answered() >= sent + 10).then_some(())
+    })
+    .await;
+    client.exec_ok(&["touch", "/tmp/stop"]);
+    let log = client.exec_ok(&["cat", "/tmp/rollout.log"]);
+    let failed: Vec<&str> = log.lines().filter(|l| *l != "OK").collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed while the routers rolled: {failed:?}",
+        failed.len(),
+        log.lines().count()
+    );
 }
+
+/// A client that connects anew for each request (a `SET` through the Service `sessions`),
+/// until /tmp/stop exists; one line per request, `OK` or what went wrong.
+const ROLLOUT_LOAD: &str = "i=0; while [ ! -e /tmp/stop ]; do i=$((i+1)); \
+out=$(timeout 5 redis-cli -h sessions SET {roll$i}:k $i 2>&1); echo $out; \
+sleep 0.05; done > /tmp/rollout.log";
 
 #[tokio::test]
 async fn the_storefront_ambassador_on_localhost_reaches_the_cache_shards() {
