@@ -303,10 +303,7 @@ fn an_http_client_gets_the_ambassador_on_localhost_reading_its_config_map() {
             "port 8080 is the HTTP ambassador's port and also a port of container \"app\"",
         ),
     ];
-    for (annotations, expected) in refused {
-        let message = denial(&pod(annotations.clone()));
-        assert!(message.contains(expected), "{annotations}: {message}");
-    }
+    assert_denied(&refused);
 }
 
 #[test]
@@ -418,10 +415,7 @@ fn an_elected_pod_gets_the_election_sidecar_with_its_identity_from_the_downward_
             "metadata.annotations[rigging.dev/elect-election]: set, but \"elect\" is not in rigging.dev/sidecars",
         ),
     ];
-    for (annotations, expected) in refused {
-        let message = denial(&pod(annotations.clone()));
-        assert!(message.contains(expected), "{annotations}: {message}");
-    }
+    assert_denied(&refused);
     // On etcd, the endpoints come comma- or space-separated, and no token is mounted.
     let out = patched(&pod(json!({
         "rigging.dev/sidecars": "elect",
@@ -447,6 +441,14 @@ fn an_elected_pod_gets_the_election_sidecar_with_its_identity_from_the_downward_
 }
 
 /// The denial message of `pod`.
+/// Each pod of `cases` (its annotations) is refused with a message holding the text given.
+fn assert_denied(cases: &[(Value, &str)]) {
+    for (annotations, expected) in cases {
+        let message = denial(&pod(annotations.clone()));
+        assert!(message.contains(expected), "{annotations}: {message}");
+    }
+}
+
 fn denial(pod: &Value) -> String {
     let response = answer(pod);
     assert_eq!(response["allowed"], false, "{response}");
@@ -524,10 +526,7 @@ fn each_sidecar_takes_its_cpu_and_memory_from_annotations_and_keeps_its_defaults
             "metadata.annotations[rigging.dev/http-memory-max]: unknown annotation",
         ),
     ];
-    for (annotations, expected) in refused {
-        let message = denial(&pod(annotations.clone()));
-        assert!(message.contains(expected), "{annotations}: {message}");
-    }
+    assert_denied(&refused);
 }
 
 #[test]
