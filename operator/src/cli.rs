@@ -94,6 +94,11 @@ pub struct RunArgs {
     /// touches every object); 0 means no bound.
     #[arg(long, default_value_t = crate::controller::context::DEFAULT_CONCURRENCY)]
     pub concurrency: u16,
+    /// How many of the operator's Deployments and StatefulSets may roll at once when it
+    /// changes their pod templates (an upgrade's new sidecar image changes them all); the
+    /// others wait, and an Event says so. 0 means no bound.
+    #[arg(long, default_value_t = crate::controller::rollouts::DEFAULT_MAX_ROLLOUTS)]
+    pub max_rollouts: u32,
     /// At start, bring the installed Rigging CRDs to this build's schema (server-side
     /// apply), unless a newer release wrote them. Helm never upgrades a chart's CRDs; the
     /// chart sets this, with `get` and `patch` on the three CRDs by name.
@@ -234,6 +239,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             },
             resync: args.resync_period,
             concurrency: args.concurrency,
+            max_rollouts: args.max_rollouts,
         },
         leader_election,
         identity,

@@ -10,6 +10,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 
 use super::children::{ChildKind, controlled_by};
+use super::rollouts::{self, Slot, Workload};
 use super::{Child, Context, HANDOVER_MANAGER, Kind, MANAGER};
 use crate::drift;
 use crate::error::{Error, Result};
@@ -84,14 +85,30 @@ fn holds<C: ChildKind>(live: &C, desired: &C) -> bool {
     !dropped && drift::holds(&live_value, &desired)
 }
 
+/// Every child as applied, and whether a workload's rollout was held back
+/// ([`super::rollouts`]), in which case the object is to be reconciled again soon.
+pub struct Written {
+    /// The children, as the API server (or the cache) has them.
+    pub children: Vec<Child>,
+    /// Whether a template change waits for a rollout slot.
+    pub held: bool,
+}
+
 /// Applies every child in order; returns them as applied.
-pub async fn apply_all<K: Kind>(
-    ctx: &Context,
-    owner: &K,
-    children: &[Child],
-) -> Result<Vec<Child>> {
+pub async fn apply_all<K: Kind>(ctx: &Context, owner: &K, children: &[Child]) -> Result<Written> {
     let mut applied = Vec::with_capacity(children.len());
+    let mut held = false;
     for child in children {
+        let waiting = match child {
+            Child::Deployment(c) => wait_for_slot(ctx, owner, c).await,
+            Child::StatefulSet(c) => wait_for_slot(ctx, owner, c).await,
+            _ => None,
+        };
+        if let Some(live) = waiting {
+            held = true;
+            applied.push(live);
+            continue;
+        }
         applied.push(match child {
             Child::Deployment(d) => {
                 let handed_over = hand_over_replicas(ctx, owner, d).await?;
@@ -113,7 +130,64 @@ pub async fn apply_all<K: Kind>(
             Child::RoleBinding(c) => apply(ctx, owner, c, false).await?.into_child(),
         });
     }
-    Ok(applied)
+    Ok(Written {
+        children: applied,
+        held,
+    })
+}
+
+/// The live workload, left as it is, when applying `desired` would start a rollout that
+/// the budget does not allow now ([`super::rollouts`]); `None` when it may be applied.
+/// The first time a workload waits, an Event on `owner` says so.
+async fn wait_for_slot<K: Kind, C: ChildKind + Workload>(
+    ctx: &Context,
+    owner: &K,
+    desired: &C,
+) -> Option<Child> {
+    let max = usize::try_from(ctx.config.max_rollouts).unwrap_or(usize::MAX);
+    if max == 0 {
+        return None;
+    }
+    let key = ObjectRef::new(&desired.name_any()).within(&desired.namespace().unwrap_or_default());
+    let live = C::store(&ctx.stores).get(&key)?;
+    if !rollouts::changes_template(&*live, desired) {
+        return None;
+    }
+    let seen = rollouts::workloads(&ctx.stores);
+    let slot = ctx.rollouts.claim(
+        &rollouts::key(C::KIND, desired),
+        live.meta().generation,
+        &seen,
+        max,
+    );
+    let Slot::Held { in_flight, first } = slot else {
+        return None;
+    };
+    tracing::info!(
+        child = C::KIND,
+        name = %desired.name_any(),
+        in_flight,
+        max,
+        "rollout held: too many rolling"
+    );
+    if first {
+        let note = format!(
+            "{} {} waits to roll out its new pod template: {in_flight} of the operator's workloads are rolling, and at most {max} roll at once (--max-rollouts)",
+            C::KIND,
+            desired.name_any()
+        );
+        let regarding = owner.object_ref(&());
+        publish(
+            ctx,
+            &regarding,
+            EventType::Normal,
+            "RolloutQueued",
+            "Rollout",
+            note,
+        )
+        .await;
+    }
+    Some(counted::<K, C>(ctx, "held", C::clone(&live)).into_child())
 }
 
 /// Creates `desired` unless a child of that name exists: never updated, never deleted and

@@ -22,6 +22,9 @@ pub struct Config {
     pub resync: Duration,
     /// How many objects of one kind are reconciled at once (0: no bound).
     pub concurrency: u16,
+    /// How many of the operator's Deployments and StatefulSets may roll at once when it
+    /// changes their pod templates (0: no bound); see [`super::rollouts`].
+    pub max_rollouts: u32,
 }
 
 impl Default for Config {
@@ -30,6 +33,7 @@ impl Default for Config {
             render: RenderConfig::default(),
             resync: super::RESYNC,
             concurrency: DEFAULT_CONCURRENCY,
+            max_rollouts: super::rollouts::DEFAULT_MAX_ROLLOUTS,
         }
     }
 }
@@ -51,6 +55,8 @@ pub struct Context {
     pub stores: ChildStores,
     /// Consecutive failures per object (kind, namespace, name), for exponential backoff.
     failures: Mutex<HashMap<FailureKey, u32>>,
+    /// The rollouts started and held back under [`Config::max_rollouts`].
+    pub rollouts: super::rollouts::Budget,
 }
 
 impl Context {
@@ -73,6 +79,7 @@ impl Context {
             config,
             stores,
             failures: Mutex::default(),
+            rollouts: super::rollouts::Budget::default(),
         }
     }
 

@@ -13,6 +13,7 @@ pub mod conditions;
 pub mod context;
 pub mod inquiry;
 pub mod reconcile;
+pub mod rollouts;
 
 use std::fmt::Debug;
 use std::future::Future;

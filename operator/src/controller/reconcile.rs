@@ -119,8 +119,8 @@ async fn reconcile_object<K: Kind>(obj: &K, ctx: &Context) -> Result<Action> {
         }
     };
 
-    let applied =
-        Applied::new(apply_all(ctx, obj, &children).await?).with_pods(observed.job_pods());
+    let written = apply_all(ctx, obj, &children).await?;
+    let applied = Applied::new(written.children).with_pods(observed.job_pods());
     remove_all_orphans(ctx, obj, &children).await?;
 
     let status = match &answers {
@@ -147,10 +147,13 @@ async fn reconcile_object<K: Kind>(obj: &K, ctx: &Context) -> Result<Action> {
             .await;
         }
     }
-    let resync = ctx.config.resync;
-    let next = obj
-        .requeue_after(&status, now)
-        .map_or(resync, |d| d.min(resync));
+    let mut next = ctx.config.resync;
+    if let Some(after) = obj.requeue_after(&status, now) {
+        next = next.min(after);
+    }
+    if written.held {
+        next = next.min(super::rollouts::RETRY);
+    }
     Ok(Action::requeue(next))
 }
 

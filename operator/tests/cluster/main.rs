@@ -22,6 +22,7 @@ mod leader_election;
 mod node;
 mod reconcile;
 mod render;
+mod rollout_budget;
 mod serial;
 mod sharded_service;
 mod steady;
