@@ -24,6 +24,7 @@ use k8s_openapi::api::core::v1::PodTemplateSpec;
 use kube::ResourceExt;
 
 use super::ChildStores;
+use super::children::ChildKind;
 
 /// Rollouts at once unless `--max-rollouts` says.
 pub const DEFAULT_MAX_ROLLOUTS: u32 = 10;
@@ -121,8 +122,8 @@ pub fn workloads(stores: &ChildStores) -> HashMap<String, Seen> {
     let statefulsets = stores.statefulsets.state();
     deployments
         .iter()
-        .map(|d| seen("Deployment", &**d))
-        .chain(statefulsets.iter().map(|s| seen("StatefulSet", &**s)))
+        .map(|d| seen(Deployment::KIND, &**d))
+        .chain(statefulsets.iter().map(|s| seen(StatefulSet::KIND, &**s)))
         .collect()
 }
 

@@ -66,41 +66,63 @@ pub fn resolve(
     overrides: Option<&SidecarResources>,
     field: &str,
 ) -> Result<Budget, Vec<FieldError>> {
+    resolve_named(container, overrides, |list, resource| {
+        format!("{field}.{list}.{resource}")
+    })
+}
+
+/// [`resolve`], with each error named by `name(list, resource)` (`"limits"`,
+/// `"memory"`): the webhook names the annotation that set the value.
+pub fn resolve_named(
+    container: &str,
+    overrides: Option<&SidecarResources>,
+    name: impl Fn(&str, &str) -> String,
+) -> Result<Budget, Vec<FieldError>> {
     let mut budget = defaults(container);
     let Some(overrides) = overrides else {
         return Ok(budget);
     };
     let mut errors = Vec::new();
-    for (list, values) in [
-        ("requests", overrides.requests.as_ref()),
-        ("limits", overrides.limits.as_ref()),
-    ] {
+    let Budget {
+        cpu_request,
+        memory_request,
+        cpu_limit,
+        memory_limit,
+    } = &mut budget;
+    let lists = [
+        (
+            "requests",
+            overrides.requests.as_ref(),
+            cpu_request,
+            memory_request,
+        ),
+        ("limits", overrides.limits.as_ref(), cpu_limit, memory_limit),
+    ];
+    for (list, values, cpu_slot, memory_slot) in lists {
         let Some(values) = values else { continue };
-        let (cpu, memory) = match list {
-            "requests" => (&mut budget.cpu_request, &mut budget.memory_request),
-            _ => (&mut budget.cpu_limit, &mut budget.memory_limit),
-        };
-        if let Some(text) = &values.cpu {
-            match millicores(&text.0) {
-                Some(m) if m > 0 => *cpu = m,
-                _ => errors.push(FieldError::new(
-                    format!("{field}.{list}.cpu"),
-                    format!(
-                        "{:?} is not a CPU quantity: cores, at least 1m, as 250m, 0.5 or 2",
-                        text.0
-                    ),
-                )),
-            }
-        }
-        if let Some(text) = &values.memory {
-            match bytes(&text.0) {
-                Some(b) if b > 0 => *memory = b,
-                _ => errors.push(FieldError::new(
-                    format!("{field}.{list}.memory"),
-                    format!(
-                        "{:?} is not a memory quantity: whole bytes, as 64Mi, 1Gi or 500M",
-                        text.0
-                    ),
+        let parsed = [
+            (
+                "cpu",
+                &values.cpu,
+                millicores as fn(&str) -> Option<u64>,
+                cpu_slot,
+                "is not a CPU quantity: cores, at least 1m, as 250m, 0.5 or 2",
+            ),
+            (
+                "memory",
+                &values.memory,
+                bytes,
+                memory_slot,
+                "is not a memory quantity: whole bytes, as 64Mi, 1Gi or 500M",
+            ),
+        ];
+        for (resource, text, parse, slot, what) in parsed {
+            let Some(text) = text else { continue };
+            match parse(&text.0).filter(|v| *v > 0) {
+                Some(value) => *slot = value,
+                None => errors.push(FieldError::new(
+                    name(list, resource),
+                    format!("{:?} {what}", text.0),
                 )),
             }
         }
@@ -112,7 +134,7 @@ pub fn resolve(
     // field, before it does.
     if budget.cpu_request > budget.cpu_limit {
         errors.push(FieldError::new(
-            format!("{field}.requests.cpu"),
+            name("requests", "cpu"),
             format!(
                 "{} is more than the CPU limit {}: a request may not exceed its limit",
                 cpu(budget.cpu_request),
@@ -122,7 +144,7 @@ pub fn resolve(
     }
     if budget.memory_request > budget.memory_limit {
         errors.push(FieldError::new(
-            format!("{field}.requests.memory"),
+            name("requests", "memory"),
             format!(
                 "{} is more than the memory limit {}: a request may not exceed its limit",
                 memory(budget.memory_request),
@@ -132,7 +154,7 @@ pub fn resolve(
     }
     if budget.memory_limit < MIN_MEMORY_LIMIT {
         errors.push(FieldError::new(
-            format!("{field}.limits.memory"),
+            name("limits", "memory"),
             format!(
                 "{} is less than {}, which a Rigging container needs idle: it would be OOM-killed as it starts",
                 memory(budget.memory_limit),

@@ -132,21 +132,16 @@ fn check_resources<'a>(
     errors: &mut Vec<FieldError>,
 ) -> Option<SidecarResources> {
     let block: SidecarResources = serde_json::from_value(resources_of(sidecar, get)?).ok()?;
-    if let Err(found) = crate::sidecars::resources::resolve(container, Some(&block), "") {
-        errors.extend(found.into_iter().map(|e| {
-            let (list, resource) = e
-                .field
-                .trim_start_matches('.')
-                .split_once('.')
-                .unwrap_or_default();
-            FieldError::new(
-                format!(
-                    "metadata.annotations[{}]",
-                    resource_annotation_name(sidecar, list, resource)
-                ),
-                e.message,
-            )
-        }));
+    let annotation = |list: &str, resource: &str| {
+        format!(
+            "metadata.annotations[{}]",
+            resource_annotation_name(sidecar, list, resource)
+        )
+    };
+    if let Err(found) =
+        crate::sidecars::resources::resolve_named(container, Some(&block), annotation)
+    {
+        errors.extend(found);
     }
     Some(block)
 }
