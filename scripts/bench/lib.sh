@@ -43,6 +43,34 @@ stop_pid() {
   wait "$1" 2>/dev/null || true
 }
 
+# Starts the control-plane kit in WORK/cp (further arguments go to up.sh, such as
+# --no-node), points KUBECONFIG and the array `kubectl` at it, and installs Rigging's
+# CRDs, returning once the API server serves them.
+start_kit() {
+  local work=$1 crd
+  shift
+  e2e/controlplane/up.sh "$@" "$work/cp" 2>&1 | tail -n 1 >&2
+  export KUBECONFIG=$work/cp/kubeconfig
+  kubectl=("$work/cp/bin/kubectl")
+  "${kubectl[@]}" apply -f crds/ >/dev/null
+  for crd in replicatedservices shardedservices workqueues; do
+    wait_condition "crd/$crd.rigging.dev" Established
+  done
+}
+
+# Waits (up to 60 s) until OBJECT (kind/name) has the condition TYPE True. Not `kubectl
+# wait`: it fails while the object has no conditions yet.
+wait_condition() {
+  local object=$1 type=$2 _
+  for _ in $(seq 1 120); do
+    [[ $("${kubectl[@]}" get "$object" \
+      -o jsonpath="{.status.conditions[?(@.type==\"$type\")].status}") == True ]] && return 0
+    sleep 0.5
+  done
+  echo "$object: no condition $type=True within 60 s" >&2
+  return 1
+}
+
 # Clock ticks per second, for cpu_ticks.
 CLK_TCK=$(getconf CLK_TCK)
 

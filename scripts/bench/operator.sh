@@ -72,16 +72,7 @@ load_at_start=$(cut -d' ' -f1-3 /proc/loadavg)
 while :; do compilers; sleep 2; done >"$work/compilers" &
 sampler=$!
 
-CONTROLPLANE_AUDIT_LOG=1 e2e/controlplane/up.sh "$work/cp" 2>&1 | tail -n 1 >&2
-export KUBECONFIG=$work/cp/kubeconfig
-kubectl=("$work/cp/bin/kubectl")
-"${kubectl[@]}" apply -f crds/ >/dev/null
-# (not `kubectl wait`: it fails while the CRD has no conditions yet)
-for _ in $(seq 1 120); do
-  [[ $("${kubectl[@]}" get crd replicatedservices.rigging.dev \
-    -o jsonpath='{.status.conditions[?(@.type=="Established")].status}') == True ]] && break
-  sleep 0.5
-done
+CONTROLPLANE_AUDIT_LOG=1 start_kit "$work"
 "${kubectl[@]}" create namespace "$NS" >/dev/null
 # The kit's service range (10.0.0.0/24) holds 253 Services; N ReplicatedServices need N.
 # A second ServiceCIDR (networking.k8s.io/v1) adds 4,094 ClusterIPs without a restart.
@@ -91,11 +82,7 @@ kind: ServiceCIDR
 metadata: {name: rigging-bench}
 spec: {cidrs: [10.0.16.0/20]}
 YAML
-for _ in $(seq 1 120); do
-  [[ $("${kubectl[@]}" get servicecidr rigging-bench \
-    -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}') == True ]] && break
-  sleep 0.5
-done
+wait_condition servicecidr/rigging-bench Ready
 
 replicated_services "$N" "$NS" >"$work/rs.yaml"
 

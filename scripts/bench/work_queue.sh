@@ -54,15 +54,7 @@ trap 'log "failed; last lines of the operator log:"; tail -n 20 "$work"/operator
 
 load_at_start=$(cut -d' ' -f1-3 /proc/loadavg)
 
-e2e/controlplane/up.sh --no-node "$work/cp" 2>&1 | tail -n 1 >&2
-export KUBECONFIG=$work/cp/kubeconfig
-kubectl=("$work/cp/bin/kubectl")
-"${kubectl[@]}" apply -f crds/ >/dev/null
-for _ in $(seq 1 120); do
-  [[ $("${kubectl[@]}" get crd workqueues.rigging.dev \
-    -o jsonpath='{.status.conditions[?(@.type=="Established")].status}') == True ]] && break
-  sleep 0.5
-done
+start_kit "$work" --no-node
 
 # The stand-in kubelet, the poller and the table: the API server over HTTPS with the
 # kit's admin certificate, as scripts/bench/operator.sh does.
