@@ -222,7 +222,8 @@ async fn the_api_server_calls_the_webhook_for_labelled_pods_only() {
         json!({"rigging.dev/inject": "enabled"}),
         json!({"rigging.dev/sidecars": "health,metrics",
                "rigging.dev/health-checks": "redis://127.0.0.1:6379",
-               "rigging.dev/metrics-source": "redis://127.0.0.1:6379"}),
+               "rigging.dev/metrics-source": "redis://127.0.0.1:6379",
+               "rigging.dev/metrics-memory-limit": "96Mi"}),
     );
     let plain = deployment(
         "plain",
@@ -248,6 +249,24 @@ async fn the_api_server_calls_the_webhook_for_labelled_pods_only() {
     assert_eq!(init_names(&injected), ["rigging-metrics", "rigging-health"]);
     let annotations = injected.metadata.annotations.clone().unwrap_or_default();
     assert_eq!(annotations["rigging.dev/injected"], "metrics,health");
+    // Each sidecar's resources as the API server stored the pod: the annotation's value
+    // for the metrics adapter, the defaults for the rest.
+    let limits = |name: &str| {
+        let sidecar = injected
+            .spec
+            .as_ref()
+            .unwrap()
+            .init_containers
+            .iter()
+            .flatten();
+        let limits = sidecar
+            .filter(|c| c.name == name)
+            .find_map(|c| c.resources.as_ref()?.limits.clone())
+            .unwrap_or_default();
+        ["cpu", "memory"].map(|r| limits.get(r).map(|q| q.0.clone()).unwrap_or_default())
+    };
+    assert_eq!(limits("rigging-metrics"), ["200m", "96Mi"]);
+    assert_eq!(limits("rigging-health"), ["200m", "64Mi"]);
     let app = &injected.spec.as_ref().unwrap().containers[0];
     assert_eq!(
         app.readiness_probe
@@ -279,6 +298,27 @@ async fn the_api_server_calls_the_webhook_for_labelled_pods_only() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("metadata.annotations[rigging.dev/sidecars]: unknown sidecar \"sharding\""),
+        "{stderr}"
+    );
+    // And one whose sidecar would ask for more memory than its limit, which the API
+    // server itself would refuse of the pod, naming the field; the webhook names the
+    // annotation.
+    let greedy = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "greedy", "labels": {"rigging.dev/inject": "enabled"},
+                     "annotations": {"rigging.dev/sidecars": "health",
+                                     "rigging.dev/health-checks": "tcp://127.0.0.1:6379",
+                                     "rigging.dev/health-memory-request": "1Gi"}},
+        "spec": {"containers": [{"name": "app", "image": "redis:7"}]}
+    });
+    let out = cluster.kubectl_with_input(
+        &["create", "-n", &ns.name, "-f", "-"],
+        Some(&greedy.to_string()),
+    );
+    assert!(!out.status.success(), "the greedy pod was created");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("metadata.annotations[rigging.dev/health-memory-request]: 1Gi is more than the memory limit 64Mi"),
         "{stderr}"
     );
 }
