@@ -16,6 +16,7 @@ use kube::{Resource, ResourceExt};
 use rigging_crds::{ReplicatedService, WorkQueue};
 use serde_json::{Value, json};
 
+use crate::node::POD_SETTLE;
 use crate::support::{Cluster, Operator, SETTLE, cluster, create, eventually, replicated_service};
 
 const HOLD: &str = "test.rigging.dev/hold";
@@ -144,7 +145,9 @@ async fn a_queue_being_deleted_starts_no_job() {
         .await
         .unwrap();
     let other = running[1].uid().unwrap();
-    eventually("the other Job garbage-collected", SETTLE, || async {
+    // Deleted in the foreground too, the Job goes only once its pod is gone from the node:
+    // the bound of pods finishing, not of API calls.
+    eventually("the other Job garbage-collected", POD_SETTLE, || async {
         let live = list().await;
         (!live.iter().any(|j| j.uid().as_ref() == Some(&other))).then_some(())
     })
