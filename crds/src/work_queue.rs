@@ -51,7 +51,7 @@ const NAME_MESSAGE: &str = "metadata.name must be a DNS-1035 label of at most 30
 #[serde(rename_all = "camelCase")]
 pub struct WorkQueueSpec {
     /// The items, each processed once, in this order. Each must be unique; together they
-    /// must fit in one ConfigMap (1 MiB, counting each item's Job name).
+    /// must fit in the WorkQueue as etcd stores it (1.5 MiB, each item counted twice).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
         length(min = 1, max = 10000),

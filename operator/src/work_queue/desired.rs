@@ -1,13 +1,16 @@
 //! The pure half of the WorkQueue controller: the objects a WorkQueue stands for, from the
 //! WorkQueue, its status and the children it already has, computed without IO.
 //!
-//! - a ConfigMap `<queue>-items`: one key per item, the item as its value; each worker pod
-//!   mounts its own key as the file `WORK_ITEM_FILE`. With a static list the operator
-//!   writes every key; in source mode the poller ([`super::source`]) adds the keys, and the
-//!   operator owns only the ConfigMap's metadata.
+//! - in source mode, a ConfigMap `<queue>-items`: one key per item the poller
+//!   ([`super::source`]) found, the item as its value. The poller adds the keys; the
+//!   operator owns only the ConfigMap's metadata. A static list needs none: the WorkQueue
+//!   holds it.
 //! - in source mode, a Deployment and a Service `<queue>-source` running the source
 //!   container;
-//! - one Job per item ([`naming::job_name`]), created once and never updated.
+//! - one Job per item ([`naming::job_name`]), created once and never updated. The item
+//!   travels in the Job itself, as the annotation [`ITEM_ANNOTATION`] of the Job and of its
+//!   pods, which the worker reads as the file `WORK_ITEM_FILE` (a downward API volume) and
+//!   as `WORK_ITEM`. No object holds all the items a second time.
 //!
 //! Why one Job per item and not one Indexed Job for the whole queue: in source mode the
 //! list grows while the queue runs, and an Indexed Job's `completions` is fixed when it is
@@ -22,8 +25,8 @@ use k8s_openapi::api::batch::v1::{
     Job, JobSpec, PodFailurePolicy, PodFailurePolicyOnPodConditionsPattern, PodFailurePolicyRule,
 };
 use k8s_openapi::api::core::v1::{
-    ConfigMap, ConfigMapVolumeSource, EnvVar, KeyToPath, PodSpec, PodTemplateSpec, Service,
-    ServicePort, ServiceSpec, Volume, VolumeMount,
+    ConfigMap, DownwardAPIVolumeFile, DownwardAPIVolumeSource, EnvVar, ObjectFieldSelector,
+    PodSpec, PodTemplateSpec, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -40,7 +43,7 @@ use crate::sidecars::elect::ElectAccess;
 pub const QUEUE_LABEL: &str = "rigging.dev/work-queue";
 /// Label of an item's Job and pods: the item's hash ([`naming::item_hash`]).
 pub const ITEM_LABEL: &str = "rigging.dev/work-item";
-/// Annotation of an item's Job: the item itself (labels cannot hold it).
+/// Annotation of an item's Job and its pods: the item itself (labels cannot hold it).
 pub const ITEM_ANNOTATION: &str = "rigging.dev/work-item";
 /// The environment variable holding the item.
 pub const WORK_ITEM: &str = "WORK_ITEM";
@@ -72,9 +75,9 @@ pub struct Item {
     pub item: String,
     /// Its Job's name.
     pub job: String,
-    /// Its key in the ConfigMap `<queue>-items`: the Job's name for a static list; in
-    /// source mode `<sequence>.<job>`, the sequence number saying in which order the poller
-    /// saw the items.
+    /// Its key in the ConfigMap `<queue>-items` in source mode: `<sequence>.<job>`, the
+    /// sequence number saying in which order the poller saw the items. The Job's name for
+    /// a static list.
     pub key: String,
 }
 
@@ -84,8 +87,9 @@ pub struct Children {
     /// With `sidecars.elect` on Leases: the workers' ServiceAccount (when the template
     /// names none), Role and RoleBinding `<queue>-elect`, applied before any Job.
     pub elect: Option<ElectAccess>,
-    /// The items, mounted into the worker pods.
-    pub items: ConfigMap,
+    /// Source mode: the items the poller found (the operator applies only its metadata).
+    /// With a static list, only while a Job an earlier release created still mounts it.
+    pub items: Option<ConfigMap>,
     /// Source mode: runs the source container.
     pub source_deployment: Option<Deployment>,
     /// Source mode: where the poller asks the source for items.
@@ -97,13 +101,13 @@ pub struct Children {
 }
 
 impl Children {
-    /// Every child, in apply order: the ConfigMap before any Job whose pods mount it.
+    /// Every child, in apply order: the items before any Job.
     pub fn into_vec(self) -> Vec<Child> {
         let mut out = self
             .elect
             .map(ElectAccess::into_children)
             .unwrap_or_default();
-        out.push(Child::ConfigMap(self.items));
+        out.extend(self.items.map(Child::ConfigMap));
         out.extend(self.source_deployment.map(Child::Deployment));
         out.extend(self.source_service.map(Child::Service));
         // Before any Job: a Job is deleted only in the reconcile after its result is in
@@ -269,7 +273,7 @@ pub fn desired(
 
     Ok(Children {
         elect,
-        items: items_config_map(wq, &items),
+        items: items_config_map(wq, &items, observed),
         source_deployment: source_deployment(wq),
         source_service: source_service(wq),
         results,
@@ -302,7 +306,6 @@ pub fn items(wq: &WorkQueue, config_map: Option<&ConfigMap>) -> (Vec<Item>, Vec<
     let mut errors = Vec::new();
     let mut out = Vec::with_capacity(list.len());
     let mut by_job: BTreeMap<String, usize> = BTreeMap::new();
-    let mut bytes = 0;
     for (i, item) in list.iter().enumerate() {
         let job = naming::job_name(&queue, item);
         if let Some(&first) = by_job.get(&job) {
@@ -318,7 +321,6 @@ pub fn items(wq: &WorkQueue, config_map: Option<&ConfigMap>) -> (Vec<Item>, Vec<
             continue;
         }
         by_job.insert(job.clone(), i);
-        bytes += job.len() + item.len();
         out.push(Item {
             item: item.clone(),
             key: job.clone(),
@@ -338,15 +340,6 @@ pub fn items(wq: &WorkQueue, config_map: Option<&ConfigMap>) -> (Vec<Item>, Vec<
             "spec.items",
             format!(
                 "the WorkQueue would take about {stored} bytes as stored (each item twice, in spec.items and in metadata.managedFields, and {OBJECT_RESERVE} bytes for the rest of the object and its status), more than the {OBJECT_LIMIT} bytes etcd stores in one object: split them over several WorkQueues"
-            ),
-        ));
-    }
-    if bytes > CONFIG_MAP_LIMIT {
-        errors.push(FieldError::new(
-            "spec.items",
-            format!(
-                "the items take {bytes} bytes in the ConfigMap {} (each item and its Job's name), more than the {CONFIG_MAP_LIMIT} bytes a ConfigMap holds: split them over several WorkQueues",
-                naming::items_config_map(&queue)
             ),
         ));
     }
@@ -534,18 +527,26 @@ fn job(wq: &WorkQueue, template: &PodTemplateSpec, item: &Item) -> Job {
         }
         pod.volumes.get_or_insert_with(Vec::new).push(Volume {
             name: WORK_VOLUME.into(),
-            config_map: Some(ConfigMapVolumeSource {
-                name: naming::items_config_map(&wq.name_any()),
-                items: Some(vec![KeyToPath {
-                    key: item.key.clone(),
+            downward_api: Some(DownwardAPIVolumeSource {
+                items: Some(vec![DownwardAPIVolumeFile {
                     path: "item".into(),
-                    mode: None,
+                    field_ref: Some(ObjectFieldSelector {
+                        field_path: format!("metadata.annotations['{ITEM_ANNOTATION}']"),
+                        api_version: None,
+                    }),
+                    ..DownwardAPIVolumeFile::default()
                 }]),
-                ..ConfigMapVolumeSource::default()
+                ..DownwardAPIVolumeSource::default()
             }),
             ..Volume::default()
         });
     }
+    template
+        .metadata
+        .get_or_insert_with(ObjectMeta::default)
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(ITEM_ANNOTATION.into(), item.item.clone());
     let mut metadata = meta(wq, item.job.clone(), "worker");
     metadata
         .labels
@@ -596,19 +597,39 @@ fn env_var(name: &str, value: &str) -> EnvVar {
 }
 
 /// The ConfigMap of items. In source mode without data: the poller owns every key (under
-/// its own field manager), and what the operator applies never removes one.
-fn items_config_map(wq: &WorkQueue, items: &[Item]) -> ConfigMap {
-    let data = wq.spec.items.as_ref().map(|_| {
-        items
-            .iter()
-            .map(|i| (i.key.clone(), i.item.clone()))
-            .collect()
-    });
-    ConfigMap {
+/// its own field manager), and what the operator applies never removes one. A static list
+/// has one only while a Job that an earlier release created mounts it (its pods read their
+/// item from it), so that an upgrade never takes an item from a pod about to start.
+fn items_config_map(wq: &WorkQueue, items: &[Item], observed: &Observed) -> Option<ConfigMap> {
+    let data = match wq.spec.items {
+        None => None,
+        Some(_) if observed.owned::<Job>().iter().any(|j| mounts_items(j)) => Some(
+            items
+                .iter()
+                .map(|i| (i.key.clone(), i.item.clone()))
+                .collect(),
+        ),
+        Some(_) => return None,
+    };
+    Some(ConfigMap {
         metadata: meta(wq, naming::items_config_map(&wq.name_any()), "items"),
         data,
         ..ConfigMap::default()
-    }
+    })
+}
+
+/// Whether `job`'s pods read their item from the ConfigMap `<queue>-items`, as Jobs
+/// created before the item moved into the Job do.
+fn mounts_items(job: &Job) -> bool {
+    let volumes = job
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .and_then(|p| p.volumes.as_ref());
+    volumes
+        .into_iter()
+        .flatten()
+        .any(|v| v.name == WORK_VOLUME && v.config_map.is_some())
 }
 
 fn source_selector(wq: &WorkQueue) -> BTreeMap<String, String> {
@@ -696,7 +717,7 @@ mod tests {
     }
 
     #[test]
-    fn the_first_reconcile_creates_the_items_config_map_and_parallelism_jobs_in_item_order() {
+    fn the_first_reconcile_creates_parallelism_jobs_in_item_order_and_nothing_else() {
         let wq = static_queue(&ITEMS, 2);
         let c = first(&wq);
         assert_eq!(
@@ -706,28 +727,9 @@ mod tests {
                 naming::job_name("thumbs", "Dog.png")
             ]
         );
-        let data = c.items.data.clone().unwrap();
-        assert_eq!(data.len(), 5, "every item, also those without a Job yet");
-        for item in ITEMS {
-            assert_eq!(data[&naming::job_name("thumbs", item)], item);
-        }
-        assert_eq!(c.items.metadata.name.as_deref(), Some("thumbs-items"));
         assert!(c.source_deployment.is_none() && c.source_service.is_none());
-        let kinds: Vec<&str> = c
-            .clone()
-            .into_vec()
-            .iter()
-            .map(|c| match c {
-                Child::ConfigMap(_) => "ConfigMap",
-                Child::Job(_) => "Job",
-                _ => "other",
-            })
-            .collect();
-        assert_eq!(
-            kinds,
-            ["ConfigMap", "Job", "Job"],
-            "the ConfigMap goes first"
-        );
+        let kinds: Vec<&str> = c.into_vec().iter().map(Child::kind).collect();
+        assert_eq!(kinds, ["Job", "Job"]);
     }
 
     #[test]
@@ -752,10 +754,9 @@ mod tests {
     }
 
     #[test]
-    fn the_item_reaches_the_worker_as_work_item_and_as_its_own_key_of_the_config_map() {
+    fn the_item_reaches_the_worker_as_work_item_and_as_a_file_of_its_pods_annotation() {
         let c = first(&static_queue(&ITEMS, 1));
         let job = &c.jobs[0];
-        let name = job.metadata.name.clone().unwrap();
         let worker = &pod(job).containers[0];
         let env: Vec<(&str, Option<&str>)> = worker
             .env
@@ -781,15 +782,33 @@ mod tests {
             ),
             (WORK_VOLUME, WORK_DIR, Some(true))
         );
+        // The file is the pod's own annotation, which holds the item.
         let volume = pod(job).volumes.as_ref().unwrap().last().unwrap();
-        let cm = volume.config_map.as_ref().unwrap();
-        assert_eq!(cm.name, "thumbs-items");
-        let key = &cm.items.as_ref().unwrap()[0];
+        let file = &volume
+            .downward_api
+            .as_ref()
+            .unwrap()
+            .items
+            .as_ref()
+            .unwrap()[0];
+        assert_eq!(file.path, "item");
         assert_eq!(
-            (key.key.as_str(), key.path.as_str()),
-            (name.as_str(), "item")
+            file.field_ref.as_ref().unwrap().field_path,
+            "metadata.annotations['rigging.dev/work-item']"
         );
-        assert_eq!(c.items.data.as_ref().unwrap()[&key.key], "cat.png");
+        let template = job
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .metadata
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            template.annotations.as_ref().unwrap()[ITEM_ANNOTATION],
+            "cat.png"
+        );
+        assert_eq!(c.items, None, "no ConfigMap of items");
     }
 
     #[test]
@@ -822,19 +841,18 @@ mod tests {
             pod_labels["team"], "media",
             "the template's own labels stay"
         );
-        for meta in [&job.metadata, &c.items.metadata] {
-            let owner = &meta.owner_references.as_ref().unwrap()[0];
-            assert_eq!(
-                (owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str()),
-                ("WorkQueue", "thumbs", "wq-uid")
-            );
-            assert_eq!(owner.controller, Some(true));
-            assert_eq!(meta.namespace.as_deref(), Some("media"));
-            assert_eq!(
-                meta.labels.as_ref().unwrap()["app.kubernetes.io/managed-by"],
-                "rigging-operator"
-            );
-        }
+        let meta = &job.metadata;
+        let owner = &meta.owner_references.as_ref().unwrap()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str()),
+            ("WorkQueue", "thumbs", "wq-uid")
+        );
+        assert_eq!(owner.controller, Some(true));
+        assert_eq!(meta.namespace.as_deref(), Some("media"));
+        assert_eq!(
+            meta.labels.as_ref().unwrap()["app.kubernetes.io/managed-by"],
+            "rigging-operator"
+        );
     }
 
     #[test]
@@ -932,33 +950,39 @@ mod tests {
     }
 
     #[test]
-    fn items_that_do_not_fit_in_one_config_map_are_refused() {
-        // 10,000 items of 50 bytes, each with a Job name of 63: 1.13 MB in the ConfigMap
-        // (the WorkQueue itself, 1.18 MB, would still fit in etcd).
-        let items = |len: usize| -> Vec<String> {
-            (0..10_000)
-                .map(|i| format!("{i:05}{}", "x".repeat(len - 5)))
-                .collect()
-        };
-        let fifty = items(50);
-        let refs: Vec<&str> = fifty.iter().map(String::as_str).collect();
-        let errors = errors(&static_queue(&refs, 1));
-        assert_eq!(errors.len(), 1, "{errors:?}");
+    fn a_static_list_is_copied_into_no_config_map_however_large() {
+        // 10,000 items of 50 bytes: with their Job names, 1.13 MB, which one ConfigMap
+        // could not hold; the WorkQueue itself (1.18 MB) still fits in etcd.
+        let items: Vec<String> = (0..10_000)
+            .map(|i| format!("{i:05}{}", "x".repeat(45)))
+            .collect();
+        let refs: Vec<&str> = items.iter().map(String::as_str).collect();
+        let c = first(&static_queue(&refs, 3));
+        assert_eq!(c.items, None);
+        assert_eq!(c.jobs.len(), 3);
+        let children = c.into_vec();
         assert!(
-            errors[0].starts_with("spec.items: the items take 1130000 bytes in the ConfigMap"),
-            "{errors:?}"
+            !children.iter().any(|c| matches!(c, Child::ConfigMap(_))),
+            "{children:?}"
         );
-        assert!(
-            errors[0].contains("more than the 1048576 bytes a ConfigMap holds"),
-            "{errors:?}"
-        );
-        // 10,000 of 40 bytes fit: the largest static queue of such items.
-        let forty = items(40);
-        let refs: Vec<&str> = forty.iter().map(String::as_str).collect();
-        assert_eq!(
-            super::tests::errors(&static_queue(&refs, 1)),
-            Vec::<String>::new()
-        );
+    }
+
+    #[test]
+    fn the_items_config_map_stays_while_a_job_of_an_earlier_release_mounts_it() {
+        use k8s_openapi::api::core::v1::ConfigMapVolumeSource;
+        let wq = static_queue(&["a", "b"], 1);
+        let mut old = job_of(&wq, "a");
+        let pod = old.spec.as_mut().unwrap().template.spec.as_mut().unwrap();
+        let volume = pod.volumes.as_mut().unwrap().last_mut().unwrap();
+        volume.downward_api = None;
+        volume.config_map = Some(ConfigMapVolumeSource {
+            name: "thumbs-items".into(),
+            ..ConfigMapVolumeSource::default()
+        });
+        let c = with_cached(&wq, vec![Child::Job(old)]);
+        let cm = c.items.expect("kept for the Job that mounts it");
+        assert_eq!(cm.metadata.name.as_deref(), Some("thumbs-items"));
+        assert_eq!(cm.data.unwrap().len(), 2);
     }
 
     #[test]
@@ -1145,7 +1169,6 @@ mod tests {
         wq.spec.items = Some(vec!["eel.png".into()]);
         let c = with_cached(&wq, vec![Child::Job(cat)]);
         assert_eq!(job_names(&c), [naming::job_name("thumbs", "eel.png")]);
-        assert_eq!(c.items.data.unwrap().len(), 1);
     }
 
     #[test]
@@ -1154,7 +1177,8 @@ mod tests {
         let c = first(&wq);
         assert!(c.jobs.is_empty(), "no items listed yet");
         assert_eq!(
-            c.items.data, None,
+            c.items.unwrap().data,
+            None,
             "the operator applies no key: the poller owns them"
         );
         let deployment = c.source_deployment.unwrap();
@@ -1181,7 +1205,7 @@ mod tests {
     }
 
     fn items_config_map_with(wq: &WorkQueue, data: &[(String, &str)]) -> ConfigMap {
-        let mut cm = first(wq).items;
+        let mut cm = first(wq).items.expect("source mode");
         cm.data = Some(
             data.iter()
                 .map(|(k, v)| (k.clone(), (*v).to_owned()))
@@ -1191,7 +1215,7 @@ mod tests {
     }
 
     #[test]
-    fn source_items_run_in_the_order_the_poller_saw_them_and_mount_their_own_key() {
+    fn source_items_run_in_the_order_the_poller_saw_them_each_in_its_own_job() {
         let wq = source_queue();
         let key = |seq, item| source_key(seq, &naming::job_name("feed", item));
         // "zebra" was seen first: it runs first although it sorts last by name.
@@ -1208,10 +1232,10 @@ mod tests {
             job_names(&c),
             ["zebra", "apple"].map(|i| naming::job_name("feed", i))
         );
-        let volume = pod(&c.jobs[0]).volumes.as_ref().unwrap().last().unwrap();
+        let template = c.jobs[0].spec.as_ref().unwrap().template.metadata.as_ref();
         assert_eq!(
-            volume.config_map.as_ref().unwrap().items.as_ref().unwrap()[0].key,
-            key(1, "zebra")
+            template.unwrap().annotations.as_ref().unwrap()[ITEM_ANNOTATION],
+            "zebra"
         );
     }
 

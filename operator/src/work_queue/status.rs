@@ -131,15 +131,10 @@ struct Conflict {
 pub fn observed(wq: &WorkQueue, applied: &Applied, now: Timestamp) -> WorkQueueStatus {
     let queue = wq.name_any();
     let cache = applied.cache();
-    let items_name = naming::items_config_map(&queue);
-    let live_items = cache.and_then(|c| c.get::<ConfigMap>(&items_name));
-    // The applied ConfigMap can only be fresher than the cached one desired() checked; in
-    // source mode it carries no data, and the cache has the poller's keys.
-    let config_map = match (wq.spec.source.is_some(), live_items.as_deref()) {
-        (true, Some(cached)) => Some(cached),
-        _ => applied.get::<ConfigMap>(&items_name),
-    };
-    let (items, _) = desired::items(wq, config_map);
+    // In source mode the items are the poller's keys, which the cache has (the operator
+    // applies none); a static list is the spec's.
+    let live_items = cache.and_then(|c| c.get::<ConfigMap>(&naming::items_config_map(&queue)));
+    let (items, _) = desired::items(wq, live_items.as_deref());
     let previous = wq.status.clone().unwrap_or_default();
     let recorded = Recorded::read(wq, cache);
     // A results ConfigMap written in this reconcile counts once the cache has it: the
@@ -718,14 +713,14 @@ mod tests {
 
     const ITEMS: [&str; 4] = ["a", "b", "c", "d"];
 
-    fn applied(wq: &WorkQueue, jobs: Vec<Job>) -> Applied {
-        let mut children = vec![Child::ConfigMap(first(wq).items)];
+    fn applied(jobs: Vec<Job>) -> Applied {
+        let mut children = Vec::new();
         children.extend(jobs.into_iter().map(Child::Job));
         Applied::new(children)
     }
 
-    fn with_pods(wq: &WorkQueue, jobs: Vec<Job>, pods: Vec<Pod>) -> Applied {
-        applied(wq, jobs).with_pods(
+    fn with_pods(jobs: Vec<Job>, pods: Vec<Pod>) -> Applied {
+        applied(jobs).with_pods(
             pods.into_iter()
                 .map(std::sync::Arc::new)
                 .collect::<Vec<_>>(),
@@ -753,7 +748,7 @@ mod tests {
         );
         let status = observed(
             &wq,
-            &with_pods(&wq, jobs, vec![pull_error("a"), unschedulable]),
+            &with_pods(jobs, vec![pull_error("a"), unschedulable]),
             at(1),
         );
         assert_eq!(
@@ -798,7 +793,7 @@ mod tests {
         let jobs = || vec![a.clone()];
         wq.status = Some(observed(
             &wq,
-            &with_pods(&wq, jobs(), vec![pull_error("a")]),
+            &with_pods(jobs(), vec![pull_error("a")]),
             at(1),
         ));
         let mut running = pull_error("a");
@@ -814,7 +809,7 @@ mod tests {
             running: Some(Default::default()),
             ..Default::default()
         });
-        let status = observed(&wq, &with_pods(&wq, jobs(), vec![running]), at(2));
+        let status = observed(&wq, &with_pods(jobs(), vec![running]), at(2));
         assert!(status.stuck_items.is_empty());
         let degraded = condition(&status, "Degraded");
         assert_eq!(
@@ -822,7 +817,7 @@ mod tests {
             ("False", "Reconciled")
         );
         // Its pod gone (the watch holds only unfinished pods): nothing stuck either.
-        let status = observed(&wq, &with_pods(&wq, jobs(), vec![]), at(3));
+        let status = observed(&wq, &with_pods(jobs(), vec![]), at(3));
         assert!(status.stuck_items.is_empty());
     }
 
@@ -834,11 +829,7 @@ mod tests {
         let jobs = vec![succeeded(job_of(&wq, "a"), at(0)), active(job_of(&wq, "b"))];
         let mut other = pull_error("b");
         other.metadata.owner_references.as_mut().unwrap()[0].uid = "an-earlier-job".into();
-        let status = observed(
-            &wq,
-            &with_pods(&wq, jobs, vec![pull_error("a"), other]),
-            at(1),
-        );
+        let status = observed(&wq, &with_pods(jobs, vec![pull_error("a"), other]), at(1));
         assert!(status.stuck_items.is_empty(), "{:?}", status.stuck_items);
         assert_eq!(condition(&status, "Degraded").status, "False");
     }
@@ -847,7 +838,7 @@ mod tests {
     fn a_stuck_item_is_named_before_the_failed_ones() {
         let wq = static_queue(&ITEMS, 2);
         let jobs = vec![failed(job_of(&wq, "a"), at(0)), active(job_of(&wq, "b"))];
-        let status = observed(&wq, &with_pods(&wq, jobs, vec![pull_error("b")]), at(1));
+        let status = observed(&wq, &with_pods(jobs, vec![pull_error("b")]), at(1));
         let degraded = condition(&status, "Degraded");
         assert_eq!(degraded.reason, "ItemsStuck");
         assert!(
@@ -871,7 +862,7 @@ mod tests {
         let mut wq = static_queue(&ITEMS, 1);
         let a = active(job_of(&wq, "a"));
         let jobs = || vec![a.clone()];
-        let next = observed(&wq, &with_pods(&wq, jobs(), vec![pull_error("a")]), at(1));
+        let next = observed(&wq, &with_pods(jobs(), vec![pull_error("a")]), at(1));
         let notes = events(&wq, &next);
         assert_eq!(notes.len(), 1, "{notes:?}");
         assert!(notes[0].warning);
@@ -900,7 +891,7 @@ mod tests {
             .as_mut()
             .unwrap();
         waiting.reason = Some("ErrImagePull".into());
-        let next = observed(&wq, &with_pods(&wq, jobs(), vec![again]), at(2));
+        let next = observed(&wq, &with_pods(jobs(), vec![again]), at(2));
         assert_eq!(next.stuck_items[0].reason, "ErrImagePull");
         assert_eq!(events(&wq, &next), []);
     }
@@ -919,7 +910,7 @@ mod tests {
         if !recorded.is_empty() {
             cached.push(Child::ConfigMap(results_chunk(wq, 0, recorded)));
         }
-        let mut children = vec![Child::ConfigMap(first(wq).items)];
+        let mut children = Vec::new();
         children.extend(jobs.into_iter().map(Child::Job));
         applied_with_cache(children, cached, vec![])
     }
@@ -932,7 +923,7 @@ mod tests {
             failed(job_of(&wq, "b"), at(0)),
             active(job_of(&wq, "c")),
         ];
-        let status = observed(&wq, &applied(&wq, jobs), at(10));
+        let status = observed(&wq, &applied(jobs), at(10));
         assert_eq!(
             (
                 status.pending,
@@ -1058,7 +1049,7 @@ mod tests {
         assert_eq!(later.next_cleanup_time, Some(Time(at(90))));
         // Late: never a zero wait.
         assert_eq!(requeue_after(&later, at(95)), Some(Duration::from_secs(1)));
-        let none = observed(&static_queue(&ITEMS, 4), &applied(&wq, jobs()), at(75));
+        let none = observed(&static_queue(&ITEMS, 4), &applied(jobs()), at(75));
         assert_eq!(requeue_after(&none, at(75)), None);
     }
 
@@ -1067,10 +1058,10 @@ mod tests {
         let mut wq = static_queue(&ITEMS, 4);
         wq.spec.ttl_seconds_after_finished = Some(0);
         let jobs = || vec![succeeded(job_of(&wq, "a"), at(0))];
-        let status = observed(&wq, &applied(&wq, jobs()), at(1));
+        let status = observed(&wq, &applied(jobs()), at(1));
         assert!(status.expired_jobs.is_empty());
         assert_eq!(status.next_cleanup_time, Some(Time(at(10))));
-        let status = observed(&wq, &applied(&wq, jobs()), at(10));
+        let status = observed(&wq, &applied(jobs()), at(10));
         assert_eq!(status.expired_jobs, [name("a")]);
         assert_eq!(status.succeeded, 1);
     }
@@ -1078,11 +1069,7 @@ mod tests {
     #[test]
     fn a_failure_is_told_once_in_a_warning_naming_the_item() {
         let mut wq = static_queue(&ITEMS, 4);
-        let next = observed(
-            &wq,
-            &applied(&wq, vec![failed(job_of(&wq, "b"), at(0))]),
-            at(1),
-        );
+        let next = observed(&wq, &applied(vec![failed(job_of(&wq, "b"), at(0))]), at(1));
         let notes = events(&wq, &next);
         assert_eq!(notes.len(), 1);
         assert!(notes[0].warning);
@@ -1103,7 +1090,7 @@ mod tests {
         let mut wq = static_queue(&ITEMS, 4);
         wq.status = Some(observed(
             &wq,
-            &applied(&wq, vec![succeeded(job_of(&wq, "a"), at(0))]),
+            &applied(vec![succeeded(job_of(&wq, "a"), at(0))]),
             at(1),
         ));
         let errors = FieldErrors(vec![rigging_crds::FieldError::new("spec.x", "bad")]);
@@ -1126,11 +1113,7 @@ mod tests {
         let wq = static_queue(&ITEMS, 4);
         let mut orphan = succeeded(job_of(&wq, "a"), at(0));
         orphan.metadata.owner_references = None;
-        let applied = applied_with_cache(
-            vec![Child::ConfigMap(first(&wq).items)],
-            vec![Child::Job(orphan)],
-            vec![],
-        );
+        let applied = applied_with_cache(vec![], vec![Child::Job(orphan)], vec![]);
         let status = observed(&wq, &applied, at(1));
         assert_eq!((status.pending, status.succeeded), (4, 0));
         let degraded = condition(&status, "Degraded");
@@ -1158,11 +1141,8 @@ mod tests {
         let a = succeeded(job_of(&wq, "a"), at(0));
         let chunk = results_chunk(&wq, 0, &[recorded_as(&a, "Succeeded")]);
         // The cache still holds a's Job, which this reconcile deletes (not a child).
-        let applied = applied_with_cache(
-            vec![Child::ConfigMap(first(&wq).items)],
-            vec![Child::Job(a), Child::ConfigMap(chunk)],
-            vec![],
-        );
+        let applied =
+            applied_with_cache(vec![], vec![Child::Job(a), Child::ConfigMap(chunk)], vec![]);
         let status = observed(&wq, &applied, at(60));
         assert!(status.expired_jobs.is_empty(), "{:?}", status.expired_jobs);
         assert_eq!(status.next_cleanup_time, None);
@@ -1182,7 +1162,7 @@ mod tests {
             .unwrap()
             .truncate(1);
         assert_eq!(outcome(&job), None);
-        let status = observed(&wq, &applied(&wq, vec![job]), at(1));
+        let status = observed(&wq, &applied(vec![job]), at(1));
         assert_eq!((status.running, status.failed), (1, 0));
     }
 
@@ -1208,7 +1188,7 @@ mod tests {
                 failed(job, at(n))
             })
             .collect();
-        let status = observed(&wq, &applied(&wq, jobs), at(100));
+        let status = observed(&wq, &applied(jobs), at(100));
         assert_eq!(status.failed, 30);
         assert_eq!(status.last_failures.len(), LAST_FAILURES);
         assert!(

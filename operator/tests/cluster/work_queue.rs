@@ -27,7 +27,7 @@ use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams, PostParams};
 use kube::{Resource, ResourceExt};
 use rigging_crds::{WorkQueue, WorkQueueStatus};
-use rigging_operator::work_queue::desired::{ITEM_LABEL, QUEUE_LABEL, source_key};
+use rigging_operator::work_queue::desired::{ITEM_ANNOTATION, ITEM_LABEL, QUEUE_LABEL, source_key};
 use rigging_operator::work_queue::naming::{item_hash, job_name};
 use rigging_operator::work_queue::results;
 use rigging_operator::work_queue::source::{self, FIELD_MANAGER, SourceClient};
@@ -320,12 +320,9 @@ async fn the_examples_are_accepted_and_reconciled_into_owned_children() {
         assert_eq!(condition(&wq, "Ready").1, "AllSucceeded", "{name}");
         assert_eq!(condition(&wq, "Progressing").1, "Finished", "{name}");
         assert_eq!(condition(&wq, "Degraded").0, "False", "{name}");
-        let cm = config_maps.get(&format!("{name}-items")).await.unwrap();
-        assert!(
-            controlled_by(&cm, "WorkQueue", uid),
-            "{name}: ConfigMap owner"
-        );
-        assert_eq!(cm.data.unwrap().len(), items as usize, "{name}: every item");
+        // The items are in the WorkQueue and in each Job, in no ConfigMap.
+        let cm = config_maps.get_opt(&format!("{name}-items")).await.unwrap();
+        assert!(cm.is_none(), "{name}: {cm:?}");
         let owned: Vec<Job> = jobs
             .list(&ListParams::default().labels(&format!("{QUEUE_LABEL}={name}")))
             .await
@@ -365,6 +362,8 @@ async fn the_examples_are_accepted_and_reconciled_into_owned_children() {
                 "{name}: {}",
                 pod.name_any()
             );
+            let item = &job.annotations()[ITEM_ANNOTATION];
+            assert_eq!(&pod.annotations()[ITEM_ANNOTATION], item, "{name}");
             let spec = pod.spec.unwrap();
             assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
             let env: Vec<&str> = spec.containers[0]

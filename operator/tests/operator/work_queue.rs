@@ -151,10 +151,6 @@ fn counts(status: &Value) -> (i64, i64, i64, i64) {
     (n("pending"), n("running"), n("succeeded"), n("failed"))
 }
 
-fn config_map_path() -> &'static str {
-    "/api/v1/namespaces/media/configmaps/thumbs-items"
-}
-
 fn status_of(value: Value) -> rigging_crds::WorkQueueStatus {
     serde_json::from_value(value).unwrap()
 }
@@ -166,7 +162,6 @@ async fn a_new_queue_gets_its_items_and_exactly_parallelism_jobs() {
     assert_eq!(want.jobs.len(), 2);
     let wq2 = wq.clone();
     let (result, _) = run_scenario(wq, vec![], move |mut api| async move {
-        api.apply(config_map_path(), &want.items).await;
         for job in &want.jobs {
             api.create(JOBS, job, StatusCode::CREATED).await;
         }
@@ -181,9 +176,7 @@ async fn a_new_queue_gets_its_items_and_exactly_parallelism_jobs() {
 #[tokio::test]
 async fn when_a_job_succeeds_the_next_item_gets_one_and_no_other() {
     let wq = work_queue(2, json!({}));
-    let items = first(&wq).items;
     let cached = vec![
-        Child::ConfigMap(items),
         Child::Job(succeeded(job(&wq, "a.png"))),
         Child::Job(running(job(&wq, "b.png"))),
     ];
@@ -206,10 +199,7 @@ async fn when_a_job_succeeds_the_next_item_gets_one_and_no_other() {
 #[tokio::test]
 async fn a_failed_item_is_counted_and_named_in_a_warning_event() {
     let wq = work_queue(1, json!({}));
-    let cached = vec![
-        Child::ConfigMap(first(&wq).items),
-        Child::Job(failed(job(&wq, "a.png"))),
-    ];
+    let cached = vec![Child::Job(failed(job(&wq, "a.png")))];
     let next = job(&wq, "b.png");
     let wq2 = wq.clone();
     let (result, _) = run_scenario(wq, cached, move |mut api| async move {
@@ -246,7 +236,6 @@ async fn a_fresh_controller_after_a_restart_creates_nothing_twice() {
     let created = want.jobs.clone();
     let wq2 = wq.clone();
     let (result, _) = run_scenario(wq.clone(), vec![], move |mut api| async move {
-        api.apply(config_map_path(), &want.items).await;
         for job in &want.jobs {
             api.create(JOBS, job, StatusCode::CREATED).await;
         }
@@ -260,7 +249,6 @@ async fn a_fresh_controller_after_a_restart_creates_nothing_twice() {
     let b = running(created[1].clone());
     let c = running(created[2].clone());
     let applied = Applied::new(vec![
-        Child::ConfigMap(first(&wq).items),
         Child::Job(a),
         Child::Job(b.clone()),
         Child::Job(c.clone()),
@@ -273,7 +261,6 @@ async fn a_fresh_controller_after_a_restart_creates_nothing_twice() {
     let mut recorded = wq.clone();
     recorded.status = Some(status);
     let stores = ChildStores::prefilled([
-        Child::ConfigMap(first(&wq).items),
         Child::ConfigMap(results.clone()),
         Child::Job(b.clone()),
         Child::Job(c.clone()),
@@ -298,12 +285,7 @@ async fn a_fresh_controller_after_a_restart_creates_nothing_twice() {
     for _ in 0..10 {
         tokio::task::yield_now().await;
     }
-    fill.fill([
-        Child::ConfigMap(first(&wq).items),
-        Child::ConfigMap(results),
-        Child::Job(b),
-        Child::Job(c),
-    ]);
+    fill.fill([Child::ConfigMap(results), Child::Job(b), Child::Job(c)]);
     let result = tokio::time::timeout(Duration::from_secs(30), reconciling)
         .await
         .expect("the reconcile made a request: it created, deleted or patched something")
@@ -317,10 +299,7 @@ async fn a_fresh_controller_after_a_restart_creates_nothing_twice() {
 async fn a_job_the_stale_cache_missed_is_refused_as_existing_and_nothing_more_starts() {
     let wq = work_queue(2, json!({}));
     // The API server has a's and b's Jobs; the cache has seen only a's.
-    let cached = vec![
-        Child::ConfigMap(first(&wq).items),
-        Child::Job(running(job(&wq, "a.png"))),
-    ];
+    let cached = vec![Child::Job(running(job(&wq, "a.png")))];
     let b = job(&wq, "b.png");
     let wq2 = wq.clone();
     let (result, _) = run_scenario(wq, cached, move |mut api| async move {
@@ -361,7 +340,7 @@ async fn a_finished_job_is_deleted_only_by_the_reconcile_after_its_result_is_rec
     );
     let rest: Vec<Job> = ITEMS[1..].iter().map(|i| running(job(&wq, i))).collect();
     let cached = |results: Option<ConfigMap>| {
-        let mut c = vec![Child::ConfigMap(first(&wq).items), Child::Job(a.clone())];
+        let mut c = vec![Child::Job(a.clone())];
         c.extend(results.map(Child::ConfigMap));
         c.extend(rest.iter().cloned().map(Child::Job));
         c
@@ -423,10 +402,7 @@ async fn a_job_deleted_while_its_result_is_recorded_is_not_created_again() {
     let wq2 = wq.clone();
     let (result, _) = run_scenario(
         wq.clone(),
-        vec![
-            Child::ConfigMap(first(&wq).items),
-            Child::ConfigMap(results),
-        ],
+        vec![Child::ConfigMap(results)],
         move |mut api| async move {
             api.create(JOBS, &c, StatusCode::CREATED).await;
             let status = api.status(&wq2).await;
@@ -449,7 +425,7 @@ async fn a_job_of_an_items_name_that_the_queue_does_not_control_is_left_alone_an
     let wq2 = wq.clone();
     let (result, _) = run_scenario(
         wq.clone(),
-        vec![Child::ConfigMap(first(&wq).items), Child::Job(orphan)],
+        vec![Child::Job(orphan)],
         move |mut api| async move {
             api.create(JOBS, &b, StatusCode::CREATED).await;
             let status = api.status(&wq2).await;
@@ -477,7 +453,7 @@ async fn a_pod_that_cannot_start_is_reported_once_and_cleared_when_it_runs() {
     let wq = work_queue(1, json!({}));
     let a = running(created(job(&wq, "a.png")));
     let stuck = pod_of(&a, Some("ImagePullBackOff"));
-    let cached = || vec![Child::ConfigMap(first(&wq).items), Child::Job(a.clone())];
+    let cached = || vec![Child::Job(a.clone())];
     // The pod's own state is all that changed: the status names the item, then the Event.
     let wq2 = wq.clone();
     let pod_name = stuck.metadata.name.clone().unwrap();
@@ -571,7 +547,7 @@ const FEED_ITEMS: &str = "/api/v1/namespaces/media/configmaps/feed-items";
 
 /// The ConfigMap of `feed` as the API server holds it, with `data`.
 fn feed_items(data: &[(String, &str)]) -> ConfigMap {
-    let mut cm = first(&source_queue()).items;
+    let mut cm = first(&source_queue()).items.expect("source mode");
     cm.metadata.resource_version = Some("7".into());
     cm.data = Some(
         data.iter()

@@ -513,8 +513,13 @@ async fn every_work_queue_example_reaches_ready_with_the_stand_in_images() {
         out
     };
     let hello = logs("hello", "worker").await;
+    // `echo "processing $WORK_ITEM"; cat "$WORK_ITEM_FILE"`: the item, from the variable
+    // and then from the file (the pod's annotation, through the downward API).
     for item in ["alpha", "beta", "gamma"] {
-        assert!(hello.contains(&format!("processing {item}")), "{hello}");
+        assert!(
+            hello.contains(&format!("processing {item}\n{item}")),
+            "{hello}"
+        );
     }
     let reports = logs("reports", "report").await;
     for item in ["2024-q1", "2024-q2", "2024-q3"] {
