@@ -8,7 +8,20 @@
 //! another value or missing, is; and a field it applied before and no longer does
 //! ([`drops_owned`]), which server-side apply removes only when applied without it.
 
+use std::borrow::Cow;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::FieldsV1;
 use serde_json::Value;
+
+/// The field set of a `managedFields` entry as a tree: parsed from its JSON text where the
+/// watch cache keeps it so ([`crate::controller::children::keep_own_fields`]), as the API
+/// server sent it otherwise. (The server's is always a JSON object, never a string.)
+pub fn field_set(fields: &FieldsV1) -> Option<Cow<'_, Value>> {
+    match &fields.0 {
+        Value::String(text) => serde_json::from_str(text).ok().map(Cow::Owned),
+        tree => Some(Cow::Borrowed(tree)),
+    }
+}
 
 /// Whether `live` holds every field of `desired` with the same value.
 ///

@@ -80,8 +80,8 @@ fn holds<C: ChildKind>(live: &C, desired: &C) -> bool {
                 && m.operation.as_deref() == Some("Apply")
                 && m.subresource.is_none()
         })
-        .filter_map(|m| m.fields_v1.as_ref())
-        .any(|owned| drift::drops_owned(&owned.0, &desired));
+        .filter_map(|m| drift::field_set(m.fields_v1.as_ref()?))
+        .any(|owned| drift::drops_owned(&owned, &desired));
     !dropped && drift::holds(&live_value, &desired)
 }
 
@@ -348,8 +348,8 @@ fn applies_replicas(deployment: &Deployment, manager: &str) -> bool {
         .filter(|m| {
             m.manager.as_deref() == Some(manager) && m.operation.as_deref() == Some("Apply")
         })
-        .filter_map(|m| m.fields_v1.as_ref())
-        .any(|fields| fields.0.pointer("/f:spec/f:replicas").is_some())
+        .filter_map(|m| drift::field_set(m.fields_v1.as_ref()?))
+        .any(|fields| fields.pointer("/f:spec/f:replicas").is_some())
 }
 
 /// The error of a failed write of a child, after publishing it as a Warning Event.

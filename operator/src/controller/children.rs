@@ -553,12 +553,35 @@ fn watch<K: ChildKind>(api: Api<K>, writer: Writer<K>) -> impl Future<Output = (
     let config = watcher::Config::default().labels(MANAGED_SELECTOR);
     watcher(api, config)
         .default_backoff()
+        .modify(keep_own_fields)
         .reflect_shared(writer)
         .for_each(|event| async move {
             if let Err(error) = event {
                 tracing::warn!(kind = K::KIND, %error, "child watch failed; retrying");
             }
         })
+}
+
+/// Takes out of a cached child what no controller reads: every `managedFields` entry but
+/// the operator's own applied set, which drift detection reads ([`crate::drift::drops_owned`]),
+/// and that one it keeps as its JSON text ([`crate::drift::field_set`] parses it when
+/// read). As a tree of maps, a Deployment's field set takes many times the memory of its
+/// text; the other entries (kube-controller-manager's status writes, a person's edits) are
+/// never read. A cache holds every child in the cluster (docs/benchmarks.md has what
+/// this saves).
+pub fn keep_own_fields<K: Resource>(child: &mut K) {
+    if let Some(entries) = child.meta_mut().managed_fields.as_mut() {
+        entries.retain(|m| {
+            m.manager.as_deref() == Some(super::MANAGER)
+                && m.operation.as_deref() == Some("Apply")
+                && m.subresource.is_none()
+        });
+        for fields in entries.iter_mut().filter_map(|m| m.fields_v1.as_mut()) {
+            if !fields.0.is_string() {
+                fields.0 = serde_json::Value::String(fields.0.to_string());
+            }
+        }
+    }
 }
 
 /// The watch of the unfinished pods of the operator's Jobs.
@@ -606,5 +629,54 @@ where
     match namespace {
         Some(namespace) => Api::namespaced(client.clone(), namespace),
         None => Api::all(client.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use serde_json::json;
+
+    use super::keep_own_fields;
+    use crate::drift;
+
+    #[test]
+    fn a_cached_child_keeps_only_the_operators_field_set_as_text_and_drift_still_reads_it() {
+        let mut live: Deployment = serde_json::from_value(json!({
+            "metadata": {"name": "web", "managedFields": [
+                {"manager": "rigging-operator", "operation": "Apply",
+                 "fieldsV1": {"f:spec": {"f:replicas": {}, "f:paused": {}}}},
+                {"manager": "kube-controller-manager", "operation": "Update",
+                 "subresource": "status", "fieldsV1": {"f:status": {"f:replicas": {}}}},
+                {"manager": "kubectl-edit", "operation": "Update",
+                 "fieldsV1": {"f:spec": {"f:minReadySeconds": {}}}}
+            ]},
+            "spec": {"replicas": 2, "paused": false, "minReadySeconds": 5,
+                     "selector": {}, "template": {}}
+        }))
+        .unwrap();
+        keep_own_fields(&mut live);
+        let entries = live.metadata.managed_fields.as_ref().unwrap();
+        assert_eq!(entries.len(), 1);
+        let fields = entries[0].fields_v1.as_ref().unwrap();
+        assert!(fields.0.is_string(), "{fields:?}");
+        let owned = drift::field_set(fields).unwrap();
+        assert_eq!(
+            *owned,
+            json!({"f:spec": {"f:replicas": {}, "f:paused": {}}})
+        );
+        // What the operator no longer applies (replicas, under an autoscaler) is drift.
+        assert!(drift::drops_owned(
+            &owned,
+            &json!({"spec": {"paused": false}})
+        ));
+        assert!(!drift::drops_owned(
+            &owned,
+            &json!({"spec": {"paused": false, "replicas": 2}})
+        ));
+        // Trimming twice changes nothing.
+        let once = live.clone();
+        keep_own_fields(&mut live);
+        assert_eq!(live, once);
     }
 }

@@ -24,7 +24,7 @@ use futures::StreamExt;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::jiff::Timestamp;
-use kube::runtime::{Controller, watcher};
+use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
 use kube::{Api, Resource};
 
 use rigging_crds::FieldErrors;
@@ -193,7 +193,15 @@ pub fn controller<K: Kind>(
     // record of what is done (a work queue's finished items), and a stale one read beside
     // fresher children, after a failover, could run an item twice. A stale child cache
     // costs only a create the API server refuses.
-    let controller = Controller::new(api, watcher::Config::default()).with_config(
+    let (reader, writer) = reflector::store();
+    let objects = watcher(api, watcher::Config::default())
+        .default_backoff()
+        // Nothing reads who wrote which field of the object itself, and for an object
+        // applied with kubectl that is another copy of its spec, in every cached object.
+        .modify(|object: &mut K| object.meta_mut().managed_fields = None)
+        .reflect(writer)
+        .applied_objects();
+    let controller = Controller::for_stream(objects, reader).with_config(
         kube::runtime::controller::Config::default().concurrency(ctx.config.concurrency),
     );
     watches
