@@ -17,6 +17,8 @@ pub struct Metrics {
     pub duration: HistogramVec,
     /// `rigging_operator_applies_total{kind,child,outcome}`: `applied` or `unchanged`.
     pub applies: IntCounterVec,
+    /// `rigging_operator_status_writes_total{kind}`: status patches sent.
+    pub status_writes: IntCounterVec,
     /// `rigging_webhook_admissions_total{outcome}`: `injected`, `untouched`, `denied` or
     /// `invalid`.
     pub admissions: IntCounterVec,
@@ -67,6 +69,14 @@ impl Metrics {
             &["kind", "child", "outcome"],
         )
         .expect("static metric definition");
+        let status_writes = IntCounterVec::new(
+            Opts::new(
+                "rigging_operator_status_writes_total",
+                "Status patches sent, one per change of an object's status",
+            ),
+            &["kind"],
+        )
+        .expect("static metric definition");
         let admissions = IntCounterVec::new(
             Opts::new(
                 "rigging_webhook_admissions_total",
@@ -75,7 +85,13 @@ impl Metrics {
             &["outcome"],
         )
         .expect("static metric definition");
-        for c in [&reconciliations, &errors, &applies, &admissions] {
+        for c in [
+            &reconciliations,
+            &errors,
+            &applies,
+            &status_writes,
+            &admissions,
+        ] {
             registry
                 .register(Box::new(c.clone()))
                 .expect("metric registered once");
@@ -95,6 +111,7 @@ impl Metrics {
             errors,
             duration,
             applies,
+            status_writes,
             admissions,
         }
     }

@@ -2,6 +2,7 @@
 //! controller, so that tests can hand it a mocked client and prefilled caches. Nothing in
 //! it belongs to one kind.
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -57,6 +58,15 @@ pub struct Context {
     failures: Mutex<HashMap<FailureKey, u32>>,
     /// The rollouts started and held back under [`Config::max_rollouts`].
     pub rollouts: super::rollouts::Budget,
+    /// Statuses written that the watch may not have delivered yet, by uid
+    /// ([`Context::own_view`]).
+    written: Mutex<HashMap<String, WrittenStatus>>,
+}
+
+/// A status the operator wrote, and the `resourceVersion` of the object it replaced.
+struct WrittenStatus {
+    over: String,
+    status: Box<dyn Any + Send + Sync>,
 }
 
 impl Context {
@@ -80,7 +90,49 @@ impl Context {
             stores,
             failures: Mutex::default(),
             rollouts: super::rollouts::Budget::default(),
+            written: Mutex::default(),
         }
+    }
+
+    /// Remembers that `status` was written over `obj` as cached (the write gave the object
+    /// `resource_version`).
+    pub fn wrote_status<K: super::Kind>(
+        &self,
+        obj: &K,
+        status: &K::Status,
+        resource_version: Option<&str>,
+    ) {
+        let (Some(uid), Some(over)) = (obj.uid(), obj.resource_version()) else {
+            return;
+        };
+        let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        if resource_version == Some(over.as_str()) {
+            // Nothing changed: the cache already holds what was written.
+            written.remove(&uid);
+            return;
+        }
+        let status = Box::new(status.clone());
+        written.insert(uid, WrittenStatus { over, status });
+    }
+
+    /// `obj` with the status this operator last wrote, when `obj` is still the version that
+    /// write replaced: the watch of the object has not delivered the write yet (a child's
+    /// change, seen first, started this reconcile). Without it the reconcile would take the
+    /// older status for the truth and write the same status again, or, for a WorkQueue,
+    /// decide from a record it has already replaced. `None` when the cache is current.
+    pub fn own_view<K: super::Kind>(&self, obj: &K) -> Option<K> {
+        let uid = obj.uid()?;
+        let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = written.get(&uid)?;
+        if obj.resource_version().as_deref() != Some(entry.over.as_str()) {
+            // The cache holds that write, or something newer: it is the truth again.
+            written.remove(&uid);
+            return None;
+        }
+        let status = entry.status.downcast_ref::<K::Status>()?.clone();
+        let mut fresher = obj.clone();
+        *fresher.status_mut() = Some(status);
+        Some(fresher)
     }
 
     /// Records one more failure of `obj` and returns how long to wait before retrying.

@@ -112,7 +112,7 @@ impl<T> Object for T where
 /// What a Rigging kind supplies to the shared controller layer.
 pub trait Kind: Object {
     /// The status subresource's type.
-    type Status: Serialize + Clone + Debug + PartialEq + Send + Sync;
+    type Status: Serialize + Clone + Debug + PartialEq + Send + Sync + 'static;
 
     /// The `kind` label of metrics, and the kind named in logs.
     const KIND: &'static str;
@@ -155,6 +155,9 @@ pub trait Kind: Object {
 
     /// The status the object carries now.
     fn status(&self) -> Option<&Self::Status>;
+
+    /// The status, to replace.
+    fn status_mut(&mut self) -> &mut Option<Self::Status>;
 
     /// Events to publish once `next` replaces the status `self` carries (a failed work
     /// item, say). None by default.

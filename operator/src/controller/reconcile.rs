@@ -80,6 +80,8 @@ async fn reconcile_object<K: Kind>(obj: &K, ctx: &Context) -> Result<Action> {
         tracing::debug!("being deleted: nothing to reconcile");
         return Ok(Action::await_change());
     }
+    let own_view = ctx.own_view(obj);
+    let obj = own_view.as_ref().unwrap_or(obj);
     let now = Timestamp::now();
     // Desired state may depend on the children that exist: read them once the caches hold
     // their initial lists. (`run` waits for that before it starts any controller, so this
@@ -170,12 +172,18 @@ async fn patch_status<K: Kind>(
         "status": status,
     });
     let params = PatchParams::apply(MANAGER).force();
-    api.patch_status(&obj.name_any(), &params, &Patch::Apply(&patch))
+    let written = api
+        .patch_status(&obj.name_any(), &params, &Patch::Apply(&patch))
         .await
         .map_err(|source| Error::StatusPatch {
             namespace: namespace.to_owned(),
             name: obj.name_any(),
             source,
         })?;
+    ctx.metrics
+        .status_writes
+        .with_label_values(&[K::KIND])
+        .inc();
+    ctx.wrote_status(obj, status, written.resource_version().as_deref());
     Ok(())
 }

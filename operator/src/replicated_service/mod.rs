@@ -50,4 +50,8 @@ impl Kind for ReplicatedService {
     fn status(&self) -> Option<&ReplicatedServiceStatus> {
         self.status.as_ref()
     }
+
+    fn status_mut(&mut self) -> &mut Option<ReplicatedServiceStatus> {
+        &mut self.status
+    }
 }

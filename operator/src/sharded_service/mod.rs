@@ -56,6 +56,10 @@ impl Kind for ShardedService {
         self.status.as_ref()
     }
 
+    fn status_mut(&mut self) -> &mut Option<ShardedServiceStatus> {
+        &mut self.status
+    }
+
     fn events(&self, next: &ShardedServiceStatus) -> Vec<Note> {
         status::events(self, next)
     }

@@ -56,6 +56,10 @@ impl Kind for WorkQueue {
         self.status.as_ref()
     }
 
+    fn status_mut(&mut self) -> &mut Option<WorkQueueStatus> {
+        &mut self.status
+    }
+
     fn events(&self, next: &WorkQueueStatus) -> Vec<Note> {
         status::events(self, next)
     }

@@ -418,6 +418,20 @@ impl Operator {
     }
 }
 
+impl Operator {
+    /// `rigging_operator_status_writes_total{kind}`: the status patches this process has
+    /// sent for objects of `kind`. `None` while the admin port does not answer.
+    pub async fn status_writes(&self, kind: &str) -> Option<f64> {
+        let body = http_get(&self.admin, "/metrics").await?;
+        let line = format!("rigging_operator_status_writes_total{{kind=\"{kind}\"}} ");
+        Some(
+            body.lines()
+                .find_map(|l| l.strip_prefix(&line)?.parse().ok())
+                .unwrap_or(0.0),
+        )
+    }
+}
+
 impl Drop for Operator {
     fn drop(&mut self) {
         if let Some(child) = self.child.as_mut() {

@@ -208,6 +208,11 @@ impl Verifier {
         assert_eq!(body["kind"], K::kind(&()).as_ref());
         let mut echoed = serde_json::to_value(obj).unwrap();
         echoed["status"] = body["status"].clone();
+        // A write gives the object a new resourceVersion.
+        let version = &mut echoed["metadata"]["resourceVersion"];
+        if let Some(n) = version.as_str().and_then(|v| v.parse::<u64>().ok()) {
+            *version = json!((n + 1).to_string());
+        }
         send.send_response(json_response(StatusCode::OK, &echoed));
         body["status"].clone()
     }

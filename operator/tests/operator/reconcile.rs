@@ -219,6 +219,50 @@ async fn an_unchanged_object_with_a_current_status_costs_no_request() {
 }
 
 #[tokio::test]
+async fn a_reconcile_that_starts_before_the_watch_has_its_status_write_does_not_write_it_again() {
+    let rs = replicated_service(json!({}));
+    let want = children(&rs);
+    let cache = Cache {
+        deployments: vec![rolled_out(&want)],
+        children: Some(want),
+    };
+    let (client, mut api) = mock_api::pair("shop");
+    let ctx = context(client, ChildStores::prefilled(cache));
+    let writes = || {
+        ctx.metrics
+            .status_writes
+            .with_label_values(&["ReplicatedService"])
+            .get()
+    };
+    let first = tokio::spawn(reconcile(Arc::new(rs.clone()), ctx.clone()));
+    let written = api.status(&rs).await;
+    first.await.unwrap().unwrap();
+    assert_eq!(writes(), 1);
+    // A child's change starts the next reconcile while the cache still holds the object
+    // as it was before that write (resourceVersion 100, no status).
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        reconcile(Arc::new(rs.clone()), ctx.clone()),
+    )
+    .await
+    .expect("it made a request, and nobody answers")
+    .unwrap();
+    api.expect_no_request("the status it wrote is current")
+        .await;
+    assert_eq!(writes(), 1);
+    // Once the watch has the write (resourceVersion 101), the cache is the truth again:
+    // someone else's change since shows, and is set right.
+    let mut delivered = rs.clone();
+    delivered.metadata.resource_version = Some("101".into());
+    delivered.status = Some(serde_json::from_value(written).unwrap());
+    delivered.status.as_mut().unwrap().conditions.clear();
+    let third = tokio::spawn(reconcile(Arc::new(delivered.clone()), ctx.clone()));
+    api.status(&delivered).await;
+    third.await.unwrap().unwrap();
+    assert_eq!(writes(), 2);
+}
+
+#[tokio::test]
 async fn a_child_that_drifted_in_the_cache_is_the_only_one_applied() {
     let mut rs = replicated_service(json!({}));
     let want = children(&rs);
