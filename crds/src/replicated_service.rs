@@ -395,7 +395,8 @@ pub struct ReplicatedServiceStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 
-    /// Pods the Deployment runs.
+    /// Replicas the Deployment asks for: `spec.replicas`, or what the autoscaler chose
+    /// (at least its `minReplicas`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas: Option<i32>,
 
@@ -417,7 +418,7 @@ pub struct ReplicatedServiceStatus {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FrontendStatus {
-    /// Pods the frontend's Deployment runs.
+    /// Replicas the frontend's Deployment asks for (`frontend.replicas`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas: Option<i32>,
 

@@ -13,7 +13,8 @@ use crate::controller::conditions::{Cond, cond, finish};
 /// How far one Deployment is: ready pods, and whether every pod runs the current
 /// template.
 struct Rollout {
-    replicas: i32,
+    /// The replicas asked for: what the status reports, so that it moves when the spec or
+    /// the autoscaler does, not with every pod the ReplicaSet controller adds or removes.
     want: i32,
     /// Ready pods that make it ready: every pod, or active-passive the leader's alone
     /// (the others are never ready).
@@ -25,14 +26,17 @@ struct Rollout {
 }
 
 impl Rollout {
-    fn of(d: &Deployment, active_passive: bool) -> Self {
-        let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    /// `floor`: an autoscaler's `minReplicas`, which it scales the Deployment up to at
+    /// once, so that a Deployment just created (with the API server's default of one
+    /// replica) already counts as asking for them.
+    fn of(d: &Deployment, active_passive: bool, floor: Option<i32>) -> Self {
+        let asked = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+        let want = floor.map_or(asked, |floor| asked.max(floor));
         let want_ready = if active_passive { want.min(1) } else { want };
         let st = d.status.clone().unwrap_or_default();
         let ready = st.ready_replicas.unwrap_or(0);
         let current = st.observed_generation >= d.metadata.generation;
         Rollout {
-            replicas: st.replicas.unwrap_or(0),
             want,
             want_ready,
             ready,
@@ -59,8 +63,9 @@ pub fn observed(
     now: Timestamp,
 ) -> ReplicatedServiceStatus {
     let generation = rs.metadata.generation;
-    let app = deployment.map(|d| Rollout::of(d, desired::active_passive(rs)));
-    let front = frontend.map(|d| d.map(|d| Rollout::of(d, false)));
+    let floor = rs.spec.autoscaling.as_ref().map(|a| a.min_replicas);
+    let app = deployment.map(|d| Rollout::of(d, desired::active_passive(rs), floor));
+    let front = frontend.map(|d| d.map(|d| Rollout::of(d, false, None)));
     let summary = |app: &Rollout| {
         let mut summary = format!("{}/{} replicas ready", app.ready, app.want);
         if app.want_ready < app.want {
@@ -130,12 +135,12 @@ pub fn observed(
         "the spec is valid and its objects are applied",
     );
     let frontend_status = front.map(|f| FrontendStatus {
-        replicas: f.as_ref().map(|f| f.replicas),
+        replicas: f.as_ref().map(|f| f.want),
         ready_replicas: f.as_ref().map(|f| f.ready),
     });
     ReplicatedServiceStatus {
         observed_generation: generation,
-        replicas: app.as_ref().map(|a| a.replicas),
+        replicas: app.as_ref().map(|a| a.want),
         ready_replicas: app.as_ref().map(|a| a.ready),
         frontend: frontend_status,
         conditions: conditions(rs, [ready, progressing, degraded], generation, now),
@@ -268,6 +273,50 @@ mod tests {
             Timestamp::now(),
         );
         assert_eq!(condition(&app_down, "Ready").1, "ReplicasNotReady");
+    }
+
+    #[test]
+    fn the_status_moves_with_the_replicas_asked_for_not_with_each_pod_made() {
+        use crate::controller::conditions::is_current;
+        // A Deployment as created (no status yet), as its controller first sees it (no pod
+        // yet), with its pod Pending, and, autoscaled, scaled by the autoscaler to its
+        // minimum: the status says the same each time, so it is written once.
+        let at = |want: Option<i32>, pods: Option<i32>| {
+            let mut d = deployment(1, 0);
+            d.spec.as_mut().unwrap().replicas = want;
+            let st = d.status.as_mut().unwrap();
+            (st.replicas, st.updated_replicas) = (pods, pods);
+            if pods.is_none() {
+                d.status = None;
+            }
+            d
+        };
+        let plain = web(false);
+        let first = observed(&plain, Some(&at(Some(1), None)), None, Timestamp::now());
+        assert_eq!((first.replicas, first.ready_replicas), (Some(1), Some(0)));
+        for later in [at(Some(1), Some(0)), at(Some(1), Some(1))] {
+            let next = observed(&plain, Some(&later), None, Timestamp::now());
+            assert!(is_current(Some(&first), &next), "{next:?}");
+        }
+        let mut scaled = web(false);
+        scaled.spec.autoscaling = Some(
+            serde_json::from_value(serde_json::json!({"minReplicas": 2, "maxReplicas": 5}))
+                .unwrap(),
+        );
+        let first = observed(&scaled, Some(&at(None, None)), None, Timestamp::now());
+        assert_eq!(first.replicas, Some(2), "the autoscaler's minimum");
+        assert_eq!(condition(&first, "Ready").2, "0/2 replicas ready");
+        for later in [
+            at(None, Some(1)),
+            at(Some(2), Some(1)),
+            at(Some(2), Some(2)),
+        ] {
+            let next = observed(&scaled, Some(&later), None, Timestamp::now());
+            assert!(is_current(Some(&first), &next), "{next:?}");
+        }
+        // What the autoscaler does beyond its minimum shows.
+        let up = observed(&scaled, Some(&at(Some(4), Some(2))), None, Timestamp::now());
+        assert_eq!(up.replicas, Some(4));
     }
 
     #[test]

@@ -6,7 +6,12 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::{Operator, SETTLE, cluster, eventually, examples};
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::Api;
+use rigging_crds::ReplicatedService;
+use serde_json::json;
+
+use crate::support::{Operator, SETTLE, cluster, create, eventually, examples, replicated_service};
 
 /// How long the operator may take to converge on an example folder, pods included.
 const CONVERGE: Duration = Duration::from_secs(180);
@@ -103,4 +108,56 @@ async fn every_work_queue_example_settles_with_no_writes() {
         "work-queue",
     )
     .await;
+}
+
+#[tokio::test]
+async fn a_new_autoscaled_service_writes_its_status_once_while_its_pods_are_made_and_scaled() {
+    let Some(cluster) = cluster(
+        "a_new_autoscaled_service_writes_its_status_once_while_its_pods_are_made_and_scaled",
+    )
+    .await
+    else {
+        return;
+    };
+    let ns = cluster.namespace("status-writes").await;
+    let operator = Operator::start_with(
+        &cluster,
+        &ns.name,
+        "operator",
+        &["--no-leader-election", "--resync-period", "1s"],
+    );
+    // Pods that never get ready (nothing listens on 9999), so that no condition changes:
+    // what moves is the Deployment, its ReplicaSet and its pods.
+    let spec = json!({
+        "autoscaling": {"minReplicas": 2, "maxReplicas": 3},
+        "template": {"spec": {"containers": [{
+            "name": "app",
+            "image": crate::support::APP_IMAGE,
+            "readinessProbe": {"tcpSocket": {"port": 9999}}
+        }]}}
+    });
+    let services: Api<ReplicatedService> = Api::namespaced(cluster.client.clone(), &ns.name);
+    create(&services, replicated_service("web", &ns.name, spec)).await;
+    // The Deployment is made with the API server's default of one replica; its controller
+    // makes a ReplicaSet, which makes a pod; the autoscaler scales it to its minimum of 2;
+    // the ReplicaSet makes the second pod. Each of these changed the status before.
+    let deployments: Api<Deployment> = Api::namespaced(cluster.client.clone(), &ns.name);
+    eventually("the autoscaler's 2 pods of web", SETTLE, || async {
+        let d = deployments.get_opt("web").await.ok()??;
+        let status = d.status.as_ref()?;
+        (d.spec.as_ref()?.replicas == Some(2)
+            && status.observed_generation == d.metadata.generation
+            && status.replicas == Some(2))
+        .then_some(())
+    })
+    .await;
+    // Several resyncs (one a second) after the last of them.
+    tokio::time::sleep(QUIET).await;
+    let status = services.get_status("web").await.unwrap().status.unwrap();
+    assert_eq!((status.replicas, status.ready_replicas), (Some(2), Some(0)));
+    assert_eq!(
+        operator.status_writes("ReplicatedService").await,
+        Some(1.0),
+        "one status write: {status:?}"
+    );
 }

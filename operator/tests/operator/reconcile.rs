@@ -490,7 +490,7 @@ async fn a_frontend_gets_its_config_map_before_its_pods_and_its_status_reported(
         let status = api.status(&rs2).await;
         assert_eq!(
             status["frontend"],
-            json!({"replicas": 0, "readyReplicas": 0}),
+            json!({"replicas": 2, "readyReplicas": 0}),
             "{status}"
         );
         assert_eq!(condition(&status, "Ready")["status"], "False");
