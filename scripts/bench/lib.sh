@@ -26,13 +26,15 @@ anon_kib() {
 calc() { awk "BEGIN { print $1 }"; }
 
 # Puts the operator to measure at DIR/rigging-operator: a copy of $OPERATOR when set, else
-# of a fresh release build (a copy: the tree's binary may be rebuilt while a benchmark runs).
+# of a fresh build of what the image ships (Dockerfile: release, static musl), a copy
+# because the tree's binary may be rebuilt while a benchmark runs.
 operator_binary() {
   if [[ -n ${OPERATOR:-} ]]; then
     cp "$OPERATOR" "$1/rigging-operator"
   else
-    cargo build --release -q -p rigging-operator
-    cp target/release/rigging-operator "$1/rigging-operator"
+    local target=x86_64-unknown-linux-musl
+    cargo build --release --locked -q --target "$target" -p rigging-operator
+    cp "${CARGO_TARGET_DIR:-target}/$target/release/rigging-operator" "$1/rigging-operator"
   fi
 }
 

@@ -6,6 +6,11 @@
 #   SIZES="1000" PARALLELISM=100 scripts/bench/work_queue.sh
 #   OPERATOR=path/to/rigging-operator scripts/bench/work_queue.sh   a binary already built
 #   KEEP=1 scripts/bench/work_queue.sh          keeps the work directory (operator log)
+#   NODE=1 SIZES=200 scripts/bench/work_queue.sh   on the kit with its node: real pods
+#                                               (the stand-in images), no stand-in kubelet
+#   STOP_AFTER=300 scripts/bench/work_queue.sh  reports each queue as it is after 300 s,
+#                                               finished or not (the kit completes about
+#                                               3 items a second: 10,000 take ≈ 55 min)
 #
 # Without a node a pod stays Pending, so a stand-in plays the kubelet: it watches the
 # queue's pods and marks each one Succeeded through the pod status subresource (one PATCH,
@@ -17,8 +22,8 @@
 # - seconds from the apply to status.succeeded == N (all-succeeded);
 # - the operator's CPU time (/proc/PID/stat) over that span, and its peak RSS (VmHWM) at
 #   the end; one operator process per size, so that each peak is its own;
-# - the largest object the operator writes: the WorkQueue's status (as JSON), the items
-#   ConfigMap, the largest results ConfigMap (each as the API server returns it, with
+# - the largest object the operator writes: the WorkQueue's status (as JSON), the largest
+#   Job and the largest results ConfigMap (each as the API server returns it, with
 #   metadata and managedFields), and the WorkQueue as stored;
 # - bytes the operator sent per item: request bodies of Job creates, ConfigMap creates and
 #   applies, and WorkQueue status patches, from the API server's
@@ -34,6 +39,8 @@ SIZES=${SIZES:-1000 10000}
 PARALLELISM=${PARALLELISM:-200}
 TTL=${TTL:-0}
 TIMEOUT=${TIMEOUT:-1800}
+STOP_AFTER=${STOP_AFTER:-0}
+NODE=${NODE:-0}
 NS=bench
 
 log() { printf 'work_queue.sh: %s\n' "$*" >&2; }
@@ -54,7 +61,12 @@ trap 'log "failed; last lines of the operator log:"; tail -n 20 "$work"/operator
 
 load_at_start=$(cut -d' ' -f1-3 /proc/loadavg)
 
-start_kit "$work" --no-node
+if ((NODE)); then
+  start_kit "$work"
+  e2e/images/build.sh --import "$work/cp" standins >/dev/null
+else
+  start_kit "$work" --no-node
+fi
 
 # The stand-in kubelet, the poller and the table: the API server over HTTPS with the
 # kit's admin certificate, as scripts/bench/operator.sh does.
@@ -135,8 +147,9 @@ def body_bytes(conn):
             out[key] = out.get(key, 0) + float(line.rsplit(" ", 1)[1])
     return out
 
-def run(n, timeout):
-    """Waits for all-succeeded; prints seconds, then the sizes and bytes as JSON."""
+def run(n, timeout, stop_after):
+    """Waits for all-succeeded (or `stop_after` seconds, when not 0); prints seconds, then
+    the sizes and bytes as JSON."""
     conn = connect()
     start = float(os.environ["START"])
     before = json.loads(os.environ["BEFORE"])
@@ -146,6 +159,8 @@ def run(n, timeout):
         wq = json.loads(body)
         s = wq.get("status") or {}
         if s.get("succeeded") == n and s.get("observedGeneration") == wq["metadata"]["generation"]:
+            break
+        if stop_after and time.time() - start > stop_after:
             break
         if time.time() - start > timeout:
             sys.exit(f"q{n}: not all succeeded after {timeout} s: {json.dumps(s)[:500]}")
@@ -165,11 +180,15 @@ def run(n, timeout):
     cms = json.loads(cms)["items"]
     sizes = {cm["metadata"]["name"]: len(json.dumps(cm, separators=(",", ":"))) for cm in cms}
     results = {k: v for k, v in sizes.items() if "-results-" in k}
+    _, jobs = request(conn, "GET", f"/apis/batch/v1/namespaces/{ns}/jobs?labelSelector=rigging.dev%2Fwork-queue%3Dq{n}")
+    jobs = json.loads(jobs)["items"]
     print(json.dumps({
         "n": n, "seconds": elapsed,
         "status_bytes": len(json.dumps(wq.get("status"), separators=(",", ":"))),
         "object_bytes": len(json.dumps(wq, separators=(",", ":"))),
-        "items_cm_bytes": sizes.get(f"q{n}-items", 0),
+        "succeeded": s.get("succeeded", 0),
+        "job_max": max((len(json.dumps(j, separators=(",", ":"))) for j in jobs), default=0),
+        "other_cms": sorted(k for k in sizes if "-results-" not in k),
         "results_cms": len(results), "results_cm_max": max(results.values(), default=0),
         "written": written, "recorded": (s.get("results") or {}).get("recorded"),
     }))
@@ -182,19 +201,21 @@ def table():
     e = os.environ
     kib = lambda b: f"{b / 1024:.1f} KiB"
     print(f"Run {e['DATE']}, `scripts/bench/work_queue.sh` (parallelism {e['PARALLELISM']}, "
-          f"ttlSecondsAfterFinished {e['TTL']}, a stand-in completing each pod), {e['NPROC']} CPUs; "
+          f"ttlSecondsAfterFinished {e['TTL']}, {e['PODS']}), {e['NPROC']} CPUs; "
           f"load average {e['LOAD']} at the start, {e['LOAD_END']} at the end.")
     print()
     print("| items | apply → all succeeded | per item | operator CPU | operator peak RSS | status | WorkQueue as stored "
-          "| items ConfigMap | results ConfigMaps (largest) | operator bytes written per item |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| largest Job | results ConfigMaps (largest) | other ConfigMaps | operator bytes written per item |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         n = r["n"]
         written = sum(r["written"].values())
-        print(f"| {n:,} | {r['seconds']:.1f} s | {1000 * r['seconds'] / n:.1f} ms | {r['cpu_s']:.1f} s "
+        done = f"{r['seconds']:.1f} s" if r["succeeded"] == n else f"stopped at {r['seconds']:.0f} s, {r['succeeded']:,} succeeded"
+        print(f"| {n:,} | {done} | {1000 * r['seconds'] / max(r['succeeded'], 1):.1f} ms | {r['cpu_s']:.1f} s "
               f"| {r['hwm_kib'] / 1024:.1f} MiB | {kib(r['status_bytes'])} | {kib(r['object_bytes'])} "
-              f"| {kib(r['items_cm_bytes'])} | {r['results_cms']} ({kib(r['results_cm_max'])}) "
-              f"| {written / n:,.0f} B |")
+              f"| {kib(r['job_max'])} | {r['results_cms']} ({kib(r['results_cm_max'])}) "
+              f"| {', '.join(r['other_cms']) or 'none'} "
+              f"| {written / max(r['succeeded'], 1):,.0f} B |")
     print()
     for r in rows:
         print(f"Bytes the operator sent for {r['n']:,} items, by request: " +
@@ -206,7 +227,7 @@ if cmd == "table":
 elif cmd == "complete":
     complete()
 elif cmd == "run":
-    run(int(sys.argv[2]), float(sys.argv[3]))
+    run(int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]))
 elif cmd == "metrics":
     snapshot()
 PY
@@ -215,8 +236,10 @@ export WORK=$work NS SERVER
 bench() { python3 "$work/bench.py" "$@"; }
 
 "${kubectl[@]}" create namespace "$NS" >/dev/null
-bench complete 2>"$work/completer.log" &
-completer=$!
+if ((!NODE)); then
+  bench complete 2>"$work/completer.log" &
+  completer=$!
+fi
 
 queue() { # the WorkQueue of N items, as YAML
   local n=$1 i
@@ -256,16 +279,18 @@ for n in $SIZES; do
   "${kubectl[@]}" apply --server-side -f "$work/q$n.yaml" >/dev/null
   apply_bytes=$(python3 -c 'import json,sys; a=json.loads(sys.argv[1]); b=json.loads(sys.argv[2]); print(b.get("workqueues patch",0)+b.get("workqueues apply",0)-a.get("workqueues patch",0)-a.get("workqueues apply",0))' \
     "$before" "$(bench metrics)")
-  result=$(START=$start BEFORE=$before APPLY_BYTES=$apply_bytes bench run "$n" "$TIMEOUT")
+  result=$(START=$start BEFORE=$before APPLY_BYTES=$apply_bytes bench run "$n" "$TIMEOUT" "$STOP_AFTER")
   cpu=$(calc "($(cpu_ticks "$op") - $ticks0) / $CLK_TCK")
   hwm=$(awk '/^VmHWM:/ {print $2}' "/proc/$op/status")
   rows+=("$(python3 -c 'import json,sys; r=json.loads(sys.argv[1]); r["cpu_s"]=float(sys.argv[2]); r["hwm_kib"]=int(sys.argv[3]); print(json.dumps(r))' "$result" "$cpu" "$hwm")")
-  log "q$n: all succeeded in $(python3 -c 'import json,sys; print(round(json.loads(sys.argv[1])["seconds"], 1))' "$result") s"
+  log "q$n: done in $(python3 -c 'import json,sys; print(round(json.loads(sys.argv[1])["seconds"], 1))' "$result") s"
   kill "$op"
   wait "$op" 2>/dev/null || true
   op=
 done
 
-printf '%s\n' "${rows[@]}" | DATE=$(date -u '+%Y-%m-%d %H:%M UTC') NPROC=$(nproc) \
+pods="a stand-in completing each pod"
+((NODE)) && pods="real pods on the kit's node"
+printf '%s\n' "${rows[@]}" | DATE=$(date -u '+%Y-%m-%d %H:%M UTC') NPROC=$(nproc) PODS=$pods \
   LOAD=$load_at_start LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg) PARALLELISM=$PARALLELISM TTL=$TTL \
   bench table
