@@ -699,6 +699,16 @@ mod tests {
         job.spec.as_ref().unwrap().template.spec.as_ref().unwrap()
     }
 
+    fn pod_meta(job: &Job) -> &ObjectMeta {
+        job.spec
+            .as_ref()
+            .unwrap()
+            .template
+            .metadata
+            .as_ref()
+            .unwrap()
+    }
+
     fn errors(wq: &WorkQueue) -> Vec<String> {
         match desired(wq, &config(), &Observed::nothing()) {
             Ok(_) => Vec::new(),
@@ -796,16 +806,8 @@ mod tests {
             file.field_ref.as_ref().unwrap().field_path,
             "metadata.annotations['rigging.dev/work-item']"
         );
-        let template = job
-            .spec
-            .as_ref()
-            .unwrap()
-            .template
-            .metadata
-            .as_ref()
-            .unwrap();
         assert_eq!(
-            template.annotations.as_ref().unwrap()[ITEM_ANNOTATION],
+            pod_meta(job).annotations.as_ref().unwrap()[ITEM_ANNOTATION],
             "cat.png"
         );
         assert_eq!(c.items, None, "no ConfigMap of items");
@@ -824,17 +826,7 @@ mod tests {
             job.metadata.annotations.as_ref().unwrap()[ITEM_ANNOTATION],
             "cat.png"
         );
-        let pod_labels = job
-            .spec
-            .as_ref()
-            .unwrap()
-            .template
-            .metadata
-            .as_ref()
-            .unwrap()
-            .labels
-            .as_ref()
-            .unwrap();
+        let pod_labels = pod_meta(job).labels.as_ref().unwrap();
         assert_eq!(pod_labels[QUEUE_LABEL], "thumbs");
         assert_eq!(pod_labels[ITEM_LABEL], hash);
         assert_eq!(
@@ -1232,9 +1224,8 @@ mod tests {
             job_names(&c),
             ["zebra", "apple"].map(|i| naming::job_name("feed", i))
         );
-        let template = c.jobs[0].spec.as_ref().unwrap().template.metadata.as_ref();
         assert_eq!(
-            template.unwrap().annotations.as_ref().unwrap()[ITEM_ANNOTATION],
+            pod_meta(&c.jobs[0]).annotations.as_ref().unwrap()[ITEM_ANNOTATION],
             "zebra"
         );
     }
