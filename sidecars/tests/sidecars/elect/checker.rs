@@ -99,6 +99,12 @@ impl Checker {
         }));
     }
 
+    /// Whether some sidecar has been seen claiming `token` yet.
+    pub fn has_seen(&self, token: u64) -> bool {
+        let records = self.records.lock().unwrap();
+        records.claims.iter().any(|c| c.token == token)
+    }
+
     /// Stops polling and asserts the invariants; panics naming the offending answers.
     pub fn verify(mut self) -> Summary {
         self.stop.store(true, Ordering::Relaxed);

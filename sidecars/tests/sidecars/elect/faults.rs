@@ -64,6 +64,14 @@ fn etcd_leadership_survives_faults_and_a_deposed_leaders_writes_are_fenced() {
         replicas[first].name
     );
 
+    // The checker polls on its own threads: on a busy machine it may not have asked the
+    // first leader yet, and a term it never saw would be missing from its count.
+    wait_for(
+        Duration::from_secs(5),
+        "the checker to see the first term",
+        || checker.has_seen(token).then_some(()),
+    );
+
     // SIGKILL of the leader's sidecar: it renews no more, its lease expires.
     replicas[first].kill();
     let (next, token, took) = wait_new_leader(&all_but(&replicas, first), token, bound);
