@@ -24,6 +24,7 @@ use futures::StreamExt;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::jiff::Timestamp;
+use kube::core::object::HasStatus;
 use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
 use kube::{Api, Resource};
 
@@ -109,11 +110,11 @@ impl<T> Object for T where
 {
 }
 
-/// What a Rigging kind supplies to the shared controller layer.
-pub trait Kind: Object {
-    /// The status subresource's type.
-    type Status: Serialize + Clone + Debug + PartialEq + Send + Sync + 'static;
-
+/// What a Rigging kind supplies to the shared controller layer. Its status, and where it
+/// lives, are kube's [`HasStatus`], which `#[derive(CustomResource)]` implements.
+pub trait Kind:
+    Object + HasStatus<Status: Serialize + Clone + Debug + PartialEq + Send + Sync + 'static>
+{
     /// The `kind` label of metrics, and the kind named in logs.
     const KIND: &'static str;
 
@@ -152,12 +153,6 @@ pub trait Kind: Object {
 
     /// The status of an object whose spec is invalid.
     fn invalid_status(&self, errors: &FieldErrors, now: Timestamp) -> Self::Status;
-
-    /// The status the object carries now.
-    fn status(&self) -> Option<&Self::Status>;
-
-    /// The status, to replace.
-    fn status_mut(&mut self) -> &mut Option<Self::Status>;
 
     /// Events to publish once `next` replaces the status `self` carries (a failed work
     /// item, say). None by default.

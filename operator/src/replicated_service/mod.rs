@@ -18,7 +18,6 @@ use crate::controller::RenderConfig;
 use crate::controller::{Applied, Child, Kind, Observed};
 
 impl Kind for ReplicatedService {
-    type Status = ReplicatedServiceStatus;
     const KIND: &'static str = "ReplicatedService";
 
     fn desired(
@@ -45,13 +44,5 @@ impl Kind for ReplicatedService {
 
     fn invalid_status(&self, errors: &FieldErrors, now: Timestamp) -> ReplicatedServiceStatus {
         status::invalid(self, errors, now)
-    }
-
-    fn status(&self) -> Option<&ReplicatedServiceStatus> {
-        self.status.as_ref()
-    }
-
-    fn status_mut(&mut self) -> &mut Option<ReplicatedServiceStatus> {
-        &mut self.status
     }
 }

@@ -20,7 +20,6 @@ use rigging_crds::{FieldErrors, ShardedService, ShardedServiceStatus};
 use crate::controller::{Answers, Applied, Child, Inquiry, Kind, Note, Observed, RenderConfig};
 
 impl Kind for ShardedService {
-    type Status = ShardedServiceStatus;
     const KIND: &'static str = "ShardedService";
 
     fn inquiry(&self, observed: &Observed) -> Option<Inquiry> {
@@ -50,14 +49,6 @@ impl Kind for ShardedService {
 
     fn invalid_status(&self, errors: &FieldErrors, now: Timestamp) -> ShardedServiceStatus {
         status::invalid(self, errors, now)
-    }
-
-    fn status(&self) -> Option<&ShardedServiceStatus> {
-        self.status.as_ref()
-    }
-
-    fn status_mut(&mut self) -> &mut Option<ShardedServiceStatus> {
-        &mut self.status
     }
 
     fn events(&self, next: &ShardedServiceStatus) -> Vec<Note> {

@@ -33,7 +33,6 @@ use rigging_crds::{FieldErrors, WorkQueue, WorkQueueStatus};
 use crate::controller::{Applied, Child, Kind, Note, Observed, RenderConfig};
 
 impl Kind for WorkQueue {
-    type Status = WorkQueueStatus;
     const KIND: &'static str = "WorkQueue";
 
     fn desired(
@@ -50,14 +49,6 @@ impl Kind for WorkQueue {
 
     fn invalid_status(&self, errors: &FieldErrors, now: Timestamp) -> WorkQueueStatus {
         status::invalid(self, errors, now)
-    }
-
-    fn status(&self) -> Option<&WorkQueueStatus> {
-        self.status.as_ref()
-    }
-
-    fn status_mut(&mut self) -> &mut Option<WorkQueueStatus> {
-        &mut self.status
     }
 
     fn events(&self, next: &WorkQueueStatus) -> Vec<Note> {
