@@ -10,17 +10,31 @@
 
 use std::borrow::Cow;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::FieldsV1;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta};
 use serde_json::Value;
 
-/// The field set of a `managedFields` entry as a tree: parsed from its JSON text where the
-/// watch cache keeps it so ([`crate::controller::children::keep_own_fields`]), as the API
-/// server sent it otherwise. (The server's is always a JSON object, never a string.)
-pub fn field_set(fields: &FieldsV1) -> Option<Cow<'_, Value>> {
-    match &fields.0 {
-        Value::String(text) => serde_json::from_str(text).ok().map(Cow::Owned),
-        tree => Some(Cow::Borrowed(tree)),
-    }
+use crate::controller::MANAGER;
+
+/// Whether `entry` records the operator's own server-side apply of the object itself (not
+/// of a subresource): the one `managedFields` entry a reconcile reads.
+pub fn is_own_apply(entry: &ManagedFieldsEntry) -> bool {
+    entry.manager.as_deref() == Some(MANAGER)
+        && entry.operation.as_deref() == Some("Apply")
+        && entry.subresource.is_none()
+}
+
+/// The field sets of the operator's own applies of an object, as trees: parsed from their
+/// JSON text where the watch cache keeps them so
+/// ([`crate::controller::children::keep_own_fields`]), as the API server sent them
+/// otherwise. (The server's is always a JSON object, never a string.)
+pub fn own_field_sets(meta: &ObjectMeta) -> impl Iterator<Item = Cow<'_, Value>> {
+    let entries = meta.managed_fields.iter().flatten();
+    entries
+        .filter(|m| is_own_apply(m))
+        .filter_map(|m| match &m.fields_v1.as_ref()?.0 {
+            Value::String(text) => serde_json::from_str(text).ok().map(Cow::Owned),
+            tree => Some(Cow::Borrowed(tree)),
+        })
 }
 
 /// Whether `live` holds every field of `desired` with the same value.

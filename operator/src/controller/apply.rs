@@ -70,18 +70,8 @@ fn holds<C: ChildKind>(live: &C, desired: &C) -> bool {
     else {
         return false;
     };
-    let dropped = live
-        .meta()
-        .managed_fields
-        .iter()
-        .flatten()
-        .filter(|m| {
-            m.manager.as_deref() == Some(MANAGER)
-                && m.operation.as_deref() == Some("Apply")
-                && m.subresource.is_none()
-        })
-        .filter_map(|m| drift::field_set(m.fields_v1.as_ref()?))
-        .any(|owned| drift::drops_owned(&owned, &desired));
+    let dropped =
+        drift::own_field_sets(live.meta()).any(|owned| drift::drops_owned(&owned, &desired));
     !dropped && drift::holds(&live_value, &desired)
 }
 
@@ -319,7 +309,7 @@ pub async fn hand_over_replicas<K: Kind>(
     let Some(replicas) = live.spec.as_ref().and_then(|s| s.replicas) else {
         return Ok(false);
     };
-    if !applies_replicas(&live, MANAGER) {
+    if !applies_replicas(&live) {
         return Ok(false);
     }
     let patch = serde_json::json!({
@@ -338,17 +328,9 @@ pub async fn hand_over_replicas<K: Kind>(
     Ok(true)
 }
 
-/// Whether `manager` owns `spec.replicas` of `deployment` through server-side apply.
-fn applies_replicas(deployment: &Deployment, manager: &str) -> bool {
-    deployment
-        .metadata
-        .managed_fields
-        .iter()
-        .flatten()
-        .filter(|m| {
-            m.manager.as_deref() == Some(manager) && m.operation.as_deref() == Some("Apply")
-        })
-        .filter_map(|m| drift::field_set(m.fields_v1.as_ref()?))
+/// Whether the operator owns `spec.replicas` of `deployment` through server-side apply.
+fn applies_replicas(deployment: &Deployment) -> bool {
+    drift::own_field_sets(&deployment.metadata)
         .any(|fields| fields.pointer("/f:spec/f:replicas").is_some())
 }
 

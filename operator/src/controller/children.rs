@@ -564,18 +564,14 @@ fn watch<K: ChildKind>(api: Api<K>, writer: Writer<K>) -> impl Future<Output = (
 
 /// Takes out of a cached child what no controller reads: every `managedFields` entry but
 /// the operator's own applied set, which drift detection reads ([`crate::drift::drops_owned`]),
-/// and that one it keeps as its JSON text ([`crate::drift::field_set`] parses it when
-/// read). As a tree of maps, a Deployment's field set takes many times the memory of its
+/// and that one it keeps as its JSON text ([`crate::drift::own_field_sets`] parses it
+/// when read). As a tree of maps, a Deployment's field set takes many times the memory of its
 /// text; the other entries (kube-controller-manager's status writes, a person's edits) are
 /// never read. A cache holds every child in the cluster (docs/benchmarks.md has what
 /// this saves).
 pub fn keep_own_fields<K: Resource>(child: &mut K) {
     if let Some(entries) = child.meta_mut().managed_fields.as_mut() {
-        entries.retain(|m| {
-            m.manager.as_deref() == Some(super::MANAGER)
-                && m.operation.as_deref() == Some("Apply")
-                && m.subresource.is_none()
-        });
+        entries.retain(crate::drift::is_own_apply);
         for fields in entries.iter_mut().filter_map(|m| m.fields_v1.as_mut()) {
             if !fields.0.is_string() {
                 fields.0 = serde_json::Value::String(fields.0.to_string());
@@ -660,18 +656,20 @@ mod tests {
         assert_eq!(entries.len(), 1);
         let fields = entries[0].fields_v1.as_ref().unwrap();
         assert!(fields.0.is_string(), "{fields:?}");
-        let owned = drift::field_set(fields).unwrap();
+        let owned: Vec<_> = drift::own_field_sets(&live.metadata).collect();
+        assert_eq!(owned.len(), 1);
+        let owned = &owned[0];
         assert_eq!(
-            *owned,
+            **owned,
             json!({"f:spec": {"f:replicas": {}, "f:paused": {}}})
         );
         // What the operator no longer applies (replicas, under an autoscaler) is drift.
         assert!(drift::drops_owned(
-            &owned,
+            owned,
             &json!({"spec": {"paused": false}})
         ));
         assert!(!drift::drops_owned(
-            &owned,
+            owned,
             &json!({"spec": {"paused": false, "replicas": 2}})
         ));
         // Trimming twice changes nothing.
