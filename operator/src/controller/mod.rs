@@ -213,3 +213,29 @@ pub fn controller<K: Kind>(
             }
         })
 }
+
+/// Assertions the kinds' unit tests share.
+#[cfg(test)]
+pub mod testing {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    /// That `meta` is of a child in `namespace`, labelled as the operator's, under the
+    /// controller `(kind, name, uid)`: what garbage collection and the watches follow.
+    pub fn assert_child_of(meta: &ObjectMeta, namespace: &str, owner: (&str, &str, &str)) {
+        let reference = &meta.owner_references.as_ref().unwrap()[0];
+        assert_eq!(
+            (
+                reference.kind.as_str(),
+                reference.name.as_str(),
+                reference.uid.as_str()
+            ),
+            owner
+        );
+        assert_eq!(reference.controller, Some(true));
+        assert_eq!(meta.namespace.as_deref(), Some(namespace));
+        assert_eq!(
+            meta.labels.as_ref().unwrap()["app.kubernetes.io/managed-by"],
+            super::MANAGER
+        );
+    }
+}

@@ -341,6 +341,7 @@ fn hpa(rs: &ReplicatedService) -> Option<HorizontalPodAutoscaler> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::controller::testing::assert_child_of;
 
     /// A ReplicatedService from YAML, the way users write it.
     fn rs(yaml: &str) -> ReplicatedService {
@@ -635,17 +636,7 @@ spec:
             &c.hpa.as_ref().unwrap().metadata,
         ];
         for meta in metas {
-            let owner = &meta.owner_references.as_ref().unwrap()[0];
-            assert_eq!(
-                (owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str()),
-                ("ReplicatedService", "web", "1234-abcd")
-            );
-            assert_eq!(owner.controller, Some(true));
-            assert_eq!(meta.namespace.as_deref(), Some("shop"));
-            assert_eq!(
-                meta.labels.as_ref().unwrap()["app.kubernetes.io/managed-by"],
-                "rigging-operator"
-            );
+            assert_child_of(meta, "shop", ("ReplicatedService", "web", "1234-abcd"));
         }
     }
 

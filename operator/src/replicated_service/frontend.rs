@@ -558,11 +558,10 @@ spec:
             &f.service.metadata,
         ] {
             assert_eq!(meta.name.as_deref(), Some("web-frontend"));
-            assert_eq!(meta.namespace.as_deref(), Some("shop"));
-            let owner = &meta.owner_references.as_ref().unwrap()[0];
-            assert_eq!(
-                (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
-                ("ReplicatedService", "1234-abcd", Some(true))
+            crate::controller::testing::assert_child_of(
+                meta,
+                "shop",
+                ("ReplicatedService", "web", "1234-abcd"),
             );
         }
     }

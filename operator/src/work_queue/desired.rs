@@ -192,6 +192,9 @@ pub fn desired(
     // Results only on their Jobs so far: Job name → value, and whether one is due.
     let mut unrecorded: Vec<(String, String)> = Vec::new();
     let mut due = false;
+    // Whether a Job of this queue that an earlier operator made still mounts the ConfigMap
+    // of items ([`items_config_map`]).
+    let mut mounted = false;
     let mut consider = |job: &str, item: &str, unstarted: Option<&mut Vec<usize>>, i: usize| {
         let live = cache.as_ref().and_then(|c| c.get::<Job>(job));
         let ours = live.filter(|j| cache.as_ref().is_some_and(|c| c.controls(&**j)));
@@ -205,6 +208,7 @@ pub fn desired(
             }
             return;
         };
+        mounted |= mounts_items(&live);
         let outcome = status::outcome(&live);
         if recorded.get(job).is_some() {
             // Recorded: kept until its TTL has passed, then left out, so it is deleted.
@@ -273,7 +277,7 @@ pub fn desired(
 
     Ok(Children {
         elect,
-        items: items_config_map(wq, &items, observed),
+        items: items_config_map(wq, &items, mounted),
         source_deployment: source_deployment(wq),
         source_service: source_service(wq),
         results,
@@ -599,11 +603,12 @@ fn env_var(name: &str, value: &str) -> EnvVar {
 /// The ConfigMap of items. In source mode without data: the poller owns every key (under
 /// its own field manager), and what the operator applies never removes one. A static list
 /// has one only while a Job that an earlier release created mounts it (its pods read their
-/// item from it), so that an upgrade never takes an item from a pod about to start.
-fn items_config_map(wq: &WorkQueue, items: &[Item], observed: &Observed) -> Option<ConfigMap> {
+/// item from it: `mounted`), so that an upgrade never takes an item from a pod about to
+/// start.
+fn items_config_map(wq: &WorkQueue, items: &[Item], mounted: bool) -> Option<ConfigMap> {
     let data = match wq.spec.items {
         None => None,
-        Some(_) if observed.owned::<Job>().iter().any(|j| mounts_items(j)) => Some(
+        Some(_) if mounted => Some(
             items
                 .iter()
                 .map(|i| (i.key.clone(), i.item.clone()))
@@ -690,6 +695,7 @@ fn source_service(wq: &WorkQueue) -> Option<Service> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::controller::testing::assert_child_of;
     use crate::work_queue::fixtures::*;
     use rigging_crds::WorkQueueStatus;
 
@@ -833,18 +839,7 @@ mod tests {
             pod_labels["team"], "media",
             "the template's own labels stay"
         );
-        let meta = &job.metadata;
-        let owner = &meta.owner_references.as_ref().unwrap()[0];
-        assert_eq!(
-            (owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str()),
-            ("WorkQueue", "thumbs", "wq-uid")
-        );
-        assert_eq!(owner.controller, Some(true));
-        assert_eq!(meta.namespace.as_deref(), Some("media"));
-        assert_eq!(
-            meta.labels.as_ref().unwrap()["app.kubernetes.io/managed-by"],
-            "rigging-operator"
-        );
+        assert_child_of(&job.metadata, "media", ("WorkQueue", "thumbs", "wq-uid"));
     }
 
     #[test]
@@ -979,8 +974,8 @@ mod tests {
 
     #[test]
     fn items_that_would_make_the_work_queue_too_large_to_store_are_refused() {
-        // 180 items of 4000 bytes fit in the ConfigMap (720 kB), but the WorkQueue would
-        // hold them twice.
+        // 200 items of 4000 bytes are 800 kB, but the WorkQueue holds them twice (in
+        // spec.items and in managedFields): 1.6 MB as stored, over etcd's 1.5 MiB.
         let big = "y".repeat(4000);
         let items: Vec<String> = (0..200).map(|i| format!("{i}{big}")).collect();
         let refs: Vec<&str> = items.iter().map(String::as_str).collect();

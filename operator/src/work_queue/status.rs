@@ -714,9 +714,7 @@ mod tests {
     const ITEMS: [&str; 4] = ["a", "b", "c", "d"];
 
     fn applied(jobs: Vec<Job>) -> Applied {
-        let mut children = Vec::new();
-        children.extend(jobs.into_iter().map(Child::Job));
-        Applied::new(children)
+        Applied::new(jobs.into_iter().map(Child::Job).collect())
     }
 
     fn with_pods(jobs: Vec<Job>, pods: Vec<Pod>) -> Applied {
