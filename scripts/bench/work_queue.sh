@@ -10,7 +10,7 @@
 #                                               (the stand-in images), no stand-in kubelet
 #   STOP_AFTER=300 scripts/bench/work_queue.sh  reports each queue as it is after 300 s,
 #                                               finished or not (the kit completes about
-#                                               3 items a second: 10,000 take ≈ 55 min)
+#                                               3.3 items a second: 10,000 take ≈ 50 min)
 #
 # Without a node a pod stays Pending, so a stand-in plays the kubelet: it watches the
 # queue's pods and marks each one Succeeded through the pod status subresource (one PATCH,
@@ -24,7 +24,7 @@
 #   the end; one operator process per size, so that each peak is its own;
 # - the largest object the operator writes: the WorkQueue's status (as JSON), the largest
 #   Job and the largest results ConfigMap (each as the API server returns it, with
-#   metadata and managedFields), and the WorkQueue as stored;
+#   metadata and managedFields); and the WorkQueue as stored, which the user wrote;
 # - bytes the operator sent per item: request bodies of Job creates, ConfigMap creates and
 #   applies, and WorkQueue status patches, from the API server's
 #   apiserver_request_body_size_bytes (no other client writes those).

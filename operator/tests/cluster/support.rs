@@ -399,34 +399,37 @@ impl Operator {
 }
 
 impl Operator {
-    /// `rigging_operator_applies_total{outcome="applied"}` by its label set: the children
-    /// this process has written, by kind. `None` while the admin port does not answer.
-    pub async fn applied(&self) -> Option<BTreeMap<String, f64>> {
+    /// The samples of the metric `name` this process serves, by label set (`{kind="…"}`).
+    /// `None` while the admin port does not answer.
+    async fn samples(&self, name: &str) -> Option<BTreeMap<String, f64>> {
         let body = http_get(&self.admin, "/metrics").await?;
         Some(
             body.lines()
-                .filter(|l| {
-                    l.starts_with("rigging_operator_applies_total{")
-                        && l.contains("outcome=\"applied\"")
-                })
                 .filter_map(|l| {
-                    let (labels, value) = l.rsplit_once(' ')?;
+                    let (labels, value) = l.strip_prefix(name)?.rsplit_once(' ')?;
+                    labels.starts_with('{').then_some(())?;
                     Some((labels.to_owned(), value.parse().ok()?))
                 })
                 .collect(),
         )
     }
-}
 
-impl Operator {
+    /// `rigging_operator_applies_total{outcome="applied"}` by its label set: the children
+    /// this process has written, by kind. `None` while the admin port does not answer.
+    pub async fn applied(&self) -> Option<BTreeMap<String, f64>> {
+        let mut samples = self.samples("rigging_operator_applies_total").await?;
+        samples.retain(|labels, _| labels.contains("outcome=\"applied\""));
+        Some(samples)
+    }
+
     /// `rigging_operator_status_writes_total{kind}`: the status patches this process has
     /// sent for objects of `kind`. `None` while the admin port does not answer.
     pub async fn status_writes(&self, kind: &str) -> Option<f64> {
-        let body = http_get(&self.admin, "/metrics").await?;
-        let line = format!("rigging_operator_status_writes_total{{kind=\"{kind}\"}} ");
+        let samples = self.samples("rigging_operator_status_writes_total").await?;
         Some(
-            body.lines()
-                .find_map(|l| l.strip_prefix(&line)?.parse().ok())
+            samples
+                .get(&format!("{{kind=\"{kind}\"}}"))
+                .copied()
                 .unwrap_or(0.0),
         )
     }

@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 use kube::api::{Api, ListParams, ObjectMeta, PostParams};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, SanType};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::support::{Cluster, SETTLE, cluster, eventually, free_port};
 
@@ -283,19 +283,22 @@ async fn the_api_server_calls_the_webhook_for_labelled_pods_only() {
         init_names(&untouched)
     );
 
-    // A pod created directly with a bad annotation is refused with the webhook's message.
-    let bad = json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": "bad", "labels": {"rigging.dev/inject": "enabled"},
-                     "annotations": {"rigging.dev/sidecars": "health,sharding"}},
-        "spec": {"containers": [{"name": "app", "image": "redis:7"}]}
-    });
-    let out = cluster.kubectl_with_input(
-        &["create", "-n", &ns.name, "-f", "-"],
-        Some(&bad.to_string()),
-    );
-    assert!(!out.status.success(), "the bad pod was created");
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    // A pod created directly with bad annotations is refused with the webhook's message.
+    let refused = |name: &str, annotations: Value| {
+        let pod = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "labels": {"rigging.dev/inject": "enabled"},
+                         "annotations": annotations},
+            "spec": {"containers": [{"name": "app", "image": "redis:7"}]}
+        });
+        let out = cluster.kubectl_with_input(
+            &["create", "-n", &ns.name, "-f", "-"],
+            Some(&pod.to_string()),
+        );
+        assert!(!out.status.success(), "the {name} pod was created");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let stderr = refused("bad", json!({"rigging.dev/sidecars": "health,sharding"}));
     assert!(
         stderr.contains("metadata.annotations[rigging.dev/sidecars]: unknown sidecar \"sharding\""),
         "{stderr}"
@@ -303,20 +306,12 @@ async fn the_api_server_calls_the_webhook_for_labelled_pods_only() {
     // And one whose sidecar would ask for more memory than its limit, which the API
     // server itself would refuse of the pod, naming the field; the webhook names the
     // annotation.
-    let greedy = json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": "greedy", "labels": {"rigging.dev/inject": "enabled"},
-                     "annotations": {"rigging.dev/sidecars": "health",
-                                     "rigging.dev/health-checks": "tcp://127.0.0.1:6379",
-                                     "rigging.dev/health-memory-request": "1Gi"}},
-        "spec": {"containers": [{"name": "app", "image": "redis:7"}]}
-    });
-    let out = cluster.kubectl_with_input(
-        &["create", "-n", &ns.name, "-f", "-"],
-        Some(&greedy.to_string()),
+    let stderr = refused(
+        "greedy",
+        json!({"rigging.dev/sidecars": "health",
+               "rigging.dev/health-checks": "tcp://127.0.0.1:6379",
+               "rigging.dev/health-memory-request": "1Gi"}),
     );
-    assert!(!out.status.success(), "the greedy pod was created");
-    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("metadata.annotations[rigging.dev/health-memory-request]: 1Gi is more than the memory limit 64Mi"),
         "{stderr}"
