@@ -11,7 +11,8 @@
 //! What counts as rolling is read from the watch caches, as `kubectl rollout status`
 //! reads it. A Deployment whose rollout passed its progress deadline
 //! (`ProgressDeadlineExceeded`) counts no more: a workload that cannot roll must not hold
-//! up every other. Workloads this operator started rolling count from the moment it
+//! up every other. Nor does one being deleted: its pods go, and none replaces them.
+//! Workloads this operator started rolling count from the moment it
 //! applied them, before the cache shows them rolling, so that reconciles running at once
 //! never overshoot the budget.
 
@@ -114,7 +115,7 @@ pub fn workloads(stores: &ChildStores) -> HashMap<String, Seen> {
     fn seen<W: Workload>(kind: &str, w: &W) -> (String, Seen) {
         let seen = Seen {
             generation: w.meta().generation,
-            rolling: w.rolling(),
+            rolling: w.meta().deletion_timestamp.is_none() && w.rolling(),
         };
         (key(kind, w), seen)
     }
@@ -233,6 +234,32 @@ mod tests {
         // b is done: its slot is free.
         let done = seen(&[("a", 2, true), ("b", 2, false), ("c", 1, false)]);
         assert_eq!(budget.claim("c", Some(1), &done, 2), Slot::Granted);
+    }
+
+    #[test]
+    fn a_workload_being_deleted_holds_no_slot() {
+        use crate::controller::Child;
+        let deployment = |name: &str, deleted: bool| -> Child {
+            let mut d: Deployment = serde_norway::from_str(
+                "metadata: {namespace: shop, generation: 2}
+spec: {replicas: 2, selector: {}, template: {}}
+status: {observedGeneration: 2, replicas: 3, updatedReplicas: 1, availableReplicas: 2}",
+            )
+            .unwrap();
+            d.metadata.name = Some(name.into());
+            if deleted {
+                d.metadata.deletion_timestamp =
+                    Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                        k8s_openapi::jiff::Timestamp::now(),
+                    ));
+            }
+            Child::Deployment(d)
+        };
+        let stores =
+            ChildStores::prefilled([deployment("rolling", false), deployment("going", true)]);
+        let seen = workloads(&stores);
+        assert!(seen["Deployment/shop/rolling"].rolling);
+        assert!(!seen["Deployment/shop/going"].rolling);
     }
 
     #[test]

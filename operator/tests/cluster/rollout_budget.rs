@@ -105,7 +105,9 @@ async fn an_upgrade_rolls_at_most_max_rollouts_workloads_at_once() {
         .delete(&gone, &DeleteParams::foreground())
         .await
         .expect("delete");
-    let now = eventually("a waiting one takes the free slot", SETTLE, || async {
+    // The deleted one is gone once its pods are (its app's preStop delay, then the
+    // garbage collector): the bound of pods finishing on the node.
+    let now = eventually("a waiting one takes the free slot", POD_SETTLE, || async {
         upgraded()
             .await
             .filter(|u| u.len() == 2 && !u.contains(&gone))
