@@ -238,3 +238,22 @@ pub fn http_stub(respond: impl Fn() -> (u16, &'static str, String) + Send + 'sta
     });
     addr
 }
+
+/// The value of `series` in a Prometheus text exposition; labels must be written in the
+/// order the exposition has them.
+pub fn parse_metric(exposition: &str, series: &str) -> f64 {
+    exposition
+        .lines()
+        .find_map(|line| {
+            let rest = line.strip_prefix(series)?;
+            rest.strip_prefix(' ')?.trim().parse().ok()
+        })
+        .unwrap_or(0.0)
+}
+
+/// The value of `series` on the `/metrics` of the sidecar whose admin port is `admin` (0 when
+/// absent).
+pub fn metric(admin: SocketAddr, series: &str) -> f64 {
+    let (_, body) = http_get(admin, "/metrics").expect("GET /metrics");
+    parse_metric(&body, series)
+}

@@ -12,7 +12,9 @@ use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::support::{Proc, free_port, http_get, local, require_tool, wait_port, wait_ready};
+use crate::support::{
+    Proc, free_port, http_get, local, parse_metric, require_tool, wait_port, wait_ready,
+};
 
 /// `rigging-sidecar http` on free ports, with its config file in a temporary directory.
 pub struct Ambassador {
@@ -114,18 +116,6 @@ impl Ambassador {
             .unwrap()
             .to_owned()
     }
-}
-
-/// The value of `series` in a Prometheus text exposition; labels must be written in the
-/// order the exposition has them.
-pub fn parse_metric(exposition: &str, series: &str) -> f64 {
-    exposition
-        .lines()
-        .find_map(|line| {
-            let rest = line.strip_prefix(series)?;
-            rest.strip_prefix(' ')?.trim().parse().ok()
-        })
-        .unwrap_or(0.0)
 }
 
 /// A real nginx serving `name\n` on `/` and `ok` on `/status`, one worker, keep-alive on.
