@@ -16,7 +16,7 @@ cluster_packages=(
 test_packages=(
   shellcheck
   redis-server redis-tools memcached nutcracker
-  nginx-light haproxy prometheus postgresql varnish etcd-server
+  nginx-light haproxy prometheus postgresql varnish etcd-server nats-server
 )
 pip_packages=(pyyaml yamllint kubernetes-validate helm-python-sdk checkov)
 
@@ -38,7 +38,7 @@ install_apt() { # packages...
   # the tests and the local cluster start their own.
   local svc
   for svc in containerd redis-server memcached nutcracker nginx haproxy prometheus postgresql \
-    varnish etcd; do
+    varnish etcd nats-server; do
     "${sudo[@]}" service "$svc" stop >/dev/null 2>&1 || true
   done
 }

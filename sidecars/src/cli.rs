@@ -3,7 +3,7 @@
 
 use clap::{Parser, Subcommand};
 
-use crate::{elect, health, http, logs, metrics, shard, tls};
+use crate::{elect, health, http, logs, metrics, queue, shard, tls};
 
 /// `rigging-sidecar`'s command line.
 #[derive(Debug, Parser)]
@@ -37,4 +37,7 @@ pub enum Command {
     /// Leader election and item ownership on Leases or etcd, with fencing tokens, served
     /// on localhost.
     Elect(elect::Args),
+    /// Pub/sub ambassador on NATS JetStream: publish and receive messages over HTTP on
+    /// localhost, or route them with a built-in pipeline stage.
+    Queue(queue::Args),
 }

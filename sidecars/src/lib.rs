@@ -2,6 +2,7 @@
 //! [`runtime`] is what they all share (admin port, logs, shutdown, reload), and
 //! [`forwarding`] the HTTP data-plane core of `tls`, `shard --protocol http` and `http`.
 
+pub mod broker;
 pub mod cli;
 pub mod elect;
 pub mod forwarding;
@@ -10,6 +11,7 @@ pub mod http;
 pub mod logs;
 pub mod metrics;
 pub mod probe;
+pub mod queue;
 pub mod runtime;
 pub mod shard;
 pub mod tls;

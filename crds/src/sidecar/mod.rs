@@ -13,6 +13,7 @@ pub mod health;
 pub mod http;
 pub mod logs;
 pub mod metrics;
+pub mod queue;
 pub mod shard;
 #[cfg(feature = "api")]
 pub mod spec;
@@ -40,6 +41,10 @@ pub mod ports {
     pub const HTTP_ADMIN: u16 = 9124;
     /// The election sidecar's port: its API (`/leader`, `/owned`) and admin endpoints.
     pub const ELECT: u16 = 9125;
+    /// The queue sidecar's admin port.
+    pub const QUEUE_ADMIN: u16 = 9126;
+    /// The queue sidecar's publish API (`POST /publish/{topic}`), on loopback.
+    pub const QUEUE: u16 = 9127;
 }
 
 /// A sidecar's typed command line.

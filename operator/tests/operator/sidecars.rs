@@ -62,6 +62,7 @@ fn reparsed(args: &[String]) -> (&'static str, Vec<String>) {
             }
             .to_args(),
         ),
+        Command::Queue(a) => ("rigging-queue", a.to_args()),
     }
 }
 

@@ -8,6 +8,7 @@ mod health;
 mod http;
 mod logs;
 mod metrics;
+mod queue;
 mod shard;
 mod support;
 mod tls;

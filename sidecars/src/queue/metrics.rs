@@ -1,0 +1,118 @@
+//! The queue sidecar's metrics, per topic: what a stage's conservation is counted from.
+//! Of the messages delivered for the first time, each ends acked (with its outputs
+//! published), filtered, dead-lettered, or still in flight.
+
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+/// Counters and gauges, cheap to clone.
+#[derive(Clone)]
+pub struct Metrics {
+    /// Messages published, by topic and result (`stored`, `duplicate`, `error`).
+    pub published: IntCounterVec,
+    /// Deliveries taken from the broker, redeliveries included.
+    pub delivered: IntCounterVec,
+    /// Deliveries that were not the message's first.
+    pub redelivered: IntCounterVec,
+    /// Messages handled: the app answered 2xx, or a stage routed them, and their outputs
+    /// were published.
+    pub acked: IntCounterVec,
+    /// Messages a filter or split dropped on purpose.
+    pub filtered: IntCounterVec,
+    /// Deliveries that failed and will come again.
+    pub failed: IntCounterVec,
+    /// Messages moved to their dead-letter topic.
+    pub dead_lettered: IntCounterVec,
+    /// Messages this stage published downstream, by the topic they came from.
+    pub out: IntCounterVec,
+    /// Messages delivered to this pod and not yet settled.
+    pub in_flight: IntGauge,
+    /// Messages of a topic this consumer has not finished, in every replica: not yet
+    /// delivered plus delivered and unsettled.
+    pub lag: IntGaugeVec,
+    /// How long the app took to answer a delivery.
+    pub delivery_duration: HistogramVec,
+}
+
+impl Metrics {
+    /// Registers every metric in `registry`.
+    pub fn register(registry: &Registry) -> Result<Metrics, prometheus::Error> {
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let counter = IntCounterVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(counter.clone()))?;
+            Ok::<_, prometheus::Error>(counter)
+        };
+        let published = counter(
+            "rigging_queue_published_total",
+            "Messages published, by topic and result (stored, duplicate, error).",
+            &["topic", "result"],
+        )?;
+        let by_topic = |name: &str, help: &str| counter(name, help, &["topic"]);
+        let delivered = by_topic(
+            "rigging_queue_delivered_total",
+            "Deliveries taken from the broker, redeliveries included.",
+        )?;
+        let redelivered = by_topic(
+            "rigging_queue_redelivered_total",
+            "Deliveries that were not the message's first.",
+        )?;
+        let acked = by_topic(
+            "rigging_queue_acked_total",
+            "Messages handled and acknowledged, their outputs published.",
+        )?;
+        let filtered = by_topic(
+            "rigging_queue_filtered_total",
+            "Messages a filter or split dropped on purpose.",
+        )?;
+        let failed = by_topic(
+            "rigging_queue_failed_total",
+            "Deliveries that failed and will come again.",
+        )?;
+        let dead_lettered = by_topic(
+            "rigging_queue_dead_lettered_total",
+            "Messages moved to their dead-letter topic.",
+        )?;
+        let out = by_topic(
+            "rigging_queue_out_total",
+            "Messages published downstream, by the topic of the message they came from.",
+        )?;
+        let in_flight = IntGauge::new(
+            "rigging_queue_in_flight",
+            "Messages delivered to this pod and not yet settled.",
+        )?;
+        registry.register(Box::new(in_flight.clone()))?;
+        let lag = IntGaugeVec::new(
+            Opts::new(
+                "rigging_queue_lag",
+                "Messages of the topic the consumer has not finished, in every replica.",
+            ),
+            &["topic"],
+        )?;
+        registry.register(Box::new(lag.clone()))?;
+        let delivery_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "rigging_queue_delivery_duration_seconds",
+                "Time the app took to answer a delivery.",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            &["topic"],
+        )?;
+        registry.register(Box::new(delivery_duration.clone()))?;
+        Ok(Metrics {
+            published,
+            delivered,
+            redelivered,
+            acked,
+            filtered,
+            failed,
+            dead_lettered,
+            out,
+            in_flight,
+            lag,
+            delivery_duration,
+        })
+    }
+}
