@@ -2,6 +2,8 @@
 //! app or the built-in stage, publishing what comes out, and settling the message: ack,
 //! retry after a backoff, or dead-letter.
 
+use std::borrow::Cow;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,7 +15,7 @@ use http_body_util::{BodyExt, Either, Full, Limited};
 use rigging_crds::sidecar::queue::{DEAD_LETTER_SUFFIX, dead_letter_topic, is_topic};
 use tokio::sync::Semaphore;
 
-use super::metrics::Metrics;
+use super::metrics::{Metrics, TopicMetrics};
 use super::stage::{Route, Router, output_id};
 use super::{Args, PULL_WAIT};
 use crate::broker::{Broker, ConsumerSpec, Delivery, Outgoing};
@@ -160,6 +162,8 @@ pub struct Consumer<B> {
     backoff: Duration,
     max_backoff: Duration,
     metrics: Metrics,
+    /// The series of each subscribed topic.
+    topics: HashMap<String, TopicMetrics>,
 }
 
 impl<B: Broker> Consumer<B> {
@@ -184,7 +188,20 @@ impl<B: Broker> Consumer<B> {
             delivery_timeout: args.delivery_timeout,
             backoff: args.backoff,
             max_backoff: args.max_backoff,
+            topics: args
+                .subscribe
+                .iter()
+                .map(|topic| (topic.clone(), metrics.topic(topic)))
+                .collect(),
             metrics,
+        }
+    }
+
+    /// The series of `topic`: looked up at start for every subscribed topic.
+    fn counts(&self, topic: &str) -> Cow<'_, TopicMetrics> {
+        match self.topics.get(topic) {
+            Some(counts) => Cow::Borrowed(counts),
+            None => Cow::Owned(self.metrics.topic(topic)),
         }
     }
 
@@ -254,9 +271,9 @@ impl<B: Broker> Consumer<B> {
 
     async fn handle(&self, delivery: Delivery) {
         let topic = delivery.topic.as_str();
-        self.metrics.delivered.with_label_values(&[topic]).inc();
+        self.counts(topic).delivered.inc();
         if delivery.attempt > 1 {
-            self.metrics.redelivered.with_label_values(&[topic]).inc();
+            self.counts(topic).redelivered.inc();
         }
         self.metrics.in_flight.inc();
         let outcome = if delivery.attempt > self.max_deliveries {
@@ -290,9 +307,8 @@ impl<B: Broker> Consumer<B> {
         let app = self.app.as_ref().expect("checked: --deliver-to or --stage");
         let started = Instant::now();
         let answer = app.deliver(delivery, self.delivery_timeout).await;
-        self.metrics
+        self.counts(&delivery.topic)
             .delivery_duration
-            .with_label_values(&[&delivery.topic])
             .observe(started.elapsed().as_secs_f64());
         match answer {
             Err(reason) => Outcome::Failed(reason),
@@ -317,17 +333,14 @@ impl<B: Broker> Consumer<B> {
         let settled = match outcome {
             Outcome::Handled(outputs) => match self.publish_outputs(delivery, outputs).await {
                 Ok(published) => {
-                    self.metrics
-                        .out
-                        .with_label_values(&[topic])
-                        .inc_by(published);
-                    self.metrics.acked.with_label_values(&[topic]).inc();
+                    self.counts(topic).out.inc_by(published);
+                    self.counts(topic).acked.inc();
                     self.broker.ack(delivery).await
                 }
                 Err(reason) => return self.fail(delivery, reason).await,
             },
             Outcome::Filtered => {
-                self.metrics.filtered.with_label_values(&[topic]).inc();
+                self.counts(topic).filtered.inc();
                 self.broker.ack(delivery).await
             }
             Outcome::Poison(reason) => return self.dead_letter(delivery, reason).await,
@@ -383,10 +396,7 @@ impl<B: Broker> Consumer<B> {
         if delivery.attempt >= self.max_deliveries {
             return self.dead_letter(delivery, reason).await;
         }
-        self.metrics
-            .failed
-            .with_label_values(&[&delivery.topic])
-            .inc();
+        self.counts(&delivery.topic).failed.inc();
         let wait = self.backoff_for(u32::try_from(delivery.attempt).unwrap_or(u32::MAX));
         tracing::info!(
             id = %delivery.id,
@@ -405,7 +415,7 @@ impl<B: Broker> Consumer<B> {
         let topic = delivery.topic.as_str();
         if topic.ends_with(DEAD_LETTER_SUFFIX) {
             // A dead letter has nowhere further to go: keep it, and try again slowly.
-            self.metrics.failed.with_label_values(&[topic]).inc();
+            self.counts(topic).failed.inc();
             tracing::warn!(id = %delivery.id, topic, reason = %reason, "a dead letter failed again");
             let _ = self.broker.retry(delivery, self.max_backoff).await;
             return;
@@ -428,7 +438,7 @@ impl<B: Broker> Consumer<B> {
         tracing::warn!(id = %delivery.id, topic, delivery = delivery.attempt, reason = %reason, "dead-lettered");
         match self.broker.publish(letter).await {
             Ok(_) => {
-                self.metrics.dead_lettered.with_label_values(&[topic]).inc();
+                self.counts(topic).dead_lettered.inc();
                 if let Err(e) = self.broker.ack(delivery).await {
                     tracing::warn!(error = %e, "ack lost: the message will come again");
                 }
@@ -436,7 +446,7 @@ impl<B: Broker> Consumer<B> {
             Err(e) => {
                 // Not acked: the message stays, and comes back to be dead-lettered again.
                 tracing::warn!(error = %e, "cannot publish the dead letter");
-                self.metrics.failed.with_label_values(&[topic]).inc();
+                self.counts(topic).failed.inc();
                 let _ = self.broker.retry(delivery, self.backoff).await;
             }
         }

@@ -3,7 +3,8 @@
 //! published), filtered, dead-lettered, or still in flight.
 
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 /// Counters and gauges, cheap to clone.
@@ -114,5 +115,44 @@ impl Metrics {
             lag,
             delivery_duration,
         })
+    }
+}
+
+/// The series of one consumed topic, looked up once: the hot path then counts without
+/// hashing label values for every message.
+#[derive(Clone)]
+pub struct TopicMetrics {
+    /// `rigging_queue_delivered_total{topic}`.
+    pub delivered: IntCounter,
+    /// `rigging_queue_redelivered_total{topic}`.
+    pub redelivered: IntCounter,
+    /// `rigging_queue_acked_total{topic}`.
+    pub acked: IntCounter,
+    /// `rigging_queue_filtered_total{topic}`.
+    pub filtered: IntCounter,
+    /// `rigging_queue_failed_total{topic}`.
+    pub failed: IntCounter,
+    /// `rigging_queue_dead_lettered_total{topic}`.
+    pub dead_lettered: IntCounter,
+    /// `rigging_queue_out_total{topic}`.
+    pub out: IntCounter,
+    /// `rigging_queue_delivery_duration_seconds{topic}`.
+    pub delivery_duration: Histogram,
+}
+
+impl Metrics {
+    /// The series of consumed topic `topic`.
+    pub fn topic(&self, topic: &str) -> TopicMetrics {
+        let label = &[topic];
+        TopicMetrics {
+            delivered: self.delivered.with_label_values(label),
+            redelivered: self.redelivered.with_label_values(label),
+            acked: self.acked.with_label_values(label),
+            filtered: self.filtered.with_label_values(label),
+            failed: self.failed.with_label_values(label),
+            dead_lettered: self.dead_lettered.with_label_values(label),
+            out: self.out.with_label_values(label),
+            delivery_duration: self.delivery_duration.with_label_values(label),
+        }
     }
 }
