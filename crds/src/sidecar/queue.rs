@@ -15,6 +15,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{SidecarArgs, duration, ports};
 
+/// The NATS server when none is given.
+pub const DEFAULT_NATS: &str = "nats://127.0.0.1:4222";
+
 /// The stream that holds the topics when `--stream` is not given.
 pub const DEFAULT_STREAM: &str = "rigging";
 
@@ -46,15 +49,12 @@ pub enum Stage {
 #[derive(Debug, Clone, PartialEq, Serialize, clap::Args)]
 #[serde(rename_all = "kebab-case")]
 pub struct QueueArgs {
-    /// The NATS server, `nats://HOST:PORT`; `nats://USER:PASSWORD@HOST:PORT` for password
+    /// The NATS server, `nats://HOST:PORT` ([`DEFAULT_NATS`] when neither the flag nor
+    /// `RIGGING_NATS_URL` is given); `nats://USER:PASSWORD@HOST:PORT` for password
     /// authentication (set `RIGGING_NATS_URL` from a Secret rather than the flag, so the
     /// password stays out of the pod spec). Several, comma-separated, for a cluster.
-    #[arg(
-        long,
-        env = "RIGGING_NATS_URL",
-        default_value = "nats://127.0.0.1:4222"
-    )]
-    pub nats: String,
+    #[arg(long, env = "RIGGING_NATS_URL")]
+    pub nats: Option<String>,
     /// The JetStream stream that holds the topics: topic `T` is subject `STREAM.T`. Created
     /// on start when missing.
     #[arg(long, default_value = DEFAULT_STREAM, value_name = "NAME")]
@@ -207,10 +207,11 @@ pub fn dead_letter_topic(topic: &str) -> String {
 }
 
 impl QueueArgs {
-    /// A publish-only sidecar on `nats`, every other setting at its default.
-    pub fn new(nats: impl Into<String>) -> Self {
+    /// A publish-only sidecar on `nats` (`None`: from `RIGGING_NATS_URL`), every other
+    /// setting at its default.
+    pub fn new(nats: Option<String>) -> Self {
         Self {
-            nats: nats.into(),
+            nats,
             stream: DEFAULT_STREAM.to_owned(),
             stream_replicas: 1,
             retention: Duration::from_secs(24 * 3600),
@@ -386,7 +387,7 @@ mod tests {
         QueueArgs {
             subscribe: vec!["in".into()],
             stage: Some(stage),
-            ..QueueArgs::new("nats://127.0.0.1:4222")
+            ..QueueArgs::new(None)
         }
     }
 
@@ -406,15 +407,15 @@ mod tests {
 
     #[test]
     fn a_publisher_needs_no_topic_and_a_subscriber_needs_somewhere_to_deliver() {
-        assert_eq!(QueueArgs::new("nats://n:4222").check(), Ok(()));
+        assert_eq!(QueueArgs::new(None).check(), Ok(()));
         let no_target = QueueArgs {
             subscribe: vec!["in".into()],
-            ..QueueArgs::new("nats://n:4222")
+            ..QueueArgs::new(None)
         };
         assert_eq!(no_target.check(), Err(QueueArgsError::NowhereToDeliver));
         let no_topic = QueueArgs {
             deliver_to: Some("http://127.0.0.1:8080/".into()),
-            ..QueueArgs::new("nats://n:4222")
+            ..QueueArgs::new(None)
         };
         assert_eq!(no_topic.check(), Err(QueueArgsError::NothingToConsume));
     }
@@ -447,7 +448,7 @@ mod tests {
     fn the_default_consumer_name_is_one_nats_accepts() {
         let args = QueueArgs {
             subscribe: vec!["in".into(), "in.dead-letter".into()],
-            ..QueueArgs::new("nats://n:4222")
+            ..QueueArgs::new(None)
         };
         assert_eq!(args.consumer_name(), "in-in-dead-letter-reader");
     }

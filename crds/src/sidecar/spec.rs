@@ -43,6 +43,11 @@ pub struct Sidecars {
     /// ServiceAccount a Role for the Leases of the namespace, `<name>-elect`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub elect: Option<ElectSidecar>,
+    /// The queue sidecar, the pub/sub ambassador on NATS JetStream: the app publishes with
+    /// `POST http://127.0.0.1:9127/publish/{topic}`, and with `subscribe` receives each
+    /// message of those topics as a POST to `deliverTo`, a 2xx answer acknowledging it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<QueueSidecar>,
 }
 
 /// The log adapter's settings.
@@ -244,6 +249,94 @@ pub struct ElectSidecar {
     /// sidecar's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<SidecarResources>,
+}
+
+/// The queue sidecar's settings (docs/sidecars/queue.md).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[x_kube(
+    validation = Rule::new("has(self.url) != has(self.urlSecret)")
+        .message("give the NATS server as url, or as urlSecret when its URL holds credentials: one of them"),
+    validation = Rule::new("!has(self.url) || self.url.matches('^nats://[^@/]+$')")
+        .message("url must be nats://HOST:PORT (several comma-separated for a cluster); a URL with credentials goes in a Secret, named by urlSecret")
+        .field_path(".url"),
+    validation = Rule::new("!has(self.subscribe) || self.subscribe.all(t, t.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.dead-letter)?$'))")
+        .message("subscribe: a topic is 1 to 63 characters of a-z, 0-9 and '-', starting and ending with a letter or digit; TOPIC.dead-letter is its dead-letter topic")
+        .field_path(".subscribe"),
+    validation = Rule::new("!has(self.outputs) || self.outputs.all(t, t.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.dead-letter)?$'))")
+        .message("outputs: a topic is 1 to 63 characters of a-z, 0-9 and '-', starting and ending with a letter or digit")
+        .field_path(".outputs"),
+    validation = Rule::new("has(self.deliverTo) == (has(self.subscribe) && size(self.subscribe) > 0)")
+        .message("subscribe and deliverTo go together: the topics the app receives, and the URL in the pod where it receives them")
+        .field_path(".deliverTo"),
+    validation = Rule::new("!has(self.deliverTo) || self.deliverTo.matches('^http://(127\\\\.0\\\\.0\\\\.1|localhost):[0-9]+(/.*)?$')")
+        .message("deliverTo must be the app's URL in the pod: http://127.0.0.1:PORT/PATH")
+        .field_path(".deliverTo"),
+    validation = Rule::new("!has(self.consumer) || self.consumer.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')")
+        .message("consumer must be lowercase letters, digits and '-', starting and ending with a letter or digit")
+        .field_path(".consumer"),
+    validation = Rule::new("!has(self.stream) || self.stream.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')")
+        .message("stream must be lowercase letters, digits and '-', starting and ending with a letter or digit")
+        .field_path(".stream"),
+    validation = Rule::new(duration_rule("deliveryTimeout")).message(Message::Message(duration_message("deliveryTimeout"))).field_path(".deliveryTimeout")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueSidecar {
+    /// The NATS server, `nats://HOST:PORT`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub url: Option<String>,
+    /// A key of a Secret in the pod's namespace whose value is the server's URL with its
+    /// credentials, `nats://USER:PASSWORD@HOST:PORT`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_secret: Option<SecretKey>,
+    /// The JetStream stream that holds the topics (default `rigging`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub stream: Option<String>,
+    /// Topics whose messages the app receives.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(max = 75)))]
+    pub subscribe: Vec<String>,
+    /// The consumer's name: pods with the same name share the messages, pods with
+    /// different names each get all of them. Defaults to the topics' names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub consumer: Option<String>,
+    /// Where the app receives messages, `http://127.0.0.1:PORT/PATH`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub deliver_to: Option<String>,
+    /// Topics the app's non-empty answers are published to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(max = 75)))]
+    pub outputs: Vec<String>,
+    /// Messages delivered to the pod and not yet answered, at most (default 64).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub max_in_flight: Option<u32>,
+    /// Failed deliveries before a message goes to its dead-letter topic (default 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_deliveries: Option<u32>,
+    /// How long the app has to answer a delivery (default `30s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 32))]
+    pub delivery_timeout: Option<String>,
+    /// CPU and memory of this sidecar's container; each value left out keeps the
+    /// sidecar's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<SidecarResources>,
+}
+
+/// A key of a Secret in the object's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct SecretKey {
+    /// The Secret's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// The key in its data.
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
 }
 
 /// CPU and memory of one of Rigging's containers. Each value left out keeps that

@@ -10,9 +10,9 @@
 use std::path::PathBuf;
 
 use k8s_openapi::api::core::v1::{
-    ConfigMapProjection, DownwardAPIProjection, DownwardAPIVolumeFile, EnvVar, EnvVarSource,
-    HTTPGetAction, KeyToPath, ObjectFieldSelector, PodTemplateSpec, Probe, ProjectedVolumeSource,
-    ServiceAccount, ServiceAccountTokenProjection, Volume, VolumeProjection,
+    ConfigMapProjection, DownwardAPIProjection, DownwardAPIVolumeFile, EnvVar, HTTPGetAction,
+    KeyToPath, ObjectFieldSelector, PodTemplateSpec, Probe, ProjectedVolumeSource, ServiceAccount,
+    ServiceAccountTokenProjection, Volume, VolumeProjection,
 };
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -128,20 +128,9 @@ fn refusal(error: &ElectArgsError, defaulted: Option<&String>) -> FieldError {
 /// `POD_NAME` and `POD_NAMESPACE` from the downward API: the sidecar's identity (unique
 /// among the pods of an election) and the namespace of its Leases.
 pub fn downward_env() -> Vec<EnvVar> {
-    let field = |name: &str, path: &str| EnvVar {
-        name: name.into(),
-        value_from: Some(EnvVarSource {
-            field_ref: Some(ObjectFieldSelector {
-                api_version: Some("v1".into()),
-                field_path: path.into(),
-            }),
-            ..EnvVarSource::default()
-        }),
-        ..EnvVar::default()
-    };
     vec![
-        field("POD_NAME", "metadata.name"),
-        field("POD_NAMESPACE", "metadata.namespace"),
+        super::field_env("POD_NAME", "metadata.name"),
+        super::field_env("POD_NAMESPACE", "metadata.namespace"),
     ]
 }
 

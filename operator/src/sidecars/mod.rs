@@ -14,9 +14,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
-    HTTPGetAction, KeyToPath, Lifecycle, LifecycleHandler, PodTemplateSpec, Probe, SeccompProfile,
-    SecretVolumeSource, SecurityContext, SleepAction, TCPSocketAction, Volume, VolumeMount,
+    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
+    EnvVarSource, HTTPGetAction, KeyToPath, Lifecycle, LifecycleHandler, ObjectFieldSelector,
+    PodTemplateSpec, Probe, SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext,
+    SleepAction, TCPSocketAction, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -28,8 +29,9 @@ use rigging_crds::sidecar::http::HttpArgs;
 use rigging_crds::sidecar::logs::LogsArgs;
 use rigging_crds::sidecar::metrics::MetricsArgs;
 use rigging_crds::sidecar::ports;
+use rigging_crds::sidecar::queue::QueueArgs;
 use rigging_crds::sidecar::shard::ShardArgs;
-use rigging_crds::sidecar::spec::{SidecarResources, Sidecars};
+use rigging_crds::sidecar::spec::{QueueSidecar, SidecarResources, Sidecars};
 use rigging_crds::sidecar::tls::TlsArgs;
 use rigging_crds::{FieldError, FieldErrors};
 
@@ -72,6 +74,8 @@ pub const ELECT: &str = "rigging-elect";
 /// Name of the volume of the ServiceAccount token the election sidecar reaches the API
 /// server with (Lease backend).
 pub const ELECT_TOKEN: &str = "rigging-elect-token";
+/// Name of the queue sidecar's container; its admin port is named `queue-admin`.
+pub const QUEUE: &str = "rigging-queue";
 
 /// The ring ConfigMap of the ShardedService `service`.
 pub fn ring_config_map(service: &str) -> String {
@@ -394,6 +398,34 @@ pub fn place(
         c.volume_mounts = (!mounts.is_empty()).then_some(mounts);
         containers.push(c);
     }
+    if let Some(queue) = &sidecars.queue {
+        let mut c = container(
+            QUEUE,
+            image,
+            &queue_args(queue),
+            ("queue-admin", ports::QUEUE_ADMIN),
+        );
+        let field = "spec.sidecars.queue.resources";
+        c.resources = Some(budget(QUEUE, queue.resources.as_ref(), field).requirements());
+        // The pod's name makes the ids of messages published without a key unique.
+        let mut env = vec![field_env("POD_NAME", "metadata.name")];
+        if let Some(secret) = &queue.url_secret {
+            env.push(EnvVar {
+                name: "RIGGING_NATS_URL".into(),
+                value_from: Some(EnvVarSource {
+                    secret_key_ref: Some(SecretKeySelector {
+                        name: secret.name.clone(),
+                        key: secret.key.clone(),
+                        optional: None,
+                    }),
+                    ..EnvVarSource::default()
+                }),
+                ..EnvVar::default()
+            });
+        }
+        c.env = Some(env);
+        containers.push(c);
+    }
     if !refused.is_empty() {
         return Err(FieldErrors(refused));
     }
@@ -434,6 +466,43 @@ pub fn place(
             .extend(labels);
     }
     Ok(())
+}
+
+/// An environment variable set from a field of the pod (the downward API).
+pub fn field_env(name: &str, path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                api_version: Some("v1".into()),
+                field_path: path.into(),
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+/// The queue sidecar's command line for a `sidecars.queue` block: publishing on loopback,
+/// and subscribing when the block names topics. The schema's rules have checked every
+/// value; a duration that does not parse keeps the sidecar's default.
+pub fn queue_args(queue: &QueueSidecar) -> QueueArgs {
+    let defaults = QueueArgs::new(queue.url.clone());
+    let timeout = queue
+        .delivery_timeout
+        .as_deref()
+        .and_then(|t| rigging_crds::sidecar::duration::parse(t).ok());
+    QueueArgs {
+        stream: queue.stream.clone().unwrap_or(defaults.stream.clone()),
+        subscribe: queue.subscribe.clone(),
+        consumer: queue.consumer.clone(),
+        deliver_to: queue.deliver_to.clone(),
+        outputs: queue.outputs.clone(),
+        max_in_flight: queue.max_in_flight.unwrap_or(defaults.max_in_flight),
+        max_deliveries: queue.max_deliveries.unwrap_or(defaults.max_deliveries),
+        delivery_timeout: timeout.unwrap_or(defaults.delivery_timeout),
+        ..defaults
+    }
 }
 
 /// The names Rigging reserves and the port plan.
@@ -497,6 +566,20 @@ fn check(template: &PodTemplateSpec, placement: &Placement) -> Result<(), FieldE
             ports::ELECT,
             "spec.sidecars.elect",
             "the election sidecar's port",
+        ),
+        (
+            sidecars.queue.is_some(),
+            QUEUE,
+            ports::QUEUE_ADMIN,
+            "spec.sidecars.queue",
+            "the queue sidecar's admin port",
+        ),
+        (
+            sidecars.queue.is_some(),
+            QUEUE,
+            ports::QUEUE,
+            "spec.sidecars.queue",
+            "the queue sidecar's publish port",
         ),
     ];
     for (on, name, port, field, what) in admins {
@@ -980,6 +1063,40 @@ mod tests {
                 && err.contains("volume \"rigging-http\" is reserved"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_queue_sidecar_publishes_on_loopback_and_its_ports_are_in_the_port_plan() {
+        let queue: Sidecars = serde_json::from_value(serde_json::json!({"queue": {
+            "url": "nats://nats:4222", "subscribe": ["orders"], "deliverTo": "http://127.0.0.1:8080/orders"
+        }}))
+        .unwrap();
+        let t = placed(app(), &queue).unwrap();
+        let c = t.spec.unwrap().init_containers.unwrap().remove(0);
+        assert_eq!(c.name, QUEUE);
+        let args = c.args.unwrap().join(" ");
+        assert!(
+            args.contains("--listen 127.0.0.1:9127") && args.contains("--nats nats://nats:4222"),
+            "{args}"
+        );
+        let env: Vec<String> = c.env.unwrap().into_iter().map(|e| e.name).collect();
+        assert_eq!(
+            env,
+            ["POD_NAME"],
+            "no URL in the environment without urlSecret"
+        );
+        for taken in [9126, 9127] {
+            let app = template(&format!(
+                "spec: {{containers: [{{name: app, image: a, ports: [{{containerPort: 8080}}, {{containerPort: {taken}}}]}}]}}"
+            ));
+            let err = placed(app, &queue).unwrap_err();
+            assert!(
+                err.starts_with(&format!(
+                    "spec.sidecars.queue: port {taken} is the queue sidecar's"
+                )),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -13,7 +13,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use rigging_crds::FieldError;
 use rigging_crds::sidecar::spec::SidecarResources;
 
-use super::{ELECT, HEALTH, HTTP, LOGS, METRICS, SHARD, TLS};
+use super::{ELECT, HEALTH, HTTP, LOGS, METRICS, QUEUE, SHARD, TLS};
 
 const MI: u64 = 1 << 20;
 
@@ -55,6 +55,7 @@ pub fn defaults(container: &str) -> Budget {
         SHARD => budget(50, 64, 1000, 384),
         HTTP => budget(50, 32, 1000, 256),
         LOGS | METRICS | HEALTH | ELECT => budget(10, 16, 200, 64),
+        QUEUE => budget(50, 32, 1000, 128),
         _ => budget(50, 32, 500, 128),
     }
 }

@@ -25,11 +25,13 @@ pub const INJECTED: &str = "rigging.dev/injected";
 const PREFIX: &str = "rigging.dev/";
 
 /// The sidecars a pod may ask for in `rigging.dev/sidecars`.
-pub const SIDECARS: [&str; 7] = ["tls", "logs", "metrics", "health", "shard", "http", "elect"];
+pub const SIDECARS: [&str; 8] = [
+    "tls", "logs", "metrics", "health", "shard", "http", "elect", "queue",
+];
 
 /// Every option annotation: (annotation, sidecar it belongs to, field path in the
 /// `sidecars` block, or "" for those outside it).
-const OPTIONS: [(&str, &str, &str); 23] = [
+const OPTIONS: [(&str, &str, &str); 33] = [
     ("rigging.dev/app-port", "", ""),
     ("rigging.dev/tls-secret", "tls", ""),
     ("rigging.dev/tls-port", "tls", ""),
@@ -75,6 +77,28 @@ const OPTIONS: [(&str, &str, &str); 23] = [
         "rigging.dev/elect-active-passive",
         "elect",
         "elect.activePassive",
+    ),
+    ("rigging.dev/queue-url", "queue", "queue.url"),
+    ("rigging.dev/queue-url-secret", "queue", "queue.urlSecret"),
+    ("rigging.dev/queue-stream", "queue", "queue.stream"),
+    ("rigging.dev/queue-subscribe", "queue", "queue.subscribe"),
+    ("rigging.dev/queue-consumer", "queue", "queue.consumer"),
+    ("rigging.dev/queue-deliver-to", "queue", "queue.deliverTo"),
+    ("rigging.dev/queue-outputs", "queue", "queue.outputs"),
+    (
+        "rigging.dev/queue-max-in-flight",
+        "queue",
+        "queue.maxInFlight",
+    ),
+    (
+        "rigging.dev/queue-max-deliveries",
+        "queue",
+        "queue.maxDeliveries",
+    ),
+    (
+        "rigging.dev/queue-delivery-timeout",
+        "queue",
+        "queue.deliveryTimeout",
     ),
     ("rigging.dev/sidecars", "", ""),
 ];
@@ -278,6 +302,7 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<Request, Vec<Fiel
         ("shard", crate::sidecars::SHARD),
         ("http", crate::sidecars::HTTP),
         ("elect", crate::sidecars::ELECT),
+        ("queue", crate::sidecars::QUEUE),
     ] {
         if let Some(Value::Object(entry)) = block.get_mut(sidecar)
             && let Some(resources) = check_resources(sidecar, container, &get, &mut errors)
@@ -392,6 +417,32 @@ fn sidecars_block<'a>(names: &[&str], get: &impl Fn(&str) -> Option<&'a str>) ->
             elect.insert(field.to_owned(), value);
         }
         block.insert("elect".into(), Value::Object(elect));
+    }
+    if names.contains(&"queue") {
+        let mut queue = Map::new();
+        for (annotation, _, path) in OPTIONS.iter().filter(|(_, s, _)| *s == "queue") {
+            let (Some(value), Some(field)) = (get(annotation), path.strip_prefix("queue.")) else {
+                continue;
+            };
+            let value = match field {
+                // Lists: topics separated by commas or whitespace.
+                "subscribe" | "outputs" => json!(
+                    value
+                        .split(|c: char| c == ',' || c.is_whitespace())
+                        .filter(|t| !t.is_empty())
+                        .collect::<Vec<_>>()
+                ),
+                "maxInFlight" | "maxDeliveries" => number_or_text(value),
+                // `SECRET/KEY`; anything else goes to the schema as text, which it refuses.
+                "urlSecret" => match value.split_once('/') {
+                    Some((name, key)) => json!({"name": name, "key": key}),
+                    None => json!(value),
+                },
+                _ => json!(value),
+            };
+            queue.insert(field.to_owned(), value);
+        }
+        block.insert("queue".into(), Value::Object(queue));
     }
     Value::Object(block)
 }

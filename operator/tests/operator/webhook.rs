@@ -2,6 +2,7 @@
 //! raw pod, gives the pod with its sidecars (golden files), keeps every field of the
 //! pod, and is never applied twice; bad requests are refused with the annotation named.
 
+use clap::Parser;
 use json_patch::Patch;
 use k8s_openapi::api::core::v1::Pod;
 use rigging_operator::controller::RenderConfig;
@@ -624,4 +625,82 @@ fn without_native_sidecars_they_are_appended_to_the_containers() {
         out["spec"]["initContainers"],
         original["spec"]["initContainers"]
     );
+}
+
+#[test]
+fn a_pod_asking_for_the_queue_sidecar_publishes_and_receives_through_it() {
+    let annotations = json!({
+        "rigging.dev/sidecars": "queue",
+        "rigging.dev/queue-url-secret": "nats-auth/url",
+        "rigging.dev/queue-subscribe": "orders, refunds",
+        "rigging.dev/queue-consumer": "billing",
+        "rigging.dev/queue-deliver-to": "http://127.0.0.1:8080/events",
+        "rigging.dev/queue-max-in-flight": "16",
+        "rigging.dev/queue-delivery-timeout": "10s"
+    });
+    let out = patched(&pod(annotations)).expect("a patch");
+    let typed: Pod = serde_json::from_value(out.clone()).unwrap();
+    let c = typed
+        .spec
+        .unwrap()
+        .init_containers
+        .into_iter()
+        .flatten()
+        .find(|c| c.name == "rigging-queue")
+        .expect("the queue sidecar");
+    assert_eq!(c.restart_policy.as_deref(), Some("Always"));
+    let args = c.args.clone().unwrap();
+    assert_eq!(
+        args.join(" "),
+        "queue --admin 0.0.0.0:9126 --backoff 1s --consumer billing --dedup-window 2m --deliver-to http://127.0.0.1:8080/events --delivery-timeout 10s --drain-timeout 20s --listen 127.0.0.1:9127 --max-backoff 1m --max-deliveries 5 --max-in-flight 16 --retention 1day --stream rigging --stream-replicas 1 --subscribe orders --subscribe refunds"
+    );
+    // The sidecar's own parser takes what was rendered, and its own rules hold.
+    let cli = rigging_sidecar::cli::Cli::try_parse_from(
+        std::iter::once("rigging-sidecar").chain(args.iter().map(String::as_str)),
+    )
+    .expect("the sidecar parses its args");
+    let rigging_sidecar::cli::Command::Queue(parsed) = cli.command else {
+        panic!("not the queue subcommand");
+    };
+    parsed.check().expect("the sidecar's rules hold");
+    // The URL and its password come from the Secret, never from the pod spec.
+    let secret = c
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "RIGGING_NATS_URL")
+        .and_then(|e| e.value_from.as_ref()?.secret_key_ref.clone())
+        .expect("RIGGING_NATS_URL from the Secret");
+    assert_eq!(
+        (secret.name.as_str(), secret.key.as_str()),
+        ("nats-auth", "url")
+    );
+    assert_eq!(
+        out["metadata"]["annotations"]["rigging.dev/injected"],
+        "queue"
+    );
+
+    let refused = [
+        (
+            json!({"rigging.dev/sidecars": "queue"}),
+            "give the NATS server as url, or as urlSecret",
+        ),
+        (
+            json!({"rigging.dev/sidecars": "queue", "rigging.dev/queue-url": "nats://app:secret@nats:4222"}),
+            "metadata.annotations[rigging.dev/queue-url]: url must be nats://HOST:PORT",
+        ),
+        (
+            json!({"rigging.dev/sidecars": "queue", "rigging.dev/queue-url": "nats://nats:4222", "rigging.dev/queue-subscribe": "Orders", "rigging.dev/queue-deliver-to": "http://127.0.0.1:8080/"}),
+            "metadata.annotations[rigging.dev/queue-subscribe]: subscribe: a topic is",
+        ),
+        (
+            json!({"rigging.dev/sidecars": "queue", "rigging.dev/queue-url": "nats://nats:4222", "rigging.dev/queue-subscribe": "orders"}),
+            "metadata.annotations[rigging.dev/queue-deliver-to]: subscribe and deliverTo go together",
+        ),
+        (
+            json!({"rigging.dev/sidecars": "queue", "rigging.dev/queue-url": "nats://nats:4222", "rigging.dev/queue-subscribe": "orders", "rigging.dev/queue-deliver-to": "http://orders:8080/"}),
+            "metadata.annotations[rigging.dev/queue-deliver-to]: deliverTo must be the app's URL in the pod",
+        ),
+    ];
+    assert_denied(&refused);
 }

@@ -26,7 +26,7 @@ pub mod stage;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rigging_crds::sidecar::queue::QueueArgsError;
+use rigging_crds::sidecar::queue::{DEFAULT_NATS, QueueArgsError};
 
 use crate::broker::{Broker, BrokerError, ConsumerSpec, JetStream, StreamSettings};
 use crate::runtime::{self, Lifecycle, admin};
@@ -80,7 +80,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
     admin::spawn(args.admin, registry, life.clone()).await?;
     let listener = runtime::bind(args.listen).await?;
     let broker = JetStream::connect(
-        &args.nats,
+        args.nats.as_deref().unwrap_or(DEFAULT_NATS),
         StreamSettings {
             name: args.stream.clone(),
             replicas: args.stream_replicas as usize,

@@ -223,7 +223,7 @@ mod tests {
         let mut args = QueueArgs {
             subscribe: vec!["in".into()],
             stage: Some(stage),
-            ..QueueArgs::new("nats://127.0.0.1:4222")
+            ..QueueArgs::new(None)
         };
         edit(&mut args);
         args.check().expect("valid flags");
@@ -363,7 +363,7 @@ mod tests {
             stage: Some(Stage::Filter),
             outputs: vec!["out".into()],
             filter: Some("message.amount >".into()),
-            ..QueueArgs::new("nats://127.0.0.1:4222")
+            ..QueueArgs::new(None)
         };
         let Err(err) = Router::new(Stage::Filter, &args) else {
             panic!("bad CEL compiled");
