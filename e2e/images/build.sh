@@ -90,7 +90,7 @@ rigging_images() {
 # --- stand-ins for public images --------------------------------------------------------
 
 # Debian packages of the shared root filesystem.
-standin_packages="busybox-static,nginx-light,redis-server,redis-tools,curl,ca-certificates"
+standin_packages="busybox-static,nginx-light,redis-server,redis-tools,nats-server,curl,ca-certificates"
 
 # Both sets share one root filesystem, built once per key and cached beside the archives.
 debian_images() { # set
@@ -129,6 +129,7 @@ debian_images() { # set
   local busybox_path=PATH=/usr/local/busybox:${path#PATH=}
   local busybox=(--from "$base" --env "$busybox_path" --cmd sh)
   local curl=(--from "$base" --env "$path" --entrypoint /entrypoint.sh --cmd curl --user 100:100)
+  local nats=(--from "$base" --env "$path" --entrypoint /nats-server --port 4222/tcp)
   case $set in
   standins)
     "$here/oci.sh" build "$archive" \
@@ -139,7 +140,8 @@ debian_images() { # set
       --ref redis:7 "${redis[@]}" \
       --ref busybox:1.36 "${busybox[@]}" \
       --ref curlimages/curl:8.10.1 "${curl[@]}" \
-      --ref curlimages/curl:latest "${curl[@]}"
+      --ref curlimages/curl:latest "${curl[@]}" \
+      --ref nats:2.10 "${nats[@]}"
     ;;
   examples)
     "$here/oci.sh" build "$archive" \

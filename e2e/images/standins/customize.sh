@@ -27,6 +27,9 @@ chown 100:100 "$root/home/curl_user"
 mkdir -p "$root/usr/local/busybox"
 chroot "$root" /bin/busybox --install -s /usr/local/busybox
 
+# The nats image's entrypoint is /nats-server.
+ln -s /usr/sbin/nats-server "$root/nats-server"
+
 # Everything under rootfs/ (entrypoints, configs, the example programs), as it is.
 cp -a "$here/rootfs/." "$root/"
 
