@@ -51,11 +51,21 @@ impl JetStream {
     /// Connects to `url`. The first connection is retried in the background: a broker that
     /// is not up yet (it starts beside the pipeline) is waited for, not a crash.
     pub async fn connect(url: &str, settings: StreamSettings) -> Result<Self, BrokerError> {
+        // Several servers of a cluster, comma-separated: the client tries them in turn and
+        // moves to another when its server goes.
+        let servers = url
+            .split(',')
+            .map(|server| server.trim().parse::<async_nats::ServerAddr>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| BrokerError::Connect {
+                url: url.to_owned(),
+                reason: e.to_string(),
+            })?;
         let client = async_nats::ConnectOptions::new()
             .name("rigging-sidecar-queue")
             .retry_on_initial_connect()
             .connection_timeout(Duration::from_secs(5))
-            .connect(url)
+            .connect(servers.as_slice())
             .await
             .map_err(|e| BrokerError::Connect {
                 url: url.to_owned(),

@@ -13,45 +13,106 @@ use std::time::{Duration, Instant};
 
 use crate::support::{Proc, free_port, local, metric, require_tool, wait_port, wait_ready};
 
-/// A nats-server with JetStream on a free port, its store in a temp dir; restartable on
-/// the same port and store.
+/// nats-server with JetStream: one server, or a cluster of three on 127.0.0.1, each on free
+/// ports with its store in a temp dir, each restartable on the same ports and store.
 struct Nats {
+    servers: Vec<Server>,
+}
+
+struct Server {
     proc: Option<Proc>,
     port: u16,
+    cluster_port: u16,
     store: tempfile::TempDir,
 }
 
 impl Nats {
     fn start() -> Nats {
+        Nats::of(1)
+    }
+
+    /// A JetStream cluster of three, up once it has elected its meta leader.
+    fn cluster() -> Nats {
+        Nats::of(3)
+    }
+
+    fn of(size: usize) -> Nats {
         let mut nats = Nats {
-            proc: None,
-            port: free_port(),
-            store: tempfile::tempdir().expect("temp dir"),
+            servers: (0..size)
+                .map(|_| Server {
+                    proc: None,
+                    port: free_port(),
+                    cluster_port: free_port(),
+                    store: tempfile::tempdir().expect("temp dir"),
+                })
+                .collect(),
         };
-        nats.restart();
+        for i in 0..size {
+            nats.restart(i);
+        }
         nats
     }
 
-    fn restart(&mut self) {
-        let port = self.port.to_string();
-        let store = self.store.path().to_str().expect("utf-8 path").to_owned();
-        let proc = Proc::spawn(
-            require_tool("nats-server"),
-            &["-js", "-a", "127.0.0.1", "-p", &port, "-sd", &store],
+    fn restart(&mut self, i: usize) {
+        let routes: Vec<String> = self
+            .servers
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, s)| format!("nats://127.0.0.1:{}", s.cluster_port))
+            .collect();
+        let server = &self.servers[i];
+        let (port, store) = (
+            server.port.to_string(),
+            server.store.path().to_str().unwrap().to_owned(),
         );
-        wait_port(local(self.port), Duration::from_secs(10));
-        self.proc = Some(proc);
+        let (name, cluster, routes) = (
+            format!("n{i}"),
+            format!("nats://127.0.0.1:{}", server.cluster_port),
+            routes.join(","),
+        );
+        let mut args = vec![
+            "-js",
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-sd",
+            &store,
+            "-n",
+            &name,
+        ];
+        if self.servers.len() > 1 {
+            args.extend([
+                "--cluster_name",
+                "rigging",
+                "-cluster",
+                &cluster,
+                "-routes",
+                &routes,
+            ]);
+        }
+        let proc = Proc::spawn(require_tool("nats-server"), &args);
+        wait_port(local(server.port), Duration::from_secs(10));
+        self.servers[i].proc = Some(proc);
     }
 
-    fn kill(&mut self) {
-        if let Some(mut proc) = self.proc.take() {
+    /// kill -9 of server `i`.
+    fn kill(&mut self, i: usize) {
+        if let Some(mut proc) = self.servers[i].proc.take() {
             let _ = proc.child.kill();
             let _ = proc.child.wait();
         }
     }
 
+    /// Every server's URL, comma-separated, as the sidecar's `--nats` takes them.
     fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        let urls: Vec<String> = self
+            .servers
+            .iter()
+            .map(|s| format!("nats://127.0.0.1:{}", s.port))
+            .collect();
+        urls.join(",")
     }
 }
 
@@ -722,8 +783,8 @@ fn after_a_stage_is_killed_and_the_broker_restarts_every_input_is_downstream_exa
         second.metric(acked) >= (N / 4) as f64
     });
     // kill -9 the broker under the running stage, and start it again.
-    nats.kill();
-    nats.restart();
+    nats.kill(0);
+    nats.restart(0);
 
     let stored = stored_ids(&nats, "out", N, Duration::from_secs(90));
     assert_eq!(stored.len(), N, "every input downstream");
@@ -747,20 +808,30 @@ fn stored_ids(nats: &Nats, topic: &str, n: usize, timeout: Duration) -> BTreeMap
     let topic = topic.to_owned();
     runtime.block_on(async move {
         use futures::StreamExt;
-        let client = async_nats::connect(url).await.unwrap();
+        let servers: Vec<async_nats::ServerAddr> =
+            url.split(',').map(|u| u.parse().unwrap()).collect();
+        let client = async_nats::connect(servers.as_slice()).await.unwrap();
         let js = async_nats::jetstream::new(client);
-        let stream = js.get_stream("rigging").await.unwrap();
         let deadline = Instant::now() + timeout;
         loop {
-            let consumer: async_nats::jetstream::consumer::PullConsumer = stream
-                .create_consumer(async_nats::jetstream::consumer::pull::Config {
-                    filter_subject: format!("rigging.{topic}"),
-                    // A reader, not a worker: nothing to ack, and no cap of unacked ones.
-                    ack_policy: async_nats::jetstream::consumer::AckPolicy::None,
-                    ..Default::default()
-                })
-                .await
-                .unwrap();
+            // Retried: a cluster that has just lost a server answers slowly for a while.
+            let made = async {
+                let stream = js.get_stream("rigging").await.ok()?;
+                stream
+                    .create_consumer(async_nats::jetstream::consumer::pull::Config {
+                        filter_subject: format!("rigging.{topic}"),
+                        // A reader, not a worker: nothing to ack, and no cap of unacked ones.
+                        ack_policy: async_nats::jetstream::consumer::AckPolicy::None,
+                        ..Default::default()
+                    })
+                    .await
+                    .ok()
+            };
+            let consumer: async_nats::jetstream::consumer::PullConsumer = match made.await {
+                Some(consumer) => consumer,
+                None if Instant::now() < deadline => continue,
+                None => panic!("cannot read topic {topic} from the stream"),
+            };
             let mut ids = BTreeMap::new();
             loop {
                 let mut batch = consumer
@@ -881,4 +952,49 @@ fn sigterm_lets_deliveries_in_flight_finish_and_exits_zero() {
     );
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(app.seen().len(), 4, "{:?}", app.ids());
+}
+
+#[test]
+fn through_the_loss_of_one_of_three_jetstream_servers_every_input_is_downstream_once() {
+    const N: usize = 3000;
+    let mut nats = Nats::cluster();
+    let replicated = ["--stream-replicas", "3"];
+    let publisher = Queue::start(&nats, &replicated);
+    let _copy = Queue::start(
+        &nats,
+        &[
+            "--stream-replicas",
+            "3",
+            "--subscribe",
+            "in",
+            "--consumer",
+            "copy",
+            "--stage",
+            "copy",
+            "--output",
+            "out",
+            "--delivery-timeout",
+            "2s",
+        ],
+    );
+    let publish = |from: usize, to: usize| {
+        for n in from..to {
+            let id = format!("m{n}");
+            // A publish cut off by the failure is repeated with its key: stored once.
+            wait_until(&format!("{id} stored"), Duration::from_secs(60), || {
+                publisher
+                    .publish("in", Some(&id), &format!(r#"{{"id":"{id}"}}"#))
+                    .0
+                    == 200
+            });
+        }
+    };
+    publish(0, N / 2);
+    nats.kill(0);
+    publish(N / 2, N);
+
+    let stored = stored_ids(&nats, "out", N, Duration::from_secs(90));
+    assert_eq!(stored.len(), N, "every input downstream");
+    let duplicates: Vec<_> = stored.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(duplicates.is_empty(), "stored twice: {duplicates:?}");
 }
