@@ -245,7 +245,17 @@ impl<B: Broker> Consumer<B> {
                 };
                 match next {
                     Some(Ok(delivery)) => {
-                        let slot = slots.split(1).expect("one slot per message asked for");
+                        // One slot per message asked for; should the broker send more, the
+                        // extra one waits for a slot rather than exceed the bound.
+                        let slot = match slots.split(1) {
+                            Some(slot) => slot,
+                            None => self
+                                .slots
+                                .clone()
+                                .acquire_owned()
+                                .await
+                                .expect("never closed"),
+                        };
                         let this = self.clone();
                         life.tracker().spawn(async move {
                             this.handle(delivery).await;
