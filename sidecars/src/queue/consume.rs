@@ -280,10 +280,12 @@ impl<B: Broker> Consumer<B> {
     }
 
     async fn handle(&self, delivery: Delivery) {
-        let topic = delivery.topic.as_str();
-        self.counts(topic).delivered.inc();
+        // The topic's series, looked up once for the whole of this delivery.
+        let counts = self.counts(&delivery.topic);
+        let counts = counts.as_ref();
+        counts.delivered.inc();
         if delivery.attempt > 1 {
-            self.counts(topic).redelivered.inc();
+            counts.redelivered.inc();
         }
         self.metrics.in_flight.inc();
         let outcome = if delivery.attempt > self.max_deliveries {
@@ -294,13 +296,13 @@ impl<B: Broker> Consumer<B> {
                 delivery.attempt - 1
             ))
         } else {
-            self.process(&delivery).await
+            self.process(&delivery, counts).await
         };
-        self.settle(&delivery, outcome).await;
+        self.settle(&delivery, outcome, counts).await;
         self.metrics.in_flight.dec();
     }
 
-    async fn process(&self, delivery: &Delivery) -> Outcome {
+    async fn process(&self, delivery: &Delivery, counts: &TopicMetrics) -> Outcome {
         if let Some(router) = &self.router {
             let content_type = delivery.header("content-type").map(str::to_owned);
             return match router.route(&delivery.topic, &delivery.id, &delivery.payload) {
@@ -317,7 +319,7 @@ impl<B: Broker> Consumer<B> {
         let app = self.app.as_ref().expect("checked: --deliver-to or --stage");
         let started = Instant::now();
         let answer = app.deliver(delivery, self.delivery_timeout).await;
-        self.counts(&delivery.topic)
+        counts
             .delivery_duration
             .observe(started.elapsed().as_secs_f64());
         match answer {
@@ -338,23 +340,22 @@ impl<B: Broker> Consumer<B> {
         }
     }
 
-    async fn settle(&self, delivery: &Delivery, outcome: Outcome) {
-        let topic = delivery.topic.as_str();
+    async fn settle(&self, delivery: &Delivery, outcome: Outcome, counts: &TopicMetrics) {
         let settled = match outcome {
             Outcome::Handled(outputs) => match self.publish_outputs(delivery, outputs).await {
                 Ok(published) => {
-                    self.counts(topic).out.inc_by(published);
-                    self.counts(topic).acked.inc();
+                    counts.out.inc_by(published);
+                    counts.acked.inc();
                     self.broker.ack(delivery).await
                 }
-                Err(reason) => return self.fail(delivery, reason).await,
+                Err(reason) => return self.fail(delivery, reason, counts).await,
             },
             Outcome::Filtered => {
-                self.counts(topic).filtered.inc();
+                counts.filtered.inc();
                 self.broker.ack(delivery).await
             }
-            Outcome::Poison(reason) => return self.dead_letter(delivery, reason).await,
-            Outcome::Failed(reason) => return self.fail(delivery, reason).await,
+            Outcome::Poison(reason) => return self.dead_letter(delivery, reason, counts).await,
+            Outcome::Failed(reason) => return self.fail(delivery, reason, counts).await,
         };
         if let Err(e) = settled {
             tracing::warn!(error = %e, "ack lost: the message will come again");
@@ -402,11 +403,11 @@ impl<B: Broker> Consumer<B> {
 
     /// A failed delivery: again after a backoff, or to the dead-letter topic when it has had
     /// its deliveries.
-    async fn fail(&self, delivery: &Delivery, reason: String) {
+    async fn fail(&self, delivery: &Delivery, reason: String, counts: &TopicMetrics) {
         if delivery.attempt >= self.max_deliveries {
-            return self.dead_letter(delivery, reason).await;
+            return self.dead_letter(delivery, reason, counts).await;
         }
-        self.counts(&delivery.topic).failed.inc();
+        counts.failed.inc();
         let wait = self.backoff_for(u32::try_from(delivery.attempt).unwrap_or(u32::MAX));
         tracing::info!(
             id = %delivery.id,
@@ -421,11 +422,11 @@ impl<B: Broker> Consumer<B> {
         }
     }
 
-    async fn dead_letter(&self, delivery: &Delivery, reason: String) {
+    async fn dead_letter(&self, delivery: &Delivery, reason: String, counts: &TopicMetrics) {
         let topic = delivery.topic.as_str();
         if topic.ends_with(DEAD_LETTER_SUFFIX) {
             // A dead letter has nowhere further to go: keep it, and try again slowly.
-            self.counts(topic).failed.inc();
+            counts.failed.inc();
             tracing::warn!(id = %delivery.id, topic, reason = %reason, "a dead letter failed again");
             let _ = self.broker.retry(delivery, self.max_backoff).await;
             return;
@@ -448,7 +449,7 @@ impl<B: Broker> Consumer<B> {
         tracing::warn!(id = %delivery.id, topic, delivery = delivery.attempt, reason = %reason, "dead-lettered");
         match self.broker.publish(letter).await {
             Ok(_) => {
-                self.counts(topic).dead_lettered.inc();
+                counts.dead_lettered.inc();
                 if let Err(e) = self.broker.ack(delivery).await {
                     tracing::warn!(error = %e, "ack lost: the message will come again");
                 }
@@ -456,7 +457,7 @@ impl<B: Broker> Consumer<B> {
             Err(e) => {
                 // Not acked: the message stays, and comes back to be dead-lettered again.
                 tracing::warn!(error = %e, "cannot publish the dead letter");
-                self.counts(topic).failed.inc();
+                counts.failed.inc();
                 let _ = self.broker.retry(delivery, self.backoff).await;
             }
         }
