@@ -4,7 +4,7 @@
 
 use clap::Parser;
 use json_patch::Patch;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Container, Pod};
 use rigging_operator::controller::RenderConfig;
 use rigging_operator::metrics::Metrics;
 use rigging_operator::webhook::server::review;
@@ -443,6 +443,19 @@ fn an_elected_pod_gets_the_election_sidecar_with_its_identity_from_the_downward_
 
 /// The denial message of `pod`.
 /// Each pod of `cases` (its annotations) is refused with a message holding the text given.
+/// The init container `name` (a native sidecar) of the patched pod `out`.
+fn init_container(out: &Value, name: &str) -> Container {
+    let typed: Pod = serde_json::from_value(out.clone()).unwrap();
+    typed
+        .spec
+        .unwrap()
+        .init_containers
+        .into_iter()
+        .flatten()
+        .find(|c| c.name == name)
+        .unwrap_or_else(|| panic!("no init container {name}"))
+}
+
 fn assert_denied(cases: &[(Value, &str)]) {
     for (annotations, expected) in cases {
         let message = denial(&pod(annotations.clone()));
@@ -461,15 +474,7 @@ fn denial(pod: &Value) -> String {
 fn each_sidecar_takes_its_cpu_and_memory_from_annotations_and_keeps_its_defaults_otherwise() {
     let resources = |annotations: Value, container: &str| {
         let out = patched(&pod(annotations)).expect("a patch");
-        let typed: Pod = serde_json::from_value(out).unwrap();
-        let c = typed
-            .spec
-            .unwrap()
-            .init_containers
-            .into_iter()
-            .flatten()
-            .find(|c| c.name == container)
-            .expect("the sidecar");
+        let c = init_container(&out, container);
         let r = c.resources.unwrap();
         let (requests, limits) = (r.requests.unwrap(), r.limits.unwrap());
         let values = [
@@ -639,15 +644,7 @@ fn a_pod_asking_for_the_queue_sidecar_publishes_and_receives_through_it() {
         "rigging.dev/queue-delivery-timeout": "10s"
     });
     let out = patched(&pod(annotations)).expect("a patch");
-    let typed: Pod = serde_json::from_value(out.clone()).unwrap();
-    let c = typed
-        .spec
-        .unwrap()
-        .init_containers
-        .into_iter()
-        .flatten()
-        .find(|c| c.name == "rigging-queue")
-        .expect("the queue sidecar");
+    let c = init_container(&out, "rigging-queue");
     assert_eq!(c.restart_policy.as_deref(), Some("Always"));
     let args = c.args.clone().unwrap();
     assert_eq!(
