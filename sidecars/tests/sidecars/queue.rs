@@ -4,7 +4,7 @@
 //! downstream.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -121,6 +121,8 @@ struct Queue {
     proc: Proc,
     listen: SocketAddr,
     admin: SocketAddr,
+    /// The keep-alive connection `publish` uses.
+    conn: Mutex<Option<BufReader<TcpStream>>>,
 }
 
 impl Queue {
@@ -146,16 +148,33 @@ impl Queue {
             proc,
             listen,
             admin,
+            conn: Mutex::new(None),
         }
     }
 
+    /// `POST /publish/{topic}` on one keep-alive connection: a test publishing thousands
+    /// of messages must not spend thousands of ephemeral ports, which the other tests pick
+    /// their listening ports from.
     fn publish(&self, topic: &str, key: Option<&str>, body: &str) -> (u16, serde_json::Value) {
         let key = key.map_or(String::new(), |k| format!("Idempotency-Key: {k}\r\n"));
         let request = format!(
-            "POST /publish/{topic} HTTP/1.1\r\nHost: q\r\nContent-Type: application/json\r\n{key}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            "POST /publish/{topic} HTTP/1.1\r\nHost: q\r\nContent-Type: application/json\r\n{key}Content-Length: {}\r\n\r\n{body}",
             body.len()
         );
-        let (status, body) = exchange(self.listen, &request);
+        let mut conn = self.conn.lock().unwrap();
+        // A connection the sidecar closed (it restarted, or timed it out) is made again once.
+        let answer = match conn.as_mut().map(|c| exchange(c, &request)) {
+            Some(Ok(answer)) => answer,
+            _ => {
+                let stream = TcpStream::connect(self.listen).expect("connect");
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(10)))
+                    .unwrap();
+                let fresh = conn.insert(BufReader::new(stream));
+                exchange(fresh, &request).expect("an answer")
+            }
+        };
+        let (status, body) = answer;
         let json = serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body));
         (status, json)
     }
@@ -165,20 +184,35 @@ impl Queue {
     }
 }
 
-fn exchange(addr: SocketAddr, request: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).expect("read the answer");
-    let status = raw.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = raw
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap();
-    (status, body)
+/// One request and its answer (status, body) on a keep-alive connection.
+fn exchange(conn: &mut BufReader<TcpStream>, request: &str) -> std::io::Result<(u16, String)> {
+    conn.get_mut().write_all(request.as_bytes())?;
+    let mut line = String::new();
+    if conn.read_line(&mut line)? == 0 {
+        return Err(std::io::Error::other("closed"));
+    }
+    let status = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not a status line: {line:?}")))?;
+    let mut length = 0;
+    loop {
+        line.clear();
+        conn.read_line(&mut line)?;
+        let header = line.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = header.split_once(':')
+            && name.eq_ignore_ascii_case("content-length")
+        {
+            length = value.trim().parse().unwrap_or(0);
+        }
+    }
+    let mut body = vec![0; length];
+    conn.read_exact(&mut body)?;
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
 /// One delivery as the app saw it.
