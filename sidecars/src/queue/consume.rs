@@ -15,7 +15,7 @@ use http_body_util::{BodyExt, Either, Full, Limited};
 use rigging_crds::sidecar::queue::{DEAD_LETTER_SUFFIX, dead_letter_topic, is_topic};
 use tokio::sync::Semaphore;
 
-use super::metrics::{Metrics, TopicMetrics};
+use super::metrics::{Metrics, Settled, TopicMetrics};
 use super::stage::{Route, Router, output_id};
 use super::{Args, PULL_WAIT};
 use crate::broker::{Broker, ConsumerSpec, Delivery, Outgoing};
@@ -288,6 +288,7 @@ impl<B: Broker> Consumer<B> {
             counts.redelivered.inc();
         }
         self.metrics.in_flight.inc();
+        self.metrics.accounting.delivered();
         let outcome = if delivery.attempt > self.max_deliveries {
             // Delivered that often without being settled: each delivery timed out or its
             // pod died before it could fail it.
@@ -298,7 +299,8 @@ impl<B: Broker> Consumer<B> {
         } else {
             self.process(&delivery, counts).await
         };
-        self.settle(&delivery, outcome, counts).await;
+        let settled = self.settle(&delivery, outcome, counts).await;
+        self.metrics.accounting.settled(settled);
         self.metrics.in_flight.dec();
     }
 
@@ -340,26 +342,32 @@ impl<B: Broker> Consumer<B> {
         }
     }
 
-    async fn settle(&self, delivery: &Delivery, outcome: Outcome, counts: &TopicMetrics) {
-        let settled = match outcome {
+    async fn settle(
+        &self,
+        delivery: &Delivery,
+        outcome: Outcome,
+        counts: &TopicMetrics,
+    ) -> Settled {
+        let (acked, settled) = match outcome {
             Outcome::Handled(outputs) => match self.publish_outputs(delivery, outputs).await {
                 Ok(published) => {
                     counts.out.inc_by(published);
                     counts.acked.inc();
-                    self.broker.ack(delivery).await
+                    (self.broker.ack(delivery).await, Settled::Out)
                 }
                 Err(reason) => return self.fail(delivery, reason, counts).await,
             },
             Outcome::Filtered => {
                 counts.filtered.inc();
-                self.broker.ack(delivery).await
+                (self.broker.ack(delivery).await, Settled::Filtered)
             }
             Outcome::Poison(reason) => return self.dead_letter(delivery, reason, counts).await,
             Outcome::Failed(reason) => return self.fail(delivery, reason, counts).await,
         };
-        if let Err(e) = settled {
+        if let Err(e) = acked {
             tracing::warn!(error = %e, "ack lost: the message will come again");
         }
+        settled
     }
 
     async fn publish_outputs(
@@ -403,7 +411,7 @@ impl<B: Broker> Consumer<B> {
 
     /// A failed delivery: again after a backoff, or to the dead-letter topic when it has had
     /// its deliveries.
-    async fn fail(&self, delivery: &Delivery, reason: String, counts: &TopicMetrics) {
+    async fn fail(&self, delivery: &Delivery, reason: String, counts: &TopicMetrics) -> Settled {
         if delivery.attempt >= self.max_deliveries {
             return self.dead_letter(delivery, reason, counts).await;
         }
@@ -420,16 +428,22 @@ impl<B: Broker> Consumer<B> {
         if let Err(e) = self.broker.retry(delivery, wait).await {
             tracing::warn!(error = %e, "retry lost: the message comes again after the ack wait");
         }
+        Settled::Retried
     }
 
-    async fn dead_letter(&self, delivery: &Delivery, reason: String, counts: &TopicMetrics) {
+    async fn dead_letter(
+        &self,
+        delivery: &Delivery,
+        reason: String,
+        counts: &TopicMetrics,
+    ) -> Settled {
         let topic = delivery.topic.as_str();
         if topic.ends_with(DEAD_LETTER_SUFFIX) {
             // A dead letter has nowhere further to go: keep it, and try again slowly.
             counts.failed.inc();
             tracing::warn!(id = %delivery.id, topic, reason = %reason, "a dead letter failed again");
             let _ = self.broker.retry(delivery, self.max_backoff).await;
-            return;
+            return Settled::Retried;
         }
         let mut headers = delivery.headers.clone();
         headers.extend([
@@ -453,12 +467,14 @@ impl<B: Broker> Consumer<B> {
                 if let Err(e) = self.broker.ack(delivery).await {
                     tracing::warn!(error = %e, "ack lost: the message will come again");
                 }
+                Settled::DeadLettered
             }
             Err(e) => {
                 // Not acked: the message stays, and comes back to be dead-lettered again.
                 tracing::warn!(error = %e, "cannot publish the dead letter");
                 counts.failed.inc();
                 let _ = self.broker.retry(delivery, self.backoff).await;
+                Settled::Retried
             }
         }
     }

@@ -2,6 +2,10 @@
 //! Of the messages delivered for the first time, each ends acked (with its outputs
 //! published), filtered, dead-lettered, or still in flight.
 
+use std::sync::{Arc, Mutex, PoisonError};
+
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry,
@@ -34,6 +38,8 @@ pub struct Metrics {
     pub lag: IntGaugeVec,
     /// How long the app took to answer a delivery.
     pub delivery_duration: HistogramVec,
+    /// This pod's deliveries and how each ended, as one consistent whole.
+    pub accounting: Accounting,
 }
 
 impl Metrics {
@@ -102,6 +108,8 @@ impl Metrics {
             &["topic"],
         )?;
         registry.register(Box::new(delivery_duration.clone()))?;
+        let accounting = Accounting::new()?;
+        registry.register(Box::new(accounting.clone()))?;
         Ok(Metrics {
             published,
             delivered,
@@ -114,7 +122,108 @@ impl Metrics {
             in_flight,
             lag,
             delivery_duration,
+            accounting,
         })
+    }
+}
+
+/// How a delivery ended, for [`Accounting`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// Acknowledged, its outputs published.
+    Out,
+    /// Dropped on purpose by a filter or split.
+    Filtered,
+    /// Moved to its dead-letter topic.
+    DeadLettered,
+    /// Failed; the broker delivers it again.
+    Retried,
+}
+
+/// This pod's deliveries and how each ended, all counted under one lock, so that a scrape
+/// reads them as one whole: at every instant `in = out + filtered + dead_lettered +
+/// retried + in_flight`. The per-topic counters are updated one by one and a scrape can
+/// catch them between two; this is what the operator checks a stage's conservation with
+/// (`rigging_queue_accounting{count}`), and a difference is a delivery the sidecar lost
+/// track of.
+#[derive(Clone)]
+pub struct Accounting {
+    tally: Arc<Mutex<Tally>>,
+    gauges: IntGaugeVec,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Tally {
+    delivered: u64,
+    out: u64,
+    filtered: u64,
+    dead_lettered: u64,
+    retried: u64,
+    in_flight: u64,
+}
+
+impl Accounting {
+    fn new() -> Result<Self, prometheus::Error> {
+        let gauges = IntGaugeVec::new(
+            Opts::new(
+                "rigging_queue_accounting",
+                "This pod's deliveries (count=in) and how they ended (out, filtered, dead_lettered, retried) or are still in flight (in_flight), read as one whole.",
+            ),
+            &["count"],
+        )?;
+        Ok(Accounting {
+            tally: Arc::default(),
+            gauges,
+        })
+    }
+
+    fn tally(&self) -> std::sync::MutexGuard<'_, Tally> {
+        // A panic elsewhere while the lock was held leaves plain numbers: still usable.
+        self.tally.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A delivery taken from the broker.
+    pub fn delivered(&self) {
+        let mut tally = self.tally();
+        tally.delivered += 1;
+        tally.in_flight += 1;
+    }
+
+    /// A delivery taken earlier ended as `how`.
+    pub fn settled(&self, how: Settled) {
+        let mut tally = self.tally();
+        tally.in_flight = tally.in_flight.saturating_sub(1);
+        match how {
+            Settled::Out => tally.out += 1,
+            Settled::Filtered => tally.filtered += 1,
+            Settled::DeadLettered => tally.dead_lettered += 1,
+            Settled::Retried => tally.retried += 1,
+        }
+    }
+}
+
+impl Collector for Accounting {
+    fn desc(&self) -> Vec<&Desc> {
+        self.gauges.desc()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        // Held while the gauges are set and read: two scrapes at once cannot mix.
+        let tally = self.tally();
+        let counts = [
+            ("in", tally.delivered),
+            ("out", tally.out),
+            ("filtered", tally.filtered),
+            ("dead_lettered", tally.dead_lettered),
+            ("retried", tally.retried),
+            ("in_flight", tally.in_flight),
+        ];
+        for (count, value) in counts {
+            self.gauges
+                .with_label_values(&[count])
+                .set(i64::try_from(value).unwrap_or(i64::MAX));
+        }
+        self.gauges.collect()
     }
 }
 

@@ -494,6 +494,21 @@ fn a_failing_message_is_retried_then_dead_lettered_with_its_reason_and_the_rest_
         consumer.metric(r#"rigging_queue_acked_total{topic="orders"}"#),
         1.0
     );
+    // The pod's accounting, what the Pipeline status sums: 4 deliveries (the good one and
+    // the poison one three times), each placed once.
+    let accounting =
+        |count: &str| consumer.metric(&format!(r#"rigging_queue_accounting{{count="{count}"}}"#));
+    assert_eq!(
+        [
+            accounting("in"),
+            accounting("out"),
+            accounting("dead_lettered"),
+            accounting("retried"),
+            accounting("filtered"),
+            accounting("in_flight"),
+        ],
+        [4.0, 1.0, 1.0, 2.0, 0.0, 0.0]
+    );
 }
 
 /// The banking example of the project's notes: a split stage sends each transaction to
@@ -752,6 +767,11 @@ fn a_stalled_app_holds_at_most_max_in_flight_and_the_lag_shows() {
         "never more than --max-in-flight"
     );
     assert_eq!(consumer.metric("rigging_queue_in_flight"), 8.0);
+    assert_eq!(
+        consumer.metric(r#"rigging_queue_accounting{count="in_flight"}"#),
+        consumer.metric(r#"rigging_queue_accounting{count="in"}"#),
+        "every delivery the stalled app holds is in flight"
+    );
     wait_until("the lag shows the backlog", Duration::from_secs(15), || {
         consumer.metric(r#"rigging_queue_lag{topic="jobs"}"#) == 300.0
     });
