@@ -9,6 +9,8 @@
 
 pub mod field_error;
 #[cfg(feature = "api")]
+pub mod pipeline;
+#[cfg(feature = "api")]
 pub mod replicated_service;
 #[cfg(feature = "api")]
 mod schema;
@@ -19,6 +21,8 @@ pub mod sidecar;
 pub mod work_queue;
 
 pub use field_error::{FieldError, FieldErrors};
+#[cfg(feature = "api")]
+pub use pipeline::{Pipeline, PipelineSpec, PipelineStatus};
 #[cfg(feature = "api")]
 pub use replicated_service::{
     Autoscaling, DisruptionBudget, Frontend, FrontendCache, FrontendRateLimit, FrontendStatus,

@@ -3,8 +3,8 @@
 //!
 //! - [`controller`]: what every kind shares (wiring, shared child watches, apply, orphan
 //!   removal, status, Events, backoff); a kind implements [`controller::Kind`].
-//! - [`replicated_service`], [`sharded_service`], [`work_queue`]: each kind's desired
-//!   state and status.
+//! - [`replicated_service`], [`sharded_service`], [`work_queue`], [`pipeline`]: each kind's
+//!   desired state and status.
 //! - [`drift`]: whether a live child already holds what the operator applies.
 //! - [`render`]: the pure halves offline (`rigging-operator render`).
 //! - [`crdgen`]: the CRDs committed under `crds/`.
@@ -19,6 +19,7 @@ pub mod drift;
 pub mod error;
 pub mod manager;
 pub mod metrics;
+pub mod pipeline;
 pub mod render;
 pub mod replicated_service;
 pub mod schema;

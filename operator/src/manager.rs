@@ -13,7 +13,7 @@ use kube_lease_manager::LeaseManagerBuilder;
 use crate::admin::{self, Readiness};
 use crate::controller::{self, ChildWatches, Config, Context};
 use crate::metrics::Metrics;
-use rigging_crds::{ReplicatedService, ShardedService, WorkQueue};
+use rigging_crds::{Pipeline, ReplicatedService, ShardedService, WorkQueue};
 use std::sync::Arc;
 
 /// Settings of `run`, from flags and environment.
@@ -448,6 +448,7 @@ fn controllers(
         &ctx,
         namespace,
     );
+    let pipeline = controller::controller::<Pipeline>(ctx.clone(), &watches, namespace);
     let watching = watches.run();
     let stores = ctx.stores.clone();
     let started = async move {
@@ -458,7 +459,7 @@ fn controllers(
             () = stores.wait_until_ready() => {}
             () = shutdown_signal() => return,
         }
-        futures::future::join3(replicated, sharded, work_queue).await;
+        futures::future::join4(replicated, sharded, work_queue, pipeline).await;
     };
     async move {
         // The watches never end; the controllers end on a shutdown signal.

@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 
 use std::collections::BTreeMap;
 
-use rigging_crds::{FieldError, ReplicatedService, ShardedService, WorkQueue};
+use rigging_crds::{FieldError, Pipeline, ReplicatedService, ShardedService, WorkQueue};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -30,7 +30,7 @@ pub enum RenderError {
     },
     /// A document is not a Rigging resource this version knows.
     #[error(
-        "{source_name}: document {document}: unknown kind {kind:?} (apiVersion {api_version:?}); render knows ReplicatedService, ShardedService and WorkQueue (rigging.dev/v1alpha1)"
+        "{source_name}: document {document}: unknown kind {kind:?} (apiVersion {api_version:?}); render knows ReplicatedService, ShardedService, WorkQueue and Pipeline (rigging.dev/v1alpha1)"
     )]
     UnknownKind {
         /// File name.
@@ -171,6 +171,7 @@ fn render_document(
     let children = match kind.as_str() {
         "ShardedService" => children::<ShardedService>(value, config),
         "WorkQueue" => children::<WorkQueue>(value, config),
+        "Pipeline" => children::<Pipeline>(value, config),
         _ => children::<ReplicatedService>(value, config),
     }
     .map_err(invalid)?;

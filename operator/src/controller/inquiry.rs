@@ -44,6 +44,8 @@ pub struct Inquiry {
 pub struct PodAnswer {
     /// The pod's name.
     pub pod: String,
+    /// The pod's labels: which part of the object it runs (a pipeline's stage).
+    pub labels: BTreeMap<String, String>,
     /// The body, or why the pod gave none.
     pub reply: Result<String, String>,
 }
@@ -79,6 +81,7 @@ pub async fn ask(ctx: &Context, namespace: &str, inquiry: &Inquiry) -> Result<An
         .map(|pod| async move {
             PodAnswer {
                 pod: pod.name_any(),
+                labels: pod.labels().clone(),
                 reply: ask_pod(pod, inquiry).await,
             }
         });

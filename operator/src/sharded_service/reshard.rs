@@ -307,6 +307,7 @@ spec:
                 .enumerate()
                 .map(|(i, reply)| PodAnswer {
                     pod: format!("cache-router-{i}"),
+                    labels: Default::default(),
                     reply,
                 })
                 .collect(),

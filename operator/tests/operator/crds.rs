@@ -43,7 +43,11 @@ fn crds_fit_in_the_last_applied_annotation_of_kubectl_apply() {
 
 #[test]
 fn replicated_service_crd_has_status_printer_columns_and_cel_rules() {
-    let crd: Value = serde_json::to_value(crdgen::all().remove(0)).unwrap();
+    let crd = crdgen::all()
+        .into_iter()
+        .find(|c| c.spec.names.kind == "ReplicatedService")
+        .unwrap();
+    let crd: Value = serde_json::to_value(crd).unwrap();
     assert_eq!(crd["spec"]["names"]["shortNames"][0], "rsvc");
     let version = &crd["spec"]["versions"][0];
     assert!(version["subresources"]["status"].is_object());

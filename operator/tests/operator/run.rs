@@ -104,7 +104,12 @@ fn lease_answer(
 
 /// The rigging.dev API resources, as discovery lists them.
 fn rigging_resources() -> Value {
-    let kinds = ["ReplicatedService", "ShardedService", "WorkQueue"];
+    let kinds = [
+        "ReplicatedService",
+        "ShardedService",
+        "WorkQueue",
+        "Pipeline",
+    ];
     Value::Array(
         kinds
             .iter()
@@ -369,6 +374,7 @@ fn run_reconciles_what_it_lists_and_serves_its_admin_endpoints() {
         "GET /apis/rigging.dev/v1alpha1/replicatedservices",
         "GET /apis/rigging.dev/v1alpha1/shardedservices",
         "GET /apis/rigging.dev/v1alpha1/workqueues",
+        "GET /apis/rigging.dev/v1alpha1/pipelines",
         "GET /apis/apps/v1/deployments",
         "GET /apis/apps/v1/statefulsets",
         "GET /api/v1/services",
