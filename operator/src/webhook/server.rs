@@ -1,5 +1,6 @@
-//! The webhook's HTTPS server: `POST /inject` answers AdmissionReviews, `GET /healthz`
-//! says it is up. Its certificate is re-read when the files change (cert-manager and
+//! The webhook's HTTPS server: `POST /inject` answers pods' AdmissionReviews,
+//! `POST /validate/pipeline` Pipelines' (refusing what their CRD's rules cannot check, a
+//! stage's CEL predicate), `GET /healthz` says it is up. Its certificate is re-read when the files change (cert-manager and
 //! kubelet Secret updates replace them in place), so a rotation needs no restart and
 //! never refuses a pod: connections in flight keep the certificate they started with.
 
@@ -289,7 +290,8 @@ async fn respond(
 ) -> Response<Full<Bytes>> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => reply(StatusCode::OK, "text/plain", b"ok\n".to_vec()),
-        (&Method::POST, "/inject") => {
+        (&Method::POST, path @ ("/inject" | "/validate/pipeline")) => {
+            let pipeline = path == "/validate/pipeline";
             let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
                 Ok(body) => body.to_bytes(),
                 Err(e) => {
@@ -300,14 +302,17 @@ async fn respond(
                     );
                 }
             };
-            let review = review(&body, config, metrics);
+            let review = match pipeline {
+                true => review_pipeline(&body, metrics),
+                false => review(&body, config, metrics),
+            };
             let json = serde_json::to_vec(&review).unwrap_or_default();
             reply(StatusCode::OK, "application/json", json)
         }
         _ => reply(
             StatusCode::NOT_FOUND,
             "text/plain",
-            b"not found: POST /inject, GET /healthz\n".to_vec(),
+            b"not found: POST /inject, POST /validate/pipeline, GET /healthz\n".to_vec(),
         ),
     }
 }
@@ -321,25 +326,11 @@ pub fn review(
     metrics: &Metrics,
 ) -> AdmissionReview<DynamicObject> {
     let count = |outcome: &str| metrics.admissions.with_label_values(&[outcome]).inc();
-    let raw: Value = match serde_json::from_slice(body) {
-        Ok(v) => v,
-        Err(e) => {
+    let (raw, request) = match parse(body) {
+        Ok(parsed) => parsed,
+        Err(refusal) => {
             count("invalid");
-            return AdmissionResponse::invalid(format!("not an AdmissionReview: {e}"))
-                .into_review();
-        }
-    };
-    let parsed: Result<AdmissionReview<DynamicObject>, _> = serde_json::from_value(raw.clone());
-    let converted = parsed.map_err(|e| e.to_string()).and_then(|r| {
-        let request: Result<AdmissionRequest<DynamicObject>, _> = r.try_into();
-        request.map_err(|e| e.to_string())
-    });
-    let request = match converted {
-        Ok(request) => request,
-        Err(e) => {
-            count("invalid");
-            return AdmissionResponse::invalid(format!("not an AdmissionReview: {e}"))
-                .into_review();
+            return refusal;
         }
     };
     let response = AdmissionResponse::from(&request);
@@ -371,6 +362,57 @@ pub fn review(
                     .into_review()
             }
         },
+    }
+}
+
+/// The review as JSON and as kube reads it, or the answer that it is not one.
+#[allow(clippy::result_large_err)]
+fn parse(
+    body: &[u8],
+) -> Result<(Value, AdmissionRequest<DynamicObject>), AdmissionReview<DynamicObject>> {
+    let not_a_review = |e: String| {
+        AdmissionResponse::invalid(format!("not an AdmissionReview: {e}")).into_review()
+    };
+    let raw: Value = serde_json::from_slice(body).map_err(|e| not_a_review(e.to_string()))?;
+    let parsed: AdmissionReview<DynamicObject> =
+        serde_json::from_value(raw.clone()).map_err(|e| not_a_review(e.to_string()))?;
+    let request: AdmissionRequest<DynamicObject> =
+        parsed
+            .try_into()
+            .map_err(|e: kube::core::admission::ConvertAdmissionReviewError| {
+                not_a_review(e.to_string())
+            })?;
+    Ok((raw, request))
+}
+
+/// The AdmissionReview that answers a Pipeline's `body`: allowed, or denied naming each
+/// stage and field that cannot run (a predicate that is not CEL over `message`). A
+/// Pipeline that does not even parse is allowed here: the API server's schema refuses
+/// it, with its own message.
+pub fn review_pipeline(body: &[u8], metrics: &Metrics) -> AdmissionReview<DynamicObject> {
+    let count = |outcome: &str| metrics.admissions.with_label_values(&[outcome]).inc();
+    let (raw, request) = match parse(body) {
+        Ok(parsed) => parsed,
+        Err(refusal) => {
+            count("invalid");
+            return refusal;
+        }
+    };
+    let response = AdmissionResponse::from(&request);
+    let pipeline = raw
+        .pointer("/request/object")
+        .cloned()
+        .and_then(|o| serde_json::from_value::<rigging_crds::Pipeline>(o).ok());
+    match pipeline.map(|p| crate::pipeline::desired::validate(&p)) {
+        Some(Err(errors)) => {
+            tracing::info!(uid = %request.uid, %errors, "pipeline refused");
+            count("denied");
+            response.deny(errors.to_string()).into_review()
+        }
+        _ => {
+            count("untouched");
+            response.into_review()
+        }
     }
 }
 

@@ -701,3 +701,60 @@ fn a_pod_asking_for_the_queue_sidecar_publishes_and_receives_through_it() {
     ];
     assert_denied(&refused);
 }
+
+/// The webhook's answer to the creation of Pipeline `object`.
+fn pipeline_answer(object: &Value) -> Value {
+    let body = serde_json::to_vec(&json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "7a1f0000-1111-2222-3333-444455556666",
+            "kind": {"group": "rigging.dev", "version": "v1alpha1", "kind": "Pipeline"},
+            "resource": {"group": "rigging.dev", "version": "v1alpha1", "resource": "pipelines"},
+            "operation": "CREATE",
+            "namespace": "bank",
+            "userInfo": {"username": "alice"},
+            "object": object,
+            "dryRun": false
+        }
+    }))
+    .unwrap();
+    let review = rigging_operator::webhook::server::review_pipeline(&body, &Metrics::new());
+    serde_json::to_value(&review).unwrap()["response"].clone()
+}
+
+fn split_pipeline(predicate: &str) -> Value {
+    json!({
+        "apiVersion": "rigging.dev/v1alpha1",
+        "kind": "Pipeline",
+        "metadata": {"name": "banking", "namespace": "bank"},
+        "spec": {"stages": [
+            {"name": "copy-in", "from": ["raw"], "copy": {"to": ["transactions"]}},
+            {"name": "validate", "from": ["transactions"], "split": {
+                "when": [{"if": "message.amount < 10000", "to": "valid"},
+                         {"if": predicate, "to": "suspicious"}]
+            }}
+        ]}
+    })
+}
+
+#[test]
+fn a_pipeline_whose_predicate_is_not_cel_over_the_message_is_refused_naming_stage_and_field() {
+    let good = pipeline_answer(&split_pipeline("message.amount >= 10000"));
+    assert_eq!(good["allowed"], true, "{good}");
+    assert!(good.get("patch").is_none(), "nothing is changed: {good}");
+    for (predicate, why) in [
+        ("message.amount >=", "not CEL"),
+        ("amount >= 10000", "reads amount"),
+    ] {
+        let refused = pipeline_answer(&split_pipeline(predicate));
+        assert_eq!(refused["allowed"], false, "{predicate}: {refused}");
+        let message = refused["status"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("spec.stages[1].split.when[1].if")
+                && message.contains("stage validate")
+                && message.contains(why),
+            "{message}"
+        );
+    }
+}
