@@ -101,6 +101,9 @@ fn every_rendered_sidecar_parses_with_the_sidecars_own_parser_into_what_was_rend
             ("rigging-http".to_owned(), "initContainers"),
             ("rigging-logs".to_owned(), "initContainers"),
             ("rigging-metrics".to_owned(), "initContainers"),
+            // A Pipeline's built-in stages, and the queue beside a handler.
+            ("rigging-queue".to_owned(), "containers"),
+            ("rigging-queue".to_owned(), "initContainers"),
             // A ShardedService's routers, and the ambassador in its clients' pods.
             ("rigging-shard".to_owned(), "containers"),
             ("rigging-shard".to_owned(), "initContainers"),
