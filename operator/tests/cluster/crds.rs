@@ -123,24 +123,29 @@ async fn each_cel_rule_refuses_its_bad_case_with_the_message_render_gives() {
     for (name, change, words) in bad_cases() {
         let mut object = replicated_service(name, &ns.name, json!({}));
         crate::support::merge(&mut object, &change);
-        let dynamic: DynamicObject = serde_json::from_value(object.clone()).unwrap();
-        let refused = match api.create(&PostParams::default(), &dynamic).await {
-            Ok(_) => panic!("{name}: the API server accepted it"),
-            Err(kube::Error::Api(e)) => e,
-            Err(e) => panic!("{name}: {e}"),
-        };
-        assert_eq!(refused.code, 422, "{name}: {refused:?}");
-        assert!(
-            refused.message.contains(words),
-            "{name}: the API server says {:?}, not {words:?}",
-            refused.message
-        );
-        let yaml = serde_norway::to_string(&object).unwrap();
-        let rendered = render::render_values(name, &yaml, &RenderConfig::default());
-        let refusal = rendered.expect_err("render refuses it too").to_string();
-        assert!(
-            refusal.contains(words),
-            "{name}: render says {refusal:?}, not {words:?}"
-        );
+        assert_refused(&api, name, &object, words).await;
     }
+}
+
+/// That the API server refuses `object` (422) saying `words`, and `render` too.
+pub async fn assert_refused(api: &Api<DynamicObject>, name: &str, object: &Value, words: &str) {
+    let dynamic: DynamicObject = serde_json::from_value(object.clone()).unwrap();
+    let refused = match api.create(&PostParams::default(), &dynamic).await {
+        Ok(_) => panic!("{name}: the API server accepted it"),
+        Err(kube::Error::Api(e)) => e,
+        Err(e) => panic!("{name}: {e}"),
+    };
+    assert_eq!(refused.code, 422, "{name}: {refused:?}");
+    assert!(
+        refused.message.contains(words),
+        "{name}: the API server says {:?}, not {words:?}",
+        refused.message
+    );
+    let yaml = serde_norway::to_string(object).unwrap();
+    let rendered = render::render_values(name, &yaml, &RenderConfig::default());
+    let refusal = rendered.expect_err("render refuses it too").to_string();
+    assert!(
+        refusal.contains(words),
+        "{name}: render says {refusal:?}, not {words:?}"
+    );
 }

@@ -20,6 +20,7 @@ mod elect;
 mod frontend;
 mod leader_election;
 mod node;
+mod pipeline;
 mod reconcile;
 mod render;
 mod rollout_budget;
