@@ -14,10 +14,10 @@ use k8s_openapi::api::apps::v1::{
     StatefulSetSpec,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, PersistentVolumeClaim,
+    Container, ContainerPort, EnvVar, EnvVarSource, PersistentVolumeClaim,
     PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
-    SeccompProfile, SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec,
-    TCPSocketAction, VolumeMount, VolumeResourceRequirements,
+    SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec, TCPSocketAction,
+    VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -32,7 +32,7 @@ use rigging_crds::{FieldError, FieldErrors, Pipeline};
 
 use super::backlog::StageCounts;
 use crate::controller::{Child, MANAGER, Observed, RenderConfig, owner_references};
-use crate::sidecars::{self, Placement, QUEUE, field_env, resources};
+use crate::sidecars::{self, Placement, QUEUE, field_env, hardened_security_context, resources};
 
 /// The `app.kubernetes.io/name` of every pod a Pipeline runs: not the pipeline's own
 /// name, so that no other kind's selector (`name` = its object's name) takes them in.
@@ -458,17 +458,10 @@ fn broker_statefulset(p: &Pipeline) -> StatefulSet {
         // nats image, whose volumes from hostPath provisioners are root's), without
         // privileges.
         security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                ..Capabilities::default()
-            }),
-            seccomp_profile: Some(SeccompProfile {
-                type_: "RuntimeDefault".into(),
-                ..SeccompProfile::default()
-            }),
-            ..SecurityContext::default()
+            run_as_non_root: None,
+            run_as_user: None,
+            run_as_group: None,
+            ..hardened_security_context()
         }),
         volume_mounts: Some(vec![VolumeMount {
             name: "data".into(),

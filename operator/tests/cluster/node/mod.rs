@@ -23,6 +23,7 @@ use crate::support::{Cluster, connect, eventually};
 mod disruption;
 mod examples;
 mod operator_pods;
+mod pipeline;
 mod queue;
 mod rollouts;
 mod sharding;
