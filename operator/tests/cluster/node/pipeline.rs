@@ -503,11 +503,16 @@ async fn a_stage_scales_out_on_its_backlog_and_back_in_when_it_drains() {
         .collect();
     publish(&shell, "jobs", &jobs);
 
-    eventually("three pods for the backlog", STATUS_SETTLE, || async {
+    // The backlog shows in the status (and the pods' metrics it is read from), and the
+    // stage grows for it.
+    let slow = eventually("three pods for the backlog", STATUS_SETTLE, || async {
         let status = pipeline_status(&cluster, &ns.name, "jobs");
-        (stage_status(&status, "slow")["replicas"] == 3).then_some(())
+        let slow = stage_status(&status, "slow").clone();
+        (slow["replicas"] == 3).then_some(slow)
     })
     .await;
+    assert!(slow["lag"].as_i64().unwrap() > 0, "{slow}");
+    assert_eq!(slow["unaccounted"], 0, "{slow}");
     let events = cluster.kubectl_ok(&[
         "get",
         "events",
