@@ -637,8 +637,8 @@ fn stage_deployment(
                         .0
                         .into_iter()
                         .map(|e| FieldError {
-                            field: e.field.replacen("spec.", &format!("{field}.handler."), 1),
-                            ..e
+                            field: in_stage(&e.field, &field),
+                            message: in_stage(&e.message, &field),
                         })
                         .collect(),
                 )
@@ -677,6 +677,14 @@ fn stage_deployment(
         }),
         status: None,
     })
+}
+
+/// What `place` says of a kind's fields (`spec.port`, `spec.template`, the
+/// `spec.sidecars.queue` block), said of the stage at `field` whose handler it is.
+fn in_stage(text: &str, field: &str) -> String {
+    text.replace("spec.sidecars.queue", field)
+        .replace("spec.port", &format!("{field}.handler.port"))
+        .replace("spec.template", &format!("{field}.handler.template"))
 }
 
 #[cfg(test)]
@@ -874,6 +882,17 @@ spec:
         let p = pipeline(&BANKING.replace("message.amount >= 10000", "msg.amount > 1"));
         let errors = validate(&p).unwrap_err();
         assert!(errors.0[0].message.contains("reads msg"), "{errors}");
+    }
+
+    #[test]
+    fn a_handler_on_the_queue_sidecars_port_is_refused_naming_the_stage() {
+        let p = pipeline(&BANKING.replace("8080", "9127"));
+        let errors = desired(&p, &RenderConfig::default(), &Observed::nothing()).unwrap_err();
+        assert_eq!(errors.0[0].field, "spec.stages[1]");
+        assert!(
+            errors.0[0].message.contains("spec.stages[1].handler.port"),
+            "{errors}"
+        );
     }
 
     #[test]
