@@ -14,10 +14,9 @@ use k8s_openapi::api::apps::v1::{
     StatefulSetSpec,
 };
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvVar, EnvVarSource, PersistentVolumeClaim,
-    PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
-    SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec, TCPSocketAction,
-    VolumeMount, VolumeResourceRequirements,
+    Container, ContainerPort, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec,
+    PodTemplateSpec, Probe, ResourceRequirements, SecurityContext, Service, ServicePort,
+    ServiceSpec, TCPSocketAction, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -40,7 +39,7 @@ pub const APP_NAME: &str = "rigging-pipeline";
 /// The label that names a pod's stage.
 pub const STAGE_LABEL: &str = "rigging.dev/stage";
 /// The container port name of the queue sidecar's admin port, which the operator asks.
-pub const ADMIN_PORT: &str = "queue-admin";
+pub const ADMIN_PORT: &str = sidecars::QUEUE_ADMIN_PORT;
 /// The managed broker's image when the pipeline names none.
 pub const DEFAULT_BROKER_IMAGE: &str = "nats:2.10";
 /// The managed broker's volume when the pipeline gives no size.
@@ -567,18 +566,6 @@ fn stage_deployment(
         &format!("{field}.resources"),
     )
     .map_err(FieldErrors)?;
-    let url_env = p.spec.broker.url_secret.as_ref().map(|secret| EnvVar {
-        name: "RIGGING_NATS_URL".into(),
-        value_from: Some(EnvVarSource {
-            secret_key_ref: Some(SecretKeySelector {
-                name: secret.name.clone(),
-                key: secret.key.clone(),
-                optional: None,
-            }),
-            ..EnvVarSource::default()
-        }),
-        ..EnvVar::default()
-    });
     let pod_labels = labels(stage_selector(p, &stage.name));
     let template = match &stage.handler {
         None => {
@@ -588,12 +575,7 @@ fn stage_deployment(
                 &args,
                 (ADMIN_PORT, ports::QUEUE_ADMIN),
             );
-            queue.env = Some(
-                [field_env("POD_NAME", "metadata.name")]
-                    .into_iter()
-                    .chain(url_env)
-                    .collect(),
-            );
+            queue.env = Some(sidecars::queue_env(p.spec.broker.url_secret.as_ref()));
             queue.resources = Some(budget.requirements());
             PodTemplateSpec {
                 metadata: Some(ObjectMeta {
@@ -653,9 +635,6 @@ fn stage_deployment(
             if let Some(queue) = queue {
                 queue.args = Some(args.to_args());
                 queue.resources = Some(budget.requirements());
-                if let Some(port) = queue.ports.as_mut().and_then(|p| p.first_mut()) {
-                    port.name = Some(ADMIN_PORT.into());
-                }
             }
             template
         }

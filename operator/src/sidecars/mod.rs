@@ -31,7 +31,7 @@ use rigging_crds::sidecar::metrics::MetricsArgs;
 use rigging_crds::sidecar::ports;
 use rigging_crds::sidecar::queue::QueueArgs;
 use rigging_crds::sidecar::shard::ShardArgs;
-use rigging_crds::sidecar::spec::{QueueSidecar, SidecarResources, Sidecars};
+use rigging_crds::sidecar::spec::{QueueSidecar, SecretKey, SidecarResources, Sidecars};
 use rigging_crds::sidecar::tls::TlsArgs;
 use rigging_crds::{FieldError, FieldErrors};
 
@@ -403,27 +403,12 @@ pub fn place(
             QUEUE,
             image,
             &queue_args(queue),
-            ("queue-admin", ports::QUEUE_ADMIN),
+            (QUEUE_ADMIN_PORT, ports::QUEUE_ADMIN),
         );
         let field = "spec.sidecars.queue.resources";
         c.resources = Some(budget(QUEUE, queue.resources.as_ref(), field).requirements());
         // The pod's name makes the ids of messages published without a key unique.
-        let mut env = vec![field_env("POD_NAME", "metadata.name")];
-        if let Some(secret) = &queue.url_secret {
-            env.push(EnvVar {
-                name: "RIGGING_NATS_URL".into(),
-                value_from: Some(EnvVarSource {
-                    secret_key_ref: Some(SecretKeySelector {
-                        name: secret.name.clone(),
-                        key: secret.key.clone(),
-                        optional: None,
-                    }),
-                    ..EnvVarSource::default()
-                }),
-                ..EnvVar::default()
-            });
-        }
-        c.env = Some(env);
+        c.env = Some(queue_env(queue.url_secret.as_ref()));
         containers.push(c);
     }
     if !refused.is_empty() {
@@ -466,6 +451,32 @@ pub fn place(
             .extend(labels);
     }
     Ok(())
+}
+
+/// The name of the queue sidecar's admin port in a pod, which the operator asks a
+/// Pipeline's stage pods on.
+pub const QUEUE_ADMIN_PORT: &str = "queue-admin";
+
+/// The queue sidecar's environment: the pod's name (it makes the ids of messages
+/// published without a key unique) and, from `url_secret`, the server's URL with its
+/// credentials, which so stays out of the pod spec.
+pub fn queue_env(url_secret: Option<&SecretKey>) -> Vec<EnvVar> {
+    let url = url_secret.map(|secret| EnvVar {
+        name: "RIGGING_NATS_URL".into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.name.clone(),
+                key: secret.key.clone(),
+                optional: None,
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    });
+    [field_env("POD_NAME", "metadata.name")]
+        .into_iter()
+        .chain(url)
+        .collect()
 }
 
 /// An environment variable set from a field of the pod (the downward API).
