@@ -326,12 +326,9 @@ pub fn review(
     metrics: &Metrics,
 ) -> AdmissionReview<DynamicObject> {
     let count = |outcome: &str| metrics.admissions.with_label_values(&[outcome]).inc();
-    let (raw, request) = match parse(body) {
+    let (raw, request) = match parse(body, metrics) {
         Ok(parsed) => parsed,
-        Err(refusal) => {
-            count("invalid");
-            return refusal;
-        }
+        Err(refusal) => return refusal,
     };
     let response = AdmissionResponse::from(&request);
     let Some(pod) = raw.pointer("/request/object") else {
@@ -365,12 +362,15 @@ pub fn review(
     }
 }
 
-/// The review as JSON and as kube reads it, or the answer that it is not one.
+/// The review as JSON and as kube reads it, or the answer that it is not one (counted
+/// as `invalid`).
 #[allow(clippy::result_large_err)]
 fn parse(
     body: &[u8],
+    metrics: &Metrics,
 ) -> Result<(Value, AdmissionRequest<DynamicObject>), AdmissionReview<DynamicObject>> {
     let not_a_review = |e: String| {
+        metrics.admissions.with_label_values(&["invalid"]).inc();
         AdmissionResponse::invalid(format!("not an AdmissionReview: {e}")).into_review()
     };
     let raw: Value = serde_json::from_slice(body).map_err(|e| not_a_review(e.to_string()))?;
@@ -391,12 +391,9 @@ fn parse(
 /// it, with its own message.
 pub fn review_pipeline(body: &[u8], metrics: &Metrics) -> AdmissionReview<DynamicObject> {
     let count = |outcome: &str| metrics.admissions.with_label_values(&[outcome]).inc();
-    let (raw, request) = match parse(body) {
+    let (raw, request) = match parse(body, metrics) {
         Ok(parsed) => parsed,
-        Err(refusal) => {
-            count("invalid");
-            return refusal;
-        }
+        Err(refusal) => return refusal,
     };
     let response = AdmissionResponse::from(&request);
     let pipeline = raw
