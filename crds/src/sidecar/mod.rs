@@ -9,6 +9,7 @@
 //! field names.
 
 pub mod elect;
+pub mod gather;
 pub mod health;
 pub mod http;
 pub mod logs;
@@ -45,6 +46,8 @@ pub mod ports {
     pub const QUEUE_ADMIN: u16 = 9126;
     /// The queue sidecar's publish API (`POST /publish/{topic}`), on loopback.
     pub const QUEUE: u16 = 9127;
+    /// The scatter/gather root's admin port (`/status` as well as the usual three).
+    pub const GATHER_ADMIN: u16 = 9128;
 }
 
 /// A sidecar's typed command line.
@@ -335,6 +338,9 @@ mod tests {
             ports::SHARD_ADMIN,
             ports::HTTP_ADMIN,
             ports::ELECT,
+            ports::QUEUE_ADMIN,
+            ports::QUEUE,
+            ports::GATHER_ADMIN,
         ];
         all.sort_unstable();
         assert!(all.windows(2).all(|w| w[0] != w[1]), "{all:?}");
