@@ -23,6 +23,7 @@ pub mod pipeline;
 pub mod render;
 pub mod replicated_service;
 pub mod schema;
+pub mod shard_set;
 pub mod sharded_service;
 pub mod sidecars;
 pub mod webhook;

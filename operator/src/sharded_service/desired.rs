@@ -13,15 +13,13 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, StatefulSet, StatefulSetSpec};
-use k8s_openapi::api::core::v1::{
-    ConfigMap, PodSpec, PodTemplateSpec, Service, ServicePort, ServiceSpec,
-};
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, StatefulSet};
+use k8s_openapi::api::core::v1::{ConfigMap, PodSpec, PodTemplateSpec, Service, ServiceSpec};
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
     NetworkPolicySpec,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 use rigging_crds::sharded_service::RouterMode;
@@ -30,18 +28,14 @@ use rigging_crds::sidecar::shard::{Protocol, ShardArgs, ShardConfig};
 use rigging_crds::{FieldError, FieldErrors, ShardedService};
 
 use super::reshard::{self, Plan};
-use crate::controller::{Child, MANAGER, Observed, RenderConfig, owner_references};
+use crate::controller::{Child, Observed, RenderConfig, owner_references};
+use crate::shard_set::{ShardSet, match_labels, service_port, with_managed};
 use crate::sidecars;
 use crate::sidecars::elect::ElectAccess;
 
-/// The label that tells one shard's pods from another's (`replicasPerShard > 1`), and
-/// selects them for the shard's own Service.
-pub const SHARD_LABEL: &str = "rigging.dev/shard";
+pub use crate::shard_set::SHARD_LABEL;
 /// The label that tells a ShardedService's shard pods from its router pods.
 const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
-/// The namespace of a ShardedService rendered without one, as `kubectl apply` would
-/// place it: the servers in the ring are named in it.
-const DEFAULT_NAMESPACE: &str = "default";
 
 /// What a child is part of, as its `app.kubernetes.io/component` label says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,7 +107,26 @@ impl Children {
 /// The stable name of shard `shard`: what the ring hashes, and the name of its pod
 /// (`replicasPerShard: 1`) or of its StatefulSet and Service.
 pub fn shard_name(ss: &ShardedService, shard: i32) -> String {
-    format!("{}-{shard}", ss.name_any())
+    shard_set(ss).shard_name(shard)
+}
+
+/// The shards' pods, as the machinery ShardedService shares with ScatterGather builds them.
+fn shard_set(ss: &ShardedService) -> ShardSet<'_> {
+    ShardSet {
+        name: ss.name_any(),
+        meta: ObjectMeta {
+            namespace: ss.namespace(),
+            owner_references: owner_references(ss),
+            ..ObjectMeta::default()
+        },
+        selector: selector_labels(ss, Component::Shard),
+        headless: headless_name(ss),
+        port: service_port(&port_name(ss), ss.spec.port),
+        template: &ss.spec.template,
+        volume_claim_templates: &ss.spec.volume_claim_templates,
+        sidecars: ss.spec.sidecars.as_ref(),
+        shard_env: None,
+    }
 }
 
 /// The headless Service that names the shard pods.
@@ -149,17 +162,14 @@ pub fn servers(ss: &ShardedService) -> Vec<String> {
 /// NAME`: each shard's stable DNS name (its pod's through the headless Service, or its own
 /// Service's), weight 1, and its stable name, which alone is hashed.
 fn ring_servers(ss: &ShardedService, size: i32) -> Vec<String> {
-    let namespace = ss
-        .namespace()
-        .unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned());
-    let headless = headless_name(ss);
+    let set = shard_set(ss);
     (0..size)
         .map(|i| {
-            let name = shard_name(ss, i);
+            let name = set.shard_name(i);
             let host = if ss.spec.replicas_per_shard == 1 {
-                format!("{name}.{headless}.{namespace}.svc")
+                set.pod_host(&name)
             } else {
-                format!("{name}.{namespace}.svc")
+                format!("{name}.{}.svc", set.namespace())
             };
             format!("{host}:{}:1 {name}", ss.spec.port)
         })
@@ -233,20 +243,12 @@ pub fn selector_labels(ss: &ShardedService, component: Component) -> BTreeMap<St
 
 /// The labels that select the pods of shard `shard` alone.
 pub fn shard_selector_labels(ss: &ShardedService, shard: i32) -> BTreeMap<String, String> {
-    let mut labels = selector_labels(ss, Component::Shard);
-    labels.insert(SHARD_LABEL.to_owned(), shard.to_string());
-    labels
+    shard_set(ss).shard_selector(shard)
 }
 
 /// Labels of every child and pod: the selector labels plus who manages them.
 pub fn labels(ss: &ShardedService, component: Component) -> BTreeMap<String, String> {
     with_managed(selector_labels(ss, component))
-}
-
-fn with_managed(mut labels: BTreeMap<String, String>) -> BTreeMap<String, String> {
-    labels.insert("app.kubernetes.io/managed-by".into(), MANAGER.into());
-    labels.insert("app.kubernetes.io/part-of".into(), "rigging".into());
-    labels
 }
 
 /// Computes the children once the spec's shard count is in service, or every reason the
@@ -303,23 +305,24 @@ fn planned(
         child_meta(ss, ss.name_any(), labels(ss, Component::Shard)),
         config.elect_grant.as_ref(),
     );
+    let set = shard_set(ss);
     let statefulsets = if spec.replicas_per_shard == 1 {
-        vec![statefulset(ss, config, elect.as_ref(), None, plan.shards)?]
+        vec![set.statefulset(config, elect.as_ref(), None, plan.shards)?]
     } else {
         (0..plan.shards)
-            .map(|i| statefulset(ss, config, elect.as_ref(), Some(i), spec.replicas_per_shard))
+            .map(|i| set.statefulset(config, elect.as_ref(), Some(i), spec.replicas_per_shard))
             .collect::<Result<_, _>>()?
     };
     let shard_services = if spec.replicas_per_shard == 1 {
         Vec::new()
     } else {
-        (0..plan.shards).map(|i| shard_service(ss, i)).collect()
+        (0..plan.shards).map(|i| set.shard_service(i)).collect()
     };
     Ok(Children {
         elect,
         network_policy: network_policy(ss),
         ring: ring(ss, ring_file),
-        headless: headless(ss),
+        headless: set.headless(),
         shard_services,
         statefulsets,
         router: router.then(|| router_deployment(ss, config)).transpose()?,
@@ -328,20 +331,7 @@ fn planned(
 }
 
 fn child_meta(ss: &ShardedService, name: String, labels: BTreeMap<String, String>) -> ObjectMeta {
-    ObjectMeta {
-        name: Some(name),
-        namespace: ss.namespace(),
-        labels: Some(labels),
-        owner_references: owner_references(ss),
-        ..ObjectMeta::default()
-    }
-}
-
-fn match_labels(labels: BTreeMap<String, String>) -> LabelSelector {
-    LabelSelector {
-        match_labels: Some(labels),
-        ..LabelSelector::default()
-    }
+    shard_set(ss).child_meta(name, labels)
 }
 
 /// The port name of the protocol.
@@ -354,16 +344,6 @@ fn port_name(ss: &ShardedService) -> String {
     .to_owned()
 }
 
-fn service_port(ss: &ShardedService, port: i32) -> ServicePort {
-    ServicePort {
-        name: Some(port_name(ss)),
-        port,
-        target_port: Some(IntOrString::Int(port)),
-        protocol: Some("TCP".into()),
-        ..ServicePort::default()
-    }
-}
-
 fn ring(ss: &ShardedService, ring_file: String) -> ConfigMap {
     let name = sidecars::ring_config_map(&ss.name_any());
     ConfigMap {
@@ -371,91 +351,6 @@ fn ring(ss: &ShardedService, ring_file: String) -> ConfigMap {
         data: Some(BTreeMap::from([(sidecars::RING_KEY.to_owned(), ring_file)])),
         ..ConfigMap::default()
     }
-}
-
-fn headless(ss: &ShardedService) -> Service {
-    Service {
-        metadata: child_meta(ss, headless_name(ss), labels(ss, Component::Shard)),
-        spec: Some(ServiceSpec {
-            cluster_ip: Some("None".into()),
-            selector: Some(selector_labels(ss, Component::Shard)),
-            // A shard's name resolves once it is ready, never to a pod that cannot serve:
-            // the default, so left out. The API server drops a `false`, and a field it
-            // drops would read as drift on every reconcile.
-            ports: Some(vec![service_port(ss, ss.spec.port)]),
-            ..ServiceSpec::default()
-        }),
-        status: None,
-    }
-}
-
-fn shard_service(ss: &ShardedService, shard: i32) -> Service {
-    let labels = with_managed(shard_selector_labels(ss, shard));
-    Service {
-        metadata: child_meta(ss, shard_name(ss, shard), labels),
-        spec: Some(ServiceSpec {
-            type_: Some("ClusterIP".into()),
-            selector: Some(shard_selector_labels(ss, shard)),
-            ports: Some(vec![service_port(ss, ss.spec.port)]),
-            ..ServiceSpec::default()
-        }),
-        status: None,
-    }
-}
-
-/// The StatefulSet of every shard (`shard: None`, one pod per shard) or of one shard (its
-/// replicas), with `replicas` pods.
-fn statefulset(
-    ss: &ShardedService,
-    config: &RenderConfig,
-    elect: Option<&ElectAccess>,
-    shard: Option<i32>,
-    replicas: i32,
-) -> Result<StatefulSet, FieldErrors> {
-    let spec = &ss.spec;
-    let (name, selector) = match shard {
-        None => (ss.name_any(), selector_labels(ss, Component::Shard)),
-        Some(i) => (shard_name(ss, i), shard_selector_labels(ss, i)),
-    };
-    let meta = child_meta(ss, name, with_managed(selector.clone()));
-    Ok(StatefulSet {
-        metadata: meta,
-        spec: Some(StatefulSetSpec {
-            replicas: Some(replicas),
-            selector: match_labels(selector.clone()),
-            service_name: Some(headless_name(ss)),
-            // Shards are independent: none waits for another to start or stop.
-            pod_management_policy: Some("Parallel".into()),
-            template: shard_template(ss, config, elect, with_managed(selector))?,
-            volume_claim_templates: (!spec.volume_claim_templates.is_empty())
-                .then(|| spec.volume_claim_templates.clone()),
-            ..StatefulSetSpec::default()
-        }),
-        status: None,
-    })
-}
-
-fn shard_template(
-    ss: &ShardedService,
-    config: &RenderConfig,
-    elect: Option<&ElectAccess>,
-    labels: BTreeMap<String, String>,
-) -> Result<PodTemplateSpec, FieldErrors> {
-    let mut template = ss.spec.template.clone();
-    if let Some(access) = elect {
-        access.assign(&mut template);
-    }
-    let meta = template.metadata.get_or_insert_with(ObjectMeta::default);
-    meta.labels.get_or_insert_with(BTreeMap::new).extend(labels);
-    let name = ss.name_any();
-    let placement = sidecars::Placement {
-        app_port: Some(ss.spec.port),
-        tls: None,
-        sidecars: ss.spec.sidecars.as_ref(),
-        election: Some(&name),
-    };
-    sidecars::place(&mut template, &placement, config)?;
-    Ok(template)
 }
 
 /// The router's flags: the ambassador's, listening on the router port of every address,
@@ -539,7 +434,7 @@ fn client_service(ss: &ShardedService) -> Service {
         spec: Some(ServiceSpec {
             type_: Some("ClusterIP".into()),
             selector: Some(selector_labels(ss, Component::Router)),
-            ports: Some(vec![service_port(ss, ss.spec.router_port())]),
+            ports: Some(vec![service_port(&port_name(ss), ss.spec.router_port())]),
             ..ServiceSpec::default()
         }),
         status: None,
