@@ -13,6 +13,8 @@ pub mod pipeline;
 #[cfg(feature = "api")]
 pub mod replicated_service;
 #[cfg(feature = "api")]
+pub mod scatter_gather;
+#[cfg(feature = "api")]
 mod schema;
 #[cfg(feature = "api")]
 pub mod sharded_service;
@@ -29,6 +31,8 @@ pub use replicated_service::{
     RateLimitKey, ReplicatedService, ReplicatedServiceSpec, ReplicatedServiceStatus,
     ServiceSettings, ServiceType, SessionAffinity, Tls,
 };
+#[cfg(feature = "api")]
+pub use scatter_gather::{ScatterGather, ScatterGatherSpec, ScatterGatherStatus};
 #[cfg(feature = "api")]
 pub use sharded_service::{ShardedService, ShardedServiceSpec, ShardedServiceStatus};
 #[cfg(feature = "api")]

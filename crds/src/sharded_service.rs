@@ -39,17 +39,18 @@ const fn decimal_digits(mut n: i32) -> usize {
     digits
 }
 
-/// The CEL rule on `metadata.name`: a DNS-1035 label of at most [`MAX_NAME_LEN`].
-fn name_rule() -> String {
+/// The CEL rule on `metadata.name`: a DNS-1035 label of at most [`MAX_NAME_LEN`]. A
+/// ScatterGather's leaves are named as a replicated shard's pods are, and take it too.
+pub(crate) fn name_rule() -> String {
     format!(
         "self.metadata.name.size() <= {MAX_NAME_LEN} && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')"
     )
 }
 
-/// Why the name is refused, with the length derived as [`MAX_NAME_LEN`] is.
-fn name_message() -> String {
+/// Why the name of a `kind` is refused, with the length derived as [`MAX_NAME_LEN`] is.
+pub(crate) fn name_message(kind: &str) -> String {
     format!(
-        "metadata.name must be a DNS-1035 label of at most {MAX_NAME_LEN} characters (lowercase letters, digits and '-', starting with a letter and ending with a letter or digit): the ShardedService's Services take this name, and the pods of a shard's StatefulSet carry it with a shard number up to {} and a revision hash of up to {REVISION_HASH_LEN} characters in a label of at most 63 characters",
+        "metadata.name must be a DNS-1035 label of at most {MAX_NAME_LEN} characters (lowercase letters, digits and '-', starting with a letter and ending with a letter or digit): the {kind}'s Services take this name, and the pods of a shard's StatefulSet carry it with a shard number up to {} and a revision hash of up to {REVISION_HASH_LEN} characters in a label of at most 63 characters",
         MAX_SHARDS - 1
     )
 }
@@ -78,7 +79,7 @@ fn name_message() -> String {
     printcolumn(name = "Ring", type_ = "string", json_path = ".status.ringVersion", priority = 1),
     printcolumn(name = "Moved", type_ = "number", json_path = ".status.movedKeyShare", priority = 1),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
-    validation = Rule::new(name_rule()).message(Message::Message(name_message()))
+    validation = Rule::new(name_rule()).message(Message::Message(name_message("ShardedService")))
 )]
 #[x_kube(
     validation = Rule::new("(self.protocol == 'http') == has(self.shardKey)")
@@ -372,6 +373,6 @@ mod tests {
         // "<name>-1023-<10 characters>" in 63.
         assert_eq!(MAX_NAME_LEN + "-1023".len() + "-".len() + 10, 63);
         assert!(name_rule().starts_with("self.metadata.name.size() <= 47 &&"));
-        assert!(name_message().contains("at most 47 characters"));
+        assert!(name_message("ShardedService").contains("at most 47 characters"));
     }
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, Patch, PatchParams};
 use kube::{Client, CustomResourceExt};
-use rigging_crds::{Pipeline, ReplicatedService, ShardedService, WorkQueue};
+use rigging_crds::{Pipeline, ReplicatedService, ScatterGather, ShardedService, WorkQueue};
 
 /// The annotation of each CRD that names the Rigging release whose types it carries.
 pub const VERSION_ANNOTATION: &str = "rigging.dev/version";
@@ -20,6 +20,7 @@ pub fn all() -> Vec<CustomResourceDefinition> {
     let mut crds = vec![
         Pipeline::crd(),
         ReplicatedService::crd(),
+        ScatterGather::crd(),
         ShardedService::crd(),
         WorkQueue::crd(),
     ];

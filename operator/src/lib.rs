@@ -3,8 +3,9 @@
 //!
 //! - [`controller`]: what every kind shares (wiring, shared child watches, apply, orphan
 //!   removal, status, Events, backoff); a kind implements [`controller::Kind`].
-//! - [`replicated_service`], [`sharded_service`], [`work_queue`], [`pipeline`]: each kind's
-//!   desired state and status.
+//! - [`replicated_service`], [`sharded_service`], [`work_queue`], [`pipeline`],
+//!   [`scatter_gather`]: each kind's desired state and status; [`shard_set`]: the sharded
+//!   pods two of them share.
 //! - [`drift`]: whether a live child already holds what the operator applies.
 //! - [`render`]: the pure halves offline (`rigging-operator render`).
 //! - [`crdgen`]: the CRDs committed under `crds/`.
@@ -22,6 +23,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod render;
 pub mod replicated_service;
+pub mod scatter_gather;
 pub mod schema;
 pub mod shard_set;
 pub mod sharded_service;

@@ -13,7 +13,7 @@ use kube_lease_manager::LeaseManagerBuilder;
 use crate::admin::{self, Readiness};
 use crate::controller::{self, ChildWatches, Config, Context};
 use crate::metrics::Metrics;
-use rigging_crds::{Pipeline, ReplicatedService, ShardedService, WorkQueue};
+use rigging_crds::{Pipeline, ReplicatedService, ScatterGather, ShardedService, WorkQueue};
 use std::sync::Arc;
 
 /// Settings of `run`, from flags and environment.
@@ -449,6 +449,7 @@ fn controllers(
         namespace,
     );
     let pipeline = controller::controller::<Pipeline>(ctx.clone(), &watches, namespace);
+    let scatter_gather = controller::controller::<ScatterGather>(ctx.clone(), &watches, namespace);
     let watching = watches.run();
     let stores = ctx.stores.clone();
     let started = async move {
@@ -459,7 +460,7 @@ fn controllers(
             () = stores.wait_until_ready() => {}
             () = shutdown_signal() => return,
         }
-        futures::future::join4(replicated, sharded, work_queue, pipeline).await;
+        futures::future::join5(replicated, sharded, work_queue, pipeline, scatter_gather).await;
     };
     async move {
         // The watches never end; the controllers end on a shutdown signal.

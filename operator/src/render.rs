@@ -6,7 +6,9 @@ use std::sync::OnceLock;
 
 use std::collections::BTreeMap;
 
-use rigging_crds::{FieldError, Pipeline, ReplicatedService, ShardedService, WorkQueue};
+use rigging_crds::{
+    FieldError, Pipeline, ReplicatedService, ScatterGather, ShardedService, WorkQueue,
+};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -30,7 +32,7 @@ pub enum RenderError {
     },
     /// A document is not a Rigging resource this version knows.
     #[error(
-        "{source_name}: document {document}: unknown kind {kind:?} (apiVersion {api_version:?}); render knows ReplicatedService, ShardedService, WorkQueue and Pipeline (rigging.dev/v1alpha1)"
+        "{source_name}: document {document}: unknown kind {kind:?} (apiVersion {api_version:?}); render knows ReplicatedService, ShardedService, WorkQueue, Pipeline and ScatterGather (rigging.dev/v1alpha1)"
     )]
     UnknownKind {
         /// File name.
@@ -172,6 +174,7 @@ fn render_document(
         "ShardedService" => children::<ShardedService>(value, config),
         "WorkQueue" => children::<WorkQueue>(value, config),
         "Pipeline" => children::<Pipeline>(value, config),
+        "ScatterGather" => children::<ScatterGather>(value, config),
         _ => children::<ReplicatedService>(value, config),
     }
     .map_err(invalid)?;

@@ -27,6 +27,53 @@ use kube::ResourceExt;
 use super::ChildStores;
 use super::children::ChildKind;
 
+/// How far one StatefulSet or Deployment is: ready pods, and whether every pod runs the
+/// current template.
+pub struct Rollout {
+    /// Pods asked for.
+    pub want: i32,
+    /// Pods ready.
+    pub ready: i32,
+    /// Whether every pod runs the current template and is ready.
+    pub rolled_out: bool,
+}
+
+impl Rollout {
+    /// How far `sts` is.
+    pub fn of_statefulset(sts: &StatefulSet) -> Rollout {
+        let want = sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+        let st = sts.status.clone().unwrap_or_default();
+        let ready = st.ready_replicas.unwrap_or(0);
+        let current = st.observed_generation >= sts.metadata.generation;
+        let revised = st.update_revision.is_none() || st.current_revision == st.update_revision;
+        Rollout {
+            want,
+            ready,
+            rolled_out: current
+                && revised
+                && st.updated_replicas.unwrap_or(0) >= want
+                && st.replicas <= want
+                && ready >= want,
+        }
+    }
+
+    /// How far `d` is.
+    pub fn of_deployment(d: &Deployment) -> Rollout {
+        let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+        let st = d.status.clone().unwrap_or_default();
+        let ready = st.ready_replicas.unwrap_or(0);
+        let current = st.observed_generation >= d.metadata.generation;
+        Rollout {
+            want,
+            ready,
+            rolled_out: current
+                && st.updated_replicas.unwrap_or(0) >= want
+                && st.replicas.unwrap_or(0) <= want
+                && st.available_replicas.unwrap_or(0) >= want,
+        }
+    }
+}
+
 /// Rollouts at once unless `--max-rollouts` says.
 pub const DEFAULT_MAX_ROLLOUTS: u32 = 10;
 

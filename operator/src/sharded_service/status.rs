@@ -18,6 +18,7 @@ use super::desired::{ring_version, router_name, shard_name, statefulset_names};
 use super::reshard;
 use crate::controller::conditions;
 use crate::controller::conditions::{Cond, cond, finish};
+use crate::controller::rollouts::Rollout;
 use crate::controller::{Answers, Applied, Note};
 use crate::sidecars;
 
@@ -125,46 +126,6 @@ fn as_servers(members: &[String]) -> Vec<ServerSpec> {
         .collect()
 }
 
-/// How far one StatefulSet or Deployment is: ready pods, and whether every pod runs the
-/// current template.
-struct Rollout {
-    want: i32,
-    ready: i32,
-    rolled_out: bool,
-}
-
-fn statefulset_rollout(sts: &StatefulSet) -> Rollout {
-    let want = sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-    let st = sts.status.clone().unwrap_or_default();
-    let ready = st.ready_replicas.unwrap_or(0);
-    let current = st.observed_generation >= sts.metadata.generation;
-    let revised = st.update_revision.is_none() || st.current_revision == st.update_revision;
-    Rollout {
-        want,
-        ready,
-        rolled_out: current
-            && revised
-            && st.updated_replicas.unwrap_or(0) >= want
-            && st.replicas <= want
-            && ready >= want,
-    }
-}
-
-fn deployment_rollout(d: &Deployment) -> Rollout {
-    let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-    let st = d.status.clone().unwrap_or_default();
-    let ready = st.ready_replicas.unwrap_or(0);
-    let current = st.observed_generation >= d.metadata.generation;
-    Rollout {
-        want,
-        ready,
-        rolled_out: current
-            && st.updated_replicas.unwrap_or(0) >= want
-            && st.replicas.unwrap_or(0) <= want
-            && st.available_replicas.unwrap_or(0) >= want,
-    }
-}
-
 /// Status of a ShardedService whose children are applied, from the children as the apply
 /// returned them and what the routers answered, when they were asked.
 pub fn observed(
@@ -178,7 +139,11 @@ pub fn observed(
     let previous = ss.status.clone().unwrap_or_default();
     let statefulsets: Vec<Option<Rollout>> = statefulset_names(ss)
         .iter()
-        .map(|name| applied.get::<StatefulSet>(name).map(statefulset_rollout))
+        .map(|name| {
+            applied
+                .get::<StatefulSet>(name)
+                .map(Rollout::of_statefulset)
+        })
         .collect();
     let seen = statefulsets.iter().all(Option::is_some);
     let statefulsets: Vec<Rollout> = statefulsets.into_iter().flatten().collect();
@@ -192,7 +157,7 @@ pub fn observed(
         RouterMode::Router => Some(
             applied
                 .get::<Deployment>(&router_name(ss))
-                .map(deployment_rollout),
+                .map(Rollout::of_deployment),
         ),
         RouterMode::Ambassador => None,
     };

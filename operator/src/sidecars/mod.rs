@@ -24,6 +24,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use rigging_crds::sidecar::SidecarArgs;
 use rigging_crds::sidecar::elect::{Backend, ElectArgs};
+use rigging_crds::sidecar::gather::GatherArgs;
 use rigging_crds::sidecar::health::HealthArgs;
 use rigging_crds::sidecar::http::HttpArgs;
 use rigging_crds::sidecar::logs::LogsArgs;
@@ -76,6 +77,13 @@ pub const ELECT: &str = "rigging-elect";
 pub const ELECT_TOKEN: &str = "rigging-elect-token";
 /// Name of the queue sidecar's container; its admin port is named `queue-admin`.
 pub const QUEUE: &str = "rigging-queue";
+/// The scatter/gather root's container (a ScatterGather's root pods) and its config volume.
+pub const GATHER: &str = "rigging-gather";
+/// Where the root's config file is mounted: a whole-volume mount, so that a new file is
+/// seen and reloaded.
+pub const GATHER_MOUNT_PATH: &str = "/etc/rigging/gather";
+/// The key of the root's config file in its ConfigMap.
+pub const GATHER_CONFIG_KEY: &str = "gather.yaml";
 
 /// The ring ConfigMap of the ShardedService `service`.
 pub fn ring_config_map(service: &str) -> String {
@@ -124,16 +132,42 @@ pub fn http_args(listen: SocketAddr) -> HttpArgs {
 }
 
 /// The volume, named [`HTTP`], of the key [`HTTP_CONFIG_KEY`] of the ConfigMap
-/// `config_map`. Listing the key makes a ConfigMap without it fail the pod's start with a
-/// message naming it, rather than start an ambassador with no file.
+/// `config_map`.
 pub fn http_config_volume(config_map: &str) -> Volume {
+    config_volume(HTTP, config_map, HTTP_CONFIG_KEY)
+}
+
+/// The scatter/gather root's flags, listening on `listen`, reading its config file from
+/// the ConfigMap mounted at [`GATHER_MOUNT_PATH`]; every other flag at its default.
+pub fn gather_args(listen: SocketAddr) -> GatherArgs {
+    GatherArgs {
+        listen,
+        ..GatherArgs::new(PathBuf::from(GATHER_MOUNT_PATH).join(GATHER_CONFIG_KEY))
+    }
+}
+
+/// The volume, named [`GATHER`], of the key [`GATHER_CONFIG_KEY`] of the ConfigMap
+/// `config_map`.
+pub fn gather_config_volume(config_map: &str) -> Volume {
+    config_volume(GATHER, config_map, GATHER_CONFIG_KEY)
+}
+
+/// The read-only mount of [`gather_config_volume`] at [`GATHER_MOUNT_PATH`].
+pub fn gather_config_mount() -> VolumeMount {
+    mount(GATHER, GATHER_MOUNT_PATH, true)
+}
+
+/// The volume `name` of the one key `key` of the ConfigMap `config_map`. Listing the key
+/// makes a ConfigMap without it fail the pod's start with a message naming it, rather
+/// than start a sidecar with no file.
+fn config_volume(name: &str, config_map: &str, key: &str) -> Volume {
     Volume {
-        name: HTTP.into(),
+        name: name.into(),
         config_map: Some(ConfigMapVolumeSource {
             name: config_map.to_owned(),
             items: Some(vec![KeyToPath {
-                key: HTTP_CONFIG_KEY.into(),
-                path: HTTP_CONFIG_KEY.into(),
+                key: key.into(),
+                path: key.into(),
                 ..KeyToPath::default()
             }]),
             ..ConfigMapVolumeSource::default()

@@ -13,7 +13,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use rigging_crds::FieldError;
 use rigging_crds::sidecar::spec::SidecarResources;
 
-use super::{ELECT, HEALTH, HTTP, LOGS, METRICS, QUEUE, SHARD, TLS};
+use super::{ELECT, GATHER, HEALTH, HTTP, LOGS, METRICS, QUEUE, SHARD, TLS};
 
 const MI: u64 = 1 << 20;
 
@@ -39,7 +39,8 @@ pub struct Budget {
 /// The proxies on the request path (TLS terminator, sharding ambassador and router, HTTP
 /// ambassador) may use a whole core, since throttling a proxy adds its wait to every
 /// request; the sharding ambassador's memory covers the 256 MiB it may hold of clients'
-/// requests (`docs/sidecars/shard.md`), and the HTTP ambassador's a 128 MiB cache. The
+/// requests (`docs/sidecars/shard.md`), the HTTP ambassador's a 128 MiB cache, and the
+/// scatter/gather root's the answers of every leaf of the requests in flight. The
 /// adapters, the health monitor and the election sidecar do little and get little. Every
 /// container has limits, so that pods with them pass a namespace's ResourceQuota on
 /// `limits.cpu` and `limits.memory`.
@@ -56,6 +57,7 @@ pub fn defaults(container: &str) -> Budget {
         HTTP => budget(50, 32, 1000, 256),
         LOGS | METRICS | HEALTH | ELECT => budget(10, 16, 200, 64),
         QUEUE => budget(50, 32, 1000, 128),
+        GATHER => budget(50, 32, 1000, 256),
         _ => budget(50, 32, 500, 128),
     }
 }

@@ -173,6 +173,7 @@ fn crds_prints_the_committed_crds() {
     let committed: Vec<String> = [
         "pipelines.rigging.dev.yaml",
         "replicatedservices.rigging.dev.yaml",
+        "scattergathers.rigging.dev.yaml",
         "shardedservices.rigging.dev.yaml",
         "workqueues.rigging.dev.yaml",
     ]

@@ -109,6 +109,7 @@ fn rigging_resources() -> Value {
         "ShardedService",
         "WorkQueue",
         "Pipeline",
+        "ScatterGather",
     ];
     Value::Array(
         kinds
@@ -375,6 +376,7 @@ fn run_reconciles_what_it_lists_and_serves_its_admin_endpoints() {
         "GET /apis/rigging.dev/v1alpha1/shardedservices",
         "GET /apis/rigging.dev/v1alpha1/workqueues",
         "GET /apis/rigging.dev/v1alpha1/pipelines",
+        "GET /apis/rigging.dev/v1alpha1/scattergathers",
         "GET /apis/apps/v1/deployments",
         "GET /apis/apps/v1/statefulsets",
         "GET /api/v1/services",
