@@ -24,6 +24,7 @@ mod pipeline;
 mod reconcile;
 mod render;
 mod rollout_budget;
+mod scatter_gather;
 mod serial;
 mod sharded_service;
 mod steady;
