@@ -123,7 +123,11 @@ async fn helm_install_gives_the_operator_its_rights_and_no_more() {
     );
     // Its own CRDs, upgraded at start by name; no other CRD, and none created or deleted.
     let crd = |name: &str| format!("customresourcedefinitions.apiextensions.k8s.io/{name}");
-    for name in ["replicatedservices.rigging.dev", "workqueues.rigging.dev"] {
+    for name in [
+        "replicatedservices.rigging.dev",
+        "workqueues.rigging.dev",
+        "scattergathers.rigging.dev",
+    ] {
         assert!(by_name("patch", &crd(name), home), "{user} upgrades {name}");
     }
     assert!(!by_name(
