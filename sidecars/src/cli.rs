@@ -3,7 +3,7 @@
 
 use clap::{Parser, Subcommand};
 
-use crate::{elect, health, http, logs, metrics, queue, shard, tls};
+use crate::{elect, gather, health, http, logs, metrics, queue, shard, tls};
 
 /// `rigging-sidecar`'s command line.
 #[derive(Debug, Parser)]
@@ -40,4 +40,7 @@ pub enum Command {
     /// Pub/sub ambassador on NATS JetStream: publish and receive messages over HTTP on
     /// localhost, or route them with a built-in pipeline stage.
     Queue(queue::Args),
+    /// Scatter/gather root: sends a request to every shard, merges the answers within a
+    /// deadline, hedges slow shards.
+    Gather(gather::Args),
 }

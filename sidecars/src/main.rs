@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use rigging_sidecar::cli::{Cli, Command};
-use rigging_sidecar::{elect, health, http, logs, metrics, queue, runtime, shard, tls};
+use rigging_sidecar::{elect, gather, health, http, logs, metrics, queue, runtime, shard, tls};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -27,6 +27,7 @@ fn main() -> ExitCode {
             Command::Http(args) => http::run(args).await.map_err(anyhow::Error::from),
             Command::Elect(args) => elect::run(args).await.map_err(anyhow::Error::from),
             Command::Queue(args) => queue::run(args).await.map_err(anyhow::Error::from),
+            Command::Gather(args) => gather::run(args).await.map_err(anyhow::Error::from),
         }
     });
     match result {

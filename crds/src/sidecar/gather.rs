@@ -103,8 +103,9 @@ pub struct GatherConfig {
     /// answers with the shards that have answered, and cancels the rest.
     #[serde(default = "default_deadline", with = "duration")]
     pub deadline: Duration,
-    /// Fewest shards whose answers still make an answer; all of them when absent. Below
-    /// it the client gets 502 naming the shards that did not answer.
+    /// Fewest shards whose answers still make an answer; all of them when absent (one
+    /// for `merge.first`). Below it the client gets 502 naming the shards that did not
+    /// answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_shards: Option<u32>,
     /// Longest one request to one leaf may take; the deadline when absent. A leaf that
@@ -407,10 +408,17 @@ impl Merge {
 }
 
 impl GatherConfig {
-    /// The least coverage that still answers: `minShards`, or every shard.
+    /// The least coverage that still answers: `minShards`, or every shard; one for
+    /// `merge.first`, which answers with one shard by design (its coverage is always
+    /// `1/T`, so "every shard" would refuse every request).
     pub fn min_shards(&self) -> usize {
+        let all = if self.merge.first.is_some() {
+            1
+        } else {
+            self.shards.len()
+        };
         self.min_shards
-            .map_or(self.shards.len(), |n| n as usize)
+            .map_or(all, |n| n as usize)
             .min(self.shards.len())
     }
 
@@ -524,6 +532,8 @@ mod tests {
         let again: GatherConfig =
             serde_norway::from_str(&serde_norway::to_string(&config).unwrap()).unwrap();
         assert_eq!(again, config);
+        let first = parse(&format!("{SHARDS}merge: {{first: {{}}}}\n")).unwrap();
+        assert_eq!(first.min_shards(), 1, "first answers with one shard");
     }
 
     #[test]

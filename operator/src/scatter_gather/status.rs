@@ -141,7 +141,7 @@ pub fn events(sg: &ScatterGather, next: &ScatterGatherStatus) -> Vec<Note> {
     if !lost.is_empty() {
         notes.push(Note {
             warning: true,
-            reason: "ShardWithoutLeaf".into(),
+            reason: "ShardWithoutLeaf",
             message: format!(
                 "no ready leaf in {}: answers are partial until one is ready",
                 lost.join(", ")
@@ -151,7 +151,7 @@ pub fn events(sg: &ScatterGather, next: &ScatterGatherStatus) -> Vec<Note> {
     if !back.is_empty() {
         notes.push(Note {
             warning: false,
-            reason: "ShardServing".into(),
+            reason: "ShardServing",
             message: format!("{} has a ready leaf again", back.join(", ")),
         });
     }

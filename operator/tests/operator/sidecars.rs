@@ -63,6 +63,8 @@ fn reparsed(args: &[String]) -> (&'static str, Vec<String>) {
             .to_args(),
         ),
         Command::Queue(a) => ("rigging-queue", a.to_args()),
+        // A ScatterGather's roots.
+        Command::Gather(a) => ("rigging-gather", a.to_args()),
     }
 }
 
@@ -95,6 +97,7 @@ fn every_rendered_sidecar_parses_with_the_sidecars_own_parser_into_what_was_rend
         seen,
         [
             ("rigging-elect".to_owned(), "initContainers"),
+            ("rigging-gather".to_owned(), "containers"),
             ("rigging-health".to_owned(), "initContainers"),
             // A ReplicatedService's frontend, and the ambassador in an app's pods.
             ("rigging-http".to_owned(), "containers"),

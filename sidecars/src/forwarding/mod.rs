@@ -1,20 +1,25 @@
-//! The HTTP data-plane core that `tls`, `shard --protocol http` and `http` share: one
+//! The HTTP data-plane core that `tls`, `shard --protocol http`, `http` and `gather` share: one
 //! treatment of hop-by-hop and forwarding headers, one pool of keep-alive connections to
 //! an upstream, one way to serve a client connection with header, idle and shutdown
-//! handling. A sidecar adds only what is its own (TLS, a ring, routes).
+//! handling, one budget for extra requests. A sidecar adds only what is its own (TLS, a
+//! ring, routes, a fan-out).
 
+mod budget;
 mod headers;
 pub mod idle;
 mod pool;
 mod serve;
 
 pub use crate::runtime::error_chain;
+pub use budget::Budget;
 pub use headers::{
     add_forwarded_for, host_error, set_forwarded_proto_and_host, strip_hop_by_hop, to_origin_form,
     wants_upgrade,
 };
 pub use pool::{Failed, Pool, PoolConfig, PoolStats, Pooled, SendError};
-pub use serve::{accept_loop, answered_by_hyper, serve_connection, server_builder};
+pub use serve::{
+    ClientLimits, accept_loop, answered_by_hyper, serve_clients, serve_connection, server_builder,
+};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};

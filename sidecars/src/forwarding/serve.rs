@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Request, Response};
+use http::{HeaderValue, Request, Response};
 use hyper::body::Body;
 use hyper::body::Incoming;
 use hyper::service::Service;
@@ -16,6 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use super::idle::{IdleIo, InFlight, Tracked};
 use crate::runtime::Lifecycle;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -99,6 +100,68 @@ where
             connection.await
         }
     }
+}
+
+/// The limits of a sidecar's client connections (its flags).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientLimits {
+    /// Connections open at once at most.
+    pub max_connections: usize,
+    /// Longest a client may take to send a request's headers.
+    pub header_timeout: Duration,
+    /// A connection with no request in flight for this long is closed.
+    pub idle_timeout: Duration,
+}
+
+/// Serves HTTP clients on `listener` until the lifecycle stops: [`accept_loop`], then each
+/// connection served with the idle and header timeouts of [`IdleIo`], every request of it
+/// answered by the handler `per_connection` makes for the client's address (given also
+/// as a header value, for `X-Forwarded-For`). A request counts as in flight (its
+/// connection is not idle) until its response body has been written.
+pub async fn serve_clients<M, H, Fut, B>(
+    listener: &TcpListener,
+    limits: ClientLimits,
+    life: &Lifecycle,
+    per_connection: M,
+) where
+    M: Fn(SocketAddr, HeaderValue) -> H,
+    H: Fn(Request<Incoming>) -> Fut + Send + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: Body + Unpin + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let builder = Arc::new(server_builder(limits.header_timeout));
+    accept_loop(listener, limits.max_connections, life, |tcp, peer, slot| {
+        let peer_ip = HeaderValue::try_from(peer.ip().to_string())
+            .expect("an IP address is a valid header value");
+        let handle = per_connection(peer, peer_ip);
+        let builder = builder.clone();
+        let stop = life.token().clone();
+        async move {
+            let _slot = slot;
+            let in_flight = Arc::new(InFlight::default());
+            let io = IdleIo::new(
+                tcp,
+                limits.idle_timeout,
+                limits.header_timeout,
+                in_flight.clone(),
+            );
+            let service = hyper::service::service_fn(move |req| {
+                let busy = in_flight.enter();
+                let response = handle(req);
+                async move {
+                    Ok::<_, std::convert::Infallible>(
+                        response.await.map(|body| Tracked::new(body, busy)),
+                    )
+                }
+            });
+            if let Err(err) = serve_connection(&builder, io, service, &stop).await {
+                tracing::debug!(%peer, error = %err, "client connection ended with an error");
+            }
+        }
+    })
+    .await
 }
 
 /// The answer hyper sent by itself when a client connection ended with `err`: `400` for a

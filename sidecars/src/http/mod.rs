@@ -20,20 +20,13 @@ mod split;
 mod status;
 mod table;
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use http::HeaderValue;
-use http_body_util::Either;
-use hyper::service::service_fn;
 use rigging_crds::sidecar::http::{ByteSize, HttpConfig};
-use tokio::net::TcpStream;
-use tokio_util::sync::CancellationToken;
 
-use crate::forwarding::idle::{IdleIo, InFlight, Tracked};
-use crate::forwarding::{self};
+use crate::forwarding;
 use crate::runtime::{self, Lifecycle, admin, config, reload};
 use table::Table;
 
@@ -131,14 +124,27 @@ pub async fn run(args: Args) -> Result<(), Error> {
         args.admin,
         registry.clone(),
         life.clone(),
-        Arc::new(status::StatusPage(table.clone())),
+        Arc::new(status::page(table.clone())),
     )
     .await?;
-    spawn_reloader(
+    let (path, memory_limit, reload_metrics) =
+        (args.config.clone(), args.memory_limit, metrics.clone());
+    reload::swap_on_change(
         changes,
-        (args.config.clone(), args.memory_limit),
         table.clone(),
-        metrics.clone(),
+        (metrics.reloads_ok.clone(), metrics.reloads_failed.clone()),
+        move |current: &Table| {
+            let next = load(&path, memory_limit, Some(current), &reload_metrics)?;
+            next.start(Some(current));
+            Ok::<_, Error>(next)
+        },
+        {
+            let path = args.config.clone();
+            move |current: &Table, next: &Table| {
+                current.retire(next);
+                tracing::info!(config = %path.display(), routes = next.routes.len(), "config reloaded");
+            }
+        },
     );
 
     first_answers(&table.load(), FIRST_ANSWERS).await;
@@ -150,22 +156,19 @@ pub async fn run(args: Args) -> Result<(), Error> {
         backends = table.load().backends.len(),
         "http ambassador ready"
     );
-    let builder = Arc::new(forwarding::server_builder(args.header_timeout));
-    forwarding::accept_loop(
-        &listener,
-        args.max_connections as usize,
-        &life,
-        |tcp, peer, slot| {
-            let table = table.clone();
-            let builder = builder.clone();
-            let stop = life.token().clone();
-            let (idle, header) = (args.idle_timeout, args.header_timeout);
-            async move {
-                let _slot = slot;
-                serve(tcp, peer, table, &builder, idle, header, stop).await;
-            }
-        },
-    )
+    let limits = forwarding::ClientLimits {
+        max_connections: args.max_connections as usize,
+        header_timeout: args.header_timeout,
+        idle_timeout: args.idle_timeout,
+    };
+    forwarding::serve_clients(&listener, limits, &life, |peer, peer_ip| {
+        let table = table.clone();
+        move |req| {
+            let table = table.load_full();
+            let peer_ip = peer_ip.clone();
+            async move { proxy::handle(&table, peer, &peer_ip, req).await }
+        }
+    })
     .await;
     drop(listener);
     life.drain(args.drain_timeout).await;
@@ -173,63 +176,4 @@ pub async fn run(args: Args) -> Result<(), Error> {
         backend.retire();
     }
     Ok(())
-}
-
-async fn serve(
-    tcp: TcpStream,
-    peer: SocketAddr,
-    table: Arc<ArcSwap<Table>>,
-    builder: &hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
-    idle_timeout: std::time::Duration,
-    header_timeout: std::time::Duration,
-    stop: CancellationToken,
-) {
-    let in_flight = Arc::new(InFlight::default());
-    let io = IdleIo::new(tcp, idle_timeout, header_timeout, in_flight.clone());
-    let peer_ip = HeaderValue::try_from(peer.ip().to_string())
-        .expect("an IP address is a valid header value");
-    let service = service_fn(move |req| {
-        let table = table.load_full();
-        let in_flight = in_flight.clone();
-        let peer_ip = peer_ip.clone();
-        async move {
-            let busy = in_flight.enter();
-            let response = proxy::handle(&table, peer, &peer_ip, req).await;
-            Ok::<_, std::convert::Infallible>(
-                response
-                    .map(|body| Either::Left(Tracked::new(body, busy)))
-                    .map(|b: Either<_, http_body_util::Full<bytes::Bytes>>| b),
-            )
-        }
-    });
-    if let Err(err) = forwarding::serve_connection(builder, io, service, &stop).await {
-        tracing::debug!(%peer, error = %err, "client connection ended with an error");
-    }
-}
-
-fn spawn_reloader(
-    mut changes: tokio::sync::watch::Receiver<u64>,
-    (path, memory_limit): (PathBuf, Option<ByteSize>),
-    table: Arc<ArcSwap<Table>>,
-    metrics: metrics::Metrics,
-) {
-    tokio::spawn(async move {
-        while changes.changed().await.is_ok() {
-            let current = table.load_full();
-            match load(&path, memory_limit, Some(&current), &metrics) {
-                Ok(next) => {
-                    next.start(Some(&current));
-                    let next = Arc::new(next);
-                    table.store(next.clone());
-                    current.retire(&next);
-                    metrics.reloads_ok.inc();
-                    tracing::info!(config = %path.display(), routes = next.routes.len(), "config reloaded");
-                }
-                Err(err) => {
-                    metrics.reloads_failed.inc();
-                    tracing::warn!(error = %err, "config refused; the previous config keeps serving");
-                }
-            }
-        }
-    });
 }

@@ -2,11 +2,12 @@
 //! a second whatever the traffic. When a backend fails everything, clients see the
 //! failures instead of the backend seeing every request several times over.
 
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::Method;
 use rigging_crds::sidecar::http::Retries;
+
+use crate::forwarding::Budget;
 
 /// A route's retry policy and budget.
 pub struct RetryPolicy {
@@ -24,7 +25,12 @@ impl RetryPolicy {
             attempts: retries.attempts,
             per_try_timeout: (!retries.per_try_timeout.is_zero())
                 .then_some(retries.per_try_timeout),
-            budget: Budget::new(retries.budget_percent / 100.0, retries.min_per_second),
+            budget: {
+                let ratio = retries.budget_percent / 100.0;
+                let per_second = f64::from(retries.min_per_second);
+                // A second's worth of the floor, and room for the share of a burst.
+                Budget::new(ratio, per_second, per_second.max(1.0) + 10.0 * ratio)
+            },
         }
     }
 
@@ -46,55 +52,6 @@ pub fn idempotent(method: &Method) -> bool {
         *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
     )
-}
-
-/// Tokens earned by requests (`ratio` each) and by time (`per_second`), spent one per
-/// retry, and capped so that a quiet spell does not save up for a storm.
-struct Budget {
-    ratio: f64,
-    per_second: f64,
-    cap: f64,
-    state: Mutex<(f64, Instant)>,
-}
-
-impl Budget {
-    fn new(ratio: f64, per_second: u32) -> Self {
-        let per_second = f64::from(per_second);
-        // A second's worth of the floor, and room for the share of a burst.
-        let cap = per_second.max(1.0) + 10.0 * ratio;
-        Self {
-            ratio,
-            per_second,
-            cap,
-            state: Mutex::new((cap, Instant::now())),
-        }
-    }
-
-    fn refill(&self, tokens: &mut f64, last: &mut Instant) {
-        let now = Instant::now();
-        *tokens =
-            (*tokens + now.duration_since(*last).as_secs_f64() * self.per_second).min(self.cap);
-        *last = now;
-    }
-
-    fn deposit(&self) {
-        let mut state = self.state.lock().expect("retry budget lock");
-        let (tokens, last) = &mut *state;
-        self.refill(tokens, last);
-        *tokens = (*tokens + self.ratio).min(self.cap);
-    }
-
-    fn withdraw(&self) -> bool {
-        let mut state = self.state.lock().expect("retry budget lock");
-        let (tokens, last) = &mut *state;
-        self.refill(tokens, last);
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
 }
 
 #[cfg(test)]

@@ -4,17 +4,16 @@
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
-use http::{Response, header};
-use http_body_util::Full;
 use serde::Serialize;
 
 use super::backend::BackendStatus;
 use super::table::{Destination, Table};
-use crate::runtime::admin::{RouteFuture, Routes};
+use crate::runtime::admin::JsonPage;
 
-/// The admin routes of the ambassador.
-pub struct StatusPage(pub Arc<ArcSwap<Table>>);
+/// `/status`, rendered from the table serving at the time of the request.
+pub fn page(table: Arc<ArcSwap<Table>>) -> JsonPage<impl Fn() -> Vec<u8> + Send + Sync + 'static> {
+    JsonPage::new("/status", move || render(&table.load()))
+}
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -78,18 +77,4 @@ pub fn render(table: &Table) -> Vec<u8> {
         backends: table.backends.values().map(|b| b.status()).collect(),
     };
     serde_json::to_vec_pretty(&status).expect("the status serializes")
-}
-
-impl Routes for StatusPage {
-    fn route(self: Arc<Self>, path: &str) -> Option<RouteFuture> {
-        (path == "/status").then(|| {
-            let body = render(&self.0.load());
-            Box::pin(async move {
-                Response::builder()
-                    .header(header::CONTENT_TYPE, "application/json")
-                    .body(Full::new(Bytes::from(body)))
-                    .expect("static response parts are valid")
-            }) as RouteFuture
-        })
-    }
 }

@@ -51,6 +51,34 @@ impl Routes for BuiltIn {
     }
 }
 
+/// A JSON document at one path of the admin port (a sidecar's `/status`), rendered
+/// afresh on every GET.
+pub struct JsonPage<F> {
+    path: &'static str,
+    render: F,
+}
+
+impl<F: Fn() -> Vec<u8> + Send + Sync + 'static> JsonPage<F> {
+    /// `render`'s document at `path`.
+    pub fn new(path: &'static str, render: F) -> Self {
+        Self { path, render }
+    }
+}
+
+impl<F: Fn() -> Vec<u8> + Send + Sync + 'static> Routes for JsonPage<F> {
+    fn route(self: Arc<Self>, path: &str) -> Option<RouteFuture> {
+        (path == self.path).then(|| {
+            let body = (self.render)();
+            Box::pin(async move {
+                Response::builder()
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .body(Full::new(Bytes::from(body)))
+                    .expect("static response parts are valid")
+            }) as RouteFuture
+        })
+    }
+}
+
 /// [`spawn`], with `routes` consulted before the built-in endpoints.
 pub async fn spawn_with_routes(
     addr: SocketAddr,

@@ -8,10 +8,14 @@
 //! way a file can change (in-place write, rename over, symlink swap, delete and re-create).
 
 use std::collections::hash_map::DefaultHasher;
+use std::fmt::Display;
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
+use prometheus::IntCounter;
 use tokio::sync::watch;
 
 use super::Lifecycle;
@@ -56,6 +60,40 @@ pub fn watch_files(
         }
     });
     rx
+}
+
+/// A config compiled into a table that requests read through an [`ArcSwap`], reloaded
+/// in the background: on each change of `changes`, `compile` builds the next table from
+/// the one serving, which is swapped in and passed to `swapped` with the one it replaced
+/// (requests in flight keep the table they started with). A config that does not compile
+/// is counted in `failed` and logged, and the table serving stays.
+pub fn swap_on_change<T, E>(
+    mut changes: watch::Receiver<u64>,
+    serving: Arc<ArcSwap<T>>,
+    (ok, failed): (IntCounter, IntCounter),
+    mut compile: impl FnMut(&T) -> Result<T, E> + Send + 'static,
+    mut swapped: impl FnMut(&T, &T) + Send + 'static,
+) where
+    T: Send + Sync + 'static,
+    E: Display,
+{
+    tokio::spawn(async move {
+        while changes.changed().await.is_ok() {
+            let current = serving.load_full();
+            match compile(&current) {
+                Ok(next) => {
+                    let next = Arc::new(next);
+                    serving.store(next.clone());
+                    swapped(&current, &next);
+                    ok.inc();
+                }
+                Err(err) => {
+                    failed.inc();
+                    tracing::warn!(error = %err, "config refused; the previous config keeps serving");
+                }
+            }
+        }
+    });
 }
 
 /// One hash over every file's content; a missing or unreadable file hashes as absent, so

@@ -4,6 +4,7 @@
 //! green run must mean the behaviour was exercised.
 
 mod elect;
+mod gather;
 mod health;
 mod http;
 mod logs;
