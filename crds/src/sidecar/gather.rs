@@ -395,8 +395,14 @@ impl Merge {
             path_ok(format!("{at}.sum.path"), &s.path, true)?;
         }
         if let Some(m) = &self.merger {
-            let rest = m.url.strip_prefix("http://");
-            if rest.is_none_or(|r| r.is_empty()) {
+            // The sidecar parses it as a URI too; this is what the operator can check
+            // before writing the file: a scheme, an authority, and nothing a URI refuses.
+            let authority = m
+                .url
+                .strip_prefix("http://")
+                .map(|rest| rest.split('/').next().unwrap_or_default());
+            let printable = m.url.bytes().all(|b| b.is_ascii_graphic());
+            if authority.is_none_or(str::is_empty) || !printable {
                 refuse(
                     format!("{at}.merger.url"),
                     format!("{:?}: use http://HOST:PORT/PATH", m.url),
@@ -550,6 +556,14 @@ mod tests {
             ),
             ("merge: {concat: {path: coverage}}\n", "merge.concat.path"),
             ("merge: {merger: {url: 'ftp://x'}}\n", "merge.merger.url"),
+            (
+                "merge: {merger: {url: 'http://a b/x'}}\n",
+                "merge.merger.url",
+            ),
+            (
+                "merge: {merger: {url: 'http:///merge'}}\n",
+                "merge.merger.url",
+            ),
             ("merge: {first: {}}\nminShards: 2\n", "minShards"),
             ("merge: {sum: {}}\nminShards: 3\n", "minShards: 3 is more"),
             (
