@@ -316,28 +316,14 @@ fn root_deployment(
     let spec = &sg.spec;
     // Ports are 1..=65535 by the CRD schema.
     let port = u16::try_from(spec.root_port()).unwrap_or_default();
-    let mut root = sidecars::main_container(
+    let mut root = sidecars::serving_container(
         sidecars::GATHER,
         &config.sidecar_image,
         &sidecars::gather_args(SocketAddr::from(([0, 0, 0, 0], port))),
         (ADMIN_PORT_NAME, ports::GATHER_ADMIN),
-    );
-    let budget = sidecars::resources::resolve(
-        sidecars::GATHER,
-        spec.root.resources.as_ref(),
-        "spec.root.resources",
-    )
-    .map_err(FieldErrors)?;
-    root.resources = Some(budget.requirements());
-    root.ports.get_or_insert_with(Vec::new).insert(
-        0,
-        k8s_openapi::api::core::v1::ContainerPort {
-            name: Some(PORT_NAME.into()),
-            container_port: spec.root_port(),
-            protocol: Some("TCP".into()),
-            ..Default::default()
-        },
-    );
+        (spec.root.resources.as_ref(), "spec.root.resources"),
+        (PORT_NAME, spec.root_port()),
+    )?;
     root.volume_mounts = Some(vec![sidecars::gather_config_mount()]);
     let mut containers = vec![root];
     containers.extend(spec.merger.as_ref().map(|m| m.container.clone()));

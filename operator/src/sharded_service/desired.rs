@@ -377,28 +377,14 @@ fn router_deployment(
     config: &RenderConfig,
 ) -> Result<Deployment, FieldErrors> {
     let spec = &ss.spec;
-    let mut container = sidecars::main_container(
+    let mut container = sidecars::serving_container(
         sidecars::SHARD,
         &config.sidecar_image,
         &router_args(ss),
         ("shard-admin", ports::SHARD_ADMIN),
-    );
-    let budget = sidecars::resources::resolve(
-        sidecars::SHARD,
-        spec.router.resources.as_ref(),
-        "spec.router.resources",
-    )
-    .map_err(FieldErrors)?;
-    container.resources = Some(budget.requirements());
-    container.ports.get_or_insert_with(Vec::new).insert(
-        0,
-        k8s_openapi::api::core::v1::ContainerPort {
-            name: Some(port_name(ss)),
-            container_port: spec.router_port(),
-            protocol: Some("TCP".into()),
-            ..Default::default()
-        },
-    );
+        (spec.router.resources.as_ref(), "spec.router.resources"),
+        (&port_name(ss), spec.router_port()),
+    )?;
     container.volume_mounts = Some(vec![sidecars::ring_mount()]);
     let mut template = PodTemplateSpec {
         metadata: Some(ObjectMeta {

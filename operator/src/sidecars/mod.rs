@@ -945,6 +945,27 @@ pub fn main_container<A: SidecarArgs>(
     }
 }
 
+/// [`main_container`] as the server of a pod of its own behind a Service (a
+/// ShardedService's router, a ScatterGather's root): its CPU and memory from `resources`,
+/// the block at `field`, and its serving port `(name, port)` first among its ports.
+pub fn serving_container<A: SidecarArgs>(
+    name: &str,
+    image: &str,
+    args: &A,
+    admin: (&str, u16),
+    (resources, field): (Option<&SidecarResources>, &str),
+    (port_name, serving): (&str, i32),
+) -> Result<Container, FieldErrors> {
+    let mut container = main_container(name, image, args, admin);
+    let budget = resources::resolve(name, resources, field).map_err(FieldErrors)?;
+    container.resources = Some(budget.requirements());
+    container
+        .ports
+        .get_or_insert_with(Vec::new)
+        .insert(0, port(port_name, serving));
+    Ok(container)
+}
+
 /// The security context of every container Rigging adds to a pod.
 pub fn hardened_security_context() -> SecurityContext {
     SecurityContext {
