@@ -26,6 +26,7 @@ mod operator_pods;
 mod pipeline;
 mod queue;
 mod rollouts;
+mod scatter_gather;
 mod sharding;
 mod work_queue;
 
