@@ -42,6 +42,7 @@ async fn every_rendered_object_passes_a_server_side_dry_run() {
     let ns = cluster.namespace("render").await;
     let longest = "a".repeat(62) + "z";
     let mut inputs = examples("replicated-service");
+    inputs.extend(examples("scatter-gather"));
     for name in [longest.as_str(), "web-v2", "x"] {
         let tls = json!({"tls": {"secretName": "t"}, "disruptionBudget": {"minAvailable": 1}, "autoscaling": {"maxReplicas": 3}});
         inputs.push((

@@ -111,6 +111,15 @@ async fn every_work_queue_example_settles_with_no_writes() {
 }
 
 #[tokio::test]
+async fn every_scatter_gather_example_settles_with_no_writes() {
+    every_example_settles(
+        "every_scatter_gather_example_settles_with_no_writes",
+        "scatter-gather",
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn a_new_autoscaled_service_writes_its_status_once_while_its_pods_are_made_and_scaled() {
     let Some(cluster) = cluster(
         "a_new_autoscaled_service_writes_its_status_once_while_its_pods_are_made_and_scaled",
