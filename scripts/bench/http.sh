@@ -332,8 +332,6 @@ request = function()
 end
 LUA
 
-# Busy clock ticks of the whole machine (user, nice, system, irq, softirq, steal).
-machine_busy() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
 # Clock ticks of the backends and of the process tree $1 (once, when $1 is a backend).
 our_ticks() {
   local total=0 m
@@ -368,8 +366,7 @@ run_wrk() {
       for (i = 1; i <= 2; i++) { m = t[i]; sub(/m.*/, "", m); x = t[i]; sub(/^[0-9]+m/, "", x); sub(/s$/, "", x); wrk += m * 60 + x }
       r = (b - o - wrk * hz) / (secs * hz * cpus); printf "%.3f", r < 0 ? 0 : r }')
   [[ $case == cache ]] && stub1=$(stub_requests)
-  disturbed=$(awk -v a="$t0" -v b="$t1" -v o="$others" -v max="$DISTURBED" \
-    '$1 >= a && $1 <= b && $2 > 0 {d = 1} END {print (d || o > max) ? 1 : 0}' "$work/compilers")
+  disturbed=$(disturbed "$work/compilers" "$t0" "$t1" "$others" "$DISTURBED")
   local rps n p50 p99 errors cpu through
   rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
   n=$(awk '/requests in/ {print $1}' <<<"$out")
@@ -405,15 +402,9 @@ rotate() { # $1 = round, the rest = targets
   for ((i = 0; i < n; i++)); do printf '%s ' "${a[(i + r) % n]}"; done
 }
 
-# Other people compile on this machine: once a second, count the compilers running, so that
-# a run they disturbed can be told apart (and left out of the medians when others were not).
-(
-  while sleep 1; do
-    n=0
-    for p in rustc cc1 cc1plus rust-lld ld.lld compile link; do n=$((n + $(pgrep -cx "$p" || true))); done
-    echo "$(date +%s) $n"
-  done
-) >"$work/compilers" 2>/dev/null &
+# Other people compile on this machine: a run they disturbed is left out of the medians
+# when others were not.
+watch_compilers "$work/compilers"
 pids+=($!)
 
 started_at=$(date -u '+%F %H:%M UTC')

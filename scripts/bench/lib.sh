@@ -76,6 +76,52 @@ wait_condition() {
 # Clock ticks per second, for cpu_ticks.
 CLK_TCK=$(getconf CLK_TCK)
 
+# Busy clock ticks of the whole machine (user, nice, system, irq, softirq, steal): less the
+# ticks of a benchmark's own processes over a run, what other processes used meanwhile.
+machine_busy() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
+
+# Other people compile on this machine: watch_compilers FILE starts, in the background
+# ($! is its PID, for the caller to stop), a loop that appends "UNIX-SECONDS COUNT" of the
+# compilers running to FILE once a second, so that a run they disturbed can be told apart.
+watch_compilers() {
+  (
+    while sleep 1; do
+      n=0
+      for p in rustc cc1 cc1plus rust-lld ld.lld compile link; do n=$((n + $(pgrep -cx "$p" || true))); done
+      echo "$(date +%s) $n"
+    done
+  ) >"$1" 2>/dev/null &
+}
+
+# disturbed FILE T0 T1 OTHERS MAX: 1 when watch_compilers' FILE saw a compiler between the
+# unix seconds T0 and T1, or OTHERS (the share of the machine's CPUs that other processes
+# used) is over MAX; else 0.
+disturbed() {
+  awk -v a="$2" -v b="$3" -v o="$4" -v max="$5" \
+    '$1 >= a && $1 <= b && $2 > 0 {d = 1} END {print (d || o > max) ? 1 : 0}' "$1"
+}
+
+# Puts the sidecar to measure at DIR/rigging-sidecar and sets $measured to what it is, for
+# the report: a copy of $RIGGING_BIN when set (built elsewhere, e.g. from `git archive` of
+# a commit; $RIGGING_COMMIT names it), else of a fresh build of what the image ships
+# (release, static musl). A copy, because the tree's binary may be rebuilt while a
+# benchmark runs.
+sidecar_binary() {
+  if [[ -n ${RIGGING_BIN:-} ]]; then
+    cp "$RIGGING_BIN" "$1/rigging-sidecar"
+    measured="binary $RIGGING_BIN (${RIGGING_COMMIT:-commit not given: set RIGGING_COMMIT})"
+  else
+    local target=x86_64-unknown-linux-musl
+    install_apt musl-tools >&2
+    install_musl_target >&2
+    printf 'building rigging-sidecar (release, %s)\n' "$target" >&2
+    cargo build --release --locked -q --target "$target" -p rigging-sidecar
+    cp "${CARGO_TARGET_DIR:-target}/$target/release/rigging-sidecar" "$1/rigging-sidecar"
+    measured="working tree at commit $(git rev-parse --short HEAD 2>/dev/null || echo '?') (release, $target)"
+    git diff --quiet HEAD -- sidecars crds Cargo.lock 2>/dev/null || measured+=" with uncommitted changes"
+  fi
+}
+
 # Waits until something accepts TCP connections on HOST:PORT (up to 10 s).
 wait_port() {
   local host=$1 port=$2 i

@@ -94,19 +94,7 @@ fi
 nats_go=$(awk '$1 == "github.com/nats-io/nats.go" {print $2} $2 == "github.com/nats-io/nats.go" {print $3}' "$ref_src/go.mod" | head -1)
 
 # The sidecar, copied: the tree's binary may be rebuilt while this runs.
-if [[ -n ${RIGGING_BIN:-} ]]; then
-  cp "$RIGGING_BIN" "$work/rigging-sidecar"
-  measured="binary $RIGGING_BIN (${RIGGING_COMMIT:-commit not given: set RIGGING_COMMIT})"
-else
-  target=x86_64-unknown-linux-musl
-  install_apt musl-tools >&2
-  install_musl_target >&2
-  log "building rigging-sidecar (release, $target)"
-  cargo build --release --locked -q --target "$target" -p rigging-sidecar
-  cp "${CARGO_TARGET_DIR:-target}/$target/release/rigging-sidecar" "$work/rigging-sidecar"
-  measured="working tree at commit $(git rev-parse --short HEAD 2>/dev/null || echo '?') (release, $target)"
-  git diff --quiet HEAD -- sidecars crds Cargo.lock 2>/dev/null || measured+=" with uncommitted changes"
-fi
+sidecar_binary "$work"
 BIN=$work/rigging-sidecar
 "$BIN" queue --help >/dev/null 2>&1 || { log "$BIN has no queue subcommand"; exit 1; }
 
@@ -127,10 +115,9 @@ results=$work/results
 : >"$results"
 put() { printf '%s.%s=%s\n' "$1" "$2" "$3" >>"$results"; }
 
-# Busy clock ticks of the whole machine (user, nice, system, irq, softirq, steal) and the
-# time, at the start and end of a run: what other processes used meanwhile, the share of
-# the machine's CPUs that the run did not use, goes with its figures.
-machine_busy() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
+# Busy clock ticks of the whole machine (machine_busy) and the time, at the start and end
+# of a run: what other processes used meanwhile, the share of the machine's CPUs that the
+# run did not use, goes with its figures.
 now() { date +%s.%N; }
 
 # ---- raw JetStream ------------------------------------------------------------------------------

@@ -1,0 +1,3 @@
+module rigging.dev/bench/gather-reference
+
+go 1.22
