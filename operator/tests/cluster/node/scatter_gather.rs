@@ -43,6 +43,16 @@ fn split_answer(out: &str) -> (String, Value) {
     (head.to_ascii_lowercase(), body)
 }
 
+/// Runs `script` in the leaf container of both leaves of shard 2: the example's leaves
+/// are drained by removing their `index.html`, and back when it is there again.
+fn in_both_leaves_of_shard_two(cluster: &Cluster, namespace: &str, script: &str) {
+    for pod in ["search-2-0", "search-2-1"] {
+        cluster.kubectl_ok(&[
+            "exec", "-n", namespace, pod, "-c", "leaf", "--", "sh", "-c", script,
+        ]);
+    }
+}
+
 fn scatter_gather(cluster: &Cluster, namespace: &str) -> Value {
     serde_json::from_str(&cluster.kubectl_ok(&[
         "get",
@@ -151,19 +161,7 @@ async fn the_search_example_merges_every_shard_covers_a_lost_leaf_and_says_a_los
 
     // Shard 2 drained on both leaves: they turn unready and answer 503. Searches answer
     // with the other three (minShards is 3), saying so; the status names the shard.
-    for pod in ["search-2-0", "search-2-1"] {
-        cluster.kubectl_ok(&[
-            "exec",
-            "-n",
-            &ns.name,
-            pod,
-            "-c",
-            "leaf",
-            "--",
-            "rm",
-            "/tmp/www/index.html",
-        ]);
-    }
+    in_both_leaves_of_shard_two(&cluster, &ns.name, "rm /tmp/www/index.html");
     let message = eventually("Degraded names the drained shard", POD_SETTLE, || async {
         let (status, message) = condition(&scatter_gather(&cluster, &ns.name), "Degraded");
         (status == "True").then_some(message)
@@ -195,20 +193,7 @@ async fn the_search_example_merges_every_shard_covers_a_lost_leaf_and_says_a_los
     assert!(events.contains("search-2"), "{events}");
 
     // Back: Ready again, and whole answers.
-    for pod in ["search-2-0", "search-2-1"] {
-        cluster.kubectl_ok(&[
-            "exec",
-            "-n",
-            &ns.name,
-            pod,
-            "-c",
-            "leaf",
-            "--",
-            "sh",
-            "-c",
-            "echo ok > /tmp/www/index.html",
-        ]);
-    }
+    in_both_leaves_of_shard_two(&cluster, &ns.name, "echo ok > /tmp/www/index.html");
     wait_for_condition(&cluster, &ns.name, "scattergather/search", "Ready");
     // The roots reach the leaves by their DNS names, which come back once cluster DNS
     // no longer holds the answer it cached while they were unready (its TTL).
