@@ -51,26 +51,7 @@ impl JetStream {
     /// Connects to `url`. The first connection is retried in the background: a broker that
     /// is not up yet (it starts beside the pipeline) is waited for, not a crash.
     pub async fn connect(url: &str, settings: StreamSettings) -> Result<Self, BrokerError> {
-        // Several servers of a cluster, comma-separated: the client tries them in turn and
-        // moves to another when its server goes.
-        let servers = url
-            .split(',')
-            .map(|server| server.trim().parse::<async_nats::ServerAddr>())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| BrokerError::Connect {
-                url: url.to_owned(),
-                reason: e.to_string(),
-            })?;
-        let client = async_nats::ConnectOptions::new()
-            .name("rigging-sidecar-queue")
-            .retry_on_initial_connect()
-            .connection_timeout(Duration::from_secs(5))
-            .connect(servers.as_slice())
-            .await
-            .map_err(|e| BrokerError::Connect {
-                url: url.to_owned(),
-                reason: e.to_string(),
-            })?;
+        let client = connect(url, "rigging-sidecar-queue", None).await?;
         let context = jetstream::new(client.clone());
         Ok(Self {
             client,
@@ -182,6 +163,48 @@ impl JetStream {
                 reason: e.to_string(),
             })
     }
+}
+
+/// A client of the NATS server(s) at `url` (several comma-separated, for a cluster),
+/// named `name` on the server. It returns at once: the first connection is retried in the
+/// background, so a broker that starts beside the sidecar is waited for, not a crash, and
+/// requests made meanwhile wait or time out. `events`, when given, holds the client's last
+/// connection event (`client error: …`, `disconnected`), which is what a person needs to
+/// read when the broker never answers.
+pub(super) async fn connect(
+    url: &str,
+    name: &str,
+    events: Option<Arc<Mutex<String>>>,
+) -> Result<async_nats::Client, BrokerError> {
+    // Several servers of a cluster, comma-separated: the client tries them in turn and
+    // moves to another when its server goes.
+    let servers = url
+        .split(',')
+        .map(|server| server.trim().parse::<async_nats::ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| BrokerError::Connect {
+            url: url.to_owned(),
+            reason: e.to_string(),
+        })?;
+    let mut options = async_nats::ConnectOptions::new()
+        .name(name)
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(5));
+    if let Some(events) = events {
+        options = options.event_callback(move |event| {
+            let events = events.clone();
+            async move {
+                *events.lock().expect("events lock") = event.to_string();
+            }
+        });
+    }
+    options
+        .connect(servers.as_slice())
+        .await
+        .map_err(|e| BrokerError::Connect {
+            url: url.to_owned(),
+            reason: e.to_string(),
+        })
 }
 
 impl Broker for JetStream {

@@ -1,7 +1,10 @@
-//! The broker layer: what the queue sidecar (and, later, batch outputs) need of a message
-//! broker, as one small trait, [`Broker`], with one implementation, [`JetStream`].
+//! The broker layer: what the sidecars need of a message broker, as two small traits with
+//! one implementation each, on NATS JetStream:
+//! - [`Broker`] ([`JetStream`]): topics and named consumers, for the queue sidecar;
+//! - [`OutputStore`] ([`JetStreamStore`]): the outputs of a batch run's items and the
+//!   run's result, for `output` and `reduce`.
 //!
-//! The contract every implementation keeps:
+//! The contract every [`Broker`] keeps:
 //! - a topic is a named, durable, ordered log; a publish carries an id, and a second
 //!   publish of the same id within the broker's dedup window is dropped (and reported as
 //!   a duplicate), so a replay publishes nothing twice;
@@ -10,17 +13,30 @@
 //! - a delivery is settled exactly one way: acked (done), retried after a delay, or left
 //!   unsettled, in which case the broker delivers it again after the consumer's ack wait
 //!   (a crashed pod loses nothing).
+//!
+//! The contract every [`OutputStore`] keeps:
+//! - an output is the last value stored under its key (`<run>.<item>`): an item tried
+//!   again replaces its output, it does not add one;
+//! - the outputs of a run are read as one stream, in the order they were stored, each key
+//!   once, in memory that does not grow with their number, and the stream ends once every
+//!   output stored when it started has come;
+//! - a result object exists only once all of it is stored: a writer that dies part way
+//!   leaves no object under the name it was writing.
 
 mod jetstream;
+mod store;
 
 pub use jetstream::{JetStream, StreamSettings};
+pub use store::{BucketSettings, JetStreamStore};
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::stream::BoxStream;
+use tokio::io::AsyncRead;
 
-/// What went wrong talking to the broker. The messages name the topic or consumer.
+/// What went wrong talking to the broker. The messages name the topic, consumer, bucket,
+/// key or object.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
     /// No connection to the broker.
@@ -70,6 +86,56 @@ pub enum BrokerError {
     Settle {
         /// The message id.
         id: String,
+        /// Why.
+        reason: String,
+    },
+    /// A key-value or object store bucket could not be found or made.
+    #[error("bucket {bucket}: {reason}")]
+    Bucket {
+        /// The bucket.
+        bucket: String,
+        /// Why.
+        reason: String,
+    },
+    /// An output over the size allowed: by the caller, or by the broker's message limit.
+    #[error("output {key} is {size} bytes, over the limit of {limit} bytes ({by})")]
+    OutputTooLarge {
+        /// Its key.
+        key: String,
+        /// Its size.
+        size: usize,
+        /// The limit it is over.
+        limit: usize,
+        /// Whose limit: the caller's, or the broker's `max_payload`.
+        by: &'static str,
+    },
+    /// The store did not take an output.
+    #[error("put {key} in bucket {bucket}: {reason}")]
+    Put {
+        /// The bucket.
+        bucket: String,
+        /// The key.
+        key: String,
+        /// Why.
+        reason: String,
+    },
+    /// The outputs of a run could not be read.
+    #[error("read the outputs {prefix}.* of bucket {bucket}: {reason}")]
+    Read {
+        /// The bucket.
+        bucket: String,
+        /// The key prefix (the run).
+        prefix: String,
+        /// Why.
+        reason: String,
+    },
+    /// A result object could not be read, written or renamed.
+    #[error("object {name} of bucket {bucket}: {reason}")]
+    Object {
+        /// The bucket.
+        bucket: String,
+        /// The object.
+        name: String,
         /// Why.
         reason: String,
     },
@@ -194,4 +260,97 @@ pub trait Broker: Clone + Send + Sync + 'static {
         &self,
         consumer: &ConsumerSpec,
     ) -> impl Future<Output = Result<Backlog, BrokerError>> + Send;
+}
+
+/// One output: its key without the run's prefix, and its bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Output {
+    /// The item's key (`<key>` of `<run>.<key>`).
+    pub key: String,
+    /// The output as the worker wrote it.
+    pub value: Bytes,
+}
+
+/// The outputs of a run, as a stream.
+pub struct Outputs {
+    /// How many outputs the store held when the stream started: the stream ends after
+    /// them (and any stored while it runs). Zero: the stream is empty.
+    pub expected: u64,
+    /// The outputs, in the order they were stored.
+    pub stream: BoxStream<'static, Result<Output, BrokerError>>,
+}
+
+/// A stored result object, as the store describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResultInfo {
+    /// Its name.
+    pub name: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// The id of this version of it: a new write gets a new one.
+    pub id: String,
+    /// When it was written (RFC 3339), if the store says.
+    pub modified: Option<String>,
+    /// The summary it was committed with.
+    pub summary: Option<String>,
+}
+
+/// A reader of a result object's bytes.
+pub type ResultReader = std::pin::Pin<Box<dyn AsyncRead + Send>>;
+
+/// Where the items of a batch run keep their outputs and the run keeps its result: a
+/// key-value bucket of outputs, and an object store bucket of results.
+pub trait OutputStore: Clone + Send + Sync + 'static {
+    /// Stores `value` under `key` of `bucket` (making the bucket when it is missing),
+    /// replacing what the key held. A value over `max` bytes is refused before anything is
+    /// sent ([`BrokerError::OutputTooLarge`]), as is one over the broker's message limit.
+    fn put_output(
+        &self,
+        bucket: &str,
+        key: &str,
+        value: Bytes,
+        max: usize,
+    ) -> impl Future<Output = Result<(), BrokerError>> + Send;
+
+    /// The last value of every key `<prefix>.*` of `bucket`, in the order they were
+    /// stored; deleted keys are left out. A bucket that does not exist holds none.
+    fn outputs(
+        &self,
+        bucket: &str,
+        prefix: &str,
+    ) -> impl Future<Output = Result<Outputs, BrokerError>> + Send;
+
+    /// The object `name` of `bucket`, if it exists.
+    fn result_info(
+        &self,
+        bucket: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<ResultInfo>, BrokerError>> + Send;
+
+    /// Writes the object `name` of `bucket` (making the bucket when it is missing) from
+    /// `data`, read to its end, replacing any object of that name. The object exists only
+    /// once `data` has ended and all of it is stored.
+    fn put_result(
+        &self,
+        bucket: &str,
+        name: &str,
+        data: &mut (dyn AsyncRead + Unpin + Send),
+    ) -> impl Future<Output = Result<ResultInfo, BrokerError>> + Send;
+
+    /// Renames the object `from` to `to`, with `summary`, in one step: `to` appears whole
+    /// with its summary, or not at all. Fails when `to` exists already.
+    fn commit_result(
+        &self,
+        bucket: &str,
+        from: &str,
+        to: &str,
+        summary: &str,
+    ) -> impl Future<Output = Result<ResultInfo, BrokerError>> + Send;
+
+    /// The bytes of the object `name` of `bucket`.
+    fn get_result(
+        &self,
+        bucket: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<ResultReader, BrokerError>> + Send;
 }

@@ -6,62 +6,17 @@
 //! without its rank, a string where a number is summed) is left out whole, with the
 //! reason: half an answer would be a wrong answer that looks right.
 
-use std::fmt;
-
 use rigging_crds::sidecar::gather::{
     COVERAGE_FIELD, Concat, Merge as MergeConfig, Order, Sum, TopK,
 };
-use serde_json::{Map, Number, Value};
+use serde_json::{Map, Value};
 
-/// A dotted path into a JSON document (`result.items`); empty for the document itself.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Path(Vec<String>);
+pub use crate::json::Path;
+use crate::json::{self, SumError};
 
-impl Path {
-    /// The path `dotted` names (checked by the contract: no empty segment).
-    pub fn parse(dotted: &str) -> Self {
-        Self(
-            dotted
-                .split('.')
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-                .collect(),
-        )
-    }
-
-    /// The value at this path of `doc`, if every step is an object with the key.
-    pub fn get<'a>(&self, doc: &'a Value) -> Option<&'a Value> {
-        self.0.iter().try_fold(doc, |at, key| at.get(key))
-    }
-
-    /// Takes the value at this path out of `doc` (leaving `null`).
-    fn take(&self, doc: &mut Value) -> Option<Value> {
-        let mut at = doc;
-        for key in &self.0 {
-            at = at.get_mut(key)?;
-        }
-        Some(at.take())
-    }
-
-    /// `value` placed at this path of an empty document: `hits` and `[…]` give
-    /// `{"hits": […]}`.
-    pub fn wrap(&self, value: Value) -> Value {
-        self.0.iter().rev().fold(value, |inner, key| {
-            let mut object = Map::new();
-            object.insert(key.clone(), inner);
-            Value::Object(object)
-        })
-    }
-}
-
-impl fmt::Display for Path {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0.is_empty() {
-            f.write_str("the answer")
-        } else {
-            f.write_str(&self.0.join("."))
-        }
-    }
+/// `path` as a message names it: its dotted text, or "the answer" for the whole of it.
+fn named(path: &Path) -> String {
+    path.named("the answer")
 }
 
 /// Why one answer was left out of the merge.
@@ -86,26 +41,9 @@ pub enum BadAnswer {
     /// No object at the sum's path.
     #[error("no object at {0}")]
     NotObject(String),
-    /// A value that is neither a number nor an object, where a sum needs one.
-    #[error("{at} is {found}, where a number or an object is summed")]
-    NotSummable {
-        /// Where, as a dotted path from the document's root.
-        at: String,
-        /// What it is (`a string`).
-        found: &'static str,
-    },
-    /// A number in one answer and an object in another at the same place.
-    #[error("{at} is a number in one answer and an object in another")]
-    Mismatch {
-        /// Where.
-        at: String,
-    },
-    /// The sum leaves the numbers JSON can hold.
-    #[error("the sum at {at} is not a finite number")]
-    Overflow {
-        /// Where.
-        at: String,
-    },
+    /// The object at the sum's path cannot be added to the others.
+    #[error(transparent)]
+    Sum(#[from] SumError),
 }
 
 /// A merge of JSON answers, compiled from the config.
@@ -224,7 +162,7 @@ fn arrays(path: &Path, docs: Vec<(usize, Value)>) -> (Vec<Value>, Vec<(usize, Ba
     for (shard, mut doc) in docs {
         match path.take(&mut doc) {
             Some(Value::Array(mut array)) => items.append(&mut array),
-            _ => bad.push((shard, BadAnswer::NotArray(path.to_string()))),
+            _ => bad.push((shard, BadAnswer::NotArray(named(path)))),
         }
     }
     (items, bad)
@@ -241,7 +179,7 @@ fn top_k(
     let mut bad = Vec::new();
     'answers: for (shard, mut doc) in docs {
         let Some(Value::Array(items)) = path.take(&mut doc) else {
-            bad.push((shard, BadAnswer::NotArray(path.to_string())));
+            bad.push((shard, BadAnswer::NotArray(named(path))));
             continue;
         };
         let mut ranks = Vec::with_capacity(items.len());
@@ -252,9 +190,9 @@ fn top_k(
                     bad.push((
                         shard,
                         BadAnswer::NoRank {
-                            path: path.to_string(),
+                            path: named(path),
                             index,
-                            by: by.to_string(),
+                            by: named(by),
                         },
                     ));
                     continue 'answers;
@@ -277,117 +215,21 @@ fn top_k(
 fn sum(path: &Path, docs: Vec<(usize, Value)>) -> (Map<String, Value>, Vec<(usize, BadAnswer)>) {
     let mut total = Map::new();
     let mut bad = Vec::new();
-    let root = path.0.is_empty();
+    let at = path.dotted();
     for (shard, mut doc) in docs {
         let Some(Value::Object(mut object)) = path.take(&mut doc) else {
-            bad.push((shard, BadAnswer::NotObject(path.to_string())));
+            bad.push((shard, BadAnswer::NotObject(named(path))));
             continue;
         };
-        if root {
+        if path.is_root() {
             // The merged answer's coverage goes there: a leaf's own is not summed.
             object.remove(COVERAGE_FIELD);
         }
-        let at = path.0.join(".");
-        // Checked whole before anything is added: a bad answer adds nothing.
-        match summable(Some(&total), &object, &at) {
-            Ok(()) => add(&mut total, object),
-            Err(err) => bad.push((shard, err)),
+        if let Err(err) = json::add_checked(&mut total, object, &at) {
+            bad.push((shard, err.into()));
         }
     }
     (total, bad)
-}
-
-fn child(at: &str, key: &str) -> String {
-    if at.is_empty() {
-        key.to_owned()
-    } else {
-        format!("{at}.{key}")
-    }
-}
-
-/// Whether `addend` can be added to `total`: numbers where `total` has numbers (or
-/// nothing), objects where it has objects (or nothing), and sums that stay finite.
-fn summable(
-    total: Option<&Map<String, Value>>,
-    addend: &Map<String, Value>,
-    at: &str,
-) -> Result<(), BadAnswer> {
-    for (key, value) in addend {
-        let here = total.and_then(|t| t.get(key));
-        match (value, here) {
-            (Value::Number(_), None) => {}
-            (Value::Number(n), Some(Value::Number(m))) => {
-                if add_numbers(m, n).is_none() {
-                    return Err(BadAnswer::Overflow { at: child(at, key) });
-                }
-            }
-            (Value::Object(inner), None) => summable(None, inner, &child(at, key))?,
-            (Value::Object(inner), Some(Value::Object(sum))) => {
-                summable(Some(sum), inner, &child(at, key))?
-            }
-            (Value::Number(_) | Value::Object(_), Some(_)) => {
-                return Err(BadAnswer::Mismatch { at: child(at, key) });
-            }
-            (other, _) => {
-                return Err(BadAnswer::NotSummable {
-                    at: child(at, key),
-                    found: kind(other),
-                });
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Adds `addend` into `total`; [`summable`] has said it fits.
-fn add(total: &mut Map<String, Value>, addend: Map<String, Value>) {
-    for (key, value) in addend {
-        match (total.get_mut(&key), value) {
-            (None, value) => {
-                total.insert(key, value);
-            }
-            (Some(Value::Number(m)), Value::Number(n)) => {
-                if let Some(sum) = add_numbers(m, &n) {
-                    *m = sum;
-                }
-            }
-            (Some(Value::Object(sum)), Value::Object(inner)) => add(sum, inner),
-            // Ruled out by `summable`.
-            _ => {}
-        }
-    }
-}
-
-/// `a + b`: exact while both are integers and the sum fits 64 bits (signed or not), a
-/// float otherwise; `None` when the float is not finite.
-fn add_numbers(a: &Number, b: &Number) -> Option<Number> {
-    let integer = |n: &Number| {
-        n.as_i64()
-            .map(i128::from)
-            .or_else(|| n.as_u64().map(i128::from))
-    };
-    if let (Some(x), Some(y)) = (integer(a), integer(b)) {
-        let s = x + y;
-        if let Ok(s) = i64::try_from(s) {
-            return Some(s.into());
-        }
-        if let Ok(s) = u64::try_from(s) {
-            return Some(s.into());
-        }
-        return Number::from_f64(s as f64);
-    }
-    Number::from_f64(a.as_f64()? + b.as_f64()?)
-}
-
-fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 #[cfg(test)]
@@ -562,7 +404,10 @@ mod tests {
         );
         assert_eq!(merged.doc["big"], json!(i64::MAX as u64 + 1));
         let overflow = run(&summed(""), &[json!({"f": 1e308}), json!({"f": 1e308})]);
-        assert!(matches!(overflow.bad[0].1, BadAnswer::Overflow { .. }));
+        assert!(matches!(
+            overflow.bad[0].1,
+            BadAnswer::Sum(SumError::Overflow { .. })
+        ));
     }
 
     #[test]
@@ -572,7 +417,7 @@ mod tests {
         assert_eq!(doc, json!({"a": {"b": [1]}}));
         assert_eq!(path.get(&doc), Some(&json!([1])));
         assert_eq!(Path::parse("").wrap(json!(1)), json!(1));
-        assert_eq!(Path::parse("").to_string(), "the answer");
+        assert_eq!(named(&Path::parse("")), "the answer");
     }
 
     fn shard_items() -> impl Strategy<Value = Vec<Vec<(i32, u8)>>> {
