@@ -3,7 +3,7 @@
 
 use clap::{Parser, Subcommand};
 
-use crate::{elect, gather, health, http, logs, metrics, queue, shard, tls};
+use crate::{batch, elect, gather, health, http, logs, metrics, queue, shard, tls};
 
 /// `rigging-sidecar`'s command line.
 #[derive(Debug, Parser)]
@@ -43,4 +43,10 @@ pub enum Command {
     /// Scatter/gather root: sends a request to every shard, merges the answers within a
     /// deadline, hedges slow shards.
     Gather(gather::Args),
+    /// Batch output: stores a WorkQueue worker's output file in JetStream when the worker
+    /// has exited.
+    Output(batch::OutputArgs),
+    /// Batch reduce: streams a run's outputs through a built-in reducer and stores the
+    /// result once.
+    Reduce(batch::ReduceArgs),
 }

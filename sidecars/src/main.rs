@@ -4,7 +4,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use rigging_sidecar::cli::{Cli, Command};
-use rigging_sidecar::{elect, gather, health, http, logs, metrics, queue, runtime, shard, tls};
+use rigging_sidecar::{
+    batch, elect, gather, health, http, logs, metrics, queue, runtime, shard, tls,
+};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -28,6 +30,8 @@ fn main() -> ExitCode {
             Command::Elect(args) => elect::run(args).await.map_err(anyhow::Error::from),
             Command::Queue(args) => queue::run(args).await.map_err(anyhow::Error::from),
             Command::Gather(args) => gather::run(args).await.map_err(anyhow::Error::from),
+            Command::Output(args) => batch::output::run(args).await.map_err(anyhow::Error::from),
+            Command::Reduce(args) => batch::reduce::run(args).await.map_err(anyhow::Error::from),
         }
     });
     match result {

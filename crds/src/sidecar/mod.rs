@@ -8,6 +8,7 @@
 //! `/metrics`; durations are humantime (`500ms`, `10s`, `2m`); flags are the kebab-case
 //! field names.
 
+pub mod batch;
 pub mod elect;
 pub mod gather;
 pub mod health;
@@ -48,6 +49,10 @@ pub mod ports {
     pub const QUEUE: u16 = 9127;
     /// The scatter/gather root's admin port (`/status` as well as the usual three).
     pub const GATHER_ADMIN: u16 = 9128;
+    /// The output sidecar's admin port (in a WorkQueue worker pod).
+    pub const OUTPUT_ADMIN: u16 = 9129;
+    /// The reducer's admin port (the reduce Job's container).
+    pub const REDUCE_ADMIN: u16 = 9130;
 }
 
 /// A sidecar's typed command line.
@@ -341,6 +346,8 @@ mod tests {
             ports::QUEUE_ADMIN,
             ports::QUEUE,
             ports::GATHER_ADMIN,
+            ports::OUTPUT_ADMIN,
+            ports::REDUCE_ADMIN,
         ];
         all.sort_unstable();
         assert!(all.windows(2).all(|w| w[0] != w[1]), "{all:?}");

@@ -3,6 +3,7 @@
 //! `scripts/test.sh` installs. A missing tool fails the test rather than skipping it: a
 //! green run must mean the behaviour was exercised.
 
+mod batch;
 mod elect;
 mod gather;
 mod health;

@@ -13,8 +13,29 @@ pub fn sidecar_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_rigging-sidecar"))
 }
 
-/// A free port on 127.0.0.1 (bound then released; good enough for tests on one machine).
+/// A free port on 127.0.0.1, for a server a test starts: bound then released, so chosen
+/// below the kernel's ephemeral range. A port from that range (what binding port 0 gives)
+/// can be taken by any outgoing connection between the pick and the server's bind, and
+/// the tests running beside this one make thousands.
 pub fn free_port() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    const LOWEST: u32 = 10_000;
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    if ephemeral > LOWEST + 1_000 {
+        for _ in 0..1_000 {
+            // A random start: the other test processes pick from the same range.
+            let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+            hasher.write_u32(std::process::id());
+            let port = LOWEST + (hasher.finish() % u64::from(ephemeral - LOWEST)) as u32;
+            let port = u16::try_from(port).expect("a port below the ephemeral range");
+            if TcpListener::bind(local(port)).is_ok() {
+                return port;
+            }
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -256,4 +277,107 @@ pub fn parse_metric(exposition: &str, series: &str) -> f64 {
 pub fn metric(admin: SocketAddr, series: &str) -> f64 {
     let (_, body) = http_get(admin, "/metrics").expect("GET /metrics");
     parse_metric(&body, series)
+}
+
+/// nats-server with JetStream: one server, or a cluster of three on 127.0.0.1, each on free
+/// ports with its store in a temp dir, each restartable on the same ports and store.
+pub struct Nats {
+    servers: Vec<Server>,
+}
+
+struct Server {
+    proc: Option<Proc>,
+    port: u16,
+    cluster_port: u16,
+    store: tempfile::TempDir,
+}
+
+impl Nats {
+    pub fn start() -> Nats {
+        Nats::of(1)
+    }
+
+    /// A JetStream cluster of three, up once it has elected its meta leader.
+    pub fn cluster() -> Nats {
+        Nats::of(3)
+    }
+
+    pub fn of(size: usize) -> Nats {
+        let mut nats = Nats {
+            servers: (0..size)
+                .map(|_| Server {
+                    proc: None,
+                    port: free_port(),
+                    cluster_port: free_port(),
+                    store: tempfile::tempdir().expect("temp dir"),
+                })
+                .collect(),
+        };
+        for i in 0..size {
+            nats.restart(i);
+        }
+        nats
+    }
+
+    pub fn restart(&mut self, i: usize) {
+        let routes: Vec<String> = self
+            .servers
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, s)| format!("nats://127.0.0.1:{}", s.cluster_port))
+            .collect();
+        let server = &self.servers[i];
+        let (port, store) = (
+            server.port.to_string(),
+            server.store.path().to_str().unwrap().to_owned(),
+        );
+        let (name, cluster, routes) = (
+            format!("n{i}"),
+            format!("nats://127.0.0.1:{}", server.cluster_port),
+            routes.join(","),
+        );
+        let mut args = vec![
+            "-js",
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-sd",
+            &store,
+            "-n",
+            &name,
+        ];
+        if self.servers.len() > 1 {
+            args.extend([
+                "--cluster_name",
+                "rigging",
+                "-cluster",
+                &cluster,
+                "-routes",
+                &routes,
+            ]);
+        }
+        let proc = Proc::spawn(require_tool("nats-server"), &args);
+        wait_port(local(server.port), Duration::from_secs(10));
+        self.servers[i].proc = Some(proc);
+    }
+
+    /// kill -9 of server `i`.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut proc) = self.servers[i].proc.take() {
+            let _ = proc.child.kill();
+            let _ = proc.child.wait();
+        }
+    }
+
+    /// Every server's URL, comma-separated, as the sidecar's `--nats` takes them.
+    pub fn url(&self) -> String {
+        let urls: Vec<String> = self
+            .servers
+            .iter()
+            .map(|s| format!("nats://127.0.0.1:{}", s.port))
+            .collect();
+        urls.join(",")
+    }
 }
