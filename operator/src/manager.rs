@@ -13,7 +13,9 @@ use kube_lease_manager::LeaseManagerBuilder;
 use crate::admin::{self, Readiness};
 use crate::controller::{self, ChildWatches, Config, Context};
 use crate::metrics::Metrics;
-use rigging_crds::{Pipeline, ReplicatedService, ScatterGather, ShardedService, WorkQueue};
+use rigging_crds::{
+    MapReduce, Pipeline, ReplicatedService, ScatterGather, ShardedService, WorkQueue,
+};
 use std::sync::Arc;
 
 /// Settings of `run`, from flags and environment.
@@ -397,10 +399,7 @@ const CRD_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 /// Waits until the API server serves every Rigging kind (its CRD is installed and
 /// established), saying what is missing every [`CRD_RETRY`].
 async fn wait_for_crds(client: &Client) {
-    let kinds: Vec<String> = crate::crdgen::all()
-        .into_iter()
-        .map(|crd| crd.spec.names.plural)
-        .collect();
+    let kinds = crate::crdgen::plurals();
     let api_version = ReplicatedService::api_version(&());
     loop {
         let missing: Vec<String> = match client.list_api_group_resources(&api_version).await {
@@ -450,17 +449,23 @@ fn controllers(
     );
     let pipeline = controller::controller::<Pipeline>(ctx.clone(), &watches, namespace);
     let scatter_gather = controller::controller::<ScatterGather>(ctx.clone(), &watches, namespace);
+    let map_reduce = controller::controller::<MapReduce>(ctx.clone(), &watches, namespace);
     let watching = watches.run();
     let stores = ctx.stores.clone();
+    let stop = shutdown_signal();
     let started = async move {
         // Every cache holds its initial list before the first reconcile. Waiting inside the
         // reconciles instead would make many waiters of one cache, and kube's DelayedInit
         // wakes only the last of them: the rest would wait forever (and hold up shutdown).
         tokio::select! {
             () = stores.wait_until_ready() => {}
-            () = shutdown_signal() => return,
+            () = stop => return,
         }
-        futures::future::join5(replicated, sharded, work_queue, pipeline, scatter_gather).await;
+        futures::future::join(
+            futures::future::join5(replicated, sharded, work_queue, pipeline, scatter_gather),
+            map_reduce,
+        )
+        .await;
     };
     async move {
         // The watches never end; the controllers end on a shutdown signal.

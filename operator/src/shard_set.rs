@@ -16,7 +16,7 @@ use rigging_crds::FieldErrors;
 use rigging_crds::sidecar::gather::{SHARD_ENV, SHARDS_ENV};
 use rigging_crds::sidecar::spec::Sidecars;
 
-use crate::controller::{MANAGER, RenderConfig};
+use crate::controller::{RenderConfig, with_managed};
 use crate::sidecars;
 use crate::sidecars::elect::ElectAccess;
 
@@ -199,13 +199,6 @@ pub fn service_port(name: &str, port: i32) -> ServicePort {
         protocol: Some("TCP".into()),
         ..ServicePort::default()
     }
-}
-
-/// `labels` plus who manages them: the labels of every child and pod.
-pub fn with_managed(mut labels: BTreeMap<String, String>) -> BTreeMap<String, String> {
-    labels.insert("app.kubernetes.io/managed-by".into(), MANAGER.into());
-    labels.insert("app.kubernetes.io/part-of".into(), "rigging".into());
-    labels
 }
 
 /// A selector of exactly `labels`.

@@ -105,6 +105,7 @@ pub async fn apply_all<K: Kind>(ctx: &Context, owner: &K, children: &[Child]) ->
                 apply(ctx, owner, d, handed_over).await?.into_child()
             }
             Child::Job(c) => create_once(ctx, owner, c).await?.into_child(),
+            Child::WorkQueue(c) => create_once(ctx, owner, c).await?.into_child(),
             Child::StatefulSet(c) => apply(ctx, owner, c, false).await?.into_child(),
             Child::Service(c) => apply(ctx, owner, c, false).await?.into_child(),
             // An immutable ConfigMap (a WorkQueue's results) is written once, like a Job.

@@ -18,10 +18,14 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use k8s_openapi::jiff::Timestamp;
 use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
+use rigging_crds::WorkQueue;
 use serde::de::DeserializeOwned;
+use tokio::sync::broadcast;
 
 /// Label selector of every child the operator manages: its watches see nothing else.
 pub const MANAGED_SELECTOR: &str = "app.kubernetes.io/managed-by=rigging-operator";
@@ -198,6 +202,7 @@ macro_rules! child_kinds {
                     namespace: namespace.map(str::to_owned),
                     stores: ChildStores { $($field: $field.0,)+ job_pods: job_pods.0 },
                     writers: Writers { $($field: $field.1,)+ job_pods: job_pods.1 },
+                    deleted: broadcast::channel(SUBSCRIBER_BUFFER).0,
                 }
             }
 
@@ -218,15 +223,15 @@ macro_rules! child_kinds {
                     controller = controller
                         .watches_shared_stream(s, move |pod| owner_of_job_of::<K>(&jobs, &pod));
                 }
-                controller
+                controller.reconcile_on(owners_of_deleted::<K>(self.deleted.subscribe()))
             }
 
             /// Runs the watches; never returns on its own.
             pub fn run(self) -> impl Future<Output = ()> + Send {
-                let Self { client, namespace, writers, .. } = self;
+                let Self { client, namespace, writers, deleted, .. } = self;
                 let ns = namespace.as_deref();
                 let watches = vec![
-                    $(watch(api::<$type>(&client, ns), writers.$field).boxed(),)+
+                    $(watch(api::<$type>(&client, ns), writers.$field, deleted.clone()).boxed(),)+
                     watch_job_pods(api::<Pod>(&client, ns), writers.job_pods).boxed(),
                 ];
                 async move {
@@ -271,6 +276,9 @@ child_kinds! {
     Role(Role) => roles,
     /// Grants a Role to the pods' ServiceAccount.
     RoleBinding(RoleBinding) => rolebindings,
+    /// One run of a MapReduce. Created once, never updated: a run keeps the spec it
+    /// started with.
+    WorkQueue(WorkQueue) => workqueues,
 }
 
 /// A Kubernetes kind that can be a [`Child`]: how to wrap and unwrap it, and where its
@@ -434,6 +442,7 @@ impl Applied {
 pub struct Observed<'a> {
     owner: Option<(&'a ChildStores, &'a str, &'a str)>,
     answers: Option<&'a super::Answers>,
+    now: Option<Timestamp>,
 }
 
 impl<'a> Observed<'a> {
@@ -442,6 +451,7 @@ impl<'a> Observed<'a> {
         Self {
             owner: None,
             answers: None,
+            now: None,
         }
     }
 
@@ -450,7 +460,24 @@ impl<'a> Observed<'a> {
         Self {
             owner: Some((stores, namespace, uid)),
             answers: None,
+            now: None,
         }
+    }
+
+    /// The same, at `now`: the instant the status is computed for too, so that a kind
+    /// that starts work on a clock (a scheduled run) decides once, and its status says
+    /// what it decided.
+    #[must_use]
+    pub fn at(self, now: Timestamp) -> Self {
+        Self {
+            now: Some(now),
+            ..self
+        }
+    }
+
+    /// The instant of this reconcile; `None` where no clock was given (`render`, tests).
+    pub fn now(&self) -> Option<Timestamp> {
+        self.now
     }
 
     /// The caches as the object sees them; `None` for [`Observed::nothing`].
@@ -540,6 +567,43 @@ pub struct ChildWatches {
     namespace: Option<String>,
     stores: ChildStores,
     writers: Writers,
+    /// The controller owner of each child the watches saw deleted, with the child's
+    /// namespace. A shared reflector tells its subscribers of new and changed objects
+    /// only, so a deleted child reaches its owner's controller this way, to be made again.
+    deleted: broadcast::Sender<(String, OwnerReference)>,
+}
+
+/// The owner reference of `obj`'s controller, if it has one.
+fn controller_of(obj: &impl Resource) -> Option<&OwnerReference> {
+    obj.owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true))
+}
+
+/// The objects of kind `K` whose children were deleted, as `deleted` tells them. A
+/// controller that falls more than [`SUBSCRIBER_BUFFER`] deletions behind misses some;
+/// the resync period sets those back.
+fn owners_of_deleted<K: Resource<DynamicType = ()>>(
+    deleted: broadcast::Receiver<(String, OwnerReference)>,
+) -> impl futures::Stream<Item = ObjectRef<K>> + Send + 'static {
+    futures::stream::unfold(deleted, |mut deleted| async move {
+        loop {
+            match deleted.recv().await {
+                Ok(owner) => return Some((owner, deleted)),
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::warn!(
+                        kind = K::kind(&()).as_ref(),
+                        missed,
+                        "missed deleted children; the resync sets them back"
+                    );
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    })
+    .filter_map(|(namespace, owner)| async move {
+        ObjectRef::from_owner_ref(Some(&namespace), &owner, ())
+    })
 }
 
 impl ChildWatches {
@@ -549,16 +613,34 @@ impl ChildWatches {
     }
 }
 
-fn watch<K: ChildKind>(api: Api<K>, writer: Writer<K>) -> impl Future<Output = ()> + Send {
+fn watch<K: ChildKind>(
+    api: Api<K>,
+    writer: Writer<K>,
+    deleted: broadcast::Sender<(String, OwnerReference)>,
+) -> impl Future<Output = ()> + Send {
     let config = watcher::Config::default().labels(MANAGED_SELECTOR);
     watcher(api, config)
         .default_backoff()
         .modify(keep_own_fields)
         .reflect_shared(writer)
-        .for_each(|event| async move {
-            if let Err(error) = event {
-                tracing::warn!(kind = K::KIND, %error, "child watch failed; retrying");
+        .for_each(move |event| {
+            match event {
+                // A child deleted while the watch was down is gone from the relisted cache
+                // without an event; the resync sets that one back.
+                Ok(watcher::Event::Delete(child)) => {
+                    if let (Some(namespace), Some(owner)) =
+                        (child.namespace(), controller_of(&child))
+                    {
+                        // No receiver: no controller runs yet, and none needs telling.
+                        let _ = deleted.send((namespace, owner.clone()));
+                    }
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(kind = K::KIND, %error, "child watch failed; retrying")
+                }
             }
+            futures::future::ready(())
         })
 }
 
@@ -604,17 +686,9 @@ fn owner_of_job_of<K: Resource<DynamicType = ()>>(
     pod: &Pod,
 ) -> Option<ObjectRef<K>> {
     let namespace = pod.namespace()?;
-    let job = pod
-        .owner_references()
-        .iter()
-        .find(|o| o.controller == Some(true) && o.kind == "Job")?;
-    let job = jobs.get(&ObjectRef::new(&job.name).within(&namespace))?;
-    let owner = job
-        .owner_references()
-        .iter()
-        .find(|o| o.controller == Some(true))?;
-    (owner.kind == K::kind(&()) && owner.api_version == K::api_version(&()))
-        .then(|| ObjectRef::new(&owner.name).within(&namespace))
+    let job = ObjectRef::<Job>::from_owner_ref(Some(&namespace), controller_of(pod)?, ())?;
+    let job = jobs.get(&job)?;
+    ObjectRef::from_owner_ref(Some(&namespace), controller_of(&*job)?, ())
 }
 
 /// The API of `K` in one namespace, or in all of them.

@@ -4,8 +4,14 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
+use rigging_crds::{
+    MapReduceStatus, PipelineStatus, ReplicatedServiceStatus, ScatterGatherStatus,
+    ShardedServiceStatus, WorkQueueStatus,
+};
 use serde::Serialize;
 use serde_json::Value;
+
+use super::Kind;
 
 /// One condition a kind wants to report.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +51,44 @@ pub fn invalid(message: &str) -> [Cond; 3] {
     ]
 }
 
+/// A kind's status, which carries the standard conditions.
+pub trait Conditioned {
+    /// The conditions it carries.
+    fn conditions(&self) -> &[Condition];
+}
+
+macro_rules! conditioned {
+    ($($status:ty),+ $(,)?) => {
+        $(impl Conditioned for $status {
+            fn conditions(&self) -> &[Condition] {
+                &self.conditions
+            }
+        })+
+    };
+}
+
+conditioned!(
+    ReplicatedServiceStatus,
+    ShardedServiceStatus,
+    WorkQueueStatus,
+    PipelineStatus,
+    ScatterGatherStatus,
+    MapReduceStatus,
+);
+
+/// The conditions `conds` of `obj`, for its generation, each keeping the transition time
+/// its status carries while the condition's status did not change.
+pub fn of<K: Kind>(obj: &K, conds: impl IntoIterator<Item = Cond>, now: Timestamp) -> Vec<Condition>
+where
+    K::Status: Conditioned,
+{
+    let previous = obj
+        .status()
+        .map(Conditioned::conditions)
+        .unwrap_or_default();
+    finish(previous, conds, obj.meta().generation, now)
+}
+
 /// The conditions for `generation`, keeping the previous transition time of a condition
 /// whose status did not change.
 pub fn finish(
@@ -71,6 +115,19 @@ pub fn finish(
             }
         })
         .collect()
+}
+
+/// `text` cut to at most `max` bytes (at a character boundary) and marked `…` when cut: a
+/// message or an item quoted in a status, whose size must stay bounded.
+pub fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
 }
 
 /// Whether `current` already says what `desired` says. Transition times are ignored: they

@@ -15,14 +15,16 @@ pub mod inquiry;
 pub mod reconcile;
 pub mod rollouts;
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::NamespaceResourceScope;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use k8s_openapi::api::rbac::v1::{RoleBinding, RoleRef, Subject};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::jiff::Timestamp;
 use kube::core::object::HasStatus;
 use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
@@ -71,6 +73,49 @@ impl Default for RenderConfig {
 /// `rigging-sidecar:<version of this operator>`: the sidecar released with it.
 pub fn default_sidecar_image() -> String {
     format!("rigging-sidecar:{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// `labels` plus who manages them: the labels of every child and pod.
+pub fn with_managed(mut labels: BTreeMap<String, String>) -> BTreeMap<String, String> {
+    labels.insert("app.kubernetes.io/managed-by".into(), MANAGER.into());
+    labels.insert("app.kubernetes.io/part-of".into(), "rigging".into());
+    labels
+}
+
+/// The metadata of `owner`'s child `name`: its namespace, `labels`, and the controller
+/// owner reference.
+pub fn child_meta<K: Resource<DynamicType = ()>>(
+    owner: &K,
+    name: String,
+    labels: BTreeMap<String, String>,
+) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: owner.meta().namespace.clone(),
+        labels: Some(labels),
+        owner_references: owner_references(owner),
+        ..ObjectMeta::default()
+    }
+}
+
+/// Grants the Role named in `meta` (`role`) to the ServiceAccount `account` of its
+/// namespace: the binding of the pods that need API rights of their own.
+pub fn bind_role(meta: ObjectMeta, role: String, account: String) -> RoleBinding {
+    let namespace = meta.namespace.clone();
+    RoleBinding {
+        metadata: meta,
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "Role".into(),
+            name: role,
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name: account,
+            namespace,
+            ..Subject::default()
+        }]),
+    }
 }
 
 /// The owner reference every child carries: controlled by `owner`, and blocking its
@@ -199,19 +244,41 @@ pub fn controller<K: Kind>(
         .modify(|object: &mut K| object.meta_mut().managed_fields = None)
         .reflect(writer)
         .applied_objects();
+    // Installed now, so that a signal before the first poll is not lost.
+    let stop = crate::manager::shutdown_signal().shared();
+    let stopped = drained::<K>(stop.clone(), reader.clone());
     let controller = Controller::for_stream(objects, reader).with_config(
         kube::runtime::controller::Config::default().concurrency(ctx.config.concurrency),
     );
     watches
         .trigger(controller)
-        .shutdown_on_signal()
+        .graceful_shutdown_on(stop)
         .run(reconcile::<K>, error_policy::<K>, ctx)
+        .take_until(stopped)
         .for_each(|result| async move {
             match result {
                 Ok((obj, _)) => tracing::debug!(object = %obj, "reconciled"),
                 Err(error) => tracing::debug!(%error, "reconcile did not complete"),
             }
         })
+}
+
+/// How long a stopping controller waits for the reconciles it has started.
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// Resolves when a stopping controller stops waiting for its reconciles: once `stop` has
+/// resolved, at once if its cache of `K` never filled, else after [`DRAIN`]. kube's
+/// graceful shutdown alone would wait for the first list of a cache forever (the watch
+/// that fills it stops with the signal), and for a reconcile stuck on an API server that
+/// does not answer, past the pod's grace period.
+async fn drained<K: Kind>(stop: impl Future<Output = ()>, cache: reflector::Store<K>) {
+    stop.await;
+    if !matches!(cache.wait_until_ready().now_or_never(), Some(Ok(()))) {
+        tracing::info!(kind = %K::kind(&()), "stopping before the first list of the kind");
+        return;
+    }
+    tokio::time::sleep(DRAIN).await;
+    tracing::warn!(kind = %K::kind(&()), drain_s = DRAIN.as_secs(), "reconciles still running at shutdown: dropped");
 }
 
 /// Assertions the kinds' unit tests share.

@@ -88,7 +88,7 @@ async fn reconcile_object<K: Kind>(obj: &K, ctx: &Context) -> Result<Action> {
     // returns at once there; it guards callers that did not.)
     ctx.stores.wait_until_ready().await;
     let uid = obj.meta().uid.clone().unwrap_or_default();
-    let observed = Observed::cached(&ctx.stores, &namespace, &uid);
+    let observed = Observed::cached(&ctx.stores, &namespace, &uid).at(now);
     let answers = match obj.inquiry(&observed) {
         Some(inquiry) => Some(ask(ctx, &namespace, &inquiry).await?),
         None => None,

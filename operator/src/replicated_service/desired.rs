@@ -18,7 +18,7 @@ use kube::ResourceExt;
 use rigging_crds::{DisruptionBudget, FieldError, FieldErrors, ReplicatedService};
 
 use super::frontend;
-use crate::controller::{Child, MANAGER, RenderConfig, owner_references};
+use crate::controller::{Child, MANAGER, RenderConfig, child_meta};
 use crate::sidecars;
 use crate::sidecars::elect::ElectAccess;
 
@@ -99,7 +99,7 @@ pub fn desired(rs: &ReplicatedService, config: &RenderConfig) -> Result<Children
         rs.spec.sidecars.as_ref(),
         &rs.spec.template,
         &rs.name_any(),
-        child_meta(rs),
+        own_meta(rs),
         config.elect_grant.as_ref(),
     );
     let deployment = deployment(rs, config, elect.as_ref());
@@ -122,14 +122,9 @@ pub fn desired(rs: &ReplicatedService, config: &RenderConfig) -> Result<Children
     })
 }
 
-fn child_meta(rs: &ReplicatedService) -> ObjectMeta {
-    ObjectMeta {
-        name: Some(rs.name_any()),
-        namespace: rs.namespace(),
-        labels: Some(labels(rs)),
-        owner_references: owner_references(rs),
-        ..ObjectMeta::default()
-    }
+/// The metadata of a child named as `rs` is.
+fn own_meta(rs: &ReplicatedService) -> ObjectMeta {
+    child_meta(rs, rs.name_any(), labels(rs))
 }
 
 fn selector(rs: &ReplicatedService) -> LabelSelector {
@@ -166,7 +161,7 @@ fn deployment(
         }),
     });
     Ok(Deployment {
-        metadata: child_meta(rs),
+        metadata: own_meta(rs),
         spec: Some(DeploymentSpec {
             // Left out under autoscaling, so that this field manager never owns it and
             // every apply leaves the HPA's choice alone.
@@ -221,7 +216,7 @@ fn pod_template(
 fn service(rs: &ReplicatedService) -> Service {
     let spec = &rs.spec;
     Service {
-        metadata: child_meta(rs),
+        metadata: own_meta(rs),
         spec: Some(ServiceSpec {
             type_: Some(spec.service.service_type.as_str().into()),
             selector: Some(selector_labels(rs)),
@@ -247,7 +242,7 @@ fn pdb(rs: &ReplicatedService) -> Result<Option<PodDisruptionBudget>, FieldError
         return Err(FieldErrors(vec![error]));
     }
     Ok(Some(PodDisruptionBudget {
-        metadata: child_meta(rs),
+        metadata: own_meta(rs),
         spec: Some(PodDisruptionBudgetSpec {
             selector: Some(selector(rs)),
             max_unavailable: budget.max_unavailable.clone(),
@@ -311,7 +306,7 @@ fn never_disrupts(rs: &ReplicatedService, budget: &DisruptionBudget) -> Option<F
 fn hpa(rs: &ReplicatedService) -> Option<HorizontalPodAutoscaler> {
     let scaling = rs.spec.autoscaling.as_ref()?;
     Some(HorizontalPodAutoscaler {
-        metadata: child_meta(rs),
+        metadata: own_meta(rs),
         spec: Some(HorizontalPodAutoscalerSpec {
             scale_target_ref: CrossVersionObjectReference {
                 api_version: Some("apps/v1".into()),

@@ -31,7 +31,7 @@ use rigging_crds::{
 };
 use serde_json::json;
 
-use crate::controller::{MANAGER, RenderConfig, owner_references};
+use crate::controller::{MANAGER, RenderConfig, child_meta};
 use crate::sidecars;
 
 /// The port the frontend pods listen on; the Service `<name>-frontend` targets it.
@@ -223,13 +223,7 @@ fn rate_limit(spec: &FrontendRateLimit, errors: &mut Vec<FieldError>) -> Option<
 }
 
 fn meta(rs: &ReplicatedService) -> ObjectMeta {
-    ObjectMeta {
-        name: Some(name(rs)),
-        namespace: rs.namespace(),
-        labels: Some(labels(rs)),
-        owner_references: owner_references(rs),
-        ..ObjectMeta::default()
-    }
+    child_meta(rs, name(rs), labels(rs))
 }
 
 fn config_map(rs: &ReplicatedService, file: String) -> ConfigMap {

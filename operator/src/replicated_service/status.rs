@@ -2,13 +2,12 @@
 //! (the app's, and the frontend's) as applied.
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
 use rigging_crds::{FieldErrors, FrontendStatus, ReplicatedService, ReplicatedServiceStatus};
 
 use super::desired;
 use crate::controller::conditions;
-use crate::controller::conditions::{Cond, cond, finish};
+use crate::controller::conditions::cond;
 
 /// How far one Deployment is: ready pods, and whether every pod runs the current
 /// template.
@@ -143,7 +142,7 @@ pub fn observed(
         replicas: app.as_ref().map(|a| a.want),
         ready_replicas: app.as_ref().map(|a| a.ready),
         frontend: frontend_status,
-        conditions: conditions(rs, [ready, progressing, degraded], generation, now),
+        conditions: conditions::of(rs, [ready, progressing, degraded], now),
     }
 }
 
@@ -162,22 +161,8 @@ pub fn invalid(
         replicas: previous.replicas,
         ready_replicas: previous.ready_replicas,
         frontend: previous.frontend,
-        conditions: conditions(rs, conditions::invalid(&message), generation, now),
+        conditions: conditions::of(rs, conditions::invalid(&message), now),
     }
-}
-
-fn conditions(
-    rs: &ReplicatedService,
-    conds: [Cond; 3],
-    generation: Option<i64>,
-    now: Timestamp,
-) -> Vec<Condition> {
-    let previous = rs
-        .status
-        .as_ref()
-        .map(|s| s.conditions.as_slice())
-        .unwrap_or_default();
-    finish(previous, conds, generation, now)
 }
 
 #[cfg(test)]

@@ -20,8 +20,9 @@ use rigging_crds::sidecar::gather::{
 use rigging_crds::sidecar::{duration, ports};
 use rigging_crds::{FieldError, FieldErrors, ScatterGather};
 
+use crate::controller::with_managed;
 use crate::controller::{Child, RenderConfig, owner_references};
-use crate::shard_set::{ShardSet, match_labels, service_port, with_managed};
+use crate::shard_set::{ShardSet, match_labels, service_port};
 use crate::sidecars;
 use crate::sidecars::elect::ElectAccess;
 

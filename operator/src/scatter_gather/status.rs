@@ -2,12 +2,11 @@
 //! leaf), whether the root serves, and the conditions and Events that say so.
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
 use rigging_crds::{FieldErrors, ScatterGather, ScatterGatherStatus};
 
 use super::desired::{leaves, root_name};
-use crate::controller::conditions::{self, Cond, cond, finish};
+use crate::controller::conditions::{self, cond};
 use crate::controller::rollouts::Rollout;
 use crate::controller::{Applied, Note};
 
@@ -98,7 +97,7 @@ pub fn observed(sg: &ScatterGather, applied: &Applied, now: Timestamp) -> Scatte
         ready_shards: Some(ready_shards),
         unready_shards: if seen { unready } else { Vec::new() },
         ready_roots: Some(ready_roots),
-        conditions: with_previous(sg, [ready, progressing, degraded], generation, now),
+        conditions: conditions::of(sg, [ready, progressing, degraded], now),
     }
 }
 
@@ -109,12 +108,7 @@ pub fn invalid(sg: &ScatterGather, errors: &FieldErrors, now: Timestamp) -> Scat
     let previous = sg.status.clone().unwrap_or_default();
     ScatterGatherStatus {
         observed_generation: generation,
-        conditions: with_previous(
-            sg,
-            conditions::invalid(&errors.to_string()),
-            generation,
-            now,
-        ),
+        conditions: conditions::of(sg, conditions::invalid(&errors.to_string()), now),
         ..previous
     }
 }
@@ -158,23 +152,10 @@ pub fn events(sg: &ScatterGather, next: &ScatterGatherStatus) -> Vec<Note> {
     notes
 }
 
-fn with_previous(
-    sg: &ScatterGather,
-    conds: [Cond; 3],
-    generation: Option<i64>,
-    now: Timestamp,
-) -> Vec<Condition> {
-    let previous = sg
-        .status
-        .as_ref()
-        .map(|s| s.conditions.as_slice())
-        .unwrap_or_default();
-    finish(previous, conds, generation, now)
-}
-
 #[cfg(test)]
 mod tests {
     use k8s_openapi::api::apps::v1::{DeploymentStatus, StatefulSetStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
     use super::*;
     use crate::controller::RenderConfig;

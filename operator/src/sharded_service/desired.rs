@@ -28,8 +28,9 @@ use rigging_crds::sidecar::shard::{Protocol, ShardArgs, ShardConfig};
 use rigging_crds::{FieldError, FieldErrors, ShardedService};
 
 use super::reshard::{self, Plan};
+use crate::controller::with_managed;
 use crate::controller::{Child, Observed, RenderConfig, owner_references};
-use crate::shard_set::{ShardSet, match_labels, service_port, with_managed};
+use crate::shard_set::{ShardSet, match_labels, service_port};
 use crate::sidecars;
 use crate::sidecars::elect::ElectAccess;
 

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::ConfigMap;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use rigging_crds::sharded_service::RouterMode;
@@ -17,7 +16,7 @@ use rigging_crds::{FieldErrors, ShardedService, ShardedServiceStatus};
 use super::desired::{ring_version, router_name, shard_name, statefulset_names};
 use super::reshard;
 use crate::controller::conditions;
-use crate::controller::conditions::{Cond, cond, finish};
+use crate::controller::conditions::{Cond, cond};
 use crate::controller::rollouts::Rollout;
 use crate::controller::{Answers, Applied, Note};
 use crate::sidecars;
@@ -236,7 +235,7 @@ pub fn observed(
         leaving_shards: leaving,
         ring_version: ring.map(|r| r.version).or(previous.ring_version),
         moved_key_share,
-        conditions: conditions(ss, [ready, progressing, degraded], generation, now),
+        conditions: conditions::of(ss, [ready, progressing, degraded], now),
     }
 }
 
@@ -248,7 +247,7 @@ pub fn invalid(ss: &ShardedService, errors: &FieldErrors, now: Timestamp) -> Sha
     let previous = ss.status.clone().unwrap_or_default();
     ShardedServiceStatus {
         observed_generation: generation,
-        conditions: conditions(ss, conditions::invalid(&message), generation, now),
+        conditions: conditions::of(ss, conditions::invalid(&message), now),
         ..previous
     }
 }
@@ -323,23 +322,10 @@ pub fn requeue_after(status: &ShardedServiceStatus) -> Option<Duration> {
     (!status.leaving_shards.is_empty()).then_some(LEAVING_RECHECK)
 }
 
-fn conditions(
-    ss: &ShardedService,
-    conds: [Cond; 3],
-    generation: Option<i64>,
-    now: Timestamp,
-) -> Vec<Condition> {
-    let previous = ss
-        .status
-        .as_ref()
-        .map(|s| s.conditions.as_slice())
-        .unwrap_or_default();
-    finish(previous, conds, generation, now)
-}
-
 #[cfg(test)]
 mod tests {
     use k8s_openapi::api::apps::v1::{DeploymentStatus, StatefulSetStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
     use super::*;
     use crate::controller::{Child, RenderConfig};

@@ -22,7 +22,7 @@ use rigging_crds::sidecar::ports;
 use rigging_crds::sidecar::spec::{ElectBackend, ElectSidecar, Sidecars};
 use rigging_crds::{FieldError, FieldErrors};
 
-use crate::controller::Child;
+use crate::controller::{Child, bind_role};
 
 /// The field every error about the election sidecar is named under.
 const FIELD: &str = "spec.sidecars.elect";
@@ -325,20 +325,7 @@ impl ElectAccess {
             metadata: meta.clone(),
             rules: Some(rules),
         };
-        let role_binding = RoleBinding {
-            metadata: meta.clone(),
-            role_ref: RoleRef {
-                api_group: "rbac.authorization.k8s.io".into(),
-                kind: "Role".into(),
-                name,
-            },
-            subjects: Some(vec![Subject {
-                kind: "ServiceAccount".into(),
-                name: account,
-                namespace: meta.namespace.clone(),
-                ..Subject::default()
-            }]),
-        };
+        let role_binding = bind_role(meta.clone(), name, account);
         let operator_grant = grant.map(|grant| RoleBinding {
             metadata: ObjectMeta {
                 name: Some(format!("{owner}{GRANT_SUFFIX}")),

@@ -35,7 +35,7 @@ use rigging_crds::{FieldError, FieldErrors, WorkQueue};
 
 use super::results::{self, Recorded};
 use super::{naming, status};
-use crate::controller::{Child, MANAGER, Observed, RenderConfig, owner_references};
+use crate::controller::{Child, MANAGER, Observed, RenderConfig, child_meta};
 use crate::sidecars;
 use crate::sidecars::elect::ElectAccess;
 
@@ -135,13 +135,7 @@ pub fn labels(wq: &WorkQueue, component: &str) -> BTreeMap<String, String> {
 }
 
 fn meta(wq: &WorkQueue, name: String, component: &str) -> ObjectMeta {
-    ObjectMeta {
-        name: Some(name),
-        namespace: wq.namespace(),
-        labels: Some(labels(wq, component)),
-        owner_references: owner_references(wq),
-        ..ObjectMeta::default()
-    }
+    child_meta(wq, name, labels(wq, component))
 }
 
 /// Computes the children, or every reason the spec is invalid.

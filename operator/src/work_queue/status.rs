@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::ConfigMap;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
 use rigging_crds::work_queue::{
@@ -23,7 +23,7 @@ use super::desired::{self, ITEM_ANNOTATION, Item};
 use super::results::{self, Recorded};
 use super::{naming, pods};
 use crate::controller::conditions;
-use crate::controller::conditions::{Cond, cond, finish};
+use crate::controller::conditions::{Cond, cond, truncate};
 use crate::controller::{Applied, Note};
 
 /// How a Job finished.
@@ -313,7 +313,7 @@ pub fn observed(wq: &WorkQueue, applied: &Applied, now: Timestamp) -> WorkQueueS
         stuck_items: stuck,
         expired_jobs: expired,
         next_cleanup_time: next_cleanup.map(Time),
-        conditions: finish(previous_conditions(wq), conds, generation, now),
+        conditions: conditions::of(wq, conds, now),
     }
 }
 
@@ -577,21 +577,9 @@ pub fn invalid(wq: &WorkQueue, errors: &FieldErrors, now: Timestamp) -> WorkQueu
     let previous = wq.status.clone().unwrap_or_default();
     WorkQueueStatus {
         observed_generation: generation,
-        conditions: finish(
-            previous_conditions(wq),
-            conditions::invalid(&message),
-            generation,
-            now,
-        ),
+        conditions: conditions::of(wq, conditions::invalid(&message), now),
         ..previous
     }
-}
-
-fn previous_conditions(wq: &WorkQueue) -> &[Condition] {
-    wq.status
-        .as_ref()
-        .map(|s| s.conditions.as_slice())
-        .unwrap_or_default()
 }
 
 /// A Warning Event for every item that `next` records as failed and the current status
@@ -693,23 +681,13 @@ pub fn requeue_after(status: &WorkQueueStatus, now: Timestamp) -> Option<Duratio
     }
 }
 
-fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_owned();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::controller::Child;
     use crate::work_queue::fixtures::*;
     use k8s_openapi::api::core::v1::Pod;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
     const ITEMS: [&str; 4] = ["a", "b", "c", "d"];
 

@@ -1,6 +1,6 @@
 //! Two `rigging-operator run` replicas on one Lease: one leads, the other only waits, and
-//! takes over when the leader dies (within the lease duration plus a retry) or stops (at
-//! once: a stopping leader releases the Lease).
+//! takes over when the leader dies (once the Lease expires) or stops (on the release: a
+//! stopping leader releases the Lease).
 
 use std::time::{Duration, Instant};
 
@@ -75,12 +75,14 @@ async fn one_replica_leads_and_the_other_takes_over_when_it_dies_or_stops() {
         "the follower does not reconcile"
     );
 
-    // The leader dies without a word: the follower waits for the Lease to expire.
+    // The leader dies without a word: the follower waits for the Lease to expire, which is
+    // no sooner than LEASE - RETRY after the last renewal. (The upper bound is the wait's:
+    // on a loaded machine a takeover can come seconds after the expiry.)
     first.signal("-KILL");
     let took = until_held_by(&leases, "replica-b", LEASE + RETRY + SETTLE).await;
     assert!(
-        took <= LEASE + RETRY + Duration::from_secs(2),
-        "takeover after a crash took {took:?}"
+        took >= LEASE - RETRY,
+        "a follower took a Lease that had not expired, {took:?} after the leader died"
     );
     eventually("the new leader reconciling", SETTLE, || async {
         (second.counter(RECONCILES).await? > 0.0).then_some(())
@@ -102,18 +104,18 @@ async fn one_replica_leads_and_the_other_takes_over_when_it_dies_or_stops() {
     );
     let mut second = second;
     second.signal("-TERM");
-    let took = until_held_by(&leases, "replica-c", SETTLE).await;
-    // Released, not expired: the leader renews every RETRY, so without the release the
-    // follower could not take the Lease sooner than LEASE - RETRY after the signal. (Not a
-    // tighter bound: on a loaded machine the leader's drain takes a few seconds.)
-    assert!(
-        took < LEASE - RETRY,
-        "takeover after a SIGTERM took {took:?}"
-    );
+    until_held_by(&leases, "replica-c", SETTLE).await;
     assert_eq!(
         second.exit_code(SETTLE).await,
         Some(0),
         "a stopping leader exits 0"
+    );
+    // Released, not expired: the leader logs it once the API server took the release. (Not
+    // a bound on the time: on a loaded machine the leader's drain before it takes seconds.)
+    assert!(
+        second.log().contains("released the Lease"),
+        "a stopping leader releases its Lease; log: {}",
+        second.log()
     );
     eventually("the third leader reconciling", SETTLE, || async {
         (third.counter(RECONCILES).await? > 0.0).then_some(())

@@ -110,6 +110,7 @@ fn rigging_resources() -> Value {
         "WorkQueue",
         "Pipeline",
         "ScatterGather",
+        "MapReduce",
     ];
     Value::Array(
         kinds
@@ -124,10 +125,42 @@ fn rigging_resources() -> Value {
     )
 }
 
-/// Whether the fake serves the rigging.dev API (its CRDs are installed).
-type Crds = Arc<AtomicBool>;
+/// What the fake API server serves, as a test sets it.
+struct Served {
+    /// Whether the rigging.dev API is served (its CRDs are installed).
+    crds: AtomicBool,
+    /// A path the fake does not serve well, and how.
+    fault: Option<(&'static str, Fault)>,
+}
 
-async fn answer(req: Request<Incoming>, log: Log, lease: LeaseSlot, crds: Crds) -> Response<Body> {
+/// How the fake fails the requests of one path.
+#[derive(Clone, Copy, PartialEq)]
+enum Fault {
+    /// A GET fails with a 500, as an API server's that cannot reach etcd.
+    Fails,
+    /// Any request is never answered.
+    Hangs,
+}
+
+impl Served {
+    fn new(crds: bool, fault: Option<(&'static str, Fault)>) -> Arc<Self> {
+        Arc::new(Self {
+            crds: AtomicBool::new(crds),
+            fault,
+        })
+    }
+
+    fn fault(&self, path: &str) -> Option<Fault> {
+        self.fault.filter(|(p, _)| *p == path).map(|(_, f)| f)
+    }
+}
+
+async fn answer(
+    req: Request<Incoming>,
+    log: Log,
+    lease: LeaseSlot,
+    served: Arc<Served>,
+) -> Response<Body> {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let agent = req
@@ -147,6 +180,9 @@ async fn answer(req: Request<Incoming>, log: Log, lease: LeaseSlot, crds: Crds) 
         .map(|b| b.to_bytes())
         .unwrap_or_default();
     log.lock().unwrap().push(format!("{method} {path}"));
+    if served.fault(&path) == Some(Fault::Hangs) {
+        return std::future::pending().await;
+    }
     if let Some(response) = lease_answer(&method, &path, &body, &lease) {
         return response;
     }
@@ -155,7 +191,13 @@ async fn answer(req: Request<Incoming>, log: Log, lease: LeaseSlot, crds: Crds) 
         return Response::new(Either::Right(StreamBody::new(futures::stream::pending())));
     }
     match method {
-        Method::GET if path == "/apis/rigging.dev/v1alpha1" && crds.load(Ordering::SeqCst) => {
+        Method::GET if served.fault(&path) == Some(Fault::Fails) => json_body(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 500}),
+        ),
+        Method::GET
+            if path == "/apis/rigging.dev/v1alpha1" && served.crds.load(Ordering::SeqCst) =>
+        {
             json_body(
                 StatusCode::OK,
                 &json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "rigging.dev/v1alpha1",
@@ -193,7 +235,7 @@ async fn answer(req: Request<Incoming>, log: Log, lease: LeaseSlot, crds: Crds) 
 }
 
 /// Serves the fake API on a thread of its own; returns its address and request log.
-fn fake_api_server(lease: LeaseSlot, crds: Crds) -> (SocketAddr, Log) {
+fn fake_api_server(lease: LeaseSlot, served: Arc<Served>) -> (SocketAddr, Log) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let addr = listener.local_addr().unwrap();
@@ -213,11 +255,11 @@ fn fake_api_server(lease: LeaseSlot, crds: Crds) -> (SocketAddr, Log) {
                 };
                 let log = server_log.clone();
                 let lease = lease.clone();
-                let crds = crds.clone();
+                let served = served.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req| {
-                        let (log, lease, crds) = (log.clone(), lease.clone(), crds.clone());
-                        async move { Ok::<_, Infallible>(answer(req, log, lease, crds).await) }
+                        let (log, lease, served) = (log.clone(), lease.clone(), served.clone());
+                        async move { Ok::<_, Infallible>(answer(req, log, lease, served).await) }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
@@ -300,17 +342,17 @@ fn start(
     extra_args: &[&str],
     lease: Option<Value>,
 ) -> (SocketAddr, Log, LeaseSlot, Operator, tempfile::TempDir) {
-    start_with_crds(extra_args, lease, Crds::new(AtomicBool::new(true)))
+    start_with(extra_args, lease, Served::new(true, None))
 }
 
-/// [`start`], with the fake's CRDs installed while `crds` holds.
-fn start_with_crds(
+/// [`start`], with the fake serving as `served` says.
+fn start_with(
     extra_args: &[&str],
     lease: Option<Value>,
-    crds: Crds,
+    served: Arc<Served>,
 ) -> (SocketAddr, Log, LeaseSlot, Operator, tempfile::TempDir) {
     let lease = LeaseSlot::new(Mutex::new(lease));
-    let (api, log) = fake_api_server(lease.clone(), crds);
+    let (api, log) = fake_api_server(lease.clone(), served);
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
     std::fs::write(
@@ -405,9 +447,9 @@ fn run_reconciles_what_it_lists_and_serves_its_admin_endpoints() {
 
 #[test]
 fn readyz_stays_red_and_nothing_starts_until_the_crds_are_installed() {
-    let crds = Crds::new(AtomicBool::new(false));
+    let served = Served::new(false, None);
     let (admin, log, _, _operator, _dir) =
-        start_with_crds(&["--no-leader-election"], None, crds.clone());
+        start_with(&["--no-leader-election"], None, served.clone());
     eventually("the operator to look for its CRDs", || {
         first(&log, "GET /apis/rigging.dev/v1alpha1").is_some()
     });
@@ -421,7 +463,7 @@ fn readyz_stays_red_and_nothing_starts_until_the_crds_are_installed() {
         "no controller started"
     );
 
-    crds.store(true, Ordering::SeqCst);
+    served.crds.store(true, Ordering::SeqCst);
     eventually("/readyz to answer 200 once the CRDs are served", || {
         http_get(admin, "/readyz").is_some_and(|(s, _)| s == 200)
     });
@@ -432,6 +474,36 @@ fn readyz_stays_red_and_nothing_starts_until_the_crds_are_installed() {
 
 const DEPLOYMENT_APPLY: &str = "PATCH /apis/apps/v1/namespaces/shop/deployments/web";
 const LIST_REPLICATED_SERVICES: &str = "GET /apis/rigging.dev/v1alpha1/replicatedservices";
+
+#[test]
+fn sigterm_stops_the_operator_even_while_a_kind_cannot_be_listed() {
+    // The MapReduce controller never gets its first list, so it has nothing to drain; the
+    // others are reconciling. Stopping must wait for neither.
+    let failing = Some(("/apis/rigging.dev/v1alpha1/mapreduces", Fault::Fails));
+    let (_, log, _, mut operator, _dir) =
+        start_with(&["--no-leader-election"], None, Served::new(true, failing));
+    eventually("the Deployment to be applied", || {
+        first(&log, DEPLOYMENT_APPLY).is_some()
+    });
+    assert!(first(&log, "GET /apis/rigging.dev/v1alpha1/mapreduces").is_some());
+    assert!(operator.terminate().success());
+}
+
+#[test]
+fn sigterm_stops_the_operator_even_while_a_reconcile_waits_on_the_api_server() {
+    // The apply of the Deployment is never answered (kube's client would wait minutes), so
+    // a reconcile is running when the signal comes: it is dropped after the drain time.
+    let hanging = Some((
+        "/apis/apps/v1/namespaces/shop/deployments/web",
+        Fault::Hangs,
+    ));
+    let (_, log, _, mut operator, _dir) =
+        start_with(&["--no-leader-election"], None, Served::new(true, hanging));
+    eventually("the Deployment's apply to be sent", || {
+        first(&log, DEPLOYMENT_APPLY).is_some()
+    });
+    assert!(operator.terminate().success());
+}
 
 #[test]
 fn with_leader_election_the_controllers_start_only_once_the_lease_is_held() {
