@@ -9,20 +9,11 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{
-    Deployment, DeploymentSpec, StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy,
-    StatefulSetSpec,
-};
-use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec,
-    PodTemplateSpec, Probe, ResourceRequirements, SecurityContext, Service, ServicePort,
-    ServiceSpec, TCPSocketAction, VolumeMount, VolumeResourceRequirements,
-};
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::{PodSpec, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
-use rigging_crds::pipeline::{Broker, PipelineStage};
+use rigging_crds::pipeline::PipelineStage;
 use rigging_crds::sidecar::ports;
 use rigging_crds::sidecar::queue::{QueueArgs, Stage};
 use rigging_crds::sidecar::spec::{QueueSidecar, Sidecars};
@@ -30,8 +21,9 @@ use rigging_crds::sidecar::{SidecarArgs, duration};
 use rigging_crds::{FieldError, FieldErrors, Pipeline};
 
 use super::backlog::StageCounts;
-use crate::controller::{Child, MANAGER, Observed, RenderConfig, owner_references};
-use crate::sidecars::{self, Placement, QUEUE, field_env, hardened_security_context, resources};
+use crate::broker;
+use crate::controller::{Child, Observed, RenderConfig, child_meta, with_managed};
+use crate::sidecars::{self, Placement, QUEUE, resources};
 
 /// The `app.kubernetes.io/name` of every pod a Pipeline runs: not the pipeline's own
 /// name, so that no other kind's selector (`name` = its object's name) takes them in.
@@ -40,22 +32,9 @@ pub const APP_NAME: &str = "rigging-pipeline";
 pub const STAGE_LABEL: &str = "rigging.dev/stage";
 /// The container port name of the queue sidecar's admin port, which the operator asks.
 pub const ADMIN_PORT: &str = sidecars::QUEUE_ADMIN_PORT;
-/// The managed broker's image when the pipeline names none.
-pub const DEFAULT_BROKER_IMAGE: &str = "nats:2.10";
-/// The managed broker's volume when the pipeline gives no size.
-pub const DEFAULT_STORAGE: &str = "1Gi";
-/// NATS's ports: clients, cluster routes, monitoring.
-const CLIENT_PORT: i32 = 4222;
-const ROUTE_PORT: i32 = 6222;
-const MONITOR_PORT: i32 = 8222;
 
 /// The only variable a predicate or key may read.
 const MESSAGE: &str = "message";
-
-/// The name of the broker's StatefulSet and Service.
-pub fn broker_name(pipeline: &str) -> String {
-    format!("{pipeline}-broker")
-}
 
 /// The name of a stage's Deployment.
 pub fn stage_name(pipeline: &str, stage: &str) -> String {
@@ -82,49 +61,6 @@ fn stage_selector(p: &Pipeline, stage: &str) -> BTreeMap<String, String> {
     let mut labels = stages_selector(p);
     labels.insert(STAGE_LABEL.into(), stage.into());
     labels
-}
-
-fn labels(mut selector: BTreeMap<String, String>) -> BTreeMap<String, String> {
-    selector.insert("app.kubernetes.io/managed-by".into(), MANAGER.into());
-    selector.insert("app.kubernetes.io/part-of".into(), "rigging".into());
-    selector
-}
-
-fn meta(p: &Pipeline, name: String, labels: BTreeMap<String, String>) -> ObjectMeta {
-    ObjectMeta {
-        name: Some(name),
-        namespace: p.namespace(),
-        labels: Some(labels),
-        owner_references: owner_references(p),
-        ..ObjectMeta::default()
-    }
-}
-
-/// Whether the operator runs the broker: the pipeline names none.
-pub fn is_managed(broker: &Broker) -> bool {
-    broker.url.is_none() && broker.url_secret.is_none()
-}
-
-/// Servers of the managed broker.
-fn broker_replicas(broker: &Broker) -> i32 {
-    broker.replicas.unwrap_or(1)
-}
-
-/// The URL the stages are given (`None`: from the Secret), comma-separated for a cluster:
-/// each server by its own name, so that a client knows every server from the start.
-pub fn broker_url(p: &Pipeline) -> Option<String> {
-    let broker = &p.spec.broker;
-    if !is_managed(broker) {
-        return broker.url.clone();
-    }
-    let name = broker_name(&p.name_any());
-    Some(match broker_replicas(broker) {
-        1 => format!("nats://{name}:{CLIENT_PORT}"),
-        n => (0..n)
-            .map(|i| format!("nats://{name}-{i}.{name}:{CLIENT_PORT}"))
-            .collect::<Vec<_>>()
-            .join(","),
-    })
 }
 
 /// The stream that holds the pipeline's topics.
@@ -159,12 +95,12 @@ pub fn outputs(stage: &PipelineStage) -> Vec<String> {
 /// The queue sidecar's command line for `stage`.
 pub fn stage_args(p: &Pipeline, stage: &PipelineStage) -> QueueArgs {
     let broker = &p.spec.broker;
-    let defaults = QueueArgs::new(broker_url(p));
+    let defaults = QueueArgs::new(broker::url(&p.name_any(), broker));
     let parsed = |text: &Option<String>| text.as_deref().and_then(|t| duration::parse(t).ok());
     let mut args = QueueArgs {
         stream: stream(p),
-        stream_replicas: if is_managed(broker) {
-            broker_replicas(broker).unsigned_abs()
+        stream_replicas: if broker::is_managed(broker) {
+            broker::replicas(broker).unsigned_abs()
         } else {
             1
         },
@@ -279,32 +215,8 @@ pub fn validate(p: &Pipeline) -> Result<(), FieldErrors> {
             }
         }
     }
-    if let Some(storage) = &p.spec.broker.storage
-        && !is_quantity(storage)
-    {
-        errors.push(FieldError::new(
-            "spec.broker.storage",
-            format!("{storage:?} is not a size: a number with a unit, such as 1Gi or 500Mi"),
-        ));
-    }
+    errors.extend(broker::check(&p.spec.broker, "spec.broker"));
     FieldErrors::into_result(errors)
-}
-
-/// A storage size as a PersistentVolumeClaim takes it: digits, an optional fraction and
-/// a binary or decimal unit.
-fn is_quantity(text: &str) -> bool {
-    let number_end = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(number_end);
-    let number_ok = !number.is_empty()
-        && number.matches('.').count() <= 1
-        && !number.starts_with('.')
-        && !number.ends_with('.');
-    let units = [
-        "", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "k", "M", "G", "T", "P", "E",
-    ];
-    number_ok && units.contains(&unit)
 }
 
 /// The children of `p`, or every reason it is invalid. `observed` gives the stages'
@@ -320,9 +232,17 @@ pub fn desired(
         .map(super::backlog::counts)
         .unwrap_or_default();
     let mut children = Vec::new();
-    if is_managed(&p.spec.broker) {
-        children.push(Child::Service(broker_service(p)));
-        children.push(Child::StatefulSet(broker_statefulset(p)));
+    if broker::is_managed(&p.spec.broker) {
+        let name = broker::name(&p.name_any());
+        let selector = selector(p, "broker");
+        let meta = child_meta(p, name, with_managed(selector.clone()));
+        children.push(Child::Service(broker::service(meta.clone(), &selector)));
+        children.push(Child::StatefulSet(broker::statefulset(
+            meta,
+            &selector,
+            &p.name_any(),
+            &p.spec.broker,
+        )));
     }
     let mut errors = Vec::new();
     for (i, stage) in p.spec.stages.iter().enumerate() {
@@ -363,187 +283,6 @@ pub fn replicas(stage: &PipelineStage, counts: Option<&StageCounts>, current: Op
     }
 }
 
-fn broker_service(p: &Pipeline) -> Service {
-    let name = broker_name(&p.name_any());
-    let port = |name: &str, port: i32| ServicePort {
-        name: Some(name.into()),
-        port,
-        target_port: Some(IntOrString::Int(port)),
-        protocol: Some("TCP".into()),
-        ..ServicePort::default()
-    };
-    Service {
-        metadata: meta(p, name, labels(selector(p, "broker"))),
-        spec: Some(ServiceSpec {
-            // Headless: each server has a name of its own, which the cluster's routes and
-            // the clients' server lists use; and the servers must find each other before
-            // any is ready.
-            cluster_ip: Some("None".into()),
-            publish_not_ready_addresses: Some(true),
-            selector: Some(selector(p, "broker")),
-            ports: Some(vec![
-                port("client", CLIENT_PORT),
-                port("cluster", ROUTE_PORT),
-                port("monitor", MONITOR_PORT),
-            ]),
-            ..ServiceSpec::default()
-        }),
-        status: None,
-    }
-}
-
-fn broker_statefulset(p: &Pipeline) -> StatefulSet {
-    let broker = &p.spec.broker;
-    let name = broker_name(&p.name_any());
-    let replicas = broker_replicas(broker);
-    let mut args: Vec<String> = [
-        "--jetstream",
-        "--store_dir",
-        "/data",
-        "--port",
-        "4222",
-        "--http_port",
-        "8222",
-        "--server_name",
-        "$(POD_NAME)",
-    ]
-    .map(String::from)
-    .to_vec();
-    if replicas > 1 {
-        let routes = (0..replicas)
-            .map(|i| format!("nats://{name}-{i}.{name}:{ROUTE_PORT}"))
-            .collect::<Vec<_>>()
-            .join(",");
-        args.extend([
-            "--cluster_name".into(),
-            p.name_any(),
-            "--cluster".into(),
-            format!("nats://0.0.0.0:{ROUTE_PORT}"),
-            "--routes".into(),
-            routes,
-        ]);
-    }
-    let port = |name: &str, port: i32| ContainerPort {
-        name: Some(name.into()),
-        container_port: port,
-        protocol: Some("TCP".into()),
-        ..ContainerPort::default()
-    };
-    let server = Container {
-        name: "nats".into(),
-        image: Some(
-            broker
-                .image
-                .clone()
-                .unwrap_or_else(|| DEFAULT_BROKER_IMAGE.into()),
-        ),
-        args: Some(args),
-        env: Some(vec![field_env("POD_NAME", "metadata.name")]),
-        ports: Some(vec![
-            port("client", CLIENT_PORT),
-            port("cluster", ROUTE_PORT),
-            port("monitor", MONITOR_PORT),
-        ]),
-        readiness_probe: Some(Probe {
-            tcp_socket: Some(TCPSocketAction {
-                port: IntOrString::Int(CLIENT_PORT),
-                ..TCPSocketAction::default()
-            }),
-            period_seconds: Some(2),
-            ..Probe::default()
-        }),
-        resources: Some(broker_resources()),
-        // The server writes only to its volume. It runs as the image's user (root in the
-        // nats image, whose volumes from hostPath provisioners are root's), without
-        // privileges.
-        security_context: Some(SecurityContext {
-            run_as_non_root: None,
-            run_as_user: None,
-            run_as_group: None,
-            ..hardened_security_context()
-        }),
-        volume_mounts: Some(vec![VolumeMount {
-            name: "data".into(),
-            mount_path: "/data".into(),
-            ..VolumeMount::default()
-        }]),
-        ..Container::default()
-    };
-    StatefulSet {
-        metadata: meta(p, name.clone(), labels(selector(p, "broker"))),
-        spec: Some(StatefulSetSpec {
-            service_name: Some(name),
-            replicas: Some(replicas),
-            // The servers of a cluster must all run before any has a quorum: started one
-            // by one, the first would wait for ever to be ready.
-            pod_management_policy: Some("Parallel".into()),
-            selector: LabelSelector {
-                match_labels: Some(selector(p, "broker")),
-                ..LabelSelector::default()
-            },
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels(selector(p, "broker"))),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(PodSpec {
-                    containers: vec![server],
-                    automount_service_account_token: Some(false),
-                    ..PodSpec::default()
-                }),
-            },
-            volume_claim_templates: Some(vec![PersistentVolumeClaim {
-                metadata: ObjectMeta {
-                    name: Some("data".into()),
-                    ..ObjectMeta::default()
-                },
-                spec: Some(PersistentVolumeClaimSpec {
-                    access_modes: Some(vec!["ReadWriteOnce".into()]),
-                    resources: Some(VolumeResourceRequirements {
-                        requests: Some(BTreeMap::from([(
-                            "storage".to_owned(),
-                            Quantity(
-                                broker
-                                    .storage
-                                    .clone()
-                                    .unwrap_or_else(|| DEFAULT_STORAGE.into()),
-                            ),
-                        )])),
-                        ..VolumeResourceRequirements::default()
-                    }),
-                    ..PersistentVolumeClaimSpec::default()
-                }),
-                status: None,
-            }]),
-            // The messages are the pipeline's: they go with it, not with a scale-in.
-            persistent_volume_claim_retention_policy: Some(
-                StatefulSetPersistentVolumeClaimRetentionPolicy {
-                    when_deleted: Some("Delete".into()),
-                    when_scaled: Some("Retain".into()),
-                },
-            ),
-            ..StatefulSetSpec::default()
-        }),
-        status: None,
-    }
-}
-
-/// A managed server's CPU and memory: little at rest; JetStream's file store keeps
-/// messages on disk, and the limit leaves room for its caches under a burst.
-fn broker_resources() -> ResourceRequirements {
-    let list = |pairs: &[(&str, &str)]| {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), Quantity((*v).to_owned())))
-            .collect::<BTreeMap<_, _>>()
-    };
-    ResourceRequirements {
-        requests: Some(list(&[("cpu", "50m"), ("memory", "64Mi")])),
-        limits: Some(list(&[("cpu", "2"), ("memory", "1Gi")])),
-        ..ResourceRequirements::default()
-    }
-}
-
 fn stage_deployment(
     p: &Pipeline,
     index: usize,
@@ -566,7 +305,7 @@ fn stage_deployment(
         &format!("{field}.resources"),
     )
     .map_err(FieldErrors)?;
-    let pod_labels = labels(stage_selector(p, &stage.name));
+    let pod_labels = with_managed(stage_selector(p, &stage.name));
     let template = match &stage.handler {
         None => {
             let mut queue = sidecars::main_container(
@@ -601,7 +340,7 @@ fn stage_deployment(
             // block does not.
             let block = Sidecars {
                 queue: Some(QueueSidecar {
-                    url: broker_url(p),
+                    url: broker::url(&p.name_any(), &p.spec.broker),
                     url_secret: p.spec.broker.url_secret.clone(),
                     ..QueueSidecar::default()
                 }),
@@ -640,10 +379,10 @@ fn stage_deployment(
         }
     };
     Ok(Deployment {
-        metadata: meta(
+        metadata: child_meta(
             p,
             stage_name(&p.name_any(), &stage.name),
-            labels(stage_selector(p, &stage.name)),
+            with_managed(stage_selector(p, &stage.name)),
         ),
         spec: Some(DeploymentSpec {
             replicas: Some(replicas),
@@ -879,16 +618,6 @@ spec:
         let p = pipeline(&BANKING.replace("otherwise: valid", "otherwise: transactions"));
         let errors = validate(&p).unwrap_err();
         assert_eq!(errors.0[0].field, "spec.stages[0].from");
-    }
-
-    #[test]
-    fn storage_sizes_are_checked() {
-        for good in ["1Gi", "500Mi", "10G", "1.5Gi", "1000"] {
-            assert!(is_quantity(good), "{good}");
-        }
-        for bad in ["", "Gi", "1 Gi", "1GB", "1..5Gi", ".5Gi", "-1Gi"] {
-            assert!(!is_quantity(bad), "{bad}");
-        }
     }
 
     #[test]

@@ -13,8 +13,9 @@ use rigging_crds::sidecar::queue::DEAD_LETTER_SUFFIX;
 use rigging_crds::{FieldErrors, Pipeline, PipelineStatus};
 
 use super::backlog::{self, StageCounts};
-use super::desired::{broker_name, broker_url, is_managed, outputs, stage_name};
-use crate::controller::conditions::{self, Cond, cond, finish};
+use super::desired::{outputs, stage_name};
+use crate::broker;
+use crate::controller::conditions::{self, Cond, cond};
 use crate::controller::{Answers, Applied, Note};
 
 /// Whether a Deployment runs its current template on every pod it asks for, all ready.
@@ -29,10 +30,10 @@ fn deployment_ready(d: &Deployment) -> bool {
 
 /// The broker's state in words, and whether it is ready.
 fn broker_state(p: &Pipeline, applied: &Applied) -> (bool, String) {
-    if !is_managed(&p.spec.broker) {
+    if !broker::is_managed(&p.spec.broker) {
         return (true, "an existing broker".into());
     }
-    let Some(sts) = applied.get::<StatefulSet>(&broker_name(&p.name_any())) else {
+    let Some(sts) = applied.get::<StatefulSet>(&broker::name(&p.name_any())) else {
         return (
             false,
             "the broker's StatefulSet has not been observed yet".into(),
@@ -130,17 +131,12 @@ pub fn observed(
     let lag = stages.iter().map(|s| s.lag).sum();
     PipelineStatus {
         observed_generation: generation,
-        broker: broker_url(p),
+        broker: broker::url(&p.name_any(), &p.spec.broker),
         ready_stages,
         lag,
         topics: topics(p, &counts),
         stages,
-        conditions: finish(
-            previous.map_or(&[], |s| s.conditions.as_slice()),
-            [ready, progressing, degraded, conserved],
-            generation,
-            now,
-        ),
+        conditions: conditions::of(p, [ready, progressing, degraded, conserved], now),
     }
 }
 
@@ -226,12 +222,7 @@ pub fn invalid(p: &Pipeline, errors: &FieldErrors, now: Timestamp) -> PipelineSt
     let previous = p.status.clone().unwrap_or_default();
     PipelineStatus {
         observed_generation: p.metadata.generation,
-        conditions: finish(
-            &previous.conditions,
-            conditions::invalid(&errors.to_string()),
-            p.metadata.generation,
-            now,
-        ),
+        conditions: conditions::of(p, conditions::invalid(&errors.to_string()), now),
         ..previous
     }
 }
