@@ -2,6 +2,7 @@
 //! refuses its bad case with the message users will read (real cel-go, with its cost
 //! limits), which is also the message `render` gives.
 
+use kube::Resource;
 use kube::api::{Api, DynamicObject, PostParams};
 use kube::core::ApiResource;
 use rigging_crds::ReplicatedService;
@@ -9,7 +10,67 @@ use rigging_operator::controller::RenderConfig;
 use rigging_operator::render;
 use serde_json::{Value, json};
 
-use crate::support::{cluster, examples, replicated_service};
+use crate::support::{Cluster, SETTLE, cluster, eventually, examples, replicated_service};
+
+/// The cluster, once the CRD of `K` is established (a test may start while the CRDs the
+/// suite applied are still being set up).
+pub async fn kind_cluster<K: Resource<DynamicType = ()>>(test: &str) -> Option<Cluster> {
+    let cluster = cluster(test).await?;
+    let crd = format!("crd/{}.{}", K::plural(&()), K::group(&()));
+    cluster.kubectl_ok(&["wait", "--for=condition=Established", "--timeout=60s", &crd]);
+    Some(cluster)
+}
+
+/// Every example of `examples/<folder>` passes a server-side dry run in `namespace`, and each
+/// bad object of kind `K` (a name, the object, the words of the rule it breaks) is refused
+/// with those words, by the API server and by `render`.
+pub async fn assert_examples_accepted_and_bad_ones_refused<K: Resource<DynamicType = ()>>(
+    cluster: &Cluster,
+    namespace: &str,
+    folder: &str,
+    bad: impl IntoIterator<Item = (&'static str, Value, &'static str)>,
+) {
+    for (path, _) in examples(folder) {
+        let out = cluster.kubectl_ok(&["apply", "-n", namespace, "-f", &path, "--dry-run=server"]);
+        assert!(out.contains("created"), "{path}: {out}");
+    }
+    let resource = ApiResource::erase::<K>(&());
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(cluster.client.clone(), namespace, &resource);
+    for (name, object, words) in bad {
+        assert_refused(&api, name, &object, words).await;
+    }
+}
+
+/// That the operator refuses `object` (of kind `K`), which the API server accepts, naming
+/// `field` in its `Ready` condition (reason `InvalidSpec`) and in a Warning Event.
+pub async fn assert_invalid_spec_said<K: Resource<DynamicType = ()>>(
+    cluster: &Cluster,
+    namespace: &str,
+    object: &Value,
+    field: &str,
+) {
+    cluster.apply(object);
+    let name = object["metadata"]["name"].as_str().expect("a name");
+    let resource = ApiResource::erase::<K>(&());
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(cluster.client.clone(), namespace, &resource);
+    let message = eventually("the status says why", SETTLE, || async {
+        let object = api.get(name).await.ok()?;
+        let conditions = object.data["status"]["conditions"].as_array()?.clone();
+        let ready = conditions.into_iter().find(|c| c["type"] == "Ready")?;
+        let message = ready["message"].as_str().unwrap_or_default().to_owned();
+        (ready["reason"] == "InvalidSpec").then_some(message)
+    })
+    .await;
+    assert!(message.contains(field), "{message}");
+    let events = eventually("an InvalidSpec Event", SETTLE, || async {
+        let events = cluster.event_messages(namespace, "InvalidSpec", name);
+        (!events.is_empty()).then_some(events)
+    })
+    .await;
+    assert!(events.contains(field), "{events}");
+}
 
 #[tokio::test]
 async fn crds_and_every_example_are_accepted() {

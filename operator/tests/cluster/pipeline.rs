@@ -6,24 +6,14 @@
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Service;
-use kube::api::{Api, DynamicObject};
-use kube::core::ApiResource;
+use kube::api::Api;
 use rigging_crds::Pipeline;
 use serde_json::{Value, json};
 
-use crate::crds::assert_refused;
-use crate::support::{Cluster, SETTLE, cluster, eventually, examples};
-
-async fn pipeline_cluster(test: &str) -> Option<Cluster> {
-    let cluster = cluster(test).await?;
-    cluster.kubectl_ok(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/pipelines.rigging.dev",
-    ]);
-    Some(cluster)
-}
+use crate::crds::{
+    assert_examples_accepted_and_bad_ones_refused, assert_invalid_spec_said, kind_cluster,
+};
+use crate::support::{SETTLE, eventually};
 
 /// A valid pipeline of one filter stage, `change` laid over it.
 fn pipeline(name: &str, namespace: &str, change: &Value) -> Value {
@@ -125,25 +115,20 @@ fn bad_cases() -> Vec<(&'static str, Value, &'static str)> {
 
 #[tokio::test]
 async fn the_examples_are_accepted_and_each_pipeline_rule_refuses_its_bad_case() {
-    let Some(cluster) = pipeline_cluster("pipeline-rules").await else {
+    let Some(cluster) = kind_cluster::<Pipeline>("pipeline-rules").await else {
         return;
     };
     let ns = cluster.namespace("pipeline-rules").await;
-    for (path, _) in examples("pipeline") {
-        let out = cluster.kubectl_ok(&["apply", "-n", &ns.name, "-f", &path, "--dry-run=server"]);
-        assert!(out.contains("created"), "{path}: {out}");
-    }
-    let resource = ApiResource::erase::<Pipeline>(&());
-    let api: Api<DynamicObject> = Api::namespaced_with(cluster.client.clone(), &ns.name, &resource);
-    for (name, change, words) in bad_cases() {
-        let object = pipeline(name, &ns.name, &change);
-        assert_refused(&api, name, &object, words).await;
-    }
+    let bad = bad_cases()
+        .into_iter()
+        .map(|(name, change, words)| (name, pipeline(name, &ns.name, &change), words));
+    assert_examples_accepted_and_bad_ones_refused::<Pipeline>(&cluster, &ns.name, "pipeline", bad)
+        .await;
 }
 
 #[tokio::test]
 async fn the_operator_runs_a_broker_and_a_deployment_per_stage_or_says_why_it_cannot() {
-    let Some(cluster) = pipeline_cluster("pipeline-children").await else {
+    let Some(cluster) = kind_cluster::<Pipeline>("pipeline-children").await else {
         return;
     };
     let ns = cluster.namespace("pipeline-children").await;
@@ -209,35 +194,8 @@ async fn the_operator_runs_a_broker_and_a_deployment_per_stage_or_says_why_it_ca
             }}}}
         ]}}),
     );
-    let applied = cluster.kubectl_with_input(&["apply", "-f", "-"], Some(&bad.to_string()));
-    assert!(
-        applied.status.success(),
-        "{}",
-        String::from_utf8_lossy(&applied.stderr)
-    );
-    let pipelines: Api<Pipeline> = Api::namespaced(cluster.client.clone(), &ns.name);
-    let message = eventually("the status says why", SETTLE, || async {
-        let p = pipelines.get("bad").await.ok()?;
-        let ready = p
-            .status?
-            .conditions
-            .into_iter()
-            .find(|c| c.type_ == "Ready")?;
-        (ready.reason == "InvalidSpec").then_some(ready.message)
-    })
-    .await;
-    assert!(message.contains("spec.stages[0].handler.port"), "{message}");
-    let events = cluster.kubectl_ok(&[
-        "get",
-        "events",
-        "-n",
-        &ns.name,
-        "--field-selector",
-        "reason=InvalidSpec,involvedObject.name=bad",
-        "-o",
-        "jsonpath={.items[*].message}",
-    ]);
-    assert!(events.contains("spec.stages[0].handler.port"), "{events}");
+    assert_invalid_spec_said::<Pipeline>(&cluster, &ns.name, &bad, "spec.stages[0].handler.port")
+        .await;
     assert!(
         deployments.get("bad-keep").await.is_err(),
         "nothing made of it"

@@ -6,25 +6,15 @@
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
-use kube::api::{Api, DynamicObject};
-use kube::core::ApiResource;
+use kube::api::Api;
 use rigging_crds::ScatterGather;
 use rigging_crds::sidecar::gather::GatherConfig;
 use serde_json::{Value, json};
 
-use crate::crds::assert_refused;
-use crate::support::{Cluster, SETTLE, cluster, eventually, examples};
-
-async fn scatter_gather_cluster(test: &str) -> Option<Cluster> {
-    let cluster = cluster(test).await?;
-    cluster.kubectl_ok(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/scattergathers.rigging.dev",
-    ]);
-    Some(cluster)
-}
+use crate::crds::{
+    assert_examples_accepted_and_bad_ones_refused, assert_invalid_spec_said, kind_cluster,
+};
+use crate::support::{SETTLE, eventually};
 
 /// A valid ScatterGather of two shards, `change` laid over it.
 fn scatter_gather(name: &str, namespace: &str, change: &Value) -> Value {
@@ -100,26 +90,26 @@ fn bad_cases() -> Vec<(&'static str, Value, &'static str)> {
 
 #[tokio::test]
 async fn the_example_is_accepted_and_each_scatter_gather_rule_refuses_its_bad_case() {
-    let Some(cluster) = scatter_gather_cluster("scatter-gather-rules").await else {
+    let Some(cluster) = kind_cluster::<ScatterGather>("scatter-gather-rules").await else {
         return;
     };
     let ns = cluster.namespace("sg-rules").await;
-    for (path, _) in examples("scatter-gather") {
-        let out = cluster.kubectl_ok(&["apply", "-n", &ns.name, "-f", &path, "--dry-run=server"]);
-        assert!(out.contains("created"), "{path}: {out}");
-    }
-    let resource = ApiResource::erase::<ScatterGather>(&());
-    let api: Api<DynamicObject> = Api::namespaced_with(cluster.client.clone(), &ns.name, &resource);
-    for (name, change, words) in bad_cases() {
-        // Laid over the valid one: `merge.first` joins its `merge.sum`, a merger its merge.
-        let object = scatter_gather(name, &ns.name, &change);
-        assert_refused(&api, name, &object, words).await;
-    }
+    // Laid over the valid one: `merge.first` joins its `merge.sum`, a merger its merge.
+    let bad = bad_cases()
+        .into_iter()
+        .map(|(name, change, words)| (name, scatter_gather(name, &ns.name, &change), words));
+    assert_examples_accepted_and_bad_ones_refused::<ScatterGather>(
+        &cluster,
+        &ns.name,
+        "scatter-gather",
+        bad,
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn the_operator_runs_leaves_and_a_root_or_says_why_it_cannot() {
-    let Some(cluster) = scatter_gather_cluster("scatter-gather-children").await else {
+    let Some(cluster) = kind_cluster::<ScatterGather>("scatter-gather-children").await else {
         return;
     };
     let ns = cluster.namespace("sg-children").await;
@@ -188,34 +178,6 @@ async fn the_operator_runs_leaves_and_a_root_or_says_why_it_cannot() {
         &ns.name,
         &json!({"spec": {"deadline": "200ms", "leafTimeout": "1s"}}),
     );
-    let applied = cluster.kubectl_with_input(&["apply", "-f", "-"], Some(&bad.to_string()));
-    assert!(
-        applied.status.success(),
-        "{}",
-        String::from_utf8_lossy(&applied.stderr)
-    );
-    let api: Api<ScatterGather> = Api::namespaced(cluster.client.clone(), &ns.name);
-    let message = eventually("the status says why", SETTLE, || async {
-        let sg = api.get("bad").await.ok()?;
-        let ready = sg
-            .status?
-            .conditions
-            .into_iter()
-            .find(|c| c.type_ == "Ready")?;
-        (ready.reason == "InvalidSpec").then_some(ready.message)
-    })
-    .await;
-    assert!(message.contains("spec.leafTimeout"), "{message}");
-    let events = cluster.kubectl_ok(&[
-        "get",
-        "events",
-        "-n",
-        &ns.name,
-        "--field-selector",
-        "reason=InvalidSpec,involvedObject.name=bad",
-        "-o",
-        "jsonpath={.items[*].message}",
-    ]);
-    assert!(events.contains("spec.leafTimeout"), "{events}");
+    assert_invalid_spec_said::<ScatterGather>(&cluster, &ns.name, &bad, "spec.leafTimeout").await;
     assert!(sts.get("bad-0").await.is_err(), "nothing made of it");
 }

@@ -124,6 +124,36 @@ impl Cluster {
         run_tool("kubectl", args, input, &self.kubeconfig)
     }
 
+    /// Applies `object` as a user would (`kubectl apply -f -`); panics with kubectl's
+    /// stderr if it fails.
+    pub fn apply(&self, object: &Value) {
+        let out = self.kubectl_with_input(&["apply", "-f", "-"], Some(&object.to_string()));
+        assert!(
+            out.status.success(),
+            "kubectl apply: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The messages of the Events of `reason` in `namespace` (about `object`, when not
+    /// empty), space-separated: empty when there are none.
+    pub fn event_messages(&self, namespace: &str, reason: &str, object: &str) -> String {
+        let mut selector = format!("reason={reason}");
+        if !object.is_empty() {
+            selector.push_str(&format!(",involvedObject.name={object}"));
+        }
+        self.kubectl_ok(&[
+            "get",
+            "events",
+            "-n",
+            namespace,
+            "--field-selector",
+            &selector,
+            "-o",
+            "jsonpath={.items[*].message}",
+        ])
+    }
+
     /// Runs `kubectl` and returns its stdout; panics with its stderr if it fails.
     pub fn kubectl_ok(&self, args: &[&str]) -> String {
         let out = self.kubectl(args);
@@ -383,6 +413,11 @@ impl Operator {
             "rigging-operator did not exit within {within:?}; log: {}",
             self.log.display()
         );
+    }
+
+    /// What the process logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// The value of the counter `name` (summed over its labels) on `/metrics`, 0 when the
