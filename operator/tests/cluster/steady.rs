@@ -151,7 +151,9 @@ async fn a_new_autoscaled_service_writes_its_status_once_while_its_pods_are_made
     // makes a ReplicaSet, which makes a pod; the autoscaler scales it to its minimum of 2;
     // the ReplicaSet makes the second pod. Each of these changed the status before.
     let deployments: Api<Deployment> = Api::namespaced(cluster.client.clone(), &ns.name);
-    eventually("the autoscaler's 2 pods of web", SETTLE, || async {
+    // CONVERGE, not SETTLE: the autoscaler acts on its 15 s sync period, and pods come
+    // slower than that on a loaded node.
+    eventually("the autoscaler's 2 pods of web", CONVERGE, || async {
         let d = deployments.get_opt("web").await.ok()??;
         let status = d.status.as_ref()?;
         (d.spec.as_ref()?.replicas == Some(2)
