@@ -150,9 +150,14 @@ async fn the_search_example_merges_every_shard_covers_a_lost_leaf_and_says_a_los
     let lines = String::from_utf8_lossy(&out.stdout).into_owned();
     let answers: Vec<&str> = lines.lines().collect();
     assert!(answers.len() > 20, "the load ran: {lines}");
+    // While search-1-0 is gone, search-1-1 carries shard 1 alone, so one late answer of
+    // it on a busy node (CI runs the node suite in parallel) can cost a search its shard:
+    // one is allowed. Without the failover, every root would lose a search each time it
+    // gave search-1-0 a first try again, which it does once per FAILING_FOR (5 s): by that
+    // reckoning, not a measurement, some ten over the 25 s.
     let uncovered: Vec<&&str> = answers.iter().filter(|l| **l != "200 4/4").collect();
     assert!(
-        uncovered.is_empty(),
+        uncovered.len() <= 1 && uncovered.iter().all(|l| **l == "200 3/4"),
         "{} of {} searches were not answered by all four shards while search-1-0 was replaced: {uncovered:?}",
         uncovered.len(),
         answers.len()
@@ -180,16 +185,7 @@ async fn the_search_example_merges_every_shard_covers_a_lost_leaf_and_says_a_los
         hits(&partial).iter().all(|(doc, _)| shard_of(doc) != 2),
         "no document of shard 2: {partial}"
     );
-    let events = cluster.kubectl_ok(&[
-        "get",
-        "events",
-        "-n",
-        &ns.name,
-        "--field-selector",
-        "reason=ShardWithoutLeaf",
-        "-o",
-        "jsonpath={.items[*].message}",
-    ]);
+    let events = cluster.event_messages(&ns.name, "ShardWithoutLeaf", "");
     assert!(events.contains("search-2"), "{events}");
 
     // Back: Ready again, and whole answers.
