@@ -9,6 +9,8 @@
 
 pub mod field_error;
 #[cfg(feature = "api")]
+pub mod map_reduce;
+#[cfg(feature = "api")]
 pub mod pipeline;
 #[cfg(feature = "api")]
 pub mod replicated_service;
@@ -23,6 +25,8 @@ pub mod sidecar;
 pub mod work_queue;
 
 pub use field_error::{FieldError, FieldErrors};
+#[cfg(feature = "api")]
+pub use map_reduce::{MapReduce, MapReduceSpec, MapReduceStatus};
 #[cfg(feature = "api")]
 pub use pipeline::{Pipeline, PipelineSpec, PipelineStatus};
 #[cfg(feature = "api")]

@@ -6,8 +6,10 @@ use std::path::{Path, PathBuf};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, Patch, PatchParams};
-use kube::{Client, CustomResourceExt};
-use rigging_crds::{Pipeline, ReplicatedService, ScatterGather, ShardedService, WorkQueue};
+use kube::{Client, CustomResourceExt, Resource};
+use rigging_crds::{
+    MapReduce, Pipeline, ReplicatedService, ScatterGather, ShardedService, WorkQueue,
+};
 
 /// The annotation of each CRD that names the Rigging release whose types it carries.
 pub const VERSION_ANNOTATION: &str = "rigging.dev/version";
@@ -15,15 +17,38 @@ pub const VERSION_ANNOTATION: &str = "rigging.dev/version";
 /// This build's release, which its CRDs carry in [`VERSION_ANNOTATION`].
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// `each!(f)`: `vec![f::<Kind>(), …]` over every Rigging kind, in a stable order: the one
+/// list of kinds [`all`] and [`plurals`] share.
+macro_rules! each {
+    ($f:ident) => {
+        vec![
+            $f::<MapReduce>(),
+            $f::<Pipeline>(),
+            $f::<ReplicatedService>(),
+            $f::<ScatterGather>(),
+            $f::<ShardedService>(),
+            $f::<WorkQueue>(),
+        ]
+    };
+}
+
+fn plural<K: Resource<DynamicType = ()>>() -> String {
+    K::plural(&()).into_owned()
+}
+
+fn crd<K: CustomResourceExt>() -> CustomResourceDefinition {
+    K::crd()
+}
+
+/// The resource names (plurals) of Rigging's kinds: what [`all`] defines, without building
+/// its schemas, which takes seconds in a debug build and many more on a busy machine.
+pub fn plurals() -> Vec<String> {
+    each!(plural)
+}
+
 /// Every CRD, in a stable order.
 pub fn all() -> Vec<CustomResourceDefinition> {
-    let mut crds = vec![
-        Pipeline::crd(),
-        ReplicatedService::crd(),
-        ScatterGather::crd(),
-        ShardedService::crd(),
-        WorkQueue::crd(),
-    ];
+    let mut crds = each!(crd);
     for crd in &mut crds {
         crd.metadata
             .annotations
@@ -159,6 +184,12 @@ mod tests {
 
     fn version(v: &str) -> semver::Version {
         semver::Version::parse(v).unwrap()
+    }
+
+    #[test]
+    fn the_plurals_are_those_of_every_crd() {
+        let defined: Vec<String> = all().into_iter().map(|c| c.spec.names.plural).collect();
+        assert_eq!(plurals(), defined);
     }
 
     #[test]

@@ -13,12 +13,14 @@
 //! - [`manager`]: `rigging-operator run` (admin endpoints, leader election, controllers).
 
 pub mod admin;
+pub mod broker;
 pub mod cli;
 pub mod controller;
 pub mod crdgen;
 pub mod drift;
 pub mod error;
 pub mod manager;
+pub mod map_reduce;
 pub mod metrics;
 pub mod pipeline;
 pub mod render;

@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 use std::collections::BTreeMap;
 
 use rigging_crds::{
-    FieldError, Pipeline, ReplicatedService, ScatterGather, ShardedService, WorkQueue,
+    FieldError, MapReduce, Pipeline, ReplicatedService, ScatterGather, ShardedService, WorkQueue,
 };
 use serde::Deserialize;
 use serde_json::Value;
@@ -32,7 +32,7 @@ pub enum RenderError {
     },
     /// A document is not a Rigging resource this version knows.
     #[error(
-        "{source_name}: document {document}: unknown kind {kind:?} (apiVersion {api_version:?}); render knows ReplicatedService, ShardedService, WorkQueue, Pipeline and ScatterGather (rigging.dev/v1alpha1)"
+        "{source_name}: document {document}: unknown kind {kind:?} (apiVersion {api_version:?}); render knows ReplicatedService, ShardedService, WorkQueue, Pipeline, ScatterGather and MapReduce (rigging.dev/v1alpha1)"
     )]
     UnknownKind {
         /// File name.
@@ -175,6 +175,7 @@ fn render_document(
         "WorkQueue" => children::<WorkQueue>(value, config),
         "Pipeline" => children::<Pipeline>(value, config),
         "ScatterGather" => children::<ScatterGather>(value, config),
+        "MapReduce" => children::<MapReduce>(value, config),
         _ => children::<ReplicatedService>(value, config),
     }
     .map_err(invalid)?;

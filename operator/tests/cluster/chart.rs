@@ -72,6 +72,11 @@ async fn helm_install_gives_the_operator_its_rights_and_no_more() {
         ("patch", "shardedservices.rigging.dev/status", apps),
         ("watch", "workqueues.rigging.dev", apps),
         ("patch", "workqueues.rigging.dev/status", apps),
+        ("watch", "mapreduces.rigging.dev", apps),
+        ("patch", "mapreduces.rigging.dev/status", apps),
+        // A MapReduce's runs.
+        ("create", "workqueues.rigging.dev", apps),
+        ("delete", "workqueues.rigging.dev", apps),
         ("patch", "deployments.apps", apps),
         ("delete", "statefulsets.apps", apps),
         ("create", "services", apps),
@@ -127,6 +132,7 @@ async fn helm_install_gives_the_operator_its_rights_and_no_more() {
         "replicatedservices.rigging.dev",
         "workqueues.rigging.dev",
         "scattergathers.rigging.dev",
+        "mapreduces.rigging.dev",
     ] {
         assert!(by_name("patch", &crd(name), home), "{user} upgrades {name}");
     }

@@ -19,6 +19,7 @@ mod deletion;
 mod elect;
 mod frontend;
 mod leader_election;
+mod map_reduce;
 mod node;
 mod pipeline;
 mod reconcile;

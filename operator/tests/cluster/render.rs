@@ -43,6 +43,17 @@ async fn every_rendered_object_passes_a_server_side_dry_run() {
     let longest = "a".repeat(62) + "z";
     let mut inputs = examples("replicated-service");
     inputs.extend(examples("scatter-gather"));
+    inputs.extend(examples("vote-tally"));
+    // Unscheduled, a MapReduce's first render holds its first run: a WorkQueue whose worker
+    // template carries the output sidecar, which the WorkQueue schema must take.
+    let tally =
+        std::fs::read_to_string(crate::support::root().join("examples/vote-tally/tally.yaml"))
+            .unwrap();
+    let unscheduled = tally
+        .split_once("  schedule:")
+        .map(|(head, tail)| format!("{head}{}", &tail[tail.find("  map:").unwrap()..]))
+        .unwrap();
+    inputs.push(("vote-tally unscheduled".to_owned(), unscheduled));
     for name in [longest.as_str(), "web-v2", "x"] {
         let tls = json!({"tls": {"secretName": "t"}, "disruptionBudget": {"minAvailable": 1}, "autoscaling": {"maxReplicas": 3}});
         inputs.push((

@@ -171,6 +171,7 @@ fn crds_prints_the_committed_crds() {
     let out = run(&["crds"], None);
     assert!(out.status.success(), "{}", stderr(&out));
     let committed: Vec<String> = [
+        "mapreduces.rigging.dev.yaml",
         "pipelines.rigging.dev.yaml",
         "replicatedservices.rigging.dev.yaml",
         "scattergathers.rigging.dev.yaml",

@@ -65,6 +65,9 @@ fn reparsed(args: &[String]) -> (&'static str, Vec<String>) {
         Command::Queue(a) => ("rigging-queue", a.to_args()),
         // A ScatterGather's roots.
         Command::Gather(a) => ("rigging-gather", a.to_args()),
+        // A MapReduce's workers, and its reduce Jobs.
+        Command::Output(a) => ("rigging-output", a.to_args()),
+        Command::Reduce(a) => ("rigging-reduce", a.to_args()),
     }
 }
 
@@ -114,6 +117,52 @@ fn every_rendered_sidecar_parses_with_the_sidecars_own_parser_into_what_was_rend
         ],
         "the examples place every sidecar the operator renders"
     );
+}
+
+/// A MapReduce's sidecars appear only once it runs (the output sidecar in a run's worker
+/// pods) and once a run's barrier passes (the reducer): rendered here for the vote tally's
+/// run 7, they parse with the sidecar's own parser into what was rendered.
+#[test]
+fn a_map_reduce_runs_output_and_reduce_sidecars_that_parse_into_what_was_rendered() {
+    use rigging_operator::map_reduce::desired::{reduce_job, run_of, run_queue};
+    let config = RenderConfig {
+        sidecar_image: IMAGE.into(),
+        ..RenderConfig::default()
+    };
+    let text = std::fs::read_to_string(root().join("examples/vote-tally/tally.yaml")).unwrap();
+    let mut mr: rigging_crds::MapReduce = serde_norway::from_str(&text).unwrap();
+    mr.metadata.namespace = Some("votes".into());
+    let queue = run_queue(&mr, &config, 7);
+    let output = &queue
+        .spec
+        .worker
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .init_containers
+        .as_ref()
+        .unwrap()[0];
+    let run = run_of(&mr, 7, &queue, None);
+    let job = reduce_job(&mr, &config, &run);
+    let reduce = &job
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0];
+    for (container, name) in [(output, "rigging-output"), (reduce, "rigging-reduce")] {
+        let args = container.args.clone().unwrap();
+        assert_eq!(container.name, name);
+        assert_eq!(reparsed(&args), (name, args.clone()), "{name} round-trips");
+        assert!(
+            args.contains(&"7".to_owned()),
+            "{name} is told its run: {args:?}"
+        );
+    }
 }
 
 /// The first document's objects of `example`, rendered for a cluster without native

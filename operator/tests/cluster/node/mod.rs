@@ -22,6 +22,7 @@ use crate::support::{Cluster, connect, eventually};
 
 mod disruption;
 mod examples;
+mod map_reduce;
 mod operator_pods;
 mod pipeline;
 mod queue;
