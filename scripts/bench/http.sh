@@ -59,16 +59,11 @@ want cache && packages+=(varnish)
 ((PROFILE)) && packages+=(linux-perf)
 ((INSTRUCTIONS)) && packages+=(valgrind)
 install_apt "${packages[@]}"
-# RIGGING_BIN: a binary built elsewhere (e.g. from `git archive` of a commit while the
-# working tree is mid-edit); by default the working tree's release build.
-if [[ -n ${RIGGING_BIN:-} ]]; then
-  BIN=$RIGGING_BIN
-else
-  cargo build --release -p rigging-sidecar >&2
-  BIN=$PWD/target/release/rigging-sidecar
-fi
 
 work=$(mktemp -d)
+# What the image ships (the static musl release build), or $RIGGING_BIN.
+sidecar_binary "$work"
+BIN=$work/rigging-sidecar
 pids=()
 cleanup() {
   local rc=$? p
@@ -104,14 +99,6 @@ first_child() {
   return 1
 }
 
-# CPU ticks of a process and its children.
-tree_ticks() {
-  local total kid kids
-  total=$(cpu_ticks "$1")
-  read -ra kids <<<"$(cat /proc/"$1"/task/*/children 2>/dev/null)"
-  for kid in "${kids[@]}"; do total=$((total + $(cpu_ticks "$kid"))); done
-  echo "$total"
-}
 # User-mode CPU ticks (field 14 alone) of a process and its children.
 tree_user_ticks() {
   local total kid kids
@@ -358,13 +345,7 @@ run_wrk() {
   after=$(tree_ticks "$p") user1=$(tree_user_ticks "$p")
   busy1=$(machine_busy) ours1=$(our_ticks "$p")
   t1=$(date +%s)
-  # What the rest of the machine used meanwhile, as a share of both CPUs: all busy time
-  # less the backends', the proxy's and wrk's.
-  others=$(awk -v b=$((busy1 - busy0)) -v o=$((ours1 - ours0)) -v w="$(tail -1 <<<"$out")" \
-    -v hz="$CLK_TCK" -v secs="$DURATION" -v cpus="$(nproc)" 'BEGIN {
-      split(w, t, " "); wrk = 0
-      for (i = 1; i <= 2; i++) { m = t[i]; sub(/m.*/, "", m); x = t[i]; sub(/^[0-9]+m/, "", x); sub(/s$/, "", x); wrk += m * 60 + x }
-      r = (b - o - wrk * hz) / (secs * hz * cpus); printf "%.3f", r < 0 ? 0 : r }')
+  others=$(others_share $((busy1 - busy0)) $((ours1 - ours0)) "$(tail -1 <<<"$out")" "$DURATION")
   [[ $case == cache ]] && stub1=$(stub_requests)
   disturbed=$(disturbed "$work/compilers" "$t0" "$t1" "$others" "$DISTURBED")
   local rps n p50 p99 errors cpu through
@@ -551,12 +532,6 @@ reference() {
 }
 
 echo
-if [[ -n ${RIGGING_BIN:-} ]]; then
-  measured="binary $RIGGING_BIN (${RIGGING_COMMIT:-commit not given: set RIGGING_COMMIT})"
-else
-  measured="working tree at commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
-  git diff --quiet HEAD -- sidecars crds Cargo.lock 2>/dev/null || measured+=" with uncommitted changes"
-fi
 echo "Run $started_at, \`scripts/bench/http.sh\` (CASES=\"$CASES\" ROUNDS=$ROUNDS DURATION=$DURATION CONNS=$CONNS), $measured, $(nproc) CPUs; load average $load_start at the start, $load_end at the end."
 for c in rr shard cache; do
   want "$c" || continue

@@ -80,6 +80,25 @@ CLK_TCK=$(getconf CLK_TCK)
 # ticks of a benchmark's own processes over a run, what other processes used meanwhile.
 machine_busy() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
 
+# CPU ticks of a process and its children.
+tree_ticks() {
+  local total kid kids
+  total=$(cpu_ticks "$1")
+  read -ra kids <<<"$(cat /proc/"$1"/task/*/children 2>/dev/null)"
+  for kid in "${kids[@]}"; do total=$((total + $(cpu_ticks "$kid"))); done
+  echo "$total"
+}
+
+# others_share BUSY OURS TIMES SECS: the share of the machine's CPUs that other processes
+# used during a wrk run of SECS seconds: all BUSY ticks less OURS (the servers' and the
+# proxy's) and wrk's. TIMES is the children's line of bash's `times` run in wrk's subshell.
+others_share() {
+  awk -v b="$1" -v o="$2" -v w="$3" -v hz="$CLK_TCK" -v secs="$4" -v cpus="$(nproc)" 'BEGIN {
+    split(w, t, " "); wrk = 0
+    for (i = 1; i <= 2; i++) { m = t[i]; sub(/m.*/, "", m); x = t[i]; sub(/^[0-9]+m/, "", x); sub(/s$/, "", x); wrk += m * 60 + x }
+    r = (b - o - wrk * hz) / (secs * hz * cpus); printf "%.3f", r < 0 ? 0 : r }'
+}
+
 # Other people compile on this machine: watch_compilers FILE starts, in the background
 # ($! is its PID, for the caller to stop), a loop that appends "UNIX-SECONDS COUNT" of the
 # compilers running to FILE once a second, so that a run they disturbed can be told apart.

@@ -14,16 +14,11 @@ source scripts/bench/lib.sh
 
 ROUNDS=${1:-2}
 install_apt redis-server redis-tools memcached libmemcached-tools nutcracker nginx-light wrk
-# RIGGING_BIN: a binary built elsewhere (e.g. from `git archive` of a commit); by default
-# the working tree's release build.
-if [[ -n ${RIGGING_BIN:-} ]]; then
-  BIN=$RIGGING_BIN
-else
-  cargo build --release -q -p rigging-sidecar
-  BIN=$PWD/target/release/rigging-sidecar
-fi
 
 WORK=$(mktemp -d)
+# What the image ships (the static musl release build), or $RIGGING_BIN.
+sidecar_binary "$WORK"
+BIN=$WORK/rigging-sidecar
 PIDS=()
 cleanup() {
   local p
@@ -44,14 +39,6 @@ start() { # NAME CMD… : runs CMD in the background on CPU 0, records its pid i
   taskset -c 0 "$@" >"$WORK/$name.log" 2>&1 &
   PIDS+=($!)
   PID[$name]=$!
-}
-# CPU ticks of a process and its children (nginx's work happens in its worker).
-tree_ticks() {
-  local total kid kids
-  total=$(cpu_ticks "$1")
-  read -ra kids <<<"$(cat /proc/"$1"/task/*/children 2>/dev/null)"
-  for kid in "${kids[@]}"; do total=$((total + $(cpu_ticks "$kid"))); done
-  echo "$total"
 }
 
 # --- backends ---------------------------------------------------------------------------
@@ -191,4 +178,4 @@ done
 echo "| http (wrk -c50, random X-Key) | – | nginx hash consistent $(avg "http nginx") | $(avg "http rigging") | $(ratio "http rigging" "http nginx") | $(cpu "http nginx") / $(cpu "http rigging") |"
 echo
 echo "Idle RSS: Rigging redis $((IDLE_RG / 1024)).$(((IDLE_RG % 1024) * 10 / 1024)) MiB, nutcracker $((IDLE_NC / 1024)).$(((IDLE_NC % 1024) * 10 / 1024)) MiB; after load: Rigging $(($(rss_kib "${PID[rg_redis]}") / 1024)) MiB, nutcracker $(($(rss_kib "${PID[nutcracker]}") / 1024)) MiB."
-echo "ops/s are the mean of $ROUNDS alternating rounds (redis: mean of GET and SET); $(date -u +%F), $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)."
+echo "ops/s are the mean of $ROUNDS alternating rounds (redis: mean of GET and SET); $measured; $(date -u +%F), $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)."

@@ -11,8 +11,10 @@
 #      off on every side) and resumed handshakes/s (on), with CPU µs per handshake;
 #   3. idle RSS, RSS after load, and start-to-ready time.
 # Knobs (environment): DURATION (keep-alive seconds, 10), HS_DURATION (handshake seconds,
-# 5), ROUNDS (2), CONNS (50), RIGGING_BIN (see below). Defaults keep the whole run under
-# four minutes.
+# 5), ROUNDS (2), CONNS (50), DISTURBED (0.08: a run during which other processes used
+# more than this share of the machine's CPUs, or a compiler ran, is left out of the means
+# when quiet runs exist), RIGGING_BIN (a binary to measure instead of the image's build)
+# with RIGGING_COMMIT. Defaults keep the whole run under four minutes.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 # shellcheck disable=SC1091 # lib.sh is checked on its own
@@ -21,19 +23,15 @@ source scripts/bench/lib.sh
 DURATION=${DURATION:-10}
 HS_DURATION=${HS_DURATION:-5}
 ROUNDS=${ROUNDS:-2}
+DISTURBED=${DISTURBED:-0.08}
 CONNS=${CONNS:-50}
 
 install_apt nginx-light haproxy wrk openssl curl python3
-# RIGGING_BIN: a binary built elsewhere (e.g. from `git archive` of a commit); by default
-# the working tree's release build.
-if [[ -n ${RIGGING_BIN:-} ]]; then
-  BIN=$RIGGING_BIN
-else
-  cargo build --release -p rigging-sidecar >&2
-  BIN=$PWD/target/release/rigging-sidecar
-fi
 
 work=$(mktemp -d)
+# What the image ships (the static musl release build), or $RIGGING_BIN.
+sidecar_binary "$work"
+BIN=$work/rigging-sidecar
 pids=()
 cleanup() {
   local rc=$? p
@@ -216,17 +214,32 @@ to_ms() { # wrk latency like 812.00us / 1.20ms / 1.01s -> milliseconds
     else print v }'
 }
 
-# One wrk run against target $1 for $2 seconds, extra wrk args after. Appends
-# "rps p50 p99 cpu_us errors" to $work/result.$1.$tag.
+# CPU ticks of the target process $1 and of the backend behind it.
+ours_ticks() {
+  local t
+  t=$(cpu_ticks "$1")
+  [[ $1 == "$backend_pid" ]] || t=$((t + $(cpu_ticks "$backend_pid")))
+  echo "$t"
+}
+
+# One wrk run against target $1 for $2 seconds in round $round, extra wrk args after.
+# Appends "rps p50 p99 cpu_us errors disturbed others round" to $work/result.$1.$tag
+# (others: the share of the machine's CPUs other processes used meanwhile; disturbed: 1
+# when that is over $DISTURBED or a compiler ran).
 run_wrk() {
   local target=$1 secs=$2 tag=$3
   shift 3
   local scheme=https
   [[ $target == direct ]] && scheme=http
-  local p=${pid[$target]} before after out
+  local p=${pid[$target]} before after out t0 t1 busy0 busy1 ours0 ours1 others disturbed
+  t0=$(date +%s) busy0=$(machine_busy) ours0=$(ours_ticks "$p")
   before=$(cpu_ticks "$p")
-  out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"${secs}s" --latency "$@" "$scheme://127.0.0.1:${port[$target]}/" 2>&1) || true
+  # `times` in the same subshell: the CPU time wrk used (its last line: children's).
+  out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"${secs}s" --latency "$@" "$scheme://127.0.0.1:${port[$target]}/" 2>&1 || true; times)
   after=$(cpu_ticks "$p")
+  busy1=$(machine_busy) ours1=$(ours_ticks "$p") t1=$(date +%s)
+  others=$(others_share $((busy1 - busy0)) $((ours1 - ours0)) "$(tail -1 <<<"$out")" "$secs")
+  disturbed=$(disturbed "$work/compilers" "$t0" "$t1" "$others" "$DISTURBED")
   local rps n p50 p99 errors cpu
   rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
   n=$(awk '/requests in/ {print $1}' <<<"$out")
@@ -241,9 +254,14 @@ run_wrk() {
   p99=$(to_ms "$(awk '$1 == "99%" {print $2}' <<<"$out")")
   errors=$(awk '/Non-2xx/ {e += $NF} /Socket errors/ {gsub(",", ""); e += $4 + $6 + $8 + $10} END {print e + 0}' <<<"$out")
   cpu=$(awk -v t=$((after - before)) -v hz="$CLK_TCK" -v n="$n" 'BEGIN {printf "%.1f", n ? t * 1e6 / hz / n : 0}')
-  echo "$rps $p50 $p99 $cpu $errors" >>"$work/result.$target.$tag"
-  log "  $tag $target: $rps req/s p50 ${p50}ms p99 ${p99}ms cpu ${cpu}us/req errors $errors"
+  echo "$rps $p50 $p99 $cpu $errors $disturbed $others $round" >>"$work/result.$target.$tag"
+  log "  $tag $target: $rps req/s p50 ${p50}ms p99 ${p99}ms cpu ${cpu}us/req errors $errors others $others$( ((disturbed)) && echo ' DISTURBED')"
 }
+
+# Other people compile on this machine: a run they disturbed is left out of the means
+# when others were not.
+watch_compilers "$work/compilers"
+pids+=($!)
 
 resumed_before=$(curl -sf "http://127.0.0.1:$rigging_admin/metrics" | awk '/^rigging_tls_handshakes_resumed_total/ {print $2}')
 for round in $(seq 1 "$ROUNDS"); do
@@ -258,8 +276,23 @@ resumed_after=$(curl -sf "http://127.0.0.1:$rigging_admin/metrics" | awk '/^rigg
 declare -A load_rss
 for t in nginx-on haproxy-on rigging-on; do load_rss[$t]=$(rss_kib "${pid[$t]}"); done
 
-# Mean of column $2 over the rounds of $1.
-mean() { if [[ -f $1 ]]; then awk -v c="$2" '{s += $c; n++} END {printf "%.3f", n ? s / n : 0}' "$1"; else echo 0; fi; }
+# Mean of column $2 over the quiet runs of result file $1, or over all its runs when none
+# was quiet.
+mean() {
+  [[ -f $1 ]] || { echo 0; return; }
+  awk -v c="$2" '{v[NR] = $c; q[NR] = ($6 == 0); nq += q[NR]}
+    END {for (i = 1; i <= NR; i++) if (!nq || q[i]) {s += v[i]; n++}; printf "%.3f", n ? s / n : 0}' "$1"
+}
+# "quiet/all" runs of result file $1.
+runs() { if [[ -f $1 ]]; then awk '{n++; if ($6 == 0) q++} END {printf "%d/%d", q, n}' "$1"; else echo 0/0; fi; }
+# The lowest req/s ratio of result file $1 to result file $2 over the rounds in which both
+# runs were quiet: a goal holds only if it holds in each of them. "–" when no round was.
+worst() {
+  [[ -f $1 && -f $2 ]] || { echo "–"; return; }
+  awk 'FNR == NR {if ($6 == 0) b[$8] = $1; next}
+    $6 == 0 && ($8 in b) && b[$8] > 0 {r = $1 / b[$8]; if (!n++ || r < m) m = r}
+    END {if (n) printf "%.2f× (%d)", m, n; else print "–"}' "$2" "$1"
+}
 sum() { if [[ -f $1 ]]; then awk -v c="$2" '{s += $c} END {print s + 0}' "$1"; else echo 0; fi; }
 # Runs of $1 that produced no requests at all.
 failed_runs() { if [[ -f $1 ]]; then wc -l <"$1"; else echo 0; fi; }
@@ -323,29 +356,33 @@ for t in rigging nginx haproxy; do ready[$t]=$(ready_ms $t); done
 name() { case $1 in direct) echo "direct (no TLS)" ;; rigging-mt) echo "Rigging tls, multi-thread scheduler (RIGGING_WORKER_THREADS=2)" ;; rigging*) echo "Rigging tls" ;; nginx*) echo nginx ;; haproxy*) echo haproxy ;; esac; }
 nginx_rps=$(mean "$work/result.nginx-on.ka" 1)
 echo
-echo "Keep-alive, \`wrk -t1 -c$CONNS -d${DURATION}s\`, mean of $ROUNDS rounds (runs that moved no request at all are left out and counted):"
+echo "Rigging measured: $measured."
 echo
-echo "| target | req/s | p50 ms | p99 ms | vs nginx | CPU µs/req | errors | empty runs |"
-echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+echo "Keep-alive, \`wrk -t1 -c$CONNS -d${DURATION}s\`, mean of the quiet runs of $ROUNDS rounds (runs that moved no request at all are left out and counted):"
+echo
+echo "| target | req/s | p50 ms | p99 ms | vs nginx | ÷ haproxy, worst quiet round (rounds) | CPU µs/req | errors | empty runs | quiet runs |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 for t in direct rigging-on rigging-mt nginx-on haproxy-on; do
   f=$work/result.$t.ka
-  printf '| %s | %.0f | %.2f | %.2f | %.2f× | %.1f | %d | %d |\n' "$(name $t)" "$(mean "$f" 1)" \
+  printf '| %s | %.0f | %.2f | %.2f | %.2f× | %s | %.1f | %d | %d | %s |\n' "$(name $t)" "$(mean "$f" 1)" \
     "$(mean "$f" 2)" "$(mean "$f" 3)" "$(awk -v a="$(mean "$f" 1)" -v b="$nginx_rps" 'BEGIN {print b ? a / b : 0}')" \
-    "$(mean "$f" 4)" "$(sum "$f" 5)" "$(failed_runs "$work/failed.$t.ka")"
+    "$(worst "$f" "$work/result.haproxy-on.ka")" \
+    "$(mean "$f" 4)" "$(sum "$f" 5)" "$(failed_runs "$work/failed.$t.ka")" "$(runs "$f")"
 done
 
 nginx_full=$(mean "$work/result.nginx-off.full" 1)
 echo
-echo "New TLS 1.3 connections, \`wrk -t1 -c$CONNS -d${HS_DURATION}s -H 'Connection: close'\`, mean of $ROUNDS rounds:"
+echo "New TLS 1.3 connections, \`wrk -t1 -c$CONNS -d${HS_DURATION}s -H 'Connection: close'\`, mean of the quiet runs of $ROUNDS rounds:"
 echo
-echo "| terminator | full handshakes/s | vs nginx | CPU µs per full | resumed handshakes/s | CPU µs per resumed | errors | empty runs |"
-echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+echo "| terminator | full handshakes/s | vs nginx | CPU µs per full | resumed handshakes/s | CPU µs per resumed | errors | empty runs | quiet runs (full, resumed) |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
 for t in rigging nginx haproxy; do
   f=$work/result.$t-off.full r=$work/result.$t-on.resumed
-  printf '| %s | %.0f | %.2f× | %.0f | %.0f | %.0f | %d | %d |\n' "$(name $t)" "$(mean "$f" 1)" \
+  printf '| %s | %.0f | %.2f× | %.0f | %.0f | %.0f | %d | %d | %s, %s |\n' "$(name $t)" "$(mean "$f" 1)" \
     "$(awk -v a="$(mean "$f" 1)" -v b="$nginx_full" 'BEGIN {print b ? a / b : 0}')" "$(mean "$f" 4)" \
     "$(mean "$r" 1)" "$(mean "$r" 4)" "$(($(sum "$f" 5) + $(sum "$r" 5)))" \
-    "$(($(failed_runs "$work/failed.$t-off.full") + $(failed_runs "$work/failed.$t-on.resumed")))"
+    "$(($(failed_runs "$work/failed.$t-off.full") + $(failed_runs "$work/failed.$t-on.resumed")))" \
+    "$(runs "$f")" "$(runs "$r")"
 done
 echo
 echo "Rigging resumed $(awk -v a="$resumed_before" -v b="$resumed_after" 'BEGIN {print b - a}') handshakes in the 'resumed' runs (its own counter)."
