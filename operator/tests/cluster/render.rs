@@ -3,32 +3,14 @@
 //! would refuse are refused by `render` first, naming the field.
 
 use kube::Api;
-use kube::api::{DynamicObject, Patch, PatchParams};
+use kube::api::DynamicObject;
 use kube::core::ApiResource;
 use rigging_crds::ReplicatedService;
-use rigging_operator::controller::MANAGER;
 use rigging_operator::controller::RenderConfig;
 use rigging_operator::render;
 use serde_json::{Value, json};
 
-use crate::support::{Cluster, cluster, examples, replicated_service};
-
-/// Server-side dry-run applies each object into `namespace`; the API server's refusals.
-async fn dry_run(cluster: &Cluster, namespace: &str, objects: Vec<Value>) -> Vec<String> {
-    let mut refused = Vec::new();
-    for mut object in objects {
-        object["metadata"]["namespace"] = json!(namespace);
-        let api_version = object["apiVersion"].as_str().unwrap().to_owned();
-        let kind = object["kind"].as_str().unwrap().to_owned();
-        let name = object["metadata"]["name"].as_str().unwrap().to_owned();
-        let api = cluster.dynamic_api(&api_version, &kind, namespace).await;
-        let params = PatchParams::apply(MANAGER).force().dry_run();
-        if let Err(e) = api.patch(&name, &params, &Patch::Apply(&object)).await {
-            refused.push(format!("{kind} {name}: {e}"));
-        }
-    }
-    refused
-}
+use crate::support::{cluster, examples, replicated_service};
 
 fn yaml(value: &Value) -> String {
     serde_norway::to_string(value).unwrap()
@@ -65,7 +47,7 @@ async fn every_rendered_object_passes_a_server_side_dry_run() {
         let objects = render::render_values(&source, &text, &RenderConfig::default())
             .unwrap_or_else(|e| panic!("{source}: render refused it: {e}"));
         assert!(!objects.is_empty(), "{source}");
-        let refused = dry_run(&cluster, &ns.name, objects).await;
+        let refused = cluster.dry_run(&ns.name, &objects).await;
         assert!(refused.is_empty(), "{source}: {refused:#?}");
     }
 }
@@ -106,7 +88,7 @@ async fn names_the_api_server_refuses_are_refused_by_render_first() {
                 "metadata": {"name": name},
                 "spec": {"ports": [{"port": 80}]}
             });
-            let refused = dry_run(&cluster, &ns.name, vec![service]).await;
+            let refused = cluster.dry_run(&ns.name, &[service]).await;
             assert_eq!(
                 refused.len(),
                 1,

@@ -335,24 +335,6 @@ async fn the_examples_are_reconciled_into_shards_a_ring_and_routers_and_reshard_
     );
 }
 
-/// Server-side dry-run applies each object into `namespace`; the API server's refusals.
-async fn dry_run(cluster: &Cluster, namespace: &str, objects: &[Value]) -> Vec<String> {
-    let mut refused = Vec::new();
-    for object in objects {
-        let mut object = object.clone();
-        object["metadata"]["namespace"] = json!(namespace);
-        let api_version = object["apiVersion"].as_str().unwrap().to_owned();
-        let kind = object["kind"].as_str().unwrap().to_owned();
-        let name = object["metadata"]["name"].as_str().unwrap().to_owned();
-        let api = cluster.dynamic_api(&api_version, &kind, namespace).await;
-        let params = PatchParams::apply(MANAGER).force().dry_run();
-        if let Err(e) = api.patch(&name, &params, &Patch::Apply(&object)).await {
-            refused.push(format!("{kind} {name}: {e}"));
-        }
-    }
-    refused
-}
-
 /// A ShardedService named `name` with replicated shards, as YAML.
 fn replicated(name: &str, shards: i32) -> String {
     format!(
@@ -385,7 +367,7 @@ async fn every_rendered_sharded_object_passes_a_server_side_dry_run() {
         let objects = render::render_values(&path, &text, &RenderConfig::default())
             .unwrap_or_else(|e| panic!("{path}: render refused it: {e}"));
         assert!(!objects.is_empty(), "{path}");
-        let refused = dry_run(&cluster, &ns.name, &objects).await;
+        let refused = cluster.dry_run(&ns.name, &objects).await;
         assert!(refused.is_empty(), "{path}: {refused:#?}");
     }
     // The longest name, with the most shards: every kind of child, the longest names
@@ -411,7 +393,7 @@ async fn every_rendered_sharded_object_passes_a_server_side_dry_run() {
         })
         .collect();
     assert_eq!(sample.len(), 7, "{sample:#?}");
-    let refused = dry_run(&cluster, &ns.name, &sample).await;
+    let refused = cluster.dry_run(&ns.name, &sample).await;
     assert!(refused.is_empty(), "{refused:#?}");
 }
 

@@ -13,10 +13,11 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Namespace;
 use kube::ResourceExt;
-use kube::api::{Api, DynamicObject, ListParams, ObjectMeta, PostParams};
+use kube::api::{Api, DynamicObject, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::core::GroupVersionKind;
 use kube::{Client, Config, discovery};
+use rigging_operator::controller::MANAGER;
 use serde_json::Value;
 
 /// A port on 127.0.0.1 that nothing listens on now, for a process the test starts.
@@ -214,6 +215,25 @@ impl Cluster {
             .await
             .unwrap_or_else(|e| panic!("discovering {api_version} {kind}: {e}"));
         Api::namespaced_with(self.client.clone(), namespace, &resource)
+    }
+
+    /// Server-side dry-run applies each object into `namespace`: the API server's
+    /// refusals, each naming its object.
+    pub async fn dry_run(&self, namespace: &str, objects: &[Value]) -> Vec<String> {
+        let mut refused = Vec::new();
+        for object in objects {
+            let mut object = object.clone();
+            object["metadata"]["namespace"] = Value::from(namespace);
+            let api_version = object["apiVersion"].as_str().unwrap().to_owned();
+            let kind = object["kind"].as_str().unwrap().to_owned();
+            let name = object["metadata"]["name"].as_str().unwrap().to_owned();
+            let api = self.dynamic_api(&api_version, &kind, namespace).await;
+            let params = PatchParams::apply(MANAGER).force().dry_run();
+            if let Err(e) = api.patch(&name, &params, &Patch::Apply(&object)).await {
+                refused.push(format!("{kind} {name}: {e}"));
+            }
+        }
+        refused
     }
 
     /// A kubeconfig that authenticates as the ServiceAccount `account` of `namespace`, with
