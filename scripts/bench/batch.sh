@@ -63,14 +63,8 @@ install_apt nats-server python3 python3-venv time >&2
 work=$(mktemp -d)
 store=$(mktemp -d /dev/shm/rigging-bench-batch.XXXXXX)
 raw=$(mktemp -d "${TMPDIR:-/tmp}/rigging-bench-batch.XXXXXX")
-pids=()
 cleanup() {
-  local rc=$? i
-  if ((rc != 0)); then
-    log "failed; logs:"
-    tail -n 20 "$work"/*.log >&2 2>/dev/null || true
-  fi
-  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do stop_pid "${pids[i]}"; done
+  stop_started $? "$work"
   rm -rf "$store"
   if ((KEEP)); then log "kept $work"; else rm -rf "$work"; fi
 }

@@ -41,16 +41,9 @@ BIN=$PWD/target/release/rigging-sidecar
 
 work=$(mktemp -d)
 shm=$(mktemp -d /dev/shm/rigging-bench-elect.XXXXXX)
-pids=()
 controlplane=
 cleanup() {
-  local rc=$? p
-  if ((rc != 0)); then
-    log "failed; logs:"
-    tail -n 20 "$work"/*.log >&2 2>/dev/null || true
-  fi
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  stop_started $? "$work"
   [[ -n $controlplane ]] && bash e2e/controlplane/down.sh "$controlplane" >/dev/null 2>&1
   rm -rf "$work" "$shm"
 }

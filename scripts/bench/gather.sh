@@ -87,14 +87,8 @@ install_apt curl python3 >&2
 command -v go >/dev/null || { log "go is needed for the leaves, the load driver and the reference"; exit 1; }
 
 work=$(mktemp -d)
-pids=()
 cleanup() {
-  local rc=$? i
-  if ((rc != 0)); then
-    log "failed; logs:"
-    tail -n 20 "$work"/*.log >&2 2>/dev/null || true
-  fi
-  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do stop_pid "${pids[i]}"; done
+  stop_started $? "$work"
   if ((KEEP)); then log "kept $work"; else rm -rf "$work"; fi
 }
 trap cleanup EXIT

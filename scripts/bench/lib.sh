@@ -45,6 +45,22 @@ stop_pid() {
   wait "$1" 2>/dev/null || true
 }
 
+# The background processes a script started, oldest first (pids+=("$!")).
+pids=()
+
+# What a script's EXIT trap does first: after a failure (RC not 0) the last lines of WORK's
+# logs (and of any further files named), then every process in pids stopped, newest first,
+# so that a client leaves before the server it talks to.
+stop_started() { # RC WORK [FILE...]
+  local rc=$1 work=$2 i
+  shift 2
+  if ((rc != 0)); then
+    printf 'failed; logs:\n' >&2
+    tail -n 20 "$work"/*.log "$@" >&2 2>/dev/null || true
+  fi
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do stop_pid "${pids[i]}"; done
+}
+
 # Starts the control-plane kit in WORK/cp (further arguments go to up.sh, such as
 # --no-node), points KUBECONFIG and the array `kubectl` at it, and installs Rigging's
 # CRDs, returning once the API server serves them.

@@ -61,17 +61,12 @@ command -v go >/dev/null || { log "go is needed for the reference program"; exit
 
 work=$(mktemp -d)
 shm=$(mktemp -d /dev/shm/rigging-bench-pipeline.XXXXXX)
-pids=()    # nats-server, then the sidecars
-sink_pid=  # the sink of the run under way
+# pids: nats-server, then the sidecars, which drain and leave before their server goes.
+sink_pid= # the sink of the run under way
 cleanup() {
-  local rc=$? i
-  if ((rc != 0)); then
-    log "failed; logs:"
-    tail -n 20 "$work"/*.log >&2 2>/dev/null || true
-  fi
+  local rc=$?
   stop_pid "$sink_pid"
-  # Newest first: the sidecars drain and leave before their server goes.
-  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do stop_pid "${pids[i]}"; done
+  stop_started "$rc" "$work"
   rm -rf "$shm"
   if ((KEEP)); then log "kept $work"; else rm -rf "$work"; fi
 }

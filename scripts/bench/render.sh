@@ -16,10 +16,8 @@ install_apt hyperfine curl
 cargo build --release -q -p rigging-operator
 bin=$PWD/target/release/rigging-operator
 work=$(mktemp -d)
-pids=()
 cleanup() {
-  local pid
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  stop_started $? "$work"
   rm -rf "$work"
 }
 trap cleanup EXIT

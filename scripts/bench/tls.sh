@@ -32,15 +32,8 @@ work=$(mktemp -d)
 # What the image ships (the static musl release build), or $RIGGING_BIN.
 sidecar_binary "$work"
 BIN=$work/rigging-sidecar
-pids=()
 cleanup() {
-  local rc=$? p
-  if ((rc != 0)); then
-    log "failed; server output:"
-    cat "$work"/servers.log "$work"/*/error.log >&2 2>/dev/null || true
-  fi
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  stop_started $? "$work" "$work"/*/error.log
   rm -rf "$work"
 }
 trap cleanup EXIT
