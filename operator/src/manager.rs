@@ -204,26 +204,26 @@ pub async fn run(mut options: RunOptions) -> Result<(), RunError> {
 /// a webhook that stopped on SIGTERM would fail the reviews still sent to it — and with
 /// `failurePolicy: Fail`, refuse those pods. Kubernetes' own API server waits the same
 /// way (`--shutdown-delay-duration`).
-pub struct ServingAfterSignal(tokio::sync::watch::Receiver<Option<Instant>>);
+pub struct ServingAfterSignal(());
 
 impl ServingAfterSignal {
-    /// Notes when the first SIGTERM or SIGINT arrives, and turns `/readyz` to 503 then.
+    /// Turns `/readyz` to 503 from the first SIGTERM or SIGINT on.
     pub fn watch(readiness: Readiness) -> Self {
-        let (seen, at) = tokio::sync::watch::channel(None);
         let signal = shutdown_signal();
         tokio::spawn(async move {
             signal.await;
             readiness.set_stopping();
-            let _ = seen.send(Some(Instant::now()));
         });
-        Self(at)
+        Self(())
     }
 
     /// Waits until `delay` has passed since the signal; returns at once when the process
     /// stops for another reason (it lost its Lease, say), with no signal seen.
     pub async fn serve_out(&self, delay: Duration) {
-        let at = *self.0.borrow();
-        if let Some(at) = at {
+        // Read from SIGNALLED, which the caller's own shutdown_signal() set before it
+        // resolved: a time another task would note could still be unwritten here, and a
+        // replica stopping at once (a follower) would then not serve out its delay.
+        if let Some(at) = SIGNALLED.get() {
             let left = delay.saturating_sub(at.elapsed());
             tracing::info!(
                 delay_s = delay.as_secs_f64(),
@@ -484,6 +484,10 @@ struct ResolvedLease {
     namespace: String,
 }
 
+/// When the first SIGTERM or SIGINT arrived: noted by each [`shutdown_signal`] before it
+/// resolves, so whoever has seen one resolve finds it set.
+static SIGNALLED: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
 /// Resolves on SIGTERM or SIGINT. The handlers are installed when this is called, not when
 /// it is first polled, so a signal that arrives in between is not lost (nor fatal).
 #[cfg(unix)]
@@ -504,6 +508,7 @@ pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
             () = recv(term) => {},
             () = recv(int) => {},
         }
+        SIGNALLED.get_or_init(Instant::now);
     }
 }
 
@@ -512,6 +517,7 @@ pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
 pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     async {
         let _ = tokio::signal::ctrl_c().await;
+        SIGNALLED.get_or_init(Instant::now);
     }
 }
 

@@ -7,11 +7,12 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode, header};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -230,6 +231,19 @@ pub async fn spawn(
             }
         }
     });
+    // From the shutdown signal on, each HTTP/1.1 reply closes its connection. The API
+    // server calls webhooks over HTTP/1.1 (kubernetes#82090) and keeps idle connections
+    // to reuse, even to a pod that is stopping (kubernetes#127335); a connection still
+    // idle when this process closes it at the end of its delay can meet a review the API
+    // server has just written, which fails that review ("broken pipe"), and with
+    // `failurePolicy: Fail` refuses its pod. A reply that says `Connection: close` leaves
+    // the API server nothing to reuse.
+    let closing = Arc::new(AtomicBool::new(false));
+    let (flag, signal) = (closing.clone(), crate::manager::shutdown_signal());
+    tokio::spawn(async move {
+        signal.await;
+        flag.store(true, Ordering::Relaxed);
+    });
     let config = Arc::new(config);
     tracing::info!(%local, "injection webhook listening");
     let (accepting, tracker) = (stop.clone(), connections.clone());
@@ -247,16 +261,26 @@ pub async fn spawn(
                 },
             };
             let (acceptor, config, metrics) = (acceptor.clone(), config.clone(), metrics.clone());
-            let stop = accepting.clone();
+            let (stop, closing) = (accepting.clone(), closing.clone());
             tracker.spawn(async move {
                 let handshake =
                     tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream));
                 let Ok(Ok(stream)) = handshake.await else {
                     return;
                 };
-                let service = service_fn(move |req| {
+                let service = service_fn(move |req: Request<Incoming>| {
                     let (config, metrics) = (config.clone(), metrics.clone());
-                    async move { Ok::<_, Infallible>(respond(req, &config, &metrics).await) }
+                    // `Connection` has no place in HTTP/2, whose connections GOAWAY ends.
+                    let close = req.version() < Version::HTTP_2 && closing.load(Ordering::Relaxed);
+                    async move {
+                        let mut response = respond(req, &config, &metrics).await;
+                        if close {
+                            response
+                                .headers_mut()
+                                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                        }
+                        Ok::<_, Infallible>(response)
+                    }
                 });
                 let mut builder =
                     hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());

@@ -593,3 +593,75 @@ fn a_follower_is_ready_waits_for_the_lease_and_takes_over_when_it_expires() {
         "operator-0"
     );
 }
+
+/// The response headers of `curl --http1.1` GETting `/healthz` from the webhook on `port`,
+/// lower-cased.
+fn webhook_healthz_headers(port: u16) -> String {
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--insecure",
+            "--http1.1",
+            "-o",
+            "/dev/null",
+            "-D",
+            "-",
+        ])
+        .arg(format!("https://127.0.0.1:{port}/healthz"))
+        .output()
+        .expect("curl runs");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).to_lowercase()
+}
+
+#[test]
+fn from_sigterm_on_the_webhooks_replies_close_their_connections_while_it_serves_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    std::fs::write(dir.path().join("tls.crt"), cert.pem()).unwrap();
+    std::fs::write(dir.path().join("tls.key"), key.serialize_pem()).unwrap();
+    let port = free_port();
+    let mut webhook = Operator(
+        Command::new(env!("CARGO_BIN_EXE_rigging-operator"))
+            .args(["webhook", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--metrics-addr", "127.0.0.1:0", "--sidecar-image", "s:1"])
+            .args(["--shutdown-delay", "3s"])
+            .arg("--tls-cert")
+            .arg(dir.path().join("tls.crt"))
+            .arg("--tls-key")
+            .arg(dir.path().join("tls.key"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start rigging-operator webhook"),
+    );
+    eventually("the webhook to listen", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    // Serving, a reply keeps its connection for the next review.
+    let serving = webhook_healthz_headers(port);
+    assert!(serving.starts_with("http/1.1 200"), "{serving}");
+    assert!(!serving.contains("connection: close"), "{serving}");
+
+    let sent = Command::new("kill")
+        .args(["-TERM", &webhook.0.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(sent.success(), "SIGTERM delivered");
+    // Stopping, it still answers (the delay), and leaves no connection to reuse.
+    eventually("a reply that closes its connection", || {
+        webhook_healthz_headers(port).contains("connection: close")
+    });
+    let stopping = webhook_healthz_headers(port);
+    assert!(stopping.starts_with("http/1.1 200"), "{stopping}");
+    let mut exit = None;
+    eventually("the webhook to exit after its delay", || {
+        exit = webhook.0.try_wait().unwrap();
+        exit.is_some()
+    });
+    assert!(exit.unwrap().success());
+}
