@@ -68,73 +68,15 @@ else
   start_kit "$work" --no-node
 fi
 
-# The stand-in kubelet, the poller and the table: the API server over HTTPS with the
-# kit's admin certificate, as scripts/bench/operator.sh does.
+# The poller and the table; the stand-in kubelet and the API server's connections are
+# scripts/bench/kit_api.py's.
 cat >"$work/bench.py" <<'PY'
-import concurrent.futures, http.client, json, os, ssl, sys, time, urllib.parse
+import json, os, sys, time
 
-work, ns = os.environ["WORK"], os.environ["NS"]
-server = urllib.parse.urlparse(os.environ["SERVER"])
-tls = ssl.create_default_context(cafile=f"{work}/cp/pki/ca.crt")
-tls.load_cert_chain(f"{work}/cp/pki/admin.crt", f"{work}/cp/pki/admin.key")
+sys.path.insert(0, os.environ["BENCH_DIR"])
+from kit_api import connect, request
 
-def connect(timeout=60):
-    return http.client.HTTPSConnection(server.hostname, server.port, context=tls, timeout=timeout)
-
-def request(conn, method, path, body=None, ctype="application/json"):
-    headers = {"Accept": "application/json", "User-Agent": "rigging-bench"}
-    if body is not None:
-        headers["Content-Type"] = ctype
-    conn.request(method, path, body=body, headers=headers)
-    resp = conn.getresponse()
-    return resp.status, resp.read()
-
-def complete():
-    """Marks every pod of the namespace Succeeded as soon as it shows up (a watch)."""
-    pool = concurrent.futures.ThreadPoolExecutor(4)
-    conns = {}
-    done = set()
-    def patch(name):
-        import threading
-        t = threading.get_ident()
-        if t not in conns:
-            conns[t] = connect()
-        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        body = json.dumps({"status": {"phase": "Succeeded", "containerStatuses": [{
-            "name": "worker", "image": "busybox:1.36", "imageID": "", "ready": False,
-            "restartCount": 0, "state": {"terminated": {"exitCode": 0, "reason": "Completed",
-            "startedAt": now, "finishedAt": now}}}]}})
-        for attempt in range(3):
-            try:
-                status, out = request(conns[t], "PATCH", f"/api/v1/namespaces/{ns}/pods/{name}/status",
-                                      body, "application/merge-patch+json")
-                if status in (200, 404):
-                    return
-            except (http.client.HTTPException, OSError):
-                conns[t] = connect()
-        print(f"stand-in: could not complete {name}", file=sys.stderr)
-    rv = ""
-    while True:
-        conn = connect(timeout=None)
-        path = f"/api/v1/namespaces/{ns}/pods?watch=1&allowWatchBookmarks=true" + (f"&resourceVersion={rv}" if rv else "")
-        conn.request("GET", path, headers={"Accept": "application/json", "User-Agent": "rigging-bench"})
-        resp = conn.getresponse()
-        if resp.status != 200:
-            rv = ""
-            time.sleep(1)
-            continue
-        for line in resp:
-            e = json.loads(line)
-            o = e["object"]
-            if e["type"] == "ERROR":
-                rv = ""
-                break
-            rv = o["metadata"].get("resourceVersion", rv)
-            if e["type"] in ("ADDED", "MODIFIED"):
-                name = o["metadata"]["name"]
-                if (o.get("status") or {}).get("phase") == "Pending" and name not in done:
-                    done.add(name)
-                    pool.submit(patch, name)
+ns = os.environ["NS"]
 
 def body_bytes(conn):
     """Request bodies the API server received, by (resource, verb), from its metrics."""
@@ -224,20 +166,18 @@ def table():
 cmd = sys.argv[1]
 if cmd == "table":
     table()
-elif cmd == "complete":
-    complete()
 elif cmd == "run":
     run(int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]))
 elif cmd == "metrics":
     snapshot()
 PY
 SERVER=$("${kubectl[@]}" config view --minify -o jsonpath='{.clusters[0].cluster.server}')
-export WORK=$work NS SERVER
+export WORK=$work NS SERVER BENCH_DIR=$PWD/scripts/bench
 bench() { python3 "$work/bench.py" "$@"; }
 
 "${kubectl[@]}" create namespace "$NS" >/dev/null
 if ((!NODE)); then
-  bench complete 2>"$work/completer.log" &
+  python3 scripts/bench/kit_api.py complete 2>"$work/completer.log" &
   completer=$!
 fi
 
