@@ -4,7 +4,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -18,7 +18,7 @@ use tokio::sync::Semaphore;
 use super::metrics::{Metrics, Settled, TopicMetrics};
 use super::stage::{Route, Router, output_id};
 use super::{Args, PULL_WAIT};
-use crate::broker::{Broker, ConsumerSpec, Delivery, Outgoing};
+use crate::broker::{Broker, BrokerError, ConsumerSpec, Delivery, Outgoing};
 use crate::forwarding::{Pool, PoolConfig, error_chain};
 use crate::runtime::Lifecycle;
 
@@ -164,7 +164,16 @@ pub struct Consumer<B> {
     metrics: Metrics,
     /// The series of each subscribed topic.
     topics: HashMap<String, TopicMetrics>,
+    /// Deliveries of a message (by topic and id) that ended because the broker did not
+    /// take its outputs: not the message's fault, so not counted against
+    /// `--max-deliveries`. Kept until the message is settled here, and for at most
+    /// [`BROKER_FAILURES_KEPT`] messages at once.
+    broker_failures: Mutex<HashMap<(String, String), u64>>,
 }
+
+/// Messages whose broker failures are remembered at once; beyond that a broker failure
+/// counts as the message's own, as it would in a new pod.
+const BROKER_FAILURES_KEPT: usize = 10_000;
 
 impl<B: Broker> Consumer<B> {
     /// A consumer named `name` that hands messages to `router` or `app`.
@@ -194,6 +203,7 @@ impl<B: Broker> Consumer<B> {
                 .map(|topic| (topic.clone(), metrics.topic(topic)))
                 .collect(),
             metrics,
+            broker_failures: Mutex::default(),
         }
     }
 
@@ -289,19 +299,37 @@ impl<B: Broker> Consumer<B> {
         }
         self.metrics.in_flight.inc();
         self.metrics.accounting.delivered();
-        let outcome = if delivery.attempt > self.max_deliveries {
+        let outcome = if self.own_attempt(&delivery) > self.max_deliveries {
             // Delivered that often without being settled: each delivery timed out or its
             // pod died before it could fail it.
             Outcome::Poison(format!(
                 "delivered {} times without an answer",
-                delivery.attempt - 1
+                self.own_attempt(&delivery) - 1
             ))
         } else {
             self.process(&delivery, counts).await
         };
         let settled = self.settle(&delivery, outcome, counts).await;
+        if settled != Settled::Retried {
+            self.broker_failures
+                .lock()
+                .expect("broker failures lock")
+                .remove(&(delivery.topic.clone(), delivery.id.clone()));
+        }
         self.metrics.accounting.settled(settled);
         self.metrics.in_flight.dec();
+    }
+
+    /// Which delivery of the message this is, not counting those the broker failed.
+    fn own_attempt(&self, delivery: &Delivery) -> u64 {
+        let failures = self
+            .broker_failures
+            .lock()
+            .expect("broker failures lock")
+            .get(&(delivery.topic.clone(), delivery.id.clone()))
+            .copied()
+            .unwrap_or(0);
+        delivery.attempt.saturating_sub(failures)
     }
 
     async fn process(&self, delivery: &Delivery, counts: &TopicMetrics) -> Outcome {
@@ -355,7 +383,11 @@ impl<B: Broker> Consumer<B> {
                     counts.acked.inc();
                     (self.broker.ack(delivery).await, Settled::Out)
                 }
-                Err(reason) => return self.fail(delivery, reason, counts).await,
+                // Over the broker's size limit: the message's own doing, every time.
+                Err(e @ BrokerError::TooLarge { .. }) => {
+                    return self.fail(delivery, e.to_string(), counts).await;
+                }
+                Err(e) => return self.broker_failed(delivery, e.to_string(), counts).await,
             },
             Outcome::Filtered => {
                 counts.filtered.inc();
@@ -374,7 +406,7 @@ impl<B: Broker> Consumer<B> {
         &self,
         delivery: &Delivery,
         outputs: Vec<(String, Option<String>, Bytes)>,
-    ) -> Result<u64, String> {
+    ) -> Result<u64, BrokerError> {
         let count = outputs.len() as u64;
         for (index, (topic, content_type, payload)) in outputs.into_iter().enumerate() {
             let message = Outgoing {
@@ -402,21 +434,58 @@ impl<B: Broker> Consumer<B> {
                         .published
                         .with_label_values(&[&topic, "error"])
                         .inc();
-                    return Err(e.to_string());
+                    return Err(e);
                 }
             }
         }
         Ok(count)
     }
 
+    /// A delivery whose outputs the broker did not take (down, failing over, no quorum):
+    /// again after a backoff, however often, as the message is not at fault. Outputs
+    /// stored before the failure are stored once: they are published again with their ids.
+    async fn broker_failed(
+        &self,
+        delivery: &Delivery,
+        reason: String,
+        counts: &TopicMetrics,
+    ) -> Settled {
+        let failures = {
+            let mut failures = self.broker_failures.lock().expect("broker failures lock");
+            let key = (delivery.topic.clone(), delivery.id.clone());
+            if failures.len() < BROKER_FAILURES_KEPT || failures.contains_key(&key) {
+                let n = failures.entry(key).or_insert(0);
+                *n += 1;
+                *n
+            } else {
+                delivery.attempt
+            }
+        };
+        counts.failed.inc();
+        let wait = self.backoff_for(u32::try_from(failures).unwrap_or(u32::MAX));
+        tracing::info!(
+            id = %delivery.id,
+            topic = %delivery.topic,
+            delivery = delivery.attempt,
+            retry_in = ?wait,
+            reason = %reason,
+            "outputs not stored: the broker failed; not counted against --max-deliveries"
+        );
+        if let Err(e) = self.broker.retry(delivery, wait).await {
+            tracing::warn!(error = %e, "retry lost: the message comes again after the ack wait");
+        }
+        Settled::Retried
+    }
+
     /// A failed delivery: again after a backoff, or to the dead-letter topic when it has had
     /// its deliveries.
     async fn fail(&self, delivery: &Delivery, reason: String, counts: &TopicMetrics) -> Settled {
-        if delivery.attempt >= self.max_deliveries {
+        let attempt = self.own_attempt(delivery);
+        if attempt >= self.max_deliveries {
             return self.dead_letter(delivery, reason, counts).await;
         }
         counts.failed.inc();
-        let wait = self.backoff_for(u32::try_from(delivery.attempt).unwrap_or(u32::MAX));
+        let wait = self.backoff_for(u32::try_from(attempt).unwrap_or(u32::MAX));
         tracing::info!(
             id = %delivery.id,
             topic = %delivery.topic,

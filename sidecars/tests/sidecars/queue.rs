@@ -965,3 +965,62 @@ fn through_the_loss_of_one_of_three_jetstream_servers_every_input_is_downstream_
     let duplicates: Vec<_> = stored.iter().filter(|(_, n)| **n > 1).collect();
     assert!(duplicates.is_empty(), "stored twice: {duplicates:?}");
 }
+
+/// Sets the stream's message limit (`None`: none), refusing new messages beyond it, as a
+/// full or failing broker does.
+fn limit_stream(nats: &Nats, max_messages: Option<i64>) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let url = nats.url();
+    runtime.block_on(async move {
+        let client = async_nats::connect(url.as_str()).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        let mut stream = js.get_stream("rigging").await.unwrap();
+        let mut config = stream.info().await.unwrap().config.clone();
+        config.max_messages = max_messages.unwrap_or(-1);
+        config.discard = async_nats::jetstream::stream::DiscardPolicy::New;
+        js.update_stream(config).await.unwrap();
+    });
+}
+
+#[test]
+fn a_broker_that_refuses_a_stages_outputs_does_not_count_against_max_deliveries() {
+    let nats = Nats::start();
+    let publisher = Queue::start(&nats, &[]);
+    let (status, _) = publisher.publish("in", Some("m1"), r#"{"id":"m1"}"#);
+    assert_eq!(status, 200);
+    // Full: the stage's output of m1 is refused, whatever m1 is.
+    limit_stream(&nats, Some(1));
+    let stage = Queue::start(
+        &nats,
+        &[
+            "--subscribe",
+            "in",
+            "--consumer",
+            "copy",
+            "--stage",
+            "copy",
+            "--output",
+            "out",
+            "--max-deliveries",
+            "2",
+            "--max-backoff",
+            "200ms",
+        ],
+    );
+    let failed = r#"rigging_queue_failed_total{topic="in"}"#;
+    wait_until(
+        "m1 refused by the broker 5 times",
+        Duration::from_secs(30),
+        || stage.metric(failed) >= 5.0,
+    );
+    limit_stream(&nats, None);
+    // Its deliveries were the broker's failures, not its own: it goes on, not to its
+    // dead-letter topic.
+    let out = stored_ids(&nats, "out", 1, Duration::from_secs(30));
+    assert_eq!(out.keys().collect::<Vec<_>>(), ["m1"]);
+    let dead = stored_ids(&nats, "in.dead-letter", 1, Duration::from_secs(2));
+    assert!(dead.is_empty(), "dead-lettered: {dead:?}");
+}
