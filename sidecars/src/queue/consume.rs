@@ -461,20 +461,8 @@ impl<B: Broker> Consumer<B> {
                 delivery.attempt
             }
         };
-        counts.failed.inc();
-        let wait = self.backoff_for(u32::try_from(failures).unwrap_or(u32::MAX));
-        tracing::info!(
-            id = %delivery.id,
-            topic = %delivery.topic,
-            delivery = delivery.attempt,
-            retry_in = ?wait,
-            reason = %reason,
-            "outputs not stored: the broker failed; not counted against --max-deliveries"
-        );
-        if let Err(e) = self.broker.retry(delivery, wait).await {
-            tracing::warn!(error = %e, "retry lost: the message comes again after the ack wait");
-        }
-        Settled::Retried
+        let what = "outputs not stored: the broker failed; not counted against --max-deliveries";
+        self.again(delivery, failures, &reason, what, counts).await
     }
 
     /// A failed delivery: again after a backoff, or to the dead-letter topic when it has had
@@ -484,15 +472,29 @@ impl<B: Broker> Consumer<B> {
         if attempt >= self.max_deliveries {
             return self.dead_letter(delivery, reason, counts).await;
         }
+        self.again(delivery, attempt, &reason, "delivery failed", counts)
+            .await
+    }
+
+    /// Has the broker deliver `delivery` again after the backoff of its `failures`th
+    /// failure, saying `what` happened and why.
+    async fn again(
+        &self,
+        delivery: &Delivery,
+        failures: u64,
+        reason: &str,
+        what: &str,
+        counts: &TopicMetrics,
+    ) -> Settled {
         counts.failed.inc();
-        let wait = self.backoff_for(u32::try_from(attempt).unwrap_or(u32::MAX));
+        let wait = self.backoff_for(u32::try_from(failures).unwrap_or(u32::MAX));
         tracing::info!(
             id = %delivery.id,
             topic = %delivery.topic,
             delivery = delivery.attempt,
             retry_in = ?wait,
             reason = %reason,
-            "delivery failed"
+            "{what}"
         );
         if let Err(e) = self.broker.retry(delivery, wait).await {
             tracing::warn!(error = %e, "retry lost: the message comes again after the ack wait");
