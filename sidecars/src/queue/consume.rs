@@ -311,10 +311,11 @@ impl<B: Broker> Consumer<B> {
         };
         let settled = self.settle(&delivery, outcome, counts).await;
         if settled != Settled::Retried {
-            self.broker_failures
-                .lock()
-                .expect("broker failures lock")
-                .remove(&(delivery.topic.clone(), delivery.id.clone()));
+            let mut failures = self.broker_failures.lock().expect("broker failures lock");
+            // Empty but through a broker outage: no key to build for every delivery.
+            if !failures.is_empty() {
+                failures.remove(&(delivery.topic.clone(), delivery.id.clone()));
+            }
         }
         self.metrics.accounting.settled(settled);
         self.metrics.in_flight.dec();
@@ -322,13 +323,14 @@ impl<B: Broker> Consumer<B> {
 
     /// Which delivery of the message this is, not counting those the broker failed.
     fn own_attempt(&self, delivery: &Delivery) -> u64 {
-        let failures = self
-            .broker_failures
-            .lock()
-            .expect("broker failures lock")
-            .get(&(delivery.topic.clone(), delivery.id.clone()))
-            .copied()
-            .unwrap_or(0);
+        let failures = self.broker_failures.lock().expect("broker failures lock");
+        let failures = match failures.is_empty() {
+            true => 0,
+            false => failures
+                .get(&(delivery.topic.clone(), delivery.id.clone()))
+                .copied()
+                .unwrap_or(0),
+        };
         delivery.attempt.saturating_sub(failures)
     }
 
