@@ -103,9 +103,12 @@ fn parse_records(text: &str) -> Vec<Value> {
         .collect()
 }
 
-/// Complete records written to `path` so far.
+/// Complete records written to `path` so far: a line the sidecar is still writing (its
+/// output is buffered, so a write may end mid-record) is left for the next read.
 fn records(path: &Path) -> Vec<Value> {
-    parse_records(&std::fs::read_to_string(path).unwrap_or_default())
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let complete = text.rfind('\n').map_or("", |end| &text[..=end]);
+    parse_records(complete)
 }
 
 /// Waits until `path` holds at least `n` records; returns them.
