@@ -175,6 +175,16 @@ fn check_bounds(schema: &Value, value: &Value, path: &str, errors: &mut Vec<Fiel
                 format!("must be at most {max} characters long"),
             ));
         }
+        // The API server's regular expressions are Go's RE2, whose syntax the regex crate
+        // shares for what the CRDs use. A pattern that does not compile checks nothing.
+        if let Some(pattern) = schema.get("pattern").and_then(Value::as_str)
+            && regex::Regex::new(pattern).is_ok_and(|re| !re.is_match(s))
+        {
+            errors.push(FieldError::new(
+                path,
+                format!("{s:?} should match '{pattern}'"),
+            ));
+        }
     }
     if let Some(items) = value.as_array() {
         let len = items.len() as f64;
@@ -229,6 +239,7 @@ mod tests {
             "properties": {
                 "port": {"type": "integer", "minimum": 1.0, "maximum": 65535.0},
                 "mode": {"type": "string", "enum": ["a", "b"]},
+                "name": {"type": "string", "pattern": "^[a-z]([-a-z0-9]*[a-z0-9])?$"},
                 "budget": {"x-kubernetes-int-or-string": true},
                 "labels": {"type": "object", "additionalProperties": {"type": "string"}},
                 "items": {"type": "array", "items": {"type": "object", "properties": {"name": {"type": "string"}}}},
@@ -246,14 +257,14 @@ mod tests {
 
     #[test]
     fn a_valid_object_has_no_errors() {
-        let value = json!({"port": 80, "mode": "a", "budget": "50%", "labels": {"x": "y"},
+        let value = json!({"port": 80, "mode": "a", "name": "web-1", "budget": "50%", "labels": {"x": "y"},
             "items": [{"name": "n"}], "free": {"n": 1, "anything": true}});
         assert_eq!(messages(value), Vec::<String>::new());
     }
 
     #[test]
     fn errors_name_the_field_path() {
-        let value = json!({"port": 0, "mode": "c", "budget": 1.5, "labels": {"x": 1},
+        let value = json!({"port": 0, "mode": "c", "name": "Web_1", "budget": 1.5, "labels": {"x": 1},
             "items": [{"name": 3}], "free": {"n": "one"}});
         assert_eq!(
             messages(value),
@@ -263,6 +274,7 @@ mod tests {
                 "spec.items[0].name: must be a string, not an integer",
                 "spec.labels.x: must be a string, not an integer",
                 "spec.mode: must be one of \"a\", \"b\"",
+                "spec.name: \"Web_1\" should match '^[a-z]([-a-z0-9]*[a-z0-9])?$'",
                 "spec.port: must be >= 1",
             ]
         );
