@@ -93,6 +93,40 @@ pub struct WorkQueueSpec {
     /// Job from completing).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sidecars: Option<Sidecars>,
+
+    /// Speculative backups of stragglers (MapReduce's backup tasks): once every item has
+    /// started and half of them have succeeded, an item that has run `after` times the
+    /// median time of those gets a second Job; the first to succeed wins and the other is
+    /// deleted. Only for idempotent work: an item may run twice at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speculative: Option<Speculative>,
+}
+
+/// When a straggling item gets a backup Job.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[x_kube(
+    validation = Rule::new("self.idempotent")
+        .message("speculative.idempotent must be true: a backup runs an item a second time while its first Job still runs, which only idempotent work allows")
+        .field_path(".idempotent")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct Speculative {
+    /// How long an item runs before it gets a backup, as a multiple of the median time
+    /// of the items that succeeded: `1.5x` (1x to 99.99x).
+    #[schemars(regex(pattern = r"^[1-9][0-9]?(\.[0-9]{1,2})?x$"))]
+    pub after: String,
+    /// Says that the worker is idempotent: running an item twice, even at once, does
+    /// what running it once does. Must be true.
+    pub idempotent: bool,
+}
+
+impl Speculative {
+    /// The multiple of the median that `after` names (`1.5x`: 1.5); `None` when it is not
+    /// one, which the CRD's pattern refuses.
+    pub fn factor(&self) -> Option<f64> {
+        let factor: f64 = self.after.strip_suffix('x')?.parse().ok()?;
+        (factor >= 1.0).then_some(factor)
+    }
 }
 
 fn one() -> i32 {
@@ -199,10 +233,35 @@ pub struct WorkQueueStatus {
     /// When the next finished Job's `ttlSecondsAfterFinished` ends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_cleanup_time: Option<Time>,
+    /// With `speculative`: the backups started and won.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backups: Option<Backups>,
     /// `Ready`, `Progressing` and `Degraded`, each with the generation it describes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+}
+
+/// The speculative backups of a WorkQueue. Counted from the results ConfigMaps (each result
+/// says whether its item had a backup, and whether it won) and the Jobs that exist, so the
+/// counts hold across operator restarts.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Backups {
+    /// Backup Jobs started.
+    #[serde(default)]
+    pub started: i32,
+    /// Items whose backup succeeded first.
+    #[serde(default)]
+    pub won: i32,
+    /// Seconds after which a running item gets a backup: `after` times the median time of
+    /// the items that succeeded, of those whose Jobs still exist. Unset until half the
+    /// items succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub straggler_seconds: Option<i64>,
+    /// When the next running item becomes a straggler.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_check_time: Option<Time>,
 }
 
 /// Where a WorkQueue keeps the result of every finished item: ConfigMaps of its own (each

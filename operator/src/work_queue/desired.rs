@@ -30,10 +30,12 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use rigging_crds::{FieldError, FieldErrors, WorkQueue};
 
 use super::results::{self, Recorded};
+use super::speculative::{self, BACKUP_LABEL, Standing};
 use super::{naming, status};
 use crate::controller::{Child, MANAGER, Observed, RenderConfig, child_meta};
 use crate::sidecars;
@@ -189,10 +191,21 @@ pub fn desired(
     // Whether a Job of this queue that an earlier operator made still mounts the ConfigMap
     // of items ([`items_config_map`]).
     let mut mounted = false;
+    // Speculative backups: how far the queue got, and its running items without a backup
+    // (position, start).
+    let mut succeeded = 0;
+    let mut run_times = Vec::new();
+    let mut candidates: Vec<(usize, Timestamp)> = Vec::new();
+    let queue = wq.name_any();
+    let ours = |name: &str| {
+        let c = cache.as_ref()?;
+        c.get::<Job>(name).filter(|j| c.controls(&**j))
+    };
     let mut consider = |job: &str, item: &str, unstarted: Option<&mut Vec<usize>>, i: usize| {
-        let live = cache.as_ref().and_then(|c| c.get::<Job>(job));
-        let ours = live.filter(|j| cache.as_ref().is_some_and(|c| c.controls(&**j)));
-        let Some(live) = ours else {
+        let first = ours(job);
+        let backup_name = naming::backup_job_name(&queue, item);
+        let backup = ours(&backup_name);
+        if first.is_none() && backup.is_none() {
             // A Job of that name that this queue does not control is never its own: the
             // item waits (status names the conflict). Without any Job, a recorded item is
             // done, and any other starts when there is room.
@@ -201,24 +214,63 @@ pub fn desired(
                 unstarted.push(i);
             }
             return;
-        };
-        mounted |= mounts_items(&live);
-        let outcome = status::outcome(&live);
-        if recorded.get(job).is_some() {
-            // Recorded: kept until its TTL has passed, then left out, so it is deleted.
-            if !expired.contains(job) {
-                kept.push((i, keep(&live)));
+        }
+        mounted |= first.as_deref().is_some_and(mounts_items);
+        // (the Job, its name): first the item's own, then its backup.
+        let pair = [(first, job), (backup, backup_name.as_str())];
+        if let Some(value) = recorded.get(job) {
+            // Recorded: the Job that decided it is kept until its TTL has passed, then
+            // left out, so it is deleted; the other (a backup race's loser) goes at once.
+            let (winner, _) = speculative::recorded_winner(value);
+            let (live, name) = winner.of(&pair);
+            if results::succeeded(value) {
+                succeeded += 1;
+                run_times.extend(live.as_deref().and_then(speculative::run_time));
+            }
+            if let Some(live) = live.as_deref().filter(|_| !expired.contains(name)) {
+                kept.push((i, keep(live)));
             }
             return;
         }
-        match outcome {
-            None => running += 1,
-            Some(outcome) => {
-                unrecorded.push((job.to_owned(), status::recorded_value(&outcome, item)));
-                due |= expired.contains(job);
+        // Every unfinished Job counts against `parallelism`, a loser still running too.
+        running += pair
+            .iter()
+            .filter(|(live, _)| {
+                live.as_deref()
+                    .is_some_and(|j| status::outcome(j).is_none())
+            })
+            .count();
+        match speculative::standing(pair[0].0.as_deref(), pair[1].0.as_deref()) {
+            Standing::Finished {
+                outcome,
+                winner,
+                backup,
+            } => {
+                let (live, name) = winner.of(&pair);
+                if outcome.succeeded() {
+                    succeeded += 1;
+                    run_times.extend(live.as_deref().and_then(speculative::run_time));
+                }
+                unrecorded.push((
+                    job.to_owned(),
+                    speculative::recorded_value(&outcome, item, winner, backup),
+                ));
+                // A backup race is written out at once: only then may its loser go.
+                due |= backup || expired.contains(*name);
+            }
+            Standing::Running | Standing::Unstarted => {
+                if let (Some(start), None, true) = (
+                    pair[0].0.as_deref().and_then(speculative::started),
+                    &pair[1].0,
+                    i != usize::MAX,
+                ) {
+                    candidates.push((i, start));
+                }
             }
         }
-        kept.push((i, keep(&live)));
+        for (live, _) in pair {
+            kept.extend(live.map(|live| (i, keep(&live))));
+        }
     };
     for (i, item) in items.iter().enumerate() {
         consider(&item.job, &item.item, Some(&mut unstarted), i);
@@ -230,7 +282,7 @@ pub fn desired(
         let known: HashSet<&str> = items.iter().map(|i| i.job.as_str()).collect();
         for job in c.in_namespace::<Job>() {
             let name = job.name_any();
-            if c.controls(&*job) && !known.contains(name.as_str()) {
+            if c.controls(&*job) && !known.contains(name.as_str()) && !is_backup(&job) {
                 let item = job
                     .annotations()
                     .get(ITEM_ANNOTATION)
@@ -254,11 +306,30 @@ pub fn desired(
     let free = usize::try_from(wq.spec.parallelism.max(0))
         .unwrap_or_default()
         .saturating_sub(running);
+    let unstarted_count = unstarted.len();
     let mut jobs: Vec<(usize, Job)> = unstarted
         .into_iter()
         .take(free)
         .map(|i| (i, job(wq, &template, &items[i])))
         .collect();
+    // Backups only once every item has a Job, so with room left, to the stragglers in item
+    // order: chosen again the same way when the cache lags.
+    if let (Some(spec), Some(now)) = (&wq.spec.speculative, observed.now()) {
+        let progress = speculative::Progress {
+            items: items.len(),
+            unstarted: unstarted_count,
+            succeeded,
+            run_times,
+        };
+        let starts: Vec<Timestamp> = candidates.iter().map(|(_, start)| *start).collect();
+        let plan = speculative::plan(spec, progress, &starts, now);
+        let room = free.saturating_sub(jobs.len());
+        for c in plan.due.into_iter().take(room) {
+            let i = candidates[c].0;
+            let item = &items[i];
+            jobs.push((i, as_backup(job(wq, &template, item), &queue, &item.item)));
+        }
+    }
     let idle = running == 0 && jobs.is_empty();
     jobs.extend(kept);
     jobs.sort_by_key(|(i, _)| *i);
@@ -584,6 +655,29 @@ fn job(wq: &WorkQueue, template: &PodTemplateSpec, item: &Item) -> Job {
         }),
         status: None,
     }
+}
+
+/// `job`, the Job of `item` in `queue`, made its speculative backup: under the backup's
+/// name, it and its pods labelled [`BACKUP_LABEL`].
+pub fn as_backup(mut job: Job, queue: &str, item: &str) -> Job {
+    job.metadata.name = Some(naming::backup_job_name(queue, item));
+    let pod_labels = job
+        .spec
+        .as_mut()
+        .and_then(|s| s.template.metadata.as_mut())
+        .and_then(|m| m.labels.as_mut());
+    for labels in [job.metadata.labels.as_mut(), pod_labels]
+        .into_iter()
+        .flatten()
+    {
+        labels.insert(BACKUP_LABEL.into(), "true".into());
+    }
+    job
+}
+
+/// Whether `job` is an item's speculative backup.
+pub fn is_backup(job: &Job) -> bool {
+    job.labels().get(BACKUP_LABEL).map(String::as_str) == Some("true")
 }
 
 fn env_var(name: &str, value: &str) -> EnvVar {
@@ -1109,6 +1203,167 @@ mod tests {
                 "Failed: BackoffLimitExceeded: Job has reached the specified backoff limit; item: \"cat.png\""
             ),
             "{data:?}"
+        );
+    }
+
+    /// `ITEMS` with backups after twice the median, `parallelism` at once.
+    fn speculative_queue(parallelism: i32) -> WorkQueue {
+        let mut wq = static_queue(&ITEMS, parallelism);
+        wq.spec.speculative = Some(rigging_crds::work_queue::Speculative {
+            after: "2x".into(),
+            idempotent: true,
+        });
+        wq
+    }
+
+    /// cat, Dog and dog succeeded in 10 s each; eel runs since 0 s and fox since 15 s.
+    fn three_done_two_running(wq: &WorkQueue) -> Vec<Child> {
+        let mut jobs: Vec<Child> = ["cat.png", "Dog.png", "dog.png"]
+            .iter()
+            .map(|i| Child::Job(succeeded(active_since(job_of(wq, i), at(0)), at(10))))
+            .collect();
+        jobs.push(Child::Job(active_since(job_of(wq, "eel.png"), at(0))));
+        jobs.push(Child::Job(active_since(job_of(wq, "fox.png"), at(15))));
+        jobs
+    }
+
+    #[test]
+    fn a_straggler_gets_a_labelled_backup_job_after_after_times_the_median_with_room_for_it() {
+        let wq = speculative_queue(5);
+        let eel_backup = naming::backup_job_name("thumbs", "eel.png");
+        // Median 10 s, 2x: eel is a straggler from 20 s, fox from 35 s.
+        let c = with_cached_at(&wq, three_done_two_running(&wq), at(19));
+        assert_eq!(c.jobs.len(), 5, "{:?}", job_names(&c));
+        let c = with_cached_at(&wq, three_done_two_running(&wq), at(20));
+        let names = job_names(&c);
+        assert_eq!(names.len(), 6, "{names:?}");
+        let backup = c
+            .jobs
+            .iter()
+            .find(|j| j.metadata.name.as_deref() == Some(eel_backup.as_str()))
+            .unwrap_or_else(|| panic!("no backup for eel: {names:?}"));
+        let pod_labels = backup.spec.as_ref().unwrap().template.metadata.as_ref();
+        for labels in [
+            backup.metadata.labels.as_ref(),
+            pod_labels.unwrap().labels.as_ref(),
+        ] {
+            let labels = labels.unwrap();
+            assert_eq!(labels[BACKUP_LABEL], "true");
+            assert_eq!(labels[ITEM_LABEL], naming::item_hash("eel.png"));
+        }
+        assert_eq!(
+            backup.metadata.annotations.as_ref().unwrap()[ITEM_ANNOTATION],
+            "eel.png"
+        );
+        // No room: the two running Jobs fill parallelism 2.
+        let full = speculative_queue(2);
+        assert_eq!(
+            with_cached_at(&full, three_done_two_running(&full), at(40))
+                .jobs
+                .len(),
+            5
+        );
+        // Without speculative, never.
+        let plain = static_queue(&ITEMS, 5);
+        assert_eq!(
+            with_cached_at(&plain, three_done_two_running(&plain), at(40))
+                .jobs
+                .len(),
+            5
+        );
+    }
+
+    #[test]
+    fn no_backup_while_an_item_has_not_started_or_fewer_than_half_succeeded() {
+        let wq = speculative_queue(5);
+        let mut cached = three_done_two_running(&wq);
+        // fox has no Job yet.
+        cached.pop();
+        let c = with_cached_at(&wq, cached, at(100));
+        assert!(
+            !job_names(&c).iter().any(|n| n.ends_with("-b")),
+            "{:?}",
+            job_names(&c)
+        );
+        // Two of five succeeded.
+        let mut cached = three_done_two_running(&wq);
+        cached[2] = Child::Job(active_since(job_of(&wq, "dog.png"), at(0)));
+        let c = with_cached_at(&wq, cached, at(100));
+        assert!(
+            !job_names(&c).iter().any(|n| n.ends_with("-b")),
+            "{:?}",
+            job_names(&c)
+        );
+    }
+
+    #[test]
+    fn the_backup_that_wins_is_recorded_at_once_and_only_then_its_loser_is_deleted() {
+        let wq = speculative_queue(5);
+        let first = job_of(&wq, "eel.png");
+        let backup = backup_of(&wq, "eel.png");
+        let mut cached = three_done_two_running(&wq);
+        cached.push(Child::Job(succeeded(
+            active_since(backup.clone(), at(20)),
+            at(25),
+        )));
+        let c = with_cached_at(&wq, cached.clone(), at(26));
+        let names = job_names(&c);
+        assert!(
+            names.contains(first.metadata.name.as_ref().unwrap())
+                && names.contains(backup.metadata.name.as_ref().unwrap()),
+            "both kept until the result is recorded: {names:?}"
+        );
+        assert_eq!(c.results.len(), 1, "written at once, fox still runs");
+        let data = c.results[0].data.as_ref().unwrap();
+        assert_eq!(
+            data[first.metadata.name.as_ref().unwrap()],
+            "Succeeded; backup won"
+        );
+        // Recorded: the loser (the item's first Job, still running) is left out.
+        let mut recorded = c.results[0].clone();
+        recorded.metadata.resource_version = Some("rv-0".into());
+        cached.push(Child::ConfigMap(recorded));
+        let names = job_names(&with_cached_at(&wq, cached, at(27)));
+        assert!(
+            !names.contains(first.metadata.name.as_ref().unwrap()),
+            "{names:?}"
+        );
+        assert!(
+            names.contains(backup.metadata.name.as_ref().unwrap()),
+            "{names:?}"
+        );
+    }
+
+    #[test]
+    fn a_first_job_that_wins_is_recorded_so_and_its_backup_is_deleted() {
+        let wq = speculative_queue(5);
+        let first = job_of(&wq, "eel.png");
+        let backup = backup_of(&wq, "eel.png");
+        let mut cached = three_done_two_running(&wq);
+        cached[3] = Child::Job(succeeded(active_since(first.clone(), at(0)), at(24)));
+        cached.push(Child::Job(active_since(backup.clone(), at(20))));
+        let c = with_cached_at(&wq, cached.clone(), at(26));
+        let data = c.results[0].data.as_ref().unwrap();
+        assert_eq!(
+            data[first.metadata.name.as_ref().unwrap()],
+            "Succeeded; backup lost"
+        );
+        cached.push(Child::ConfigMap(results_chunk(
+            &wq,
+            0,
+            &[(
+                first.metadata.name.clone().unwrap(),
+                "Succeeded; backup lost".into(),
+            )],
+        )));
+        let names = job_names(&with_cached_at(&wq, cached, at(27)));
+        assert!(
+            names.contains(first.metadata.name.as_ref().unwrap()),
+            "{names:?}"
+        );
+        assert!(
+            !names.contains(backup.metadata.name.as_ref().unwrap()),
+            "{names:?}"
         );
     }
 

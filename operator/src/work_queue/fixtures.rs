@@ -85,6 +85,13 @@ pub fn with_cached(wq: &WorkQueue, cached: Vec<Child>) -> Children {
     desired::desired(wq, &config(), &observed).expect("valid fixture")
 }
 
+/// The children `wq` wants at `now` when the caches hold `cached`.
+pub fn with_cached_at(wq: &WorkQueue, cached: Vec<Child>, now: Timestamp) -> Children {
+    let stores = ChildStores::prefilled(cached);
+    let observed = Observed::cached(&stores, "media", "wq-uid").at(now);
+    desired::desired(wq, &config(), &observed).expect("valid fixture")
+}
+
 /// The names of the Jobs of `children`.
 pub fn job_names(children: &Children) -> Vec<String> {
     children
@@ -107,6 +114,13 @@ pub fn job_of(wq: &WorkQueue, item: &str) -> Job {
         .find(|j| j.metadata.name.as_deref() == Some(name.as_str()))
         .unwrap_or_else(|| panic!("{item} is an item of the fixture"));
     job.metadata.uid = Some(job_uid(&name));
+    job
+}
+
+/// `wq`'s backup Job for `item`, as desired renders it (no status yet), with its uid.
+pub fn backup_of(wq: &WorkQueue, item: &str) -> Job {
+    let mut job = desired::as_backup(job_of(wq, item), "thumbs", item);
+    job.metadata.uid = job.metadata.name.as_deref().map(job_uid);
     job
 }
 
@@ -198,7 +212,9 @@ fn pod_condition(
 
 /// `job` once it completed at `at`.
 pub fn succeeded(mut job: Job, at: Timestamp) -> Job {
+    let start_time = job.status.as_ref().and_then(|s| s.start_time.clone());
     job.status = Some(JobStatus {
+        start_time,
         succeeded: Some(1),
         completion_time: Some(Time(at)),
         conditions: Some(vec![
@@ -229,6 +245,16 @@ pub fn failed(mut job: Job, at: Timestamp) -> Job {
 pub fn active(mut job: Job) -> Job {
     job.status = Some(JobStatus {
         active: Some(1),
+        ..JobStatus::default()
+    });
+    job
+}
+
+/// `job` with a pod running (or pending) since `start`, as the Job controller reports it.
+pub fn active_since(mut job: Job, start: Timestamp) -> Job {
+    job.status = Some(JobStatus {
+        active: Some(1),
+        start_time: Some(Time(start)),
         ..JobStatus::default()
     });
     job

@@ -5,8 +5,8 @@
 //! Only what is this kind's own lives here: [`naming`] (the deterministic names),
 //! [`desired`] (the children, and validation), [`status`] (the counts, the recorded results,
 //! conditions and Events) with [`pods`] (what a worker pod shows that its Job does not: that
-//! it cannot start), all pure, and [`source`] (the poller of source mode, which does
-//! IO of its own). The shared controller layer does the rest.
+//! it cannot start) and [`speculative`] (backups of stragglers), all pure, and [`source`]
+//! (the poller of source mode, which does IO of its own). The shared controller layer does the rest.
 //!
 //! How the pieces keep an item from running twice or being forgotten, across restarts:
 //! - a Job's name comes from the item alone, and Jobs are only ever created (never updated
@@ -20,6 +20,7 @@ pub mod naming;
 pub mod pods;
 pub mod results;
 pub mod source;
+pub mod speculative;
 pub mod status;
 
 #[cfg(test)]

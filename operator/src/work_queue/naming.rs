@@ -23,14 +23,27 @@ pub const HASH_DIGITS: usize = 12;
 
 /// The name of an item's Job in the WorkQueue `queue`.
 pub fn job_name(queue: &str, item: &str) -> String {
+    named(queue, item, "")
+}
+
+/// What ends the name of an item's backup Job ([`backup_job_name`]).
+pub const BACKUP_SUFFIX: &str = "-b";
+
+/// The name of an item's speculative backup Job: its Job's name with a slug two characters
+/// shorter, and `-b`. It never is another item's Job's name, which ends in the hash.
+pub fn backup_job_name(queue: &str, item: &str) -> String {
+    named(queue, item, BACKUP_SUFFIX)
+}
+
+fn named(queue: &str, item: &str, suffix: &str) -> String {
     let hash = item_hash(item);
-    // `<queue>-` + slug + `-` + hash.
-    let budget = MAX_JOB_NAME.saturating_sub(queue.len() + 2 + HASH_DIGITS);
+    // `<queue>-` + slug + `-` + hash + suffix.
+    let budget = MAX_JOB_NAME.saturating_sub(queue.len() + 2 + HASH_DIGITS + suffix.len());
     let slug = slug(item, budget);
     if slug.is_empty() {
-        format!("{queue}-{hash}")
+        format!("{queue}-{hash}{suffix}")
     } else {
-        format!("{queue}-{slug}-{hash}")
+        format!("{queue}-{slug}-{hash}{suffix}")
     }
 }
 
@@ -145,6 +158,9 @@ mod tests {
                 let name = job_name(queue, item);
                 assert!(is_dns_label(&name), "{name:?} ({} chars)", name.len());
                 assert!(name.ends_with(&item_hash(item)));
+                let backup = backup_job_name(queue, item);
+                assert!(is_dns_label(&backup), "{backup:?} ({} chars)", backup.len());
+                assert!(backup.ends_with(&format!("{}-b", item_hash(item))));
             }
         }
         // The longest queue still leaves a readable slug.

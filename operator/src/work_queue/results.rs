@@ -69,9 +69,12 @@ pub fn failed_value(reason: &str, message: &str, item: &str) -> String {
     format!("{FAILED_PREFIX}: {reason}: {message}; item: {item:?}")
 }
 
-/// Whether a recorded value says the item succeeded.
+/// Whether a recorded value says the item succeeded: `Succeeded`, and with a speculative
+/// backup `Succeeded; backup won` or `Succeeded; backup lost`.
 pub fn succeeded(value: &str) -> bool {
-    value == SUCCEEDED
+    value
+        .strip_prefix(SUCCEEDED)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with(';'))
 }
 
 /// The results ConfigMaps of one queue, as the cache holds them.

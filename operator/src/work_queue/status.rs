@@ -15,12 +15,13 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
 use rigging_crds::work_queue::{
-    EXPIRED_LISTED, FailedItem, LAST_FAILURES, Results, STUCK_LISTED, StuckItem,
+    Backups, EXPIRED_LISTED, FailedItem, LAST_FAILURES, Results, STUCK_LISTED, StuckItem,
 };
 use rigging_crds::{FieldErrors, WorkQueue, WorkQueueStatus};
 
 use super::desired::{self, ITEM_ANNOTATION, Item};
 use super::results::{self, Recorded};
+use super::speculative::{self, Standing, Which};
 use super::{naming, pods};
 use crate::controller::conditions;
 use crate::controller::conditions::{Cond, cond, truncate};
@@ -50,6 +51,11 @@ impl Outcome {
         match self {
             Outcome::Succeeded { at } | Outcome::Failed { at, .. } => *at,
         }
+    }
+
+    /// Whether the Job succeeded.
+    pub fn succeeded(&self) -> bool {
+        matches!(self, Outcome::Succeeded { .. })
     }
 }
 
@@ -165,12 +171,22 @@ pub fn observed(wq: &WorkQueue, applied: &Applied, now: Timestamp) -> WorkQueueS
         }
     };
 
-    let mut consider = |job_name: &str, item: &str| {
-        let live: Option<Arc<Job>> = match cache {
-            Some(c) => c.get::<Job>(job_name),
-            None => applied.get::<Job>(job_name).cloned().map(Arc::new),
+    // Speculative backups: started and won, how far the queue got, and the start of each
+    // running item without a backup.
+    let (mut started, mut won) = (0usize, 0usize);
+    let mut run_times = Vec::new();
+    let mut candidates: Vec<Timestamp> = Vec::new();
+    // A Job created in this reconcile is not in the cache yet.
+    let lookup = |name: &str| -> Option<Arc<Job>> {
+        let live = match cache {
+            Some(c) => c.get::<Job>(name),
+            None => applied.get::<Job>(name).cloned().map(Arc::new),
         };
-        let foreign = live
+        live.or_else(|| applied.get::<Job>(name).cloned().map(Arc::new))
+    };
+    let mut consider = |job_name: &str, item: &str| {
+        let first = lookup(job_name);
+        let foreign = first
             .as_ref()
             .filter(|j| cache.is_some_and(|c| !c.controls(&***j)));
         if let Some(j) = foreign {
@@ -182,13 +198,19 @@ pub fn observed(wq: &WorkQueue, applied: &Applied, now: Timestamp) -> WorkQueueS
             pending += 1;
             return;
         }
-        // A Job created in this reconcile is not in the cache yet.
-        let live = live.or_else(|| applied.get::<Job>(job_name).cloned().map(Arc::new));
-        let outcome = live.as_deref().and_then(outcome);
+        let backup_name = naming::backup_job_name(&queue, item);
+        let backup = lookup(&backup_name).filter(|j| cache.is_none_or(|c| c.controls(&**j)));
+        let pair = [(first, job_name), (backup, backup_name.as_str())];
         if let Some(value) = recorded.get(job_name) {
+            let (winner, had_backup) = speculative::recorded_winner(value);
+            started += usize::from(had_backup);
+            won += usize::from(winner == Which::Backup);
+            let (live, name) = winner.of(&pair);
+            let outcome = live.as_deref().and_then(outcome);
             // A recorded result stands: a Job never finishes twice.
             if results::succeeded(value) {
                 succeeded += 1;
+                run_times.extend(live.as_deref().and_then(speculative::run_time));
             } else {
                 failed += 1;
                 // Recorded in the reconcile that first saw it fail, it was never listed:
@@ -202,17 +224,26 @@ pub fn observed(wq: &WorkQueue, applied: &Applied, now: Timestamp) -> WorkQueueS
             }
             // Only a Job the queue keeps: one left out (expired) is deleted in this
             // reconcile, although the cache may still hold it.
-            let kept = applied.get::<Job>(job_name).is_some();
+            let kept = applied.get::<Job>(name).is_some();
             if let (Some(ttl), Some(o), true) = (ttl, &outcome, kept) {
-                deadline(job_name, o.at(), ttl);
+                deadline(name, o.at(), ttl);
             }
             return;
         }
-        match (outcome, live) {
-            (Some(o), _) => {
+        let has_backup = pair[1].0.is_some();
+        started += usize::from(has_backup);
+        match speculative::standing(pair[0].0.as_deref(), pair[1].0.as_deref()) {
+            Standing::Finished {
+                outcome: o, winner, ..
+            } => {
                 unrecorded += 1;
+                won += usize::from(winner == Which::Backup && has_backup && o.succeeded());
                 match failed_item(job_name, item, &o) {
-                    None => succeeded += 1,
+                    None => {
+                        succeeded += 1;
+                        let (live, _) = winner.of(&pair);
+                        run_times.extend(live.as_deref().and_then(speculative::run_time));
+                    }
                     Some(failure) => {
                         failed += 1;
                         new_failures.push(failure);
@@ -221,14 +252,21 @@ pub fn observed(wq: &WorkQueue, applied: &Applied, now: Timestamp) -> WorkQueueS
                 // Not recorded yet: due once its TTL has passed, and not before a short
                 // while, so that results that finish together are written together.
                 if let Some(ttl) = ttl {
-                    deadline(job_name, o.at(), ttl.max(MIN_RECORD_DELAY));
+                    deadline(winner.of(&pair).1, o.at(), ttl.max(MIN_RECORD_DELAY));
                 }
             }
-            (None, Some(job)) => {
+            Standing::Running => {
                 running += 1;
-                running_jobs.push((job, item.to_owned()));
+                for (live, _) in &pair {
+                    if let Some(job) = live.as_ref().filter(|j| outcome(j).is_none()) {
+                        running_jobs.push((job.clone(), item.to_owned()));
+                    }
+                }
+                if !has_backup {
+                    candidates.extend(pair[0].0.as_deref().and_then(speculative::started));
+                }
             }
-            (None, None) => pending += 1,
+            Standing::Unstarted => pending += 1,
         }
     };
     for Item { item, job, .. } in &items {
@@ -247,7 +285,7 @@ pub fn observed(wq: &WorkQueue, applied: &Applied, now: Timestamp) -> WorkQueueS
         };
         for job in kept {
             let name = job.name_any();
-            if !known.contains(name.as_str()) {
+            if !known.contains(name.as_str()) && !desired::is_backup(&job) {
                 let item = job
                     .annotations()
                     .get(ITEM_ANNOTATION)
@@ -297,6 +335,21 @@ pub fn observed(wq: &WorkQueue, applied: &Applied, now: Timestamp) -> WorkQueueS
         named: &last_failures,
     };
     let conds = conditions_for(wq, &counts, &failures, &stuck, stuck_total, &conflicts);
+    let backups = wq.spec.speculative.as_ref().map(|spec| {
+        let progress = speculative::Progress {
+            items: items.len(),
+            unstarted: pending,
+            succeeded,
+            run_times,
+        };
+        let plan = speculative::plan(spec, progress, &candidates, now);
+        Backups {
+            started: count(started),
+            won: count(won),
+            straggler_seconds: plan.straggler_after.map(|d| d.as_secs()),
+            next_check_time: plan.next_check.map(Time),
+        }
+    });
     WorkQueueStatus {
         observed_generation: generation,
         pending: count(pending),
@@ -313,6 +366,7 @@ pub fn observed(wq: &WorkQueue, applied: &Applied, now: Timestamp) -> WorkQueueS
         stuck_items: stuck,
         expired_jobs: expired,
         next_cleanup_time: next_cleanup.map(Time),
+        backups,
         conditions: conditions::of(wq, conds, now),
     }
 }
@@ -588,6 +642,7 @@ pub fn invalid(wq: &WorkQueue, errors: &FieldErrors, now: Timestamp) -> WorkQueu
 /// only if it got stuck again after it started (a new pod, say).
 pub fn events(wq: &WorkQueue, next: &WorkQueueStatus) -> Vec<Note> {
     let mut notes = failure_events(wq, next);
+    notes.extend(backup_events(wq, next));
     let before: BTreeSet<&str> = wq
         .status
         .iter()
@@ -608,6 +663,56 @@ pub fn events(wq: &WorkQueue, next: &WorkQueueStatus) -> Vec<Note> {
                 ),
             }),
     );
+    notes
+}
+
+/// A Normal Event when backups start, and one when backups win: counted from the results
+/// and the Jobs, the counts only grow, so each is told once.
+fn backup_events(wq: &WorkQueue, next: &WorkQueueStatus) -> Vec<Note> {
+    let Some(now) = next.backups.as_ref() else {
+        return Vec::new();
+    };
+    let before = wq.status.as_ref().and_then(|s| s.backups.as_ref());
+    let (started, won) = before.map_or((0, 0), |b| (b.started, b.won));
+    let plural = |n: i32, one: &str, many: &str| {
+        if n == 1 {
+            format!("1 {one}")
+        } else {
+            format!("{n} {many}")
+        }
+    };
+    let mut notes = Vec::new();
+    if now.started > started {
+        let after = wq
+            .spec
+            .speculative
+            .as_ref()
+            .map_or(String::new(), |s| s.after.clone());
+        let over = now.straggler_seconds.map_or(String::new(), |secs| {
+            format!(" for items running over {secs}s ({after} the median)")
+        });
+        notes.push(Note {
+            warning: false,
+            reason: "BackupsStarted",
+            message: format!(
+                "{} started{over}; {} in all",
+                plural(now.started - started, "backup Job", "backup Jobs"),
+                now.started
+            ),
+        });
+    }
+    if now.won > won {
+        notes.push(Note {
+            warning: false,
+            reason: "BackupsWon",
+            message: format!(
+                "{} first: {} of {} backups won",
+                plural(now.won - won, "backup succeeded", "backups succeeded"),
+                now.won,
+                now.started
+            ),
+        });
+    }
     notes
 }
 
@@ -661,24 +766,30 @@ fn failure_events(wq: &WorkQueue, next: &WorkQueueStatus) -> Vec<Note> {
 /// controller as an event.
 const CONFLICT_RECHECK: Duration = Duration::from_secs(10);
 
-/// When to look again: once the soonest finished Job's TTL ends, and soon while a Job
-/// name is taken by a Job the queue does not control.
+/// When to look again: once the soonest finished Job's TTL ends, when the next running
+/// item becomes a straggler that gets a backup, and soon while a Job name is taken by a
+/// Job the queue does not control.
 pub fn requeue_after(status: &WorkQueueStatus, now: Timestamp) -> Option<Duration> {
     let conflict = status
         .conditions
         .iter()
         .any(|c| c.type_ == "Degraded" && c.reason == "JobConflict")
         .then_some(CONFLICT_RECHECK);
-    let cleanup = status.next_cleanup_time.as_ref().map(|at| {
-        // Never a zero or negative wait: that would be a hot loop on a clock skew.
-        Duration::try_from(now.duration_until(at.0))
-            .unwrap_or_default()
-            .max(Duration::from_secs(1))
-    });
-    match (conflict, cleanup) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
+    let backups = status
+        .backups
+        .as_ref()
+        .and_then(|b| b.next_check_time.as_ref());
+    [status.next_cleanup_time.as_ref(), backups]
+        .into_iter()
+        .flatten()
+        .map(|at| {
+            // Never a zero or negative wait: that would be a hot loop on a clock skew.
+            Duration::try_from(now.duration_until(at.0))
+                .unwrap_or_default()
+                .max(Duration::from_secs(1))
+        })
+        .chain(conflict)
+        .min()
 }
 
 #[cfg(test)]
@@ -951,6 +1062,73 @@ mod tests {
             status.expired_jobs.is_empty() && status.next_cleanup_time.is_none(),
             "no TTL"
         );
+    }
+
+    #[test]
+    fn an_item_with_a_backup_counts_once_and_the_backups_started_and_won_survive_their_jobs() {
+        let mut wq = static_queue(&ITEMS, 4);
+        wq.spec.speculative = Some(rigging_crds::work_queue::Speculative {
+            after: "1.5x".into(),
+            idempotent: true,
+        });
+        let done = |i| succeeded(active_since(job_of(&wq, i), at(0)), at(10));
+        // a: recorded, its backup won, both Jobs gone. b: its first Job won, unrecorded,
+        // its backup still running. c: first Job and backup both run. d: runs, no backup.
+        let recorded = [(name("a"), "Succeeded; backup won".to_owned())];
+        let jobs = vec![
+            done("b"),
+            active_since(backup_of(&wq, "b"), at(12)),
+            active_since(job_of(&wq, "c"), at(0)),
+            active_since(backup_of(&wq, "c"), at(16)),
+            active_since(job_of(&wq, "d"), at(5)),
+        ];
+        let status = observed(&wq, &with_results(&wq, jobs, &recorded), at(17));
+        assert_eq!(
+            (
+                status.pending,
+                status.running,
+                status.succeeded,
+                status.failed
+            ),
+            (0, 2, 2, 0)
+        );
+        let results = status.results.as_ref().unwrap();
+        assert_eq!((results.recorded, results.unrecorded), (1, 1));
+        let backups = status.backups.clone().unwrap();
+        assert_eq!((backups.started, backups.won), (3, 1));
+        // The median of the run times still on Jobs (b's 10 s), 1.5x: d, started at 5 s,
+        // gets one at 20 s; the queue looks again then.
+        assert_eq!(backups.straggler_seconds, Some(15));
+        assert_eq!(backups.next_check_time, Some(Time(at(20))));
+        assert_eq!(requeue_after(&status, at(17)), Some(Duration::from_secs(3)));
+        // Told once each: from nothing, then not again for the same counts.
+        let told: Vec<(&str, String)> = events(&wq, &status)
+            .into_iter()
+            .map(|n| (n.reason, n.message))
+            .collect();
+        assert_eq!(
+            told,
+            [
+                (
+                    "BackupsStarted",
+                    "3 backup Jobs started for items running over 15s (1.5x the median); 3 in all"
+                        .to_owned()
+                ),
+                (
+                    "BackupsWon",
+                    "1 backup succeeded first: 1 of 3 backups won".to_owned()
+                ),
+            ]
+        );
+        wq.status = Some(status.clone());
+        assert_eq!(events(&wq, &status), []);
+    }
+
+    #[test]
+    fn a_queue_without_speculative_shows_no_backups() {
+        let wq = static_queue(&ITEMS, 4);
+        let status = observed(&wq, &applied(vec![active(job_of(&wq, "a"))]), at(1));
+        assert_eq!(status.backups, None);
     }
 
     #[test]

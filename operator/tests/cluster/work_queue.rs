@@ -24,13 +24,14 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, ApiResource, DynamicObject, ListParams, PostParams};
 use kube::{Resource, ResourceExt};
 use rigging_crds::{WorkQueue, WorkQueueStatus};
 use rigging_operator::work_queue::desired::{ITEM_ANNOTATION, ITEM_LABEL, QUEUE_LABEL, source_key};
-use rigging_operator::work_queue::naming::{item_hash, job_name};
+use rigging_operator::work_queue::naming::{backup_job_name, item_hash, job_name};
 use rigging_operator::work_queue::results;
 use rigging_operator::work_queue::source::{self, FIELD_MANAGER, SourceClient};
+use rigging_operator::work_queue::speculative;
 use serde_json::{Value, json};
 
 use crate::support::{Cluster, SETTLE, cluster, eventually, examples};
@@ -211,6 +212,23 @@ pub async fn run_queue(
     done: impl Fn(&WorkQueueStatus) -> bool,
 ) -> WorkQueue {
     let let_go: BTreeSet<String> = let_go.iter().map(|i| item_hash(i)).collect();
+    let of_item = |p: &Pod| {
+        p.labels()
+            .get(ITEM_LABEL)
+            .is_some_and(|h| let_go.contains(h))
+    };
+    run_queue_letting_go(cluster, namespace, queue, parallelism, of_item, done).await
+}
+
+/// [`run_queue`], letting go the held workers of the pods `let_go` picks.
+pub async fn run_queue_letting_go(
+    cluster: &Cluster,
+    namespace: &str,
+    queue: &str,
+    parallelism: usize,
+    let_go: impl Fn(&Pod) -> bool,
+    done: impl Fn(&WorkQueueStatus) -> bool,
+) -> WorkQueue {
     let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), namespace);
     let queues: Api<WorkQueue> = Api::namespaced(cluster.client.clone(), namespace);
     let selector = format!("{QUEUE_LABEL}={queue}");
@@ -238,12 +256,9 @@ pub async fn run_queue(
             running.len(),
             running.iter().map(|p| p.name_any()).collect::<Vec<_>>()
         );
-        let ready = running.into_iter().filter(|p| {
-            worker_running(p)
-                && p.labels()
-                    .get(ITEM_LABEL)
-                    .is_some_and(|h| let_go.contains(h))
-        });
+        let ready = running
+            .into_iter()
+            .filter(|p| worker_running(p) && let_go(p));
         for pod in ready {
             if released.insert(pod.name_any()) {
                 release(cluster, namespace, &pod.name_any());
@@ -512,6 +527,118 @@ async fn real_pods_take_a_queue_to_its_end_within_parallelism_and_a_failing_item
         note.ends_with(&format!("its Job is {}", job_name("batch", "bad"))),
         "{note}"
     );
+}
+
+#[tokio::test]
+async fn a_speculative_backup_beats_a_straggler_and_the_loser_is_removed() {
+    let Some(cluster) =
+        wq_cluster("a_speculative_backup_beats_a_straggler_and_the_loser_is_removed").await
+    else {
+        return;
+    };
+    let ns = cluster.namespace("wq-backup").await;
+    // Only work the user says is idempotent, and never before the median.
+    let dynamic: Api<DynamicObject> = Api::namespaced_with(
+        cluster.client.clone(),
+        &ns.name,
+        &ApiResource::erase::<WorkQueue>(&()),
+    );
+    for (name, speculative, words) in [
+        (
+            "not-idempotent",
+            json!({"after": "2x", "idempotent": false}),
+            "speculative.idempotent must be true",
+        ),
+        (
+            "before-the-median",
+            json!({"after": "0.5x", "idempotent": true}),
+            r"should match '^[1-9][0-9]?(\.[0-9]{1,2})?x$'",
+        ),
+    ] {
+        let wq = work_queue(
+            name,
+            &ns.name,
+            json!({"items": ["a"], "speculative": speculative}),
+        );
+        let object = serde_json::to_value(wq).unwrap();
+        crate::crds::assert_refused(&dynamic, name, &object, words).await;
+    }
+
+    let _operator = cluster.operator(&ns.name);
+    let queues: Api<WorkQueue> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let items = ["a", "b", "c", "slow"];
+    queues
+        .create(
+            &PostParams::default(),
+            &work_queue(
+                "spec",
+                &ns.name,
+                json!({
+                    "items": items, "parallelism": 4,
+                    "speculative": {"after": "1.5x", "idempotent": true},
+                    "worker": held_worker("true"),
+                }),
+            ),
+        )
+        .await
+        .unwrap();
+    // The straggler: the first pod of `slow` is never let go; every other pod is, its
+    // backup's too.
+    let slow = item_hash("slow");
+    let straggler = |p: &Pod| {
+        p.labels().get(ITEM_LABEL) == Some(&slow)
+            && !p.labels().contains_key(speculative::BACKUP_LABEL)
+    };
+    let wq = run_queue_letting_go(
+        &cluster,
+        &ns.name,
+        "spec",
+        4,
+        |p| !straggler(p),
+        |s| s.succeeded == 4 && s.running == 0,
+    )
+    .await;
+    assert_eq!(counts(&wq), (0, 0, 4, 0), "the straggler counted once");
+    let backups = wq.status.as_ref().unwrap().backups.clone().unwrap();
+    assert_eq!((backups.started, backups.won), (1, 1), "{backups:?}");
+    let event = event_about(&cluster, &ns.name, "spec", "BackupsWon", SETTLE).await;
+    assert_eq!(event.type_.as_deref(), Some("Normal"));
+    assert_eq!(
+        event.note.as_deref(),
+        Some("1 backup succeeded first: 1 of 1 backups won")
+    );
+
+    // The loser's Job is deleted, with its pod; the winner stays.
+    let jobs: Api<Job> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &ns.name);
+    eventually("the straggler's Job and pod deleted", SETTLE, || async {
+        let gone = jobs
+            .get_opt(&job_name("spec", "slow"))
+            .await
+            .ok()?
+            .is_none();
+        let left = pods.list(&ListParams::default()).await.ok()?.items;
+        (gone && !left.iter().any(straggler)).then_some(())
+    })
+    .await;
+    assert!(
+        jobs.get_opt(&backup_job_name("spec", "slow"))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let per_job = per_item(&jobs, "spec", &items).await;
+    assert!(per_job.values().all(|n| *n == 1), "{per_job:?}");
+    // Recorded once, under the item's Job, saying the backup won.
+    let recorded = eventually("the results recorded", SETTLE, || async {
+        let r = recorded_results(&cluster, &ns.name, "spec").await;
+        (r.len() == 4).then_some(r)
+    })
+    .await;
+    assert_eq!(recorded[&job_name("spec", "slow")], "Succeeded; backup won");
+    for item in ["a", "b", "c"] {
+        assert_eq!(recorded[&job_name("spec", item)], "Succeeded", "{item}");
+    }
 }
 
 #[tokio::test]
