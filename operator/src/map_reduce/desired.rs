@@ -836,7 +836,13 @@ spec:
         mr.spec.map.sidecars = Some(
             serde_norway::from_str("logs: {format: json, file: /var/log/w/log.json}").unwrap(),
         );
+        mr.spec.map.speculative =
+            Some(serde_norway::from_str("{after: 2x, idempotent: true}").unwrap());
         let mut queue = run_queue(&mr, &RenderConfig::default(), 1);
+        assert_eq!(
+            queue.spec.speculative, mr.spec.map.speculative,
+            "its stragglers get backups"
+        );
         queue.metadata.uid = Some("q-1".into());
         let children = crate::work_queue::desired::desired(
             &queue,
