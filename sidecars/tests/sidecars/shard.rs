@@ -220,10 +220,7 @@ fn sample_keys(prefix: &str, n: usize) -> Vec<Vec<u8>> {
         .collect()
 }
 
-fn nutcracker_conf(
-    dir: &std::path::Path,
-    pools: &[(String, u16, String, &str, &[String])],
-) -> std::path::PathBuf {
+fn nutcracker_conf(dir: &std::path::Path, pools: &[Pool]) -> std::path::PathBuf {
     let mut yaml = String::new();
     for (name, port, hash, proto, servers) in pools {
         yaml.push_str(&format!(
@@ -239,28 +236,56 @@ fn nutcracker_conf(
     path
 }
 
-fn start_nutcracker(conf: &std::path::Path, ports: &[u16]) -> Proc {
-    let stats = free_port();
-    let dir = conf.parent().unwrap();
-    let proc = Proc::spawn(
-        require_tool("nutcracker"),
-        &[
-            "-c",
-            conf.to_str().unwrap(),
-            "-s",
-            &stats.to_string(),
-            "-a",
-            "127.0.0.1",
-            "-o",
-            dir.join("nutcracker.log").to_str().unwrap(),
-            "-p",
-            dir.join("nutcracker.pid").to_str().unwrap(),
-        ],
-    );
-    for &p in ports {
-        wait_port(local(p), Duration::from_secs(10));
+/// A nutcracker pool: its name, port, hash, protocol and servers.
+type Pool<'a> = (String, u16, String, &'a str, &'a [String]);
+
+/// nutcracker serving `pools` (name, hash, protocol, servers), each on a free port: the
+/// process, and the pools with their ports. Another test can take a port between its pick
+/// and nutcracker's bind, and nutcracker then exits at once: new ports are tried, three
+/// times in all.
+fn start_nutcracker<'a>(
+    dir: &std::path::Path,
+    pools: &[(String, String, &'a str, &'a [String])],
+) -> (Proc, Vec<Pool<'a>>) {
+    for _ in 0..3 {
+        let pools: Vec<Pool<'a>> = pools
+            .iter()
+            .map(|(name, hash, proto, servers)| {
+                (name.clone(), free_port(), hash.clone(), *proto, *servers)
+            })
+            .collect();
+        let conf = nutcracker_conf(dir, &pools);
+        let mut proc = Proc::spawn(
+            require_tool("nutcracker"),
+            &[
+                "-c",
+                conf.to_str().unwrap(),
+                "-s",
+                &free_port().to_string(),
+                "-a",
+                "127.0.0.1",
+                "-o",
+                dir.join("nutcracker.log").to_str().unwrap(),
+                "-p",
+                dir.join("nutcracker.pid").to_str().unwrap(),
+            ],
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let up = pools.iter().all(|p| {
+                std::net::TcpStream::connect_timeout(&local(p.1), Duration::from_millis(100))
+                    .is_ok()
+            });
+            if up {
+                return (proc, pools);
+            }
+            if proc.wait_exit(Duration::from_millis(10)).is_some() {
+                break;
+            }
+        }
     }
-    proc
+    let log = std::fs::read_to_string(dir.join("nutcracker.log")).unwrap_or_default();
+    panic!("nutcracker did not listen on its ports in three tries: {log}");
 }
 
 #[test]
@@ -273,21 +298,11 @@ fn every_key_written_through_nutcracker_reads_back_through_rigging_with_every_ha
         format!("{}:1 gamma", backends[2].1),
     ];
     let dir = tempfile::tempdir().unwrap();
-    let pools: Vec<(String, u16, String, &str, &[String])> = HashKind::ALL
+    let pools: Vec<(String, String, &str, &[String])> = HashKind::ALL
         .iter()
-        .map(|h| {
-            (
-                format!("pool_{h}"),
-                free_port(),
-                h.to_string(),
-                "redis",
-                &servers[..],
-            )
-        })
+        .map(|h| (format!("pool_{h}"), h.to_string(), "redis", &servers[..]))
         .collect();
-    let conf = nutcracker_conf(dir.path(), &pools);
-    let ports: Vec<u16> = pools.iter().map(|p| p.1).collect();
-    let _nutcracker = start_nutcracker(&conf, &ports);
+    let (_nutcracker, pools) = start_nutcracker(dir.path(), &pools);
 
     let per_hash = 1000;
     for (name, port, hash, _, _) in &pools {
@@ -804,21 +819,11 @@ fn memcached_keys_written_through_nutcracker_read_back_through_rigging() {
     let servers: Vec<String> = addrs.iter().map(|a| format!("{a}:1")).collect();
     let dir = tempfile::tempdir().unwrap();
     let hashes = [HashKind::Fnv1a64, HashKind::Md5, HashKind::Murmur];
-    let pools: Vec<(String, u16, String, &str, &[String])> = hashes
+    let pools: Vec<(String, String, &str, &[String])> = hashes
         .iter()
-        .map(|h| {
-            (
-                format!("mc_{h}"),
-                free_port(),
-                h.to_string(),
-                "memcache",
-                &servers[..],
-            )
-        })
+        .map(|h| (format!("mc_{h}"), h.to_string(), "memcache", &servers[..]))
         .collect();
-    let conf = nutcracker_conf(dir.path(), &pools);
-    let ports: Vec<u16> = pools.iter().map(|p| p.1).collect();
-    let _nutcracker = start_nutcracker(&conf, &ports);
+    let (_nutcracker, pools) = start_nutcracker(dir.path(), &pools);
 
     let n = 600;
     for ((_, port, _, _, _), hash) in pools.iter().zip(hashes) {
