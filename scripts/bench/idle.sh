@@ -30,15 +30,7 @@ log() { printf 'idle.sh: %s\n' "$*" >&2; }
 
 install_apt openssl python3
 work=$(mktemp -d)
-cleanup() {
-  if [[ -n ${KIT:-} ]]; then
-    "${kubectl[@]}" delete namespace "$NS" --wait=false >/dev/null 2>&1 || true
-  else
-    e2e/controlplane/down.sh "$work/cp" >/dev/null 2>&1 || true
-  fi
-  rm -rf --one-file-system "$work"
-}
-trap cleanup EXIT
+trap 'stop_kit "$work" "$NS"' EXIT
 
 if [[ -n ${KIT:-} ]]; then
   export KUBECONFIG=$KIT/kubeconfig

@@ -76,6 +76,17 @@ start_kit() {
   done
 }
 
+# Undoes start_kit, or with KIT set (a kit the user brought) deletes only the namespace NS
+# the benchmark made in it; then removes WORK.
+stop_kit() { # WORK NS
+  if [[ -n ${KIT:-} ]]; then
+    "${kubectl[@]}" delete namespace "$2" --wait=false >/dev/null 2>&1 || true
+  else
+    e2e/controlplane/down.sh "$1/cp" >/dev/null 2>&1 || true
+  fi
+  rm -rf --one-file-system "$1"
+}
+
 # Waits (up to 60 s) until OBJECT (kind/name) has the condition TYPE True. Not `kubectl
 # wait`: it fails while the object has no conditions yet.
 wait_condition() {

@@ -48,12 +48,7 @@ op='' standin=''
 cleanup() {
   stop_pid "$standin"
   stop_pid "$op"
-  if [[ -n ${KIT:-} ]]; then
-    "${kubectl[@]}" delete namespace "$NS" --wait=false >/dev/null 2>&1 || true
-  else
-    e2e/controlplane/down.sh "$work/cp" >/dev/null 2>&1 || true
-  fi
-  rm -rf --one-file-system "$work"
+  stop_kit "$work" "$NS"
 }
 trap cleanup EXIT
 
