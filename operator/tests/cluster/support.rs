@@ -238,8 +238,9 @@ impl Cluster {
 
     /// A kubeconfig that authenticates as the ServiceAccount `account` of `namespace`, with
     /// a bound token from the TokenRequest API (`kubectl create token`, an hour long): for
-    /// a process that must hold exactly that account's rights and no more.
-    pub fn kubeconfig_as(&self, namespace: &str, account: &str) -> PathBuf {
+    /// a process that must hold exactly that account's rights and no more. The file is
+    /// removed when the returned path is dropped.
+    pub fn kubeconfig_as(&self, namespace: &str, account: &str) -> tempfile::TempPath {
         let token = self.kubectl_ok(&[
             "create",
             "token",
@@ -269,9 +270,13 @@ impl Cluster {
             }}],
             "current-context": account,
         });
-        let path = std::env::temp_dir().join(format!("rigging-kubeconfig-{namespace}-{account}"));
-        std::fs::write(&path, config.to_string()).expect("write the kubeconfig");
-        path
+        let mut file = tempfile::Builder::new()
+            .prefix(&format!("rigging-kubeconfig-{namespace}-{account}-"))
+            .tempfile()
+            .expect("a kubeconfig file");
+        std::io::Write::write_all(&mut file, config.to_string().as_bytes())
+            .expect("write the kubeconfig");
+        file.into_temp_path()
     }
 
     /// Whether `user` may `verb` the `resource` (`leases`, `leases/NAME`, or
@@ -491,10 +496,15 @@ impl Operator {
 }
 
 impl Drop for Operator {
+    /// Kills the process; its log is removed unless the test is failing, when it is what
+    /// tells why.
     fn drop(&mut self) {
         if let Some(child) = self.child.as_mut() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(&self.log);
         }
     }
 }
