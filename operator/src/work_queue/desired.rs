@@ -203,8 +203,8 @@ pub fn desired(
     };
     let mut consider = |job: &str, item: &str, unstarted: Option<&mut Vec<usize>>, i: usize| {
         let first = ours(job);
-        let backup_name = naming::backup_job_name(&queue, item);
-        let backup = ours(&backup_name);
+        let backup_name = speculative::backup_name(wq, item);
+        let backup = backup_name.as_deref().and_then(ours);
         if first.is_none() && backup.is_none() {
             // A Job of that name that this queue does not control is never its own: the
             // item waits (status names the conflict). Without any Job, a recorded item is
@@ -217,7 +217,10 @@ pub fn desired(
         }
         mounted |= first.as_deref().is_some_and(mounts_items);
         // (the Job, its name): first the item's own, then its backup.
-        let pair = [(first, job), (backup, backup_name.as_str())];
+        let pair = [
+            (first, job),
+            (backup, backup_name.as_deref().unwrap_or_default()),
+        ];
         if let Some(value) = recorded.get(job) {
             // Recorded: the Job that decided it is kept until its TTL has passed, then
             // left out, so it is deleted; the other (a backup race's loser) goes at once.

@@ -78,17 +78,23 @@ pub fn first(wq: &WorkQueue) -> Children {
     desired::desired(wq, &config(), &Observed::nothing()).expect("valid fixture")
 }
 
-/// The children `wq` wants when the caches hold `cached`.
+/// The children `wq` wants when the caches hold `cached` (no clock: nothing started on
+/// one, such as a backup).
 pub fn with_cached(wq: &WorkQueue, cached: Vec<Child>) -> Children {
-    let stores = ChildStores::prefilled(cached);
-    let observed = Observed::cached(&stores, "media", "wq-uid");
-    desired::desired(wq, &config(), &observed).expect("valid fixture")
+    desired_with(wq, cached, None)
 }
 
 /// The children `wq` wants at `now` when the caches hold `cached`.
 pub fn with_cached_at(wq: &WorkQueue, cached: Vec<Child>, now: Timestamp) -> Children {
+    desired_with(wq, cached, Some(now))
+}
+
+fn desired_with(wq: &WorkQueue, cached: Vec<Child>, now: Option<Timestamp>) -> Children {
     let stores = ChildStores::prefilled(cached);
-    let observed = Observed::cached(&stores, "media", "wq-uid").at(now);
+    let mut observed = Observed::cached(&stores, "media", "wq-uid");
+    if let Some(now) = now {
+        observed = observed.at(now);
+    }
     desired::desired(wq, &config(), &observed).expect("valid fixture")
 }
 

@@ -13,8 +13,11 @@
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::ResourceExt;
+use rigging_crds::WorkQueue;
 use rigging_crds::work_queue::Speculative;
 
+use super::naming;
 use super::status::{self, Outcome};
 
 /// The label of a backup Job and its pods (value `"true"`).
@@ -63,51 +66,43 @@ pub enum Standing {
     },
 }
 
+/// The name of `item`'s backup Job in `wq`, which only a queue with `speculative` has: no
+/// other pays for the name's hash on every item of every reconcile. (So removing
+/// `speculative` from a running queue leaves its backups out, and they are deleted.)
+pub fn backup_name(wq: &WorkQueue, item: &str) -> Option<String> {
+    wq.spec
+        .speculative
+        .as_ref()
+        .map(|_| naming::backup_job_name(&wq.name_any(), item))
+}
+
 /// How an item stands whose first Job is `first` and backup `backup`, as they exist.
 pub fn standing(first: Option<&Job>, backup: Option<&Job>) -> Standing {
-    let of = |job: Option<&Job>| job.map(status::outcome);
-    let (first_out, backup_out) = (of(first), of(backup));
-    let success = |o: &Option<Option<Outcome>>| match o {
-        Some(Some(Outcome::Succeeded { at })) => Some(*at),
-        _ => None,
-    };
-    let winner = match (success(&first_out), success(&backup_out)) {
-        // Both succeeded before a reconcile saw either: the earlier wins, the first Job on
-        // a tie.
-        (Some(a), Some(b)) => Some(if b < a { Which::Backup } else { Which::First }),
-        (Some(_), None) => Some(Which::First),
-        (None, Some(_)) => Some(Which::Backup),
-        (None, None) => None,
-    };
-    let finished = |o: Option<Option<Outcome>>| o.flatten();
-    let has_backup = backup.is_some();
-    if let Some(winner) = winner {
-        let outcome = match winner {
-            Which::First => finished(first_out),
-            Which::Backup => finished(backup_out),
-        };
-        return Standing::Finished {
-            outcome: outcome.expect("a winner succeeded"),
-            winner,
-            backup: has_backup,
-        };
+    if first.is_none() && backup.is_none() {
+        return Standing::Unstarted;
     }
-    // None succeeded: failed once every Job that exists failed.
-    let running = |o: &Option<Option<Outcome>>| matches!(o, Some(None));
-    match (first_out, backup_out) {
-        (None, None) => Standing::Unstarted,
-        (f, b) if running(&f) || running(&b) => Standing::Running,
-        (Some(Some(outcome)), _) => Standing::Finished {
-            outcome,
-            winner: Which::First,
-            backup: has_backup,
-        },
-        (_, Some(Some(outcome))) => Standing::Finished {
-            outcome,
-            winner: Which::Backup,
-            backup: has_backup,
-        },
-        _ => Standing::Running,
+    // (which, how it finished: `None` while it runs) of each Job that exists.
+    let jobs = [(Which::First, first), (Which::Backup, backup)]
+        .map(|(which, job)| job.map(|j| (which, status::outcome(j))));
+    let existing = || jobs.iter().flatten();
+    // The earliest success wins, the first Job on a tie (`min_by_key` keeps the first).
+    let won = existing()
+        .filter_map(|(which, o)| match o {
+            Some(Outcome::Succeeded { at }) => Some((*at, *which)),
+            _ => None,
+        })
+        .min_by_key(|(at, _)| *at);
+    let winner = match won {
+        Some((_, which)) => which,
+        // None succeeded: failed once every Job that exists failed, as the first says.
+        None if existing().any(|(_, o)| o.is_none()) => return Standing::Running,
+        None => existing().next().expect("a Job exists").0,
+    };
+    let (_, outcome) = winner.of(&jobs).clone().expect("the winner exists");
+    Standing::Finished {
+        outcome: outcome.expect("the winner finished"),
+        winner,
+        backup: backup.is_some(),
     }
 }
 

@@ -198,9 +198,15 @@ pub fn observed(wq: &WorkQueue, applied: &Applied, now: Timestamp) -> WorkQueueS
             pending += 1;
             return;
         }
-        let backup_name = naming::backup_job_name(&queue, item);
-        let backup = lookup(&backup_name).filter(|j| cache.is_none_or(|c| c.controls(&**j)));
-        let pair = [(first, job_name), (backup, backup_name.as_str())];
+        let backup_name = speculative::backup_name(wq, item);
+        let backup = backup_name
+            .as_deref()
+            .and_then(lookup)
+            .filter(|j| cache.is_none_or(|c| c.controls(&**j)));
+        let pair = [
+            (first, job_name),
+            (backup, backup_name.as_deref().unwrap_or_default()),
+        ];
         if let Some(value) = recorded.get(job_name) {
             let (winner, had_backup) = speculative::recorded_winner(value);
             started += usize::from(had_backup);
@@ -237,7 +243,7 @@ pub fn observed(wq: &WorkQueue, applied: &Applied, now: Timestamp) -> WorkQueueS
                 outcome: o, winner, ..
             } => {
                 unrecorded += 1;
-                won += usize::from(winner == Which::Backup && has_backup && o.succeeded());
+                won += usize::from(winner == Which::Backup && o.succeeded());
                 match failed_item(job_name, item, &o) {
                     None => {
                         succeeded += 1;
