@@ -24,7 +24,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{Api, ApiResource, DynamicObject, ListParams, PostParams};
+use kube::api::{Api, ListParams, PostParams};
 use kube::{Resource, ResourceExt};
 use rigging_crds::{WorkQueue, WorkQueueStatus};
 use rigging_operator::work_queue::desired::{ITEM_ANNOTATION, ITEM_LABEL, QUEUE_LABEL, source_key};
@@ -538,31 +538,32 @@ async fn a_speculative_backup_beats_a_straggler_and_the_loser_is_removed() {
     };
     let ns = cluster.namespace("wq-backup").await;
     // Only work the user says is idempotent, and never before the median.
-    let dynamic: Api<DynamicObject> = Api::namespaced_with(
-        cluster.client.clone(),
-        &ns.name,
-        &ApiResource::erase::<WorkQueue>(&()),
-    );
-    for (name, speculative, words) in [
-        (
-            "not-idempotent",
-            json!({"after": "2x", "idempotent": false}),
-            "speculative.idempotent must be true",
-        ),
-        (
-            "before-the-median",
-            json!({"after": "0.5x", "idempotent": true}),
-            r"should match '^[1-9][0-9]?(\.[0-9]{1,2})?x$'",
-        ),
-    ] {
+    let refused = |name: &'static str, speculative: Value, words: &'static str| {
         let wq = work_queue(
             name,
             &ns.name,
             json!({"items": ["a"], "speculative": speculative}),
         );
-        let object = serde_json::to_value(wq).unwrap();
-        crate::crds::assert_refused(&dynamic, name, &object, words).await;
-    }
+        (name, serde_json::to_value(wq).unwrap(), words)
+    };
+    crate::crds::assert_examples_accepted_and_bad_ones_refused::<WorkQueue>(
+        &cluster,
+        &ns.name,
+        "work-queue",
+        [
+            refused(
+                "not-idempotent",
+                json!({"after": "2x", "idempotent": false}),
+                "speculative.idempotent must be true",
+            ),
+            refused(
+                "before-the-median",
+                json!({"after": "0.5x", "idempotent": true}),
+                r"should match '^[1-9][0-9]?(\.[0-9]{1,2})?x$'",
+            ),
+        ],
+    )
+    .await;
 
     let _operator = cluster.operator(&ns.name);
     let queues: Api<WorkQueue> = Api::namespaced(cluster.client.clone(), &ns.name);
