@@ -175,10 +175,8 @@ fn check_bounds(schema: &Value, value: &Value, path: &str, errors: &mut Vec<Fiel
                 format!("must be at most {max} characters long"),
             ));
         }
-        // The API server's regular expressions are Go's RE2, whose syntax the regex crate
-        // shares for what the CRDs use. A pattern that does not compile checks nothing.
         if let Some(pattern) = schema.get("pattern").and_then(Value::as_str)
-            && regex::Regex::new(pattern).is_ok_and(|re| !re.is_match(s))
+            && !matches_pattern(pattern, s)
         {
             errors.push(FieldError::new(
                 path,
@@ -205,6 +203,21 @@ fn check_bounds(schema: &Value, value: &Value, path: &str, errors: &mut Vec<Fiel
             ));
         }
     }
+}
+
+/// Whether `s` matches the schema `pattern`. The API server's regular expressions are Go's
+/// RE2, whose syntax the regex crate shares for what the CRDs use; a pattern that does not
+/// compile checks nothing. Each is compiled once: the webhook checks every labelled pod's
+/// annotations against the same few.
+fn matches_pattern(pattern: &str, s: &str) -> bool {
+    static COMPILED: std::sync::LazyLock<
+        std::sync::Mutex<std::collections::HashMap<String, Option<regex::Regex>>>,
+    > = std::sync::LazyLock::new(Default::default);
+    let mut compiled = COMPILED.lock().expect("pattern cache lock");
+    if !compiled.contains_key(pattern) {
+        compiled.insert(pattern.to_owned(), regex::Regex::new(pattern).ok());
+    }
+    compiled[pattern].as_ref().is_none_or(|re| re.is_match(s))
 }
 
 fn join(path: &str, key: &str) -> String {
