@@ -299,13 +299,11 @@ impl<B: Broker> Consumer<B> {
         }
         self.metrics.in_flight.inc();
         self.metrics.accounting.delivered();
-        let outcome = if self.own_attempt(&delivery) > self.max_deliveries {
+        let attempt = self.own_attempt(&delivery);
+        let outcome = if attempt > self.max_deliveries {
             // Delivered that often without being settled: each delivery timed out or its
             // pod died before it could fail it.
-            Outcome::Poison(format!(
-                "delivered {} times without an answer",
-                self.own_attempt(&delivery) - 1
-            ))
+            Outcome::Poison(format!("delivered {} times without an answer", attempt - 1))
         } else {
             self.process(&delivery, counts).await
         };
@@ -324,14 +322,14 @@ impl<B: Broker> Consumer<B> {
     /// Which delivery of the message this is, not counting those the broker failed.
     fn own_attempt(&self, delivery: &Delivery) -> u64 {
         let failures = self.broker_failures.lock().expect("broker failures lock");
-        let failures = match failures.is_empty() {
-            true => 0,
-            false => failures
-                .get(&(delivery.topic.clone(), delivery.id.clone()))
-                .copied()
-                .unwrap_or(0),
+        // Empty but through a broker outage: no key to build for every delivery.
+        let failed = if failures.is_empty() {
+            0
+        } else {
+            let key = (delivery.topic.clone(), delivery.id.clone());
+            failures.get(&key).copied().unwrap_or(0)
         };
-        delivery.attempt.saturating_sub(failures)
+        delivery.attempt.saturating_sub(failed)
     }
 
     async fn process(&self, delivery: &Delivery, counts: &TopicMetrics) -> Outcome {
