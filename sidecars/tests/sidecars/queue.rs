@@ -712,19 +712,10 @@ fn after_a_stage_is_killed_and_the_broker_restarts_every_input_is_downstream_exa
         assert_eq!(status, 200);
     }
     let copy_args = [
-        "--subscribe",
-        "in",
-        "--consumer",
-        "copy",
-        "--stage",
-        "copy",
-        "--output",
-        "out",
-        "--delivery-timeout",
-        "1s",
-        "--max-in-flight",
-        "64",
-    ];
+        &COPY_IN_TO_OUT[..],
+        &["--delivery-timeout", "1s", "--max-in-flight", "64"],
+    ]
+    .concat();
     let acked = r#"rigging_queue_acked_total{topic="in"}"#;
     let delivered = r#"rigging_queue_delivered_total{topic="in"}"#;
     // kill -9 the stage mid-stream: what it held, some of it already copied, comes again
@@ -930,19 +921,11 @@ fn through_the_loss_of_one_of_three_jetstream_servers_every_input_is_downstream_
     let _copy = Queue::start(
         &nats,
         &[
-            "--stream-replicas",
-            "3",
-            "--subscribe",
-            "in",
-            "--consumer",
-            "copy",
-            "--stage",
-            "copy",
-            "--output",
-            "out",
-            "--delivery-timeout",
-            "2s",
-        ],
+            &replicated[..],
+            &COPY_IN_TO_OUT,
+            &["--delivery-timeout", "2s"],
+        ]
+        .concat(),
     );
     let publish = |from: usize, to: usize| {
         for n in from..to {
@@ -965,6 +948,18 @@ fn through_the_loss_of_one_of_three_jetstream_servers_every_input_is_downstream_
     let duplicates: Vec<_> = stored.iter().filter(|(_, n)| **n > 1).collect();
     assert!(duplicates.is_empty(), "stored twice: {duplicates:?}");
 }
+
+/// The arguments of a stage that copies each message of `in` to `out`, as consumer `copy`.
+const COPY_IN_TO_OUT: [&str; 8] = [
+    "--subscribe",
+    "in",
+    "--consumer",
+    "copy",
+    "--stage",
+    "copy",
+    "--output",
+    "out",
+];
 
 /// Sets the stream's message limit (`None`: none), refusing new messages beyond it, as a
 /// full or failing broker does.
@@ -996,19 +991,10 @@ fn a_broker_that_refuses_a_stages_outputs_does_not_count_against_max_deliveries(
     let stage = Queue::start(
         &nats,
         &[
-            "--subscribe",
-            "in",
-            "--consumer",
-            "copy",
-            "--stage",
-            "copy",
-            "--output",
-            "out",
-            "--max-deliveries",
-            "2",
-            "--max-backoff",
-            "200ms",
-        ],
+            &COPY_IN_TO_OUT[..],
+            &["--max-deliveries", "2", "--max-backoff", "200ms"],
+        ]
+        .concat(),
     );
     let failed = r#"rigging_queue_failed_total{topic="in"}"#;
     wait_until(
