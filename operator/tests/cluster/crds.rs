@@ -64,12 +64,9 @@ pub async fn assert_invalid_spec_said<K: Resource<DynamicType = ()>>(
     })
     .await;
     assert!(message.contains(field), "{message}");
-    let events = eventually("an InvalidSpec Event", SETTLE, || async {
-        let events = cluster.event_messages(namespace, "InvalidSpec", name);
-        (!events.is_empty()).then_some(events)
-    })
-    .await;
-    assert!(events.contains(field), "{events}");
+    cluster
+        .event_containing(namespace, "InvalidSpec", name, field)
+        .await;
 }
 
 #[tokio::test]

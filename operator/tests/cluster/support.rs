@@ -137,8 +137,31 @@ impl Cluster {
     }
 
     /// The messages of the Events of `reason` in `namespace` (about `object`, when not
+    /// empty), space-separated, once one of them contains `needle`.
+    ///
+    /// It waits because the controller publishes a reconcile's Events after it writes the
+    /// status: a test that saw the status change can still be ahead of the Event.
+    pub async fn event_containing(
+        &self,
+        namespace: &str,
+        reason: &str,
+        object: &str,
+        needle: &str,
+    ) -> String {
+        eventually(
+            &format!("a {reason} Event containing {needle:?}"),
+            SETTLE,
+            || async {
+                let messages = self.event_messages(namespace, reason, object);
+                messages.contains(needle).then_some(messages)
+            },
+        )
+        .await
+    }
+
+    /// The messages of the Events of `reason` in `namespace` (about `object`, when not
     /// empty), space-separated: empty when there are none.
-    pub fn event_messages(&self, namespace: &str, reason: &str, object: &str) -> String {
+    fn event_messages(&self, namespace: &str, reason: &str, object: &str) -> String {
         let mut selector = format!("reason={reason}");
         if !object.is_empty() {
             selector.push_str(&format!(",involvedObject.name={object}"));

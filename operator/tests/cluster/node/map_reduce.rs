@@ -134,12 +134,14 @@ async fn the_vote_tally_sums_every_shard_once_per_run_and_forbid_skips_a_run_now
     )
     .await;
     run_now(&cluster, &ns.name, "vote-tally", "third");
-    let skipped = eventually("a RunSkipped Event", POD_SETTLE, || {
-        let events = cluster.event_messages(&ns.name, "RunSkipped", "vote-tally");
-        async move { (!events.is_empty()).then_some(events) }
-    })
-    .await;
-    assert!(skipped.contains("rigging.dev/run-now=third"), "{skipped}");
+    cluster
+        .event_containing(
+            &ns.name,
+            "RunSkipped",
+            "vote-tally",
+            "rigging.dev/run-now=third",
+        )
+        .await;
     run_in(&cluster, &ns.name, "vote-tally", 2, &["Succeeded"]).await;
     let (run, tally) = stored_tally(&cluster, &ns.name);
     assert_eq!(

@@ -513,8 +513,9 @@ async fn a_stage_scales_out_on_its_backlog_and_back_in_when_it_drains() {
     .await;
     assert!(slow["lag"].as_i64().unwrap() > 0, "{slow}");
     assert_eq!(slow["unaccounted"], 0, "{slow}");
-    let events = cluster.event_messages(&ns.name, "Scaled", "");
-    assert!(events.contains("stage slow: 1 → "), "{events}");
+    cluster
+        .event_containing(&ns.name, "Scaled", "", "stage slow: 1 → ")
+        .await;
     // Back in once JetStream has nothing left for the stage. (Which pod handled what is
     // not looked at here: the pods scaled in go with their logs.)
     eventually(

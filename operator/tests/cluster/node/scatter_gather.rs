@@ -185,8 +185,9 @@ async fn the_search_example_merges_every_shard_covers_a_lost_leaf_and_says_a_los
         hits(&partial).iter().all(|(doc, _)| shard_of(doc) != 2),
         "no document of shard 2: {partial}"
     );
-    let events = cluster.event_messages(&ns.name, "ShardWithoutLeaf", "");
-    assert!(events.contains("search-2"), "{events}");
+    cluster
+        .event_containing(&ns.name, "ShardWithoutLeaf", "", "search-2")
+        .await;
 
     // Back: Ready again, and whole answers.
     in_both_leaves_of_shard_two(&cluster, &ns.name, "echo ok > /tmp/www/index.html");
