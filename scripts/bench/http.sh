@@ -33,7 +33,8 @@
 # PROFILE_SECONDS (8), PROFILE_OUT (target/bench-http-profile), INSTRUCTIONS (0: 1 runs
 # Rigging's rr and shard cases under callgrind and reports its user-space instructions per
 # request: a count that, unlike req/s, does not move with the machine's noise, for
-# comparing builds), INSTRUCTION_REQUESTS (5000), RIGGING_BIN (a binary to
+# comparing builds; the callgrind file and its breakdowns by function and by crate go to
+# PROFILE_OUT), INSTRUCTION_REQUESTS (5000), RIGGING_BIN (a binary to
 # use instead of building the working tree) with RIGGING_COMMIT (what it was built from,
 # for the report).
 set -euo pipefail
@@ -47,6 +48,7 @@ CONNS=${CONNS:-50}
 CASES=${CASES:-rr shard cache}
 PROFILE=${PROFILE:-0}
 PROFILE_SECONDS=${PROFILE_SECONDS:-8}
+PROFILE_OUT=${PROFILE_OUT:-target/bench-http-profile}
 INSTRUCTIONS=${INSTRUCTIONS:-0}
 INSTRUCTION_REQUESTS=${INSTRUCTION_REQUESTS:-5000}
 DISTURBED=${DISTURBED:-0.08}
@@ -418,7 +420,6 @@ if ((PROFILE)) && want rr; then
   sleep 0.5
   taskset -c 1 wrk -t1 -c"$CONNS" -d"${PROFILE_SECONDS}s" "http://127.0.0.1:${port[rigging]}/" >"$work/perf-wrk.log" 2>&1 || true
   wait "$perf_pid" || true
-  PROFILE_OUT=${PROFILE_OUT:-target/bench-http-profile}
   mkdir -p "$PROFILE_OUT"
   cp "$work/perf.data" "$PROFILE_OUT/perf.data"
   report() { perf report -i "$PROFILE_OUT/perf.data" --stdio "$@" 2>/dev/null | grep -v '^$' || true; }
@@ -478,6 +479,12 @@ LUA
     total=$(awk '/^summary:/ {print $2}' "$work"/cg."$label".*.1)
     instructions[$label]=$(awk -v t="$total" -v n="$served" 'BEGIN {printf "%.0f", t / n}')
     log "  instructions $label: $total over $served requests: ${instructions[$label]} per request"
+    # Where they go: per request, by function and by crate.
+    local cg=$PROFILE_OUT/callgrind.$label
+    mkdir -p "$PROFILE_OUT"
+    cp "$work"/cg."$label".*.1 "$cg.out"
+    log "  where $label's instructions per request go, by crate ($cg.by-crate.txt; by function: $cg.functions.txt):"
+    python3 scripts/bench/callgrind_breakdown.py "$cg.out" "$BIN" "$served" "$cg" >&2
   }
   want rr && count_instructions rigging http --config "$work/rigging.yaml"
   if want shard; then
