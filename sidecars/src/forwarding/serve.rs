@@ -149,9 +149,7 @@ pub async fn serve_clients<M, H, Fut, B>(
             );
             let service = hyper::service::service_fn(move |req| {
                 let busy = in_flight.enter();
-                // Boxed: hyper moves the future it is given into place, twice per request,
-                // and the handler's holds every state of the request (some KiB).
-                let response = Box::pin(handle(req));
+                let response = handle(req);
                 async move {
                     Ok::<_, std::convert::Infallible>(
                         response.await.map(|body| Tracked::new(body, busy)),
