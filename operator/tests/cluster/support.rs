@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::io::Write as _;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -20,13 +19,9 @@ use kube::{Client, Config, discovery};
 use rigging_operator::controller::MANAGER;
 use serde_json::Value;
 
-/// A port on 127.0.0.1 that nothing listens on now, for a process the test starts.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
+#[path = "../../../testing/ports.rs"]
+mod ports;
+pub use ports::free_port;
 
 /// The workspace root.
 pub fn root() -> PathBuf {

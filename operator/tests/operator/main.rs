@@ -9,6 +9,8 @@ mod examples;
 mod fixtures;
 mod kubernetes_schemas;
 mod mock_api;
+#[path = "../../../testing/ports.rs"]
+mod ports;
 mod reconcile;
 mod run;
 mod sharded_service;

@@ -3,6 +3,8 @@
 
 use std::convert::Infallible;
 use std::net::{SocketAddr, TcpListener};
+
+use crate::ports::free_port;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -297,14 +299,6 @@ impl Operator {
         });
         exit.unwrap()
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {

@@ -10,7 +10,9 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
+
+use crate::ports::free_port;
 use std::path::{Path, PathBuf};
 use std::process::{Child as Process, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -549,13 +551,6 @@ fn require_tool(name: &str) -> PathBuf {
         .unwrap_or_else(|| {
             panic!("`{name}` is not installed: run scripts/test.sh, which installs the test tools")
         })
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port on 127.0.0.1")
 }
 
 fn local(port: u16) -> SocketAddr {

@@ -13,34 +13,9 @@ pub fn sidecar_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_rigging-sidecar"))
 }
 
-/// A free port on 127.0.0.1, for a server a test starts: bound then released, so chosen
-/// below the kernel's ephemeral range. A port from that range (what binding port 0 gives)
-/// can be taken by any outgoing connection between the pick and the server's bind, and
-/// the tests running beside this one make thousands.
-pub fn free_port() -> u16 {
-    use std::hash::{BuildHasher, Hasher};
-    const LOWEST: u32 = 10_000;
-    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
-        .unwrap_or(32_768);
-    if ephemeral > LOWEST + 1_000 {
-        for _ in 0..1_000 {
-            // A random start: the other test processes pick from the same range.
-            let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-            hasher.write_u32(std::process::id());
-            let port = LOWEST + (hasher.finish() % u64::from(ephemeral - LOWEST)) as u32;
-            let port = u16::try_from(port).expect("a port below the ephemeral range");
-            if TcpListener::bind(local(port)).is_ok() {
-                return port;
-            }
-        }
-    }
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free port on 127.0.0.1")
-}
+#[path = "../../../testing/ports.rs"]
+mod ports;
+pub use ports::free_port;
 
 /// `127.0.0.1:<port>`.
 pub fn local(port: u16) -> SocketAddr {
