@@ -31,6 +31,12 @@ const SERVING_DAYS: i64 = 90;
 /// caBundle is checked as often.
 const CHECK_EVERY: Duration = Duration::from_secs(600);
 const RENEW_AFTER: Duration = Duration::from_secs(60 * 86_400);
+/// How soon a caBundle that could not be published is tried again: at first, and at most
+/// (doubling in between). Helm creates the MutatingWebhookConfiguration after the
+/// Deployment, so a replica can start before it exists, and until it holds the CA every
+/// labelled pod is refused.
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(10);
 
 /// Keys of the CA Secret.
 const CA_CERT: &str = "ca.crt";
@@ -228,8 +234,7 @@ fn from_secret(secret: &Secret, settings: &Settings) -> Result<Authority, CertEr
 }
 
 /// Sets the caBundle of every webhook in the configuration to `ca`, where it differs.
-/// Returns whether it patched. A missing configuration is logged (the chart may have
-/// turned the webhook off) and left alone.
+/// Returns whether the configuration now holds `ca`: `false` when it does not exist (yet).
 pub async fn publish_ca_bundle(
     client: &Client,
     configuration: &str,
@@ -237,7 +242,7 @@ pub async fn publish_ca_bundle(
 ) -> Result<bool, kube::Error> {
     let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
     let Some(live) = api.get_opt(configuration).await? else {
-        tracing::warn!(%configuration, "MutatingWebhookConfiguration not found; caBundle not published");
+        tracing::warn!(%configuration, "MutatingWebhookConfiguration not found; caBundle published once it exists");
         return Ok(false);
     };
     let want = ByteString(ca.as_bytes().to_vec());
@@ -250,7 +255,7 @@ pub async fn publish_ca_bundle(
         }
     }
     if ops.is_empty() {
-        return Ok(false);
+        return Ok(true);
     }
     let patch: json_patch::Patch =
         serde_json::from_value(serde_json::Value::Array(ops)).map_err(kube::Error::SerdeError)?;
@@ -272,11 +277,14 @@ pub async fn managed(client: Client, settings: Settings) -> Result<Arc<Certifica
     let serving = certificate.clone();
     tokio::spawn(async move {
         let mut issued = std::time::Instant::now();
+        let mut retry = RETRY_FIRST;
         loop {
-            if let Err(error) = publish_ca_bundle(&client, &settings.configuration, ca.pem()).await
-            {
-                tracing::warn!(%error, configuration = %settings.configuration, "caBundle not published; retrying");
-            }
+            let published = publish_ca_bundle(&client, &settings.configuration, ca.pem())
+                .await
+                .unwrap_or_else(|error| {
+                    tracing::warn!(%error, configuration = %settings.configuration, "caBundle not published; retrying");
+                    false
+                });
             if issued.elapsed() >= RENEW_AFTER {
                 match ca.issue(&settings.hosts) {
                     Ok(key) => {
@@ -289,7 +297,15 @@ pub async fn managed(client: Client, settings: Settings) -> Result<Arc<Certifica
                     }
                 }
             }
-            tokio::time::sleep(CHECK_EVERY).await;
+            let wait = if published {
+                retry = RETRY_FIRST;
+                CHECK_EVERY
+            } else {
+                let wait = retry;
+                retry = (retry * 2).min(RETRY_MAX);
+                wait
+            };
+            tokio::time::sleep(wait).await;
         }
     });
     Ok(certificate)

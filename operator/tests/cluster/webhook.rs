@@ -381,8 +381,6 @@ async fn run_serves_the_webhook_with_a_ca_it_keeps_across_restarts() {
     };
     let ns = cluster.namespace("webhook-run").await;
     let port = free_port();
-    // Registered without a caBundle, as the chart installs it: the operator publishes it.
-    let registration = Registration::create(&cluster, &ns.name, port, None).await;
     let listen = format!("127.0.0.1:{port}");
     let args = [
         "--no-leader-election",
@@ -393,7 +391,7 @@ async fn run_serves_the_webhook_with_a_ca_it_keeps_across_restarts() {
         "--webhook-secret",
         "rigging-webhook-ca",
         "--webhook-configuration",
-        &registration.name,
+        &ns.name,
         "--webhook-host",
         "127.0.0.1",
     ];
@@ -404,7 +402,7 @@ async fn run_serves_the_webhook_with_a_ca_it_keeps_across_restarts() {
     let ca_of =
         |secret: k8s_openapi::api::core::v1::Secret| secret.data.unwrap()["ca.crt"].0.clone();
     let bundle = || async {
-        let live = configurations.get(&registration.name).await.ok()?;
+        let live = configurations.get(&ns.name).await.ok()?;
         live.webhooks?[0]
             .client_config
             .ca_bundle
@@ -412,7 +410,18 @@ async fn run_serves_the_webhook_with_a_ca_it_keeps_across_restarts() {
             .map(|b| b.0)
     };
 
+    // Helm creates the configuration after the operator's Deployment, so the operator
+    // can start before it exists; it then publishes the CA once it does.
     let first = crate::support::Operator::start_with(&cluster, &ns.name, "first", &args);
+    eventually("the operator to find no configuration", SETTLE, || async {
+        first
+            .log()
+            .contains("MutatingWebhookConfiguration not found")
+            .then_some(())
+    })
+    .await;
+    // Registered without a caBundle, as the chart installs it: the operator publishes it.
+    let _registration = Registration::create(&cluster, &ns.name, port, None).await;
     let published = eventually("the operator to publish its CA as caBundle", SETTLE, bundle).await;
     let ca = ca_of(
         secrets
