@@ -104,7 +104,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
     let metrics = metrics::Metrics::register(&registry)?;
     let authority = parse_upstream(&args.upstream)?;
 
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = certs::provider();
     let resumption = if args.no_session_resumption {
         certs::Resumption::disabled()
     } else {

@@ -486,6 +486,28 @@ fn s_client_negotiates_h2_over_tls13_and_tls12_is_accepted_too() {
 }
 
 #[test]
+fn the_servers_suite_order_wins_aes_128_first_and_chacha_for_clients_without_aes() {
+    let (_app, _pki, sidecar) = setup(&[]);
+    // OpenSSL's client lists TLS_AES_256_GCM_SHA384 first, and ECDHE AES-256 for TLS 1.2.
+    let text = stdout(&s_client_once(sidecar.port, &["-tls1_3"]));
+    assert!(text.contains("Cipher is TLS_AES_128_GCM_SHA256"), "{text}");
+    let text = stdout(&s_client_once(sidecar.port, &["-tls1_2"]));
+    assert!(
+        text.contains("Cipher    : ECDHE-ECDSA-AES128-GCM-SHA256"),
+        "{text}"
+    );
+    // A client that offers no AES suite still gets one it offered.
+    let text = stdout(&s_client_once(
+        sidecar.port,
+        &["-tls1_3", "-ciphersuites", "TLS_CHACHA20_POLY1305_SHA256"],
+    ));
+    assert!(
+        text.contains("Cipher is TLS_CHACHA20_POLY1305_SHA256"),
+        "{text}"
+    );
+}
+
+#[test]
 fn tls_1_1_is_refused() {
     let (_app, _pki, sidecar) = setup(&[]);
     // SECLEVEL=0 lets OpenSSL 3 offer TLS 1.1 at all, so the refusal is the server's.
