@@ -4,7 +4,7 @@
 #
 #   scripts/bench/http.sh                 # every case, 3 rounds (about 6 minutes)
 #   CASES="rr cache" ROUNDS=2 scripts/bench/http.sh
-#   PROFILE=1 CASES=rr scripts/bench/http.sh   # and a perf profile of Rigging's rr case
+#   PROFILE=1 CASES="rr cache" scripts/bench/http.sh   # and perf profiles of those cases
 #   INSTRUCTIONS=1 CASES="rr shard" scripts/bench/http.sh   # and instructions per request
 #
 # Cases (CASES, in this order by default):
@@ -30,7 +30,8 @@
 # Knobs (environment): DURATION (10), ROUNDS (3), CONNS (50), CASES, PROFILE (0),
 # DISTURBED (0.08: a run during which other processes used more than this share of the
 # machine's CPU, or a compiler ran, is left out of the medians when quiet runs exist),
-# PROFILE_SECONDS (8), PROFILE_OUT (target/bench-http-profile), INSTRUCTIONS (0: 1 runs
+# PROFILE_SECONDS (8), PROFILE_OUT (target/bench-http-profile: PROFILE=1 writes rr/ and
+# cache/ there, see profile_breakdown.py), INSTRUCTIONS (0: 1 runs
 # Rigging's rr and shard cases under callgrind and reports its user-space instructions per
 # request: a count that, unlike req/s, does not move with the machine's noise, for
 # comparing builds; the callgrind file and its breakdowns by function and by crate go to
@@ -412,36 +413,15 @@ for c in rr shard cache; do
 done
 
 # ---- profile -------------------------------------------------------------------------------
-if ((PROFILE)) && want rr; then
-  log "profiling Rigging's rr case for ${PROFILE_SECONDS}s (perf record -e cpu-clock --call-graph dwarf)"
-  perf record -q -e cpu-clock -F 1000 --call-graph dwarf,8192 -p "${pid[rigging]}" -o "$work/perf.data" \
-    -- sleep "$((PROFILE_SECONDS + 1))" >"$work/perf.log" 2>&1 &
-  perf_pid=$!
-  sleep 0.5
-  taskset -c 1 wrk -t1 -c"$CONNS" -d"${PROFILE_SECONDS}s" "http://127.0.0.1:${port[rigging]}/" >"$work/perf-wrk.log" 2>&1 || true
-  wait "$perf_pid" || true
-  mkdir -p "$PROFILE_OUT"
-  cp "$work/perf.data" "$PROFILE_OUT/perf.data"
-  report() { perf report -i "$PROFILE_OUT/perf.data" --stdio "$@" 2>/dev/null | grep -v '^$' || true; }
-  report --no-children --sort dso,symbol -g none >"$PROFILE_OUT/self.txt"
-  report --children --sort symbol -g none >"$PROFILE_OUT/children.txt"
-  report --no-children --sort symbol -g caller,0.5,callee,function,percent >"$PROFILE_OUT/callgraph.txt"
-  # Self time by crate (first path component of the symbol), kernel and libc apart.
-  awk '/^ +[0-9.]+%/ {
-      pct = $1; sub(/%/, "", pct); dso = $2; sym = $0
-      sub(/^[^]]*\] /, "", sym); sub(/^</, "", sym); sub(/^&/, "", sym)
-      if (dso ~ /kernel/) k = "kernel"
-      else if (dso ~ /^libc/) k = "libc (malloc, free, memcpy…)"
-      else if (dso ~ /vdso/) k = "vdso (clock_gettime)"
-      else { split(sym, a, "::"); k = a[1]; sub(/ .*/, "", k) }
-      by[k] += pct
-    } END { for (k in by) printf "%6.2f%%  %s\n", by[k], k }' "$PROFILE_OUT/self.txt" | sort -rn >"$PROFILE_OUT/by-crate.txt"
-  log "top of the profile (self time):"
-  # (head closes the pipe early: not a failure)
-  grep -E '^ +[0-9.]+%' "$PROFILE_OUT/self.txt" | head -25 | cut -c1-160 >&2 || true
-  log "by crate:"
-  head -15 "$PROFILE_OUT/by-crate.txt" >&2 || true
-  log "profile written to $PROFILE_OUT (perf.data, self.txt, children.txt, callgraph.txt, by-crate.txt)"
+if ((PROFILE)); then
+  for c in rr cache; do
+    want $c || continue
+    t=rigging url_path=/
+    [[ $c == cache ]] && t=rigging-cache url_path=/obj
+    log "profiling Rigging's $c case for ${PROFILE_SECONDS}s (perf record -e cpu-clock --call-graph dwarf)"
+    perf_profile "${pid[$t]}" "$PROFILE_OUT/$c" \
+      taskset -c 1 wrk -t1 -c"$CONNS" -d"${PROFILE_SECONDS}s" "http://127.0.0.1:${port[$t]}$url_path"
+  done
 fi
 
 # ---- instructions per request ------------------------------------------------------------
@@ -484,7 +464,7 @@ LUA
     mkdir -p "$PROFILE_OUT"
     cp "$work"/cg."$label".*.1 "$cg.out"
     log "  where $label's instructions per request go, by crate ($cg.by-crate.txt; by function: $cg.functions.txt):"
-    python3 scripts/bench/callgrind_breakdown.py "$cg.out" "$BIN" "$served" "$cg" >&2
+    python3 scripts/bench/profile_breakdown.py callgrind "$cg.out" "$BIN" "$served" "$cg" >&2
   }
   want rr && count_instructions rigging http --config "$work/rigging.yaml"
   if want shard; then

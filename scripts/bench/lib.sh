@@ -168,6 +168,24 @@ sidecar_binary() {
   fi
 }
 
+# perf_profile PID OUT_DIR LOAD_CMD…: a perf profile (cpu-clock, DWARF call graphs) of
+# process PID while LOAD_CMD runs, written to OUT_DIR and broken down by function and by
+# crate with profile_breakdown.py, whose summary goes to stderr. Needs linux-perf.
+perf_profile() {
+  local pid=$1 out=$2 perf_pid
+  shift 2
+  mkdir -p "$out"
+  perf record -q -e cpu-clock -F 1000 --call-graph dwarf,8192 -p "$pid" -o "$out/perf.data" \
+    >"$out/perf.log" 2>&1 &
+  perf_pid=$!
+  sleep 0.5
+  "$@" >"$out/load.log" 2>&1 || true
+  kill -INT "$perf_pid" 2>/dev/null || true
+  wait "$perf_pid" || true
+  python3 "$(dirname "${BASH_SOURCE[0]}")/profile_breakdown.py" perf "$out/perf.data" "$out" >&2
+  echo "profile written to $out (perf.data, self.txt, children.txt, callgraph.txt, by-crate.txt)" >&2
+}
+
 # Waits until something accepts TCP connections on HOST:PORT (up to 10 s).
 wait_port() {
   local host=$1 port=$2 i

@@ -7,13 +7,20 @@
 # Usage: scripts/bench/shard.sh [ROUNDS]   (default 2 rounds; 5–9 minutes)
 #        ONLY=redis|memcached|http scripts/bench/shard.sh …   (one workload)
 #        RIGGING_BIN=/path/to/rigging-sidecar scripts/bench/shard.sh …   (no build)
+#        PROFILE=1 scripts/bench/shard.sh …   (and perf profiles of Rigging's redis P16 and
+#        memcached runs, PROFILE_SECONDS (8) each, in PROFILE_OUT: target/bench-shard-profile)
 set -Eeuo pipefail
 cd "$(dirname "$0")/../.."
 # shellcheck source=scripts/bench/lib.sh
 source scripts/bench/lib.sh
 
 ROUNDS=${1:-2}
-install_apt redis-server redis-tools memcached libmemcached-tools nutcracker nginx-light wrk
+PROFILE=${PROFILE:-0}
+PROFILE_SECONDS=${PROFILE_SECONDS:-8}
+PROFILE_OUT=${PROFILE_OUT:-target/bench-shard-profile}
+packages=(redis-server redis-tools memcached libmemcached-tools nutcracker nginx-light wrk)
+((PROFILE)) && packages+=(linux-perf)
+install_apt "${packages[@]}"
 
 WORK=$(mktemp -d)
 # What the image ships (the static musl release build), or $RIGGING_BIN.
@@ -164,6 +171,14 @@ for round in $(seq 1 "$ROUNDS"); do
     http_run rigging "$RG_HTTP" "${PID[rg_http]}"
   fi
 done
+
+if ((PROFILE)); then
+  echo "profiling Rigging: redis P16, then memcached (${PROFILE_SECONDS}s each)" >&2
+  perf_profile "${PID[rg_redis]}" "$PROFILE_OUT/redis-p16" on_cpu1 timeout "$PROFILE_SECONDS" \
+    redis-benchmark -h 127.0.0.1 -p "$RG_REDIS" -c 50 -r 100000 -n 100000000 -P 16 -t get -q
+  perf_profile "${PID[rg_mc]}" "$PROFILE_OUT/memcached" on_cpu1 timeout "$PROFILE_SECONDS" \
+    memcslap -s "127.0.0.1:$RG_MC" -c 50 -e 100000 -t get
+fi
 
 avg() { awk -v s="${SUM[$1]:-0}" -v n="${N[$1]:-1}" 'BEGIN{printf "%.0f", s / n}'; }
 cpu() { awk -v s="${CPU[$1]:-0}" -v n="${N[$1]:-1}" 'BEGIN{printf "%.1f", s / n}'; }

@@ -14,7 +14,10 @@
 # 5), ROUNDS (2), CONNS (50), DISTURBED (0.08: a run during which other processes used
 # more than this share of the machine's CPUs, or a compiler ran, is left out of the means
 # when quiet runs exist), RIGGING_BIN (a binary to measure instead of the image's build)
-# with RIGGING_COMMIT. Defaults keep the whole run under four minutes.
+# with RIGGING_COMMIT, PROFILE (0: 1 adds perf profiles of Rigging's keep-alive and full
+# handshake runs after the rounds, PROFILE_SECONDS (8) each, written to PROFILE_OUT,
+# target/bench-tls-profile, as profile_breakdown.py describes). Defaults keep the whole
+# run under four minutes.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 # shellcheck disable=SC1091 # lib.sh is checked on its own
@@ -25,8 +28,13 @@ HS_DURATION=${HS_DURATION:-5}
 ROUNDS=${ROUNDS:-2}
 DISTURBED=${DISTURBED:-0.08}
 CONNS=${CONNS:-50}
+PROFILE=${PROFILE:-0}
+PROFILE_SECONDS=${PROFILE_SECONDS:-8}
+PROFILE_OUT=${PROFILE_OUT:-target/bench-tls-profile}
 
-install_apt nginx-light haproxy wrk openssl curl python3
+packages=(nginx-light haproxy wrk openssl curl python3)
+((PROFILE)) && packages+=(linux-perf)
+install_apt "${packages[@]}"
 
 work=$(mktemp -d)
 # What the image ships (the static musl release build), or $RIGGING_BIN.
@@ -268,6 +276,14 @@ resumed_after=$(curl -sf "http://127.0.0.1:$rigging_admin/metrics" | awk '/^rigg
 
 declare -A load_rss
 for t in nginx-on haproxy-on rigging-on; do load_rss[$t]=$(rss_kib "${pid[$t]}"); done
+
+if ((PROFILE)); then
+  log "profiling Rigging: keep-alive, then full handshakes (${PROFILE_SECONDS}s each)"
+  perf_profile "${pid[rigging-on]}" "$PROFILE_OUT/keep-alive" \
+    taskset -c 1 wrk -t1 -c"$CONNS" -d"${PROFILE_SECONDS}s" "https://127.0.0.1:${port[rigging-on]}/"
+  perf_profile "${pid[rigging-off]}" "$PROFILE_OUT/full-handshake" \
+    taskset -c 1 wrk -t1 -c"$CONNS" -d"${PROFILE_SECONDS}s" -H 'Connection: close' "https://127.0.0.1:${port[rigging-off]}/"
+fi
 
 # Mean of column $2 over the quiet runs of result file $1, or over all its runs when none
 # was quiet.
