@@ -6,6 +6,8 @@
 #   CASES="rr cache" ROUNDS=2 scripts/bench/http.sh
 #   PROFILE=1 CASES="rr cache" scripts/bench/http.sh   # and perf profiles of those cases
 #   INSTRUCTIONS=1 CASES="rr shard" scripts/bench/http.sh   # and instructions per request
+#   KERNEL=1 CASES=rr scripts/bench/http.sh   # and system calls, page faults and context
+#                                             # switches per request of each rr proxy
 #
 # Cases (CASES, in this order by default):
 #   rr     round robin over three nginx backends (one process with one worker each,
@@ -35,7 +37,8 @@
 # Rigging's rr and shard cases under callgrind and reports its user-space instructions per
 # request: a count that, unlike req/s, does not move with the machine's noise, for
 # comparing builds; the callgrind file and its breakdowns by function and by crate go to
-# PROFILE_OUT), INSTRUCTION_REQUESTS (5000), RIGGING_BIN (a binary to
+# PROFILE_OUT), INSTRUCTION_REQUESTS (5000), KERNEL (0: 1 adds system calls, page faults
+# and context switches per request of the rr proxies, PROFILE_SECONDS each), RIGGING_BIN (a binary to
 # use instead of building the working tree) with RIGGING_COMMIT (what it was built from,
 # for the report).
 set -euo pipefail
@@ -51,6 +54,7 @@ PROFILE=${PROFILE:-0}
 PROFILE_SECONDS=${PROFILE_SECONDS:-8}
 PROFILE_OUT=${PROFILE_OUT:-target/bench-http-profile}
 INSTRUCTIONS=${INSTRUCTIONS:-0}
+KERNEL=${KERNEL:-0}
 INSTRUCTION_REQUESTS=${INSTRUCTION_REQUESTS:-5000}
 DISTURBED=${DISTURBED:-0.08}
 
@@ -61,6 +65,7 @@ packages=(nginx-light haproxy wrk curl python3)
 want cache && packages+=(varnish)
 ((PROFILE)) && packages+=(linux-perf)
 ((INSTRUCTIONS)) && packages+=(valgrind)
+((KERNEL)) && packages+=(strace)
 install_apt "${packages[@]}"
 
 work=$(mktemp -d)
@@ -424,6 +429,36 @@ if ((PROFILE)); then
   done
 fi
 
+# ---- kernel work per request --------------------------------------------------------------
+# For the round-robin proxies: minor page faults and context switches per request over a
+# plain run, then system calls per request over a run under `strace -c` (which slows the
+# process, not the number of calls it makes per request).
+declare -A kernel
+if ((KERNEL)) && want rr; then
+  counters() { # PID: minor faults, voluntary and involuntary context switches
+    printf '%s ' "$(awk '{print $10}' "/proc/$1/stat")"
+    awk '/^voluntary_ctxt/ {v = $2} /^nonvoluntary_ctxt/ {n = $2} END {print v, n}' "/proc/$1/status"
+  }
+  for t in rigging nginx haproxy; do
+    p=${work_pid[$t]}
+    read -r f0 v0 i0 <<<"$(counters "$p")"
+    out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"${PROFILE_SECONDS}s" "http://127.0.0.1:${port[$t]}/")
+    read -r f1 v1 i1 <<<"$(counters "$p")"
+    n=$(awk '/requests in/ {print $1}' <<<"$out")
+    strace -c -f -p "$p" -o "$work/strace.$t" 2>/dev/null &
+    strace_pid=$!
+    sleep 0.5
+    out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"${PROFILE_SECONDS}s" "http://127.0.0.1:${port[$t]}/")
+    kill -INT "$strace_pid" 2>/dev/null || true
+    wait "$strace_pid" || true
+    m=$(awk '/requests in/ {print $1}' <<<"$out")
+    calls=$(awk -v m="$m" '$1 ~ /^[0-9.]+$/ && $NF != "total" && $4 / m >= 0.01 {printf "%s %.2f, ", $NF, $4 / m}' "$work/strace.$t")
+    kernel[$t]=$(awk -v n="$n" -v f=$((f1 - f0)) -v v=$((v1 - v0)) -v i=$((i1 - i0)) -v c="${calls%, }" \
+      'BEGIN {printf "system calls %s; minor page faults %.3f; context switches %.3f voluntary, %.3f involuntary", c, f / n, v / n, i / n}')
+    log "  kernel work per request, $t: ${kernel[$t]}"
+  done
+fi
+
 # ---- instructions per request ------------------------------------------------------------
 # Rigging under callgrind: a warm-up, counters zeroed, then exactly $INSTRUCTION_REQUESTS
 # requests (wrk stops itself), and the count dumped. Startup is left out.
@@ -556,6 +591,12 @@ for c in rr shard cache; do
   done
   echo
 done
+if ((KERNEL)) && want rr; then
+  echo
+  echo "Kernel work per request, round robin (\`KERNEL=1\`, \`wrk -t1 -c$CONNS -d${PROFILE_SECONDS}s\` each; system calls under \`strace -c -f\`, those of at least 0.01 per request):"
+  echo
+  for t in rigging nginx haproxy; do echo "- $(name "$t"): ${kernel[$t]}"; done
+fi
 if ((INSTRUCTIONS)); then
   echo "User-space instructions per request under callgrind ($INSTRUCTION_REQUESTS keep-alive requests after a warm-up, \`wrk -t1 -c$CONNS\`, a random X-Key each): $(for k in "${!instructions[@]}"; do printf '%s %s; ' "$k" "${instructions[$k]}"; done)"
   echo
