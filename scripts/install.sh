@@ -4,7 +4,7 @@
 #
 #   install_cluster_tools   the local cluster's node (containerd, runc, CNI plugins,
 #                           iptables, conntrack), its images (umoci, mmdebstrap, musl-tools
-#                           and Rust's musl target), openssl
+#                           and Rust's musl target, make for jemalloc), openssl
 #   install_test_tools      all of the above, the real servers and clients the sidecar
 #                           tests run against, shellcheck, and a Python venv (.venv) with
 #                           the tools that check Kubernetes artefacts
@@ -12,6 +12,7 @@
 cluster_packages=(
   containerd runc containernetworking-plugins iptables conntrack
   umoci mmdebstrap musl-tools openssl curl
+  make # the sidecar's allocator, jemalloc, is C built with make
 )
 test_packages=(
   shellcheck

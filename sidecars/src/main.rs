@@ -8,6 +8,14 @@ use rigging_sidecar::{
     batch, elect, gather, health, http, logs, metrics, queue, runtime, shard, tls,
 };
 
+/// The image is a static musl build, and musl's allocator maps and unmaps the 8 KiB read
+/// buffer hyper takes for each request: system calls and page faults per request.
+/// jemalloc keeps small blocks for the next request and gives large ones (the sharding
+/// ambassador's big requests) back at once, which keeps the memory bounds the docs promise;
+/// mimalloc, measured first, did not. The figures are in `docs/benchmarks.md`.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     runtime::telemetry::init();
