@@ -30,7 +30,7 @@ from collections import defaultdict
 
 LINE = re.compile(r"^\s*([\d,]+) \(\s*([\d.]+)%\)\s+(?:[^:\s]*:)?(.*?)(?: \[[^\]]*\])?$")
 RING_C = re.compile(r"^_*(ring_core_|fiat_|fe_|fe4_|ecp_nistz256|x25519|aes_|gcm_|sha\d+_)")
-ALLOCATOR = re.compile(r"^(_?mi_|__libc_malloc|__libc_free|malloc|free|realloc|calloc|"
+ALLOCATOR = re.compile(r"^(_?mi_|_rjem_|__libc_malloc|__libc_free|malloc|free|realloc|calloc|"
                        r"alloc_slot|alloc_group|get_meta|nontrivial_free|enframe|"
                        r"__malloc|_int_malloc|_int_free|cfree|__default_morecore)")
 
