@@ -375,6 +375,9 @@ declare -A targets=(
   [cache]="direct-obj rigging-cache varnish"
 )
 declare -A path=([rr]=/ [shard]=/ [cache]=/obj)
+# Case $1's Rigging target, and its proxies (Rigging and the references, not the backend).
+rigging_target() { local t; for t in ${targets[$1]}; do case $t in rigging*) echo "$t" ;; esac; done; }
+proxies() { local t; for t in ${targets[$1]}; do case $t in direct*) ;; *) echo "$t" ;; esac; done; }
 # Targets alternate within a round; the order rotates from round to round, so no target
 # always runs first (or right after the same neighbour).
 rotate() { # $1 = round, the rest = targets
@@ -421,11 +424,10 @@ done
 if ((PROFILE)); then
   for c in rr cache; do
     want $c || continue
-    t=rigging url_path=/
-    [[ $c == cache ]] && t=rigging-cache url_path=/obj
+    t=$(rigging_target "$c")
     log "profiling Rigging's $c case for ${PROFILE_SECONDS}s (perf record -e cpu-clock --call-graph dwarf)"
     perf_profile "${pid[$t]}" "$PROFILE_OUT/$c" \
-      taskset -c 1 wrk -t1 -c"$CONNS" -d"${PROFILE_SECONDS}s" "http://127.0.0.1:${port[$t]}$url_path"
+      taskset -c 1 wrk -t1 -c"$CONNS" -d"${PROFILE_SECONDS}s" "http://127.0.0.1:${port[$t]}${path[$c]}"
   done
 fi
 
@@ -439,7 +441,7 @@ if ((KERNEL)) && want rr; then
     printf '%s ' "$(awk '{print $10}' "/proc/$1/stat")"
     awk '/^voluntary_ctxt/ {v = $2} /^nonvoluntary_ctxt/ {n = $2} END {print v, n}' "/proc/$1/status"
   }
-  for t in rigging nginx haproxy; do
+  for t in $(proxies rr); do
     p=${work_pid[$t]}
     read -r f0 v0 i0 <<<"$(counters "$p")"
     out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"${PROFILE_SECONDS}s" "http://127.0.0.1:${port[$t]}/")
@@ -595,7 +597,7 @@ if ((KERNEL)) && want rr; then
   echo
   echo "Kernel work per request, round robin (\`KERNEL=1\`, \`wrk -t1 -c$CONNS -d${PROFILE_SECONDS}s\` each; system calls under \`strace -c -f\`, those of at least 0.01 per request):"
   echo
-  for t in rigging nginx haproxy; do echo "- $(name "$t"): ${kernel[$t]}"; done
+  for t in $(proxies rr); do echo "- $(name "$t"): ${kernel[$t]}"; done
 fi
 if ((INSTRUCTIONS)); then
   echo "User-space instructions per request under callgrind ($INSTRUCTION_REQUESTS keep-alive requests after a warm-up, \`wrk -t1 -c$CONNS\`, a random X-Key each): $(for k in "${!instructions[@]}"; do printf '%s %s; ' "$k" "${instructions[$k]}"; done)"
